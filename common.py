@@ -1,0 +1,543 @@
+"""The small shared kernel of the four face-VAE scripts.
+
+Only what at least two of `vlae.py`, `cmma.py`, `disentangled_vae.py` and `vae_began.py` use:
+
+* math      - reparameterisation, KL divergences, Gaussian log-likelihood, kernel MMD
+* layers    - TF-'SAME' 4x4 convolutions (the reference code is TensorFlow), N(0, 0.02) init
+* images    - [-1, 1] / [0, 1] tensors to uint8 grids and PNG files (PIL, no torchvision)
+* plumbing  - config dataclass -> argparse, device / seed / autocast / torch.distributed helpers,
+              atomic checkpoints holding every RNG state, JSONL metrics, a PIL loss-curve plot,
+              a SIGTERM/SIGINT flag.
+
+Units: log-likelihoods and KLs are in nats, summed over the event dimensions, one value per
+sample (shape (B,)); callers average over the batch themselves.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import os
+import random
+import signal
+import sys
+import tempfile
+from contextlib import nullcontext
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+CHECKPOINT_VERSION = 1
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+# ----------------------------------------------------------------------------------------------
+# math
+# ----------------------------------------------------------------------------------------------
+def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Draw z ~ N(mu, diag(exp(logvar))) differentiably: z = mu + exp(logvar / 2) * eps.
+
+    Kingma & Welling 2014, sec. 2.4. `mu`, `logvar`: (B, D); returns (B, D). The noise comes
+    from the global torch RNG (its state is in every checkpoint, so resume is exact).
+    """
+    return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+
+
+def kl_normal_std(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, diag exp(logvar)) || N(0, I)) in nats, summed over D: (B, D) -> (B,).
+
+    Kingma & Welling 2014, appendix B: -1/2 * sum(1 + logvar - mu^2 - exp(logvar)).
+    """
+    return -0.5 * torch.sum(1.0 + logvar - mu.pow(2) - logvar.exp(), dim=-1)
+
+
+def kl_normal(mu_q: torch.Tensor, logvar_q: torch.Tensor,
+              mu_p: torch.Tensor, logvar_p: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu_q, diag exp(logvar_q)) || N(mu_p, diag exp(logvar_p))) in nats, summed over D.
+
+    All inputs broadcast to (B, D); returns (B,). Closed form for diagonal Gaussians:
+    1/2 * sum(logvar_p - logvar_q + (exp(logvar_q) + (mu_q - mu_p)^2) / exp(logvar_p) - 1).
+    """
+    var_ratio = torch.exp(logvar_q - logvar_p)
+    mean_term = (mu_q - mu_p).pow(2) * torch.exp(-logvar_p)
+    return 0.5 * torch.sum(var_ratio + mean_term - 1.0 - (logvar_q - logvar_p), dim=-1)
+
+
+def gaussian_log_likelihood(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+                            with_constant: bool = True) -> torch.Tensor:
+    """log N(x; mu, diag exp(logvar)) in nats per sample, summed over all non-batch dims.
+
+    `x`, `mu`, `logvar` broadcast to (B, ...); returns (B,). `with_constant=False` drops the
+    -1/2 log(2 pi) per element, the form some papers report.
+    """
+    per_element = -0.5 * (logvar + (x - mu).pow(2) * torch.exp(-logvar))
+    if with_constant:
+        per_element = per_element - 0.5 * LOG_2PI
+    return per_element.flatten(1).sum(dim=1)
+
+
+def gaussian_kernel(a: torch.Tensor, b: torch.Tensor, sigma2: float) -> torch.Tensor:
+    """k(a, b) = exp(-||a - b||^2 / sigma2) for every pair: (N, D), (M, D) -> (N, M).
+
+    Xu 2018 sec. 2.3. The squared distances are computed in float32 whatever the autocast
+    dtype, since bf16 distances of nearby codes round to 0.
+    """
+    a, b = a.float(), b.float()
+    sq_dist = (a.pow(2).sum(1, keepdim=True) + b.pow(2).sum(1).unsqueeze(0) - 2.0 * a @ b.T)
+    return torch.exp(-sq_dist.clamp_min(0.0) / sigma2)
+
+
+def mmd(q: torch.Tensor, p: torch.Tensor, sigma2: float | None = None,
+        unbiased: bool = False) -> torch.Tensor:
+    """Squared MMD between samples q (N, D) and p (M, D) under the Gaussian kernel; a scalar.
+
+    MMD^2 = E_qq[k] + E_pp[k] - 2 E_qp[k]   (Xu 2018 sec. 2.3; Gretton et al. 2012 eq. 3-5).
+    `sigma2` defaults to D^2, the dimension-scaled bandwidth of the InfoVAE/VLAE reference code
+    (exp(-mean_d (a_d - b_d)^2 / D)). The biased V-statistic (default, the reference's training
+    loss) averages all entries, diagonals included, so it is >= 0; the unbiased U-statistic
+    drops the diagonals of K_qq and K_pp and can dip below 0 when q = p.
+    Raises ValueError on mismatched dims, or fewer than 2 samples for the unbiased form.
+    """
+    if q.dim() != 2 or p.dim() != 2 or q.shape[1] != p.shape[1]:
+        raise ValueError(f"mmd needs (N, D) and (M, D) samples, got {tuple(q.shape)} and {tuple(p.shape)}")
+    if sigma2 is None:
+        sigma2 = float(q.shape[1]) ** 2
+    k_qq, k_pp, k_qp = gaussian_kernel(q, q, sigma2), gaussian_kernel(p, p, sigma2), gaussian_kernel(q, p, sigma2)
+    if not unbiased:
+        return k_qq.mean() + k_pp.mean() - 2.0 * k_qp.mean()
+    n, m = q.shape[0], p.shape[0]
+    if n < 2 or m < 2:
+        raise ValueError("the unbiased MMD estimator needs at least 2 samples on each side")
+    off_qq = (k_qq.sum() - k_qq.diagonal().sum()) / (n * (n - 1))
+    off_pp = (k_pp.sum() - k_pp.diagonal().sum()) / (m * (m - 1))
+    return off_qq + off_pp - 2.0 * k_qp.mean()
+
+
+# ----------------------------------------------------------------------------------------------
+# layers
+# ----------------------------------------------------------------------------------------------
+def conv_same(in_ch: int, out_ch: int, stride: int, kernel: int = 4) -> nn.Module:
+    """A Conv2d with TensorFlow 'SAME' padding for even kernels: out = ceil(in / stride).
+
+    Stride 2 with k4 is padding 1; stride 1 with k4 pads (left 1, right 2, top 1, bottom 2),
+    the asymmetric padding TF uses. Raises ValueError for other strides.
+    """
+    if stride == 2 and kernel == 4:
+        return nn.Conv2d(in_ch, out_ch, kernel, 2, 1)
+    if stride == 1:
+        total = kernel - 1
+        pad = nn.ZeroPad2d((total // 2, total - total // 2, total // 2, total - total // 2))
+        return nn.Sequential(pad, nn.Conv2d(in_ch, out_ch, kernel, 1, 0))
+    raise ValueError(f"conv_same supports stride 1, or stride 2 with kernel 4; got {stride}, {kernel}")
+
+
+def conv_transpose_same(in_ch: int, out_ch: int, stride: int, kernel: int = 4) -> nn.Module:
+    """A ConvTranspose2d with TensorFlow 'SAME' sizes: out = in * stride.
+
+    Stride 2 with k4 is padding 1; stride 1 with k4 is the exact transpose of `conv_same`
+    (crop 2 on the left/top and 1 on the right/bottom of the full output).
+    """
+    if stride == 2 and kernel == 4:
+        return nn.ConvTranspose2d(in_ch, out_ch, kernel, 2, 1)
+    if stride == 1:
+        return _CroppedConvTranspose(in_ch, out_ch, kernel)
+    raise ValueError(f"conv_transpose_same supports stride 1, or stride 2 with kernel 4; got {stride}, {kernel}")
+
+
+class _CroppedConvTranspose(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, kernel: int):
+        super().__init__()
+        self.conv = nn.ConvTranspose2d(in_ch, out_ch, kernel, 1, 0)
+        self.lo = (kernel - 1) - (kernel - 1) // 2  # 2 for k4: the transpose of the (1, 2) pad
+        self.hi = (kernel - 1) // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return y[..., self.lo:y.shape[-2] - self.hi, self.lo:y.shape[-1] - self.hi]
+
+
+def init_normal_(module: nn.Module, std: float = 0.02) -> None:
+    """DCGAN-style init used by the TF references: conv/linear weights ~ N(0, std), biases 0."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+# ----------------------------------------------------------------------------------------------
+# images
+# ----------------------------------------------------------------------------------------------
+def to_uint8(images: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
+    """(B, C, H, W) float images in `value_range` -> (B, H, W, C) uint8, values clipped."""
+    lo, hi = value_range
+    x = (images.detach().float().cpu() - lo) / (hi - lo)
+    x = (x.clamp(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8)
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+def make_grid(images: np.ndarray, nrow: int, padding: int = 2, pad_value: int = 255) -> np.ndarray:
+    """Tile (B, H, W, C) uint8 images into one (rows*(H+p)+p, nrow*(W+p)+p, 3) uint8 array.
+
+    Grey images are repeated to RGB. Raises ValueError on an empty batch or nrow < 1.
+    """
+    if images.ndim != 4 or len(images) == 0 or nrow < 1:
+        raise ValueError(f"make_grid needs a non-empty (B, H, W, C) array and nrow >= 1, got {images.shape}")
+    if images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
+    b, h, w, _ = images.shape
+    rows = math.ceil(b / nrow)
+    grid = np.full((rows * (h + padding) + padding, nrow * (w + padding) + padding, 3), pad_value, np.uint8)
+    for i, img in enumerate(images):
+        r, c = divmod(i, nrow)
+        top, left = padding + r * (h + padding), padding + c * (w + padding)
+        grid[top:top + h, left:left + w] = img
+    return grid
+
+
+def hstack_panels(panels: Sequence[np.ndarray], gap: int = 20, pad_value: int = 255) -> np.ndarray:
+    """Put (H, W_i, 3) uint8 panels side by side with `gap` white pixels between them."""
+    height = max(p.shape[0] for p in panels)
+    out = []
+    for i, p in enumerate(panels):
+        if i:
+            out.append(np.full((height, gap, 3), pad_value, np.uint8))
+        out.append(np.pad(p, ((0, height - p.shape[0]), (0, 0), (0, 0)), constant_values=pad_value))
+    return np.concatenate(out, axis=1)
+
+
+def save_png(array: np.ndarray, path: str) -> None:
+    """Write a (H, W, 3) or (H, W) uint8 array to `path` as PNG, creating its folder, atomically."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    Image.fromarray(array).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def save_grid(images: torch.Tensor, path: str, nrow: int,
+              value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
+    """Save (B, C, H, W) images in `value_range` as one PNG grid; returns the grid array."""
+    grid = make_grid(to_uint8(images, value_range), nrow)
+    save_png(grid, path)
+    return grid
+
+
+# ----------------------------------------------------------------------------------------------
+# config: a dataclass with documented fields -> argparse
+# ----------------------------------------------------------------------------------------------
+def arg(default: Any, help: str, **kwargs: Any) -> Any:
+    """A dataclass field whose `help` text appears in --help (choices= may be passed too)."""
+    return dataclasses.field(default=default, metadata={"help": help, **kwargs})
+
+
+def build_parser(config_cls: type, description: str, prog: str | None = None) -> argparse.ArgumentParser:
+    """An ArgumentParser with one --flag per field of the dataclass `config_cls`.
+
+    Underscores become dashes; bools get --flag/--no-flag; a None default takes the type of
+    the field's annotation. --help shows each field's help and default.
+    """
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in dataclasses.fields(config_cls):
+        name = "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help", "") + f" (default: {f.default})"
+        kwargs = {"default": f.default, "help": help_text}
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
+        annotation = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        if annotation.startswith("bool"):
+            parser.add_argument(name, action=argparse.BooleanOptionalAction, **kwargs)
+        else:
+            kind = int if annotation.startswith("int") else float if annotation.startswith("float") else str
+            parser.add_argument(name, type=kind, **kwargs)
+    return parser
+
+
+def config_to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+# ----------------------------------------------------------------------------------------------
+# runtime: device, seeds, autocast, distributed
+# ----------------------------------------------------------------------------------------------
+def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """'auto' -> cuda:<local_rank> when CUDA is present, else cpu. Raises ValueError when 'cuda'
+    is asked for on a machine without it."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda was given but no CUDA GPU is visible; use --device cpu")
+        return torch.device("cuda", local_rank if name == "cuda" else int(name.split(":")[1]))
+    return torch.device(name)
+
+
+def seed_everything(seed: int, rank: int = 0) -> None:
+    """Seed python, numpy and torch (CPU and CUDA) with seed + rank, so ranks draw different noise."""
+    s = seed + rank
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    torch.manual_seed(s)
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA when `enabled`; a null context elsewhere (CPU runs stay fp32)."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def init_distributed() -> tuple[int, int, int]:
+    """Join the process group when launched by torchrun (RANK/WORLD_SIZE set); return
+    (rank, world_size, local_rank). NCCL on CUDA, gloo on CPU; (0, 1, 0) when not distributed."""
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return 0, 1, 0
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+    return dist.get_rank(), dist.get_world_size(), local_rank
+
+
+def cleanup_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_main() -> bool:
+    """True on rank 0 (or when not distributed): the one process that logs and writes files."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    """Average a tensor over ranks (a no-op copy when not distributed)."""
+    t = t.detach().clone()
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+        t /= dist.get_world_size()
+    return t
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True when `flag` is True on any rank: used so all ranks stop at the same step."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def gather_objects(obj: Any) -> list:
+    """Every rank's `obj` as a list indexed by rank ([obj] when not distributed)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def print0(*args: Any) -> None:
+    """print on rank 0 only, flushed (logs of cluster jobs are read while they run)."""
+    if is_main():
+        print(*args, flush=True)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under DDP and/or torch.compile wrappers (for state dicts and eval)."""
+    model = getattr(model, "_orig_mod", model)
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+class StopSignal:
+    """Turns SIGTERM/SIGINT into a flag the training loop polls, so it can save and exit.
+
+    A second Ctrl-C raises KeyboardInterrupt as usual. Use as a context manager; the previous
+    handlers come back on exit. Signals can only be caught in the main thread: elsewhere it is
+    a flag that never rises.
+    """
+
+    def __init__(self):
+        self.raised: str | None = None
+        self._old: dict = {}
+
+    def _handle(self, signum, frame):
+        if self.raised and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.raised = signal.Signals(signum).name
+
+    def __enter__(self) -> "StopSignal":
+        import threading
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGTERM, signal.SIGINT):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoints: atomic, complete, with clear errors
+# ----------------------------------------------------------------------------------------------
+def rng_state() -> dict:
+    """Every RNG this project draws from (python, numpy, torch CPU, torch CUDA)."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str, script: str, **state: Any) -> None:
+    """Write `state` (model, optimizer, scaler, step, config, rng, ...) to `path` atomically.
+
+    The file is written next to `path` and moved into place with os.replace, so a crash or a
+    full disk never leaves a half-written checkpoint where the last good one was. `script`
+    (e.g. "vlae") is stored so another script's checkpoint is refused on load.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    payload = {"script": script, "version": CHECKPOINT_VERSION, **state}
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".checkpoint-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_checkpoint(path: str, script: str) -> dict:
+    """Read a checkpoint written by `save_checkpoint` for `script`, on the CPU.
+
+    Raises FileNotFoundError if `path` is missing, ValueError if it is not a checkpoint of
+    this project or belongs to another script (the message names both).
+    """
+    if os.path.isdir(path):
+        path = os.path.join(path, "checkpoint.pt")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint at {path}: train first, or pass --checkpoint "
+                                f"OUT/checkpoint.pt of a finished or interrupted run")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a truncated or foreign file
+        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(payload, dict) or "script" not in payload:
+        raise ValueError(f"{path} is not a checkpoint of this project (no 'script' entry)")
+    if payload["script"] != script:
+        raise ValueError(f"{path} was written by {payload['script']}.py, not {script}.py: "
+                         f"use `python {payload['script']}.py ... --checkpoint {path}`")
+    return payload
+
+
+# ----------------------------------------------------------------------------------------------
+# metrics: JSONL log and a PIL line plot of it
+# ----------------------------------------------------------------------------------------------
+def append_jsonl(path: str, record: dict) -> None:
+    """Append one JSON line to `path` (metrics.jsonl); floats stay floats, tensors become floats."""
+    clean = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in record.items()}
+    with open(path, "a") as f:
+        f.write(json.dumps(clean) + "\n")
+
+
+def read_jsonl(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def truncate_jsonl(path: str, max_step: int) -> None:
+    """Drop lines logged after `max_step`: a resumed run re-logs the steps after its checkpoint."""
+    rows = [r for r in read_jsonl(path) if r.get("step", 0) <= max_step]
+    with open(path + ".tmp", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    os.replace(path + ".tmp", path)
+
+
+_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+            (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+
+
+def plot_curves(metrics_path: str, png_path: str, keys: Sequence[str],
+                width: int = 300, height: int = 180) -> None:
+    """Redraw `keys` of metrics.jsonl against `step`, one small panel per key, as a PNG.
+
+    Each panel has its own y-range (printed at its corners), so terms of different scales
+    stay readable. Keys with no finite values are left out; nothing is drawn without data.
+    """
+    rows = read_jsonl(metrics_path)
+    series = []
+    for k in keys:
+        pts = [(r["step"], r[k]) for r in rows if k in r and isinstance(r[k], (int, float)) and math.isfinite(r[k])]
+        if pts:
+            series.append((k, pts))
+    if not series:
+        return
+    cols = min(3, len(series))
+    n_rows = math.ceil(len(series) / cols)
+    canvas = Image.new("RGB", (cols * width, n_rows * height), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, (key, pts) in enumerate(series):
+        r, c = divmod(i, cols)
+        _draw_panel(draw, (c * width, r * height, width, height), key, pts, _COLOURS[i % len(_COLOURS)])
+    tmp = png_path + ".tmp"
+    os.makedirs(os.path.dirname(os.path.abspath(png_path)), exist_ok=True)
+    canvas.save(tmp, format="PNG")
+    os.replace(tmp, png_path)
+
+
+def _draw_panel(draw: ImageDraw.ImageDraw, box, key: str, pts, colour) -> None:
+    x0, y0, w, h = box
+    left, right, top, bottom = x0 + 40, x0 + w - 8, y0 + 18, y0 + h - 18
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    x_lo, x_hi = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
+    y_lo, y_hi = min(ys), max(ys) if max(ys) > min(ys) else min(ys) + 1
+    draw.rectangle([left, top, right, bottom], outline=(180, 180, 180))
+    draw.text((x0 + 4, y0 + 3), key, fill=(0, 0, 0))
+    draw.text((x0 + 2, top), f"{y_hi:.3g}", fill=(90, 90, 90))
+    draw.text((x0 + 2, bottom - 10), f"{y_lo:.3g}", fill=(90, 90, 90))
+    draw.text((left, bottom + 3), f"{x_lo}", fill=(90, 90, 90))
+    draw.text((right - 40, bottom + 3), f"{x_hi}", fill=(90, 90, 90))
+    to_px = [(left + (x - x_lo) / (x_hi - x_lo) * (right - left),
+              bottom - (y - y_lo) / (y_hi - y_lo) * (bottom - top)) for x, y in pts]
+    if len(to_px) == 1:
+        draw.ellipse([to_px[0][0] - 2, to_px[0][1] - 2, to_px[0][0] + 2, to_px[0][1] + 2], fill=colour)
+    else:
+        draw.line(to_px, fill=colour, width=2)
+
+
+def format_eta(seconds: float) -> str:
+    """Seconds -> '1h02m' / '3m05s' / '12s' for log lines."""
+    seconds = max(0, int(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def fail(message: str) -> "NoReturn":  # noqa: F821
+    """Print one clear line to stderr and exit with status 2 (bad arguments or input)."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)

@@ -1,0 +1,515 @@
+"""Dataset readers and the decoded-image cache shared by the four scripts.
+
+Three readers, each returning an `ImageSet` (uint8 images (N, H, W, C) plus named labels):
+
+* `load_celeba`  - CelebA in its official layout: `img_align_celeba/*.jpg` (also the nested
+                   `img_align_celeba/img_align_celeba/` of the official zip and the Kaggle copy),
+                   `list_attr_celeba.txt` (or Kaggle's `list_attr_celeba.csv`), and optionally
+                   `identity_CelebA.txt` and `list_eval_partition.txt` (or `.csv`).
+                   Labels: `attributes` (N, 40) in {0, 1}, `identity` (N,) when the file is there.
+* `load_mnist`   - the official gzipped IDX files. Labels: `class` (N,).
+* `load_folder`  - one sub-folder per class of images (FaceScrub-style). Labels: `class` (N,).
+
+JPEGs are decoded, cropped and resized once, in parallel over all cores, into a uint8 `.npy`
+cache keyed by the file list, file sizes, crop box and output size; later runs memory-map it.
+`Batches` serves training batches from that array (or from a copy of it on the GPU) with no
+per-step JPEG work, sharded by rank and a pure function of the step, so resume is exact.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import dataclasses
+import gzip
+import hashlib
+import json
+import os
+import struct
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from PIL import Image
+
+CACHE_VERSION = 1
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".webp")
+DATASETS = ("celeba", "mnist", "folder")
+
+CELEBA_HELP = """\
+CelebA is expected in {root} in its official layout:
+    {root}/img_align_celeba/000001.jpg ... 202599.jpg   (also found one level deeper,
+                                                         img_align_celeba/img_align_celeba/)
+    {root}/list_attr_celeba.txt      (or list_attr_celeba.csv from the Kaggle copy)
+    {root}/identity_CelebA.txt       (optional: identities as labels)
+    {root}/list_eval_partition.txt   (optional: the official train/valid/test split)
+Get it from the official site, https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html
+("Align&Cropped Images" -> img_align_celeba.zip, plus Anno/ and Eval/), or the Kaggle mirror:
+    kaggle datasets download -d jessicali9530/celeba-dataset
+then unzip into the data folder:  unzip img_align_celeba.zip -d {root}"""
+
+MNIST_HELP = """\
+MNIST is expected in {root} as the official gzipped IDX files:
+    train-images-idx3-ubyte.gz  train-labels-idx1-ubyte.gz
+    t10k-images-idx3-ubyte.gz   t10k-labels-idx1-ubyte.gz
+Get them from http://yann.lecun.com/exdb/mnist/ or its mirror
+https://ossci-datasets.s3.amazonaws.com/mnist/ and put the .gz files (not unzipped) there."""
+
+
+@dataclasses.dataclass
+class ImageSet:
+    """A decoded dataset split.
+
+    images: (N, H, W, C) uint8 in [0, 255], usually a read-only memory map of the cache.
+    labels: name -> (N, ...) array, e.g. 'attributes' (N, 40) uint8 {0, 1}, 'identity' (N,)
+            int64, 'class' (N,) int64.
+    names:  name -> list of column / class names ('attributes' -> the 40 CelebA names).
+    """
+    images: np.ndarray
+    labels: dict
+    names: dict
+    files: list
+    description: str
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def default_cache_dir() -> str:
+    """$FACE_VAE_CACHE, else ~/.cache/face-vaes (data folders are often read-only)."""
+    return os.environ.get("FACE_VAE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "face-vaes")
+
+
+def load_dataset(name: str, root: str, split: str = "train", image_size: int = 64,
+                 crop: tuple[int, int, int, int] | None = None, cache_dir: str | None = None,
+                 verbose: bool = True) -> ImageSet:
+    """Read `split` ('train', 'valid', 'test' or 'all') of dataset `name` from `root`.
+
+    `crop` is (top, left, height, width) in source pixels, applied before resizing to
+    `image_size` x `image_size` (None: the largest centred square). Raises ValueError for an
+    unknown name or split, FileNotFoundError when files are missing (naming them).
+    """
+    if split not in ("train", "valid", "test", "all"):
+        raise ValueError(f"unknown split {split!r}: use train, valid, test or all")
+    if name == "celeba":
+        return load_celeba(root, split, image_size, crop, cache_dir, verbose)
+    if name == "mnist":
+        return load_mnist(root, split, image_size)
+    if name == "folder":
+        return load_folder(root, split, image_size, crop, cache_dir, verbose)
+    raise ValueError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
+
+
+# ----------------------------------------------------------------------------------------------
+# CelebA
+# ----------------------------------------------------------------------------------------------
+def find_celeba_images(root: str) -> str:
+    """The folder holding CelebA's JPEGs: root/img_align_celeba or its nested copy."""
+    for candidate in (os.path.join(root, "img_align_celeba", "img_align_celeba"),
+                      os.path.join(root, "img_align_celeba")):
+        if os.path.isdir(candidate) and any(f.lower().endswith(".jpg") for f in os.listdir(candidate)):
+            return candidate
+    raise FileNotFoundError("no CelebA images found (looked for img_align_celeba/*.jpg and "
+                            "img_align_celeba/img_align_celeba/*.jpg).\n"
+                            + CELEBA_HELP.format(root=os.path.abspath(root)))
+
+
+def _first_existing(root: str, names: tuple[str, ...]) -> str | None:
+    for n in names:
+        if os.path.isfile(os.path.join(root, n)):
+            return os.path.join(root, n)
+    return None
+
+
+def read_celeba_attributes(path: str) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Parse list_attr_celeba.txt (count line, names line, `file v1 .. v40` rows with v in
+    {-1, 1}) or Kaggle's list_attr_celeba.csv. Returns (names, file -> (40,) uint8 in {0, 1}).
+
+    Raises ValueError naming the file and line for a wrong count, a short or long row, a value
+    other than -1/1, or a file listed twice.
+    """
+    if path.endswith(".csv"):
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+        names, body, first_line = rows[0][1:], rows[1:], 2
+    else:
+        with open(path) as f:
+            lines = f.read().splitlines()
+        if len(lines) < 2 or not lines[0].strip().isdigit():
+            raise ValueError(f"{path} line 1: expected the number of images, got {lines[:1]}")
+        names, body, first_line = lines[1].split(), [l.split() for l in lines[2:] if l.strip()], 3
+        if int(lines[0]) != len(body):
+            raise ValueError(f"{path} line 1: says {int(lines[0])} images but {len(body)} rows follow; "
+                             f"the file is truncated or edited - download it again")
+    table: dict[str, np.ndarray] = {}
+    for i, row in enumerate(body):
+        where = f"{path} line {first_line + i}"
+        if len(row) != len(names) + 1:
+            raise ValueError(f"{where}: {len(row) - 1} values for {len(names)} attributes in the header")
+        try:
+            values = np.array([int(v) for v in row[1:]])
+        except ValueError:
+            raise ValueError(f"{where}: attribute values must be -1 or 1, got {row[1:6]}...") from None
+        if not np.all((values == 1) | (values == -1)):
+            raise ValueError(f"{where}: attribute values must be -1 or 1, got {sorted(set(values.tolist()))}")
+        if row[0] in table:
+            raise ValueError(f"{where}: {row[0]} is listed twice")
+        table[row[0]] = (values > 0).astype(np.uint8)
+    return names, table
+
+
+def read_two_column(path: str) -> dict[str, int]:
+    """Parse `file integer` rows (identity_CelebA.txt, list_eval_partition.txt, or their
+    Kaggle .csv with a header). Raises ValueError naming the file and line of a bad row."""
+    out: dict[str, int] = {}
+    with open(path, newline="") as f:
+        lines = f.read().splitlines()
+    start = 1 if path.endswith(".csv") else 0
+    for i, line in enumerate(lines[start:], start=start + 1):
+        parts = line.replace(",", " ").split()
+        if not parts:
+            continue
+        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+            raise ValueError(f"{path} line {i}: expected `filename integer`, got {line!r}")
+        out[parts[0]] = int(parts[1])
+    return out
+
+
+def _check_labels_match(path: str, labelled: dict, files: list[str], image_dir: str) -> None:
+    """Every image has a label row and every label row has an image, else a clear error."""
+    present = set(files)
+    for i, name in enumerate(labelled):
+        if name not in present:
+            raise ValueError(f"{path}: row {i + 1} labels {name}, which is not in {image_dir}; "
+                             f"the images are incomplete (re-extract the zip) or the label file "
+                             f"belongs to another copy")
+    missing = [f for f in files if f not in labelled]
+    if missing:
+        raise ValueError(f"{path} has no row for {len(missing)} images in {image_dir} "
+                         f"(first: {missing[0]}); use the label file that came with these images")
+
+
+def _split_indices(n: int, split: str) -> np.ndarray:
+    """The fixed fallback split: sorted order, first 80% train, last 20% valid/test."""
+    cut = int(round(0.8 * n))
+    return {"train": np.arange(cut), "valid": np.arange(cut, n),
+            "test": np.arange(cut, n), "all": np.arange(n)}[split]
+
+
+def load_celeba(root: str, split: str = "train", image_size: int = 64,
+                crop: tuple[int, int, int, int] | None = None, cache_dir: str | None = None,
+                verbose: bool = True) -> ImageSet:
+    """CelebA `split` with labels 'attributes' (N, 40) {0, 1} and, if present, 'identity'.
+
+    The split is the official list_eval_partition (0 train, 1 valid, 2 test) when that file is
+    present and lists images for `split`; otherwise sorted file names cut 80/20 (said on
+    stdout and in the ImageSet's description). Errors: see module docstring.
+    """
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"data folder {os.path.abspath(root)} does not exist.\n"
+                                + CELEBA_HELP.format(root=os.path.abspath(root)))
+    image_dir = find_celeba_images(root)
+    files = sorted(f for f in os.listdir(image_dir) if f.lower().endswith(".jpg"))
+    attr_path = _first_existing(root, ("list_attr_celeba.txt", "list_attr_celeba.csv"))
+    if attr_path is None:
+        raise FileNotFoundError(f"found {len(files)} images in {image_dir} but no list_attr_celeba.txt "
+                                f"in {os.path.abspath(root)}.\n" + CELEBA_HELP.format(root=os.path.abspath(root)))
+    attr_names, attributes = read_celeba_attributes(attr_path)
+    _check_labels_match(attr_path, attributes, files, image_dir)
+    labels = {"attributes": np.stack([attributes[f] for f in files])}
+    id_path = _first_existing(root, ("identity_CelebA.txt",))
+    if id_path:
+        identity = read_two_column(id_path)
+        _check_labels_match(id_path, identity, files, image_dir)
+        labels["identity"] = np.array([identity[f] for f in files], dtype=np.int64)
+
+    index, how = _celeba_split(root, files, image_dir, split)
+    chosen = [files[i] for i in index]
+    labels = {k: v[index] for k, v in labels.items()}
+    images = cached_decode([os.path.join(image_dir, f) for f in chosen], crop, image_size,
+                           cache_dir, f"celeba-{split}", verbose)
+    return ImageSet(images, labels, {"attributes": attr_names}, chosen,
+                    f"CelebA {split}: {len(chosen)} images from {image_dir} ({how})")
+
+
+def _celeba_split(root: str, files: list[str], image_dir: str, split: str) -> tuple[np.ndarray, str]:
+    """Official partition if it has both train (0) and test (2) images, else the 80/20 cut for
+    every split (never official train + fallback test: they would overlap)."""
+    if split == "all":
+        return np.arange(len(files)), "all images"
+    part_path = _first_existing(root, ("list_eval_partition.txt", "list_eval_partition.csv"))
+    if part_path:
+        partition = read_two_column(part_path)
+        _check_labels_match(part_path, partition, files, image_dir)
+        codes = np.array([partition[f] for f in files])
+        if (codes == 0).any() and (codes == 2).any():
+            wanted = {"train": [0], "valid": [1] if (codes == 1).any() else [2], "test": [2]}[split]
+            return np.flatnonzero(np.isin(codes, wanted)), "official partition"
+        reason = f"{os.path.basename(part_path)} has no train or no test images (a sample?)"
+    else:
+        reason = "no list_eval_partition.txt"
+    return _split_indices(len(files), split), f"{reason}: sorted names, first 80% train, last 20% test"
+
+
+# ----------------------------------------------------------------------------------------------
+# MNIST
+# ----------------------------------------------------------------------------------------------
+def read_idx(path: str) -> np.ndarray:
+    """Read a gzipped IDX file (MNIST's format) into a uint8 array. Raises ValueError on a bad
+    magic number or a short file, naming the file."""
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise ValueError(f"{path}: not a readable .gz file ({e}); download it again") from None
+    if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] != 0x08:
+        raise ValueError(f"{path}: not an IDX file of unsigned bytes (magic {raw[:4].hex()})")
+    ndim = raw[3]
+    shape = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
+    body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: header says shape {shape} but holds {body.size} bytes; it is truncated")
+    return body.reshape(shape)
+
+
+def load_mnist(root: str, split: str = "train", image_size: int = 28) -> ImageSet:
+    """MNIST `split`: 'train' (60k) / 'test' (10k t10k); 'valid' is the test set.
+
+    When only the t10k files are present (a sample, like the bundled one), its first 80% is
+    used as train and the rest as valid/test, and the description says so.
+    Images (N, S, S, 1) uint8, label 'class' (N,) int64 in 0..9.
+    """
+    def pair(prefix: str):
+        return (os.path.join(root, f"{prefix}-images-idx3-ubyte.gz"),
+                os.path.join(root, f"{prefix}-labels-idx1-ubyte.gz"))
+    train, test = pair("train"), pair("t10k")
+    have_train, have_test = all(map(os.path.isfile, train)), all(map(os.path.isfile, test))
+    if not have_train and not have_test:
+        raise FileNotFoundError(f"no MNIST files in {os.path.abspath(root)}.\n"
+                                + MNIST_HELP.format(root=os.path.abspath(root)))
+    if split == "train" and have_train:
+        (img_path, lab_path), index, how = train, None, "official train set"
+    elif split != "train" and have_test:
+        (img_path, lab_path), index, how = test, None, "official test set"
+    elif split == "train":  # t10k only: a sample
+        (img_path, lab_path), how = test, "no train files: first 80% of t10k"
+        index = _split_indices(len(read_idx(test[1])), "train")
+    else:
+        raise FileNotFoundError(f"MNIST test files missing in {os.path.abspath(root)}.\n"
+                                + MNIST_HELP.format(root=os.path.abspath(root)))
+    images, labels = read_idx(img_path), read_idx(lab_path).astype(np.int64)
+    if len(images) != len(labels):
+        raise ValueError(f"{img_path} holds {len(images)} images but {lab_path} {len(labels)} labels")
+    if index is None and split != "train" and not have_train:
+        index, how = _split_indices(len(images), split), "no train files: last 20% of t10k"
+    if index is not None:
+        images, labels = images[index], labels[index]
+    if image_size != images.shape[1]:
+        images = np.stack([np.asarray(Image.fromarray(im).resize((image_size, image_size), Image.BILINEAR))
+                           for im in images])
+    files = [f"{os.path.basename(img_path)}#{i}" for i in range(len(images))]
+    return ImageSet(images[..., None], {"class": labels}, {"class": [str(d) for d in range(10)]}, files,
+                    f"MNIST {split}: {len(images)} digits from {root} ({how})")
+
+
+# ----------------------------------------------------------------------------------------------
+# folder per class
+# ----------------------------------------------------------------------------------------------
+def load_folder(root: str, split: str = "train", image_size: int = 64,
+                crop: tuple[int, int, int, int] | None = None, cache_dir: str | None = None,
+                verbose: bool = True) -> ImageSet:
+    """Images in `root/<class>/*.jpg` (any PIL format). Label 'class' (N,) int64 indexes the
+    sorted class folder names. Split: per class, the last 20% of sorted files (at least one,
+    for classes of 2+ images) are valid/test, the rest train."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"data folder {os.path.abspath(root)} does not exist; --dataset folder "
+                                f"expects one sub-folder of images per class, e.g. {root}/alice/001.jpg")
+    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    paths, labels = [], []
+    for c, name in enumerate(classes):
+        images = sorted(f for f in os.listdir(os.path.join(root, name)) if f.lower().endswith(IMAGE_EXTENSIONS))
+        n_held = 0 if len(images) < 2 else max(1, int(round(0.2 * len(images))))
+        keep = {"train": images[:len(images) - n_held], "all": images}.get(split, images[len(images) - n_held:])
+        paths += [os.path.join(root, name, f) for f in keep]
+        labels += [c] * len(keep)
+    if not paths:
+        raise FileNotFoundError(f"no images in class sub-folders of {os.path.abspath(root)} for split {split}; "
+                                f"expected {root}/<class>/<image>.jpg ({', '.join(IMAGE_EXTENSIONS)})")
+    images = cached_decode(paths, crop, image_size, cache_dir, f"folder-{split}", verbose)
+    return ImageSet(images, {"class": np.array(labels, dtype=np.int64)}, {"class": classes},
+                    [os.path.relpath(p, root) for p in paths],
+                    f"folder {split}: {len(paths)} images of {len(classes)} classes from {root}")
+
+
+# ----------------------------------------------------------------------------------------------
+# decoding and the cache
+# ----------------------------------------------------------------------------------------------
+def decode_image(path: str, crop: tuple[int, int, int, int] | None, size: int) -> np.ndarray:
+    """Open, crop (top, left, height, width; None = centred square) and resize one image to
+    (size, size, 3) uint8 with PIL's antialiased bilinear filter. Raises ValueError naming the
+    file if it is corrupt or truncated, or if the crop box does not fit inside it."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            if crop is None:
+                side = min(w, h)
+                top, left, ch, cw = (h - side) // 2, (w - side) // 2, side, side
+            else:
+                top, left, ch, cw = crop
+            if top < 0 or left < 0 or top + ch > h or left + cw > w:
+                raise ValueError(f"{path}: crop box (top {top}, left {left}, {ch}x{cw}) does not fit "
+                                 f"inside the {w}x{h} image")
+            im = im.crop((left, top, left + cw, top + ch)).resize((size, size), Image.BILINEAR)
+            return np.asarray(im, dtype=np.uint8)
+    except ValueError:
+        raise
+    except Exception as e:  # PIL raises OSError / UnidentifiedImageError / SyntaxError
+        raise ValueError(f"{path}: cannot decode image ({type(e).__name__}: {e}); the file is corrupt or "
+                         f"truncated - re-extract it from the dataset archive") from None
+
+
+def _decode_chunk(args) -> np.ndarray:
+    paths, crop, size = args
+    return np.stack([decode_image(p, crop, size) for p in paths])
+
+
+def decode_all(paths: list[str], crop, size: int, out: np.ndarray, verbose: bool = True,
+               label: str = "images") -> None:
+    """Decode `paths` into `out` (N, size, size, 3) uint8, in parallel over all cores for large
+    sets, printing a progress line about every 2 s."""
+    chunk = 256
+    jobs = [(paths[i:i + chunk], crop, size) for i in range(0, len(paths), chunk)]
+    start, last = time.time(), 0.0
+    workers = min(os.cpu_count() or 1, len(jobs))
+    if workers <= 1 or len(paths) < 2 * chunk:
+        results = map(_decode_chunk, jobs)
+        pool = None
+    else:
+        pool = concurrent.futures.ProcessPoolExecutor(workers)
+        results = pool.map(_decode_chunk, jobs)
+    try:
+        done = 0
+        for arr in results:
+            out[done:done + len(arr)] = arr
+            done += len(arr)
+            if verbose and (time.time() - last > 2.0 or done == len(paths)):
+                rate = done / max(time.time() - start, 1e-9)
+                print(f"\rdecoding {label}: {done}/{len(paths)} ({rate:.0f} images/s, {workers} workers)",
+                      end="\n" if done == len(paths) else "", file=sys.stderr, flush=True)
+                last = time.time()
+    finally:
+        if pool:
+            pool.shutdown(cancel_futures=True)
+
+
+def cache_key(paths: list[str], crop, size: int) -> str:
+    """sha256 over the cache version, every file's name and size, the crop box and the size."""
+    h = hashlib.sha256(json.dumps({"v": CACHE_VERSION, "crop": crop, "size": size}).encode())
+    for p in paths:
+        h.update(f"{p}\0{os.path.getsize(p)}\n".encode())
+    return h.hexdigest()
+
+
+def cached_decode(paths: list[str], crop, size: int, cache_dir: str | None, label: str,
+                  verbose: bool = True) -> np.ndarray:
+    """The (N, size, size, 3) uint8 images of `paths`, memory-mapped from the cache.
+
+    The first call decodes them (rank 0 only under torch.distributed; the others wait) into
+    `<cache_dir>/<label>-<size>px-<key>.npy`, written to a temporary name and moved into place,
+    with a `.json` key beside it. Later calls with the same files, crop and size map it.
+    """
+    cache_dir = cache_dir or default_cache_dir()
+    key = cache_key(paths, crop, size)
+    path = os.path.join(cache_dir, f"{label}-{size}px-{key[:16]}.npy")
+    distributed = dist.is_available() and dist.is_initialized()
+    if not os.path.exists(path) and (not distributed or dist.get_rank() == 0):
+        _build_cache(path, paths, crop, size, key, label, verbose)
+    if distributed:
+        dist.barrier()
+    return np.load(path, mmap_mode="r")
+
+
+def _build_cache(path: str, paths: list[str], crop, size: int, key: str, label: str, verbose: bool) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
+    try:
+        decode_all(paths, crop, size, out, verbose, label)
+        out.flush()
+        del out
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    with open(path[:-4] + ".json", "w") as f:
+        json.dump({"key": key, "crop": crop, "size": size, "count": len(paths),
+                   "first": paths[0], "last": paths[-1]}, f)
+
+
+# ----------------------------------------------------------------------------------------------
+# batches
+# ----------------------------------------------------------------------------------------------
+def to_float_images(u8: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """(B, H, W, C) uint8 -> (B, C, H, W) float32 in [-1, 1] (x / 127.5 - 1), on u8's device.
+
+    With channels_last the result keeps the NHWC memory layout (free: no copy of the layout)."""
+    x = u8.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+    return x if channels_last else x.contiguous()
+
+
+class Batches:
+    """Shuffled training batches from an ImageSet, one rank's shard, a pure function of step.
+
+    Each epoch e draws a permutation of all N images from a generator seeded by (seed, e);
+    rank r takes every world_size-th entry from r on, so the ranks' shards cover the set once
+    per epoch, and each rank cuts its shard into floor(N / world_size / batch_size) batches
+    (the remainder is dropped). `get(step)` returns the same batch whenever it is asked for,
+    so a resumed run sees exactly the batches the uninterrupted run would have seen.
+    The uint8 images are copied to the GPU once when `on_device` (and they fit).
+    """
+
+    def __init__(self, data: ImageSet, batch_size: int, seed: int, device: torch.device,
+                 rank: int = 0, world_size: int = 1, label_keys: tuple[str, ...] = (),
+                 on_device: bool | None = None, channels_last: bool = False):
+        per_rank = len(data) // world_size
+        if batch_size < 1 or per_rank < batch_size:
+            raise ValueError(f"batch size {batch_size} x {world_size} rank(s) needs at least "
+                             f"{batch_size * world_size} images, but {data.description}")
+        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
+        self.device, self.channels_last = device, channels_last
+        self.steps_per_epoch = per_rank // batch_size
+        if on_device is None:
+            on_device = device.type == "cuda" and data.images.nbytes < 0.4 * torch.cuda.mem_get_info(device)[0]
+        source = torch.from_numpy(np.ascontiguousarray(data.images)) if on_device else None
+        self.images = source.to(device) if on_device else data.images
+        self.labels = {k: torch.from_numpy(np.asarray(data.labels[k])) for k in label_keys}
+        self.on_device = on_device
+        self._epoch, self._order = -1, None
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """This rank's image indices for `epoch`: (steps_per_epoch * batch_size,) int64."""
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            n = len(self.images)
+            perm = torch.randperm(n, generator=g)[self.rank::self.world_size]
+            self._epoch, self._order = epoch, perm[:self.steps_per_epoch * self.batch_size]
+        return self._order
+
+    def indices(self, step: int) -> torch.Tensor:
+        epoch, i = divmod(step, self.steps_per_epoch)
+        return self.order(epoch)[i * self.batch_size:(i + 1) * self.batch_size]
+
+    def get(self, step: int) -> tuple[torch.Tensor, dict]:
+        """Batch `step`: images (B, C, H, W) float32 in [-1, 1] on the device, labels dict."""
+        idx = self.indices(step)
+        if self.on_device:
+            u8 = self.images[idx.to(self.device)]
+        else:
+            u8 = torch.from_numpy(self.images[idx.numpy()])  # reads only these rows of the memory map
+            if self.device.type == "cuda":
+                u8 = u8.pin_memory().to(self.device, non_blocking=True)
+        labels = {k: v[idx].to(self.device, non_blocking=True) for k, v in self.labels.items()}
+        return to_float_images(u8, self.channels_last), labels
