@@ -237,7 +237,8 @@ def arg(default: Any, help: str, **kwargs: Any) -> Any:
     return dataclasses.field(default=default, metadata={"help": help, **kwargs})
 
 
-def build_parser(config_cls: type, description: str, prog: str | None = None) -> argparse.ArgumentParser:
+def build_parser(config_cls: type, description: str, prog: str | None = None,
+                 with_defaults: bool = True) -> argparse.ArgumentParser:
     """An ArgumentParser with one --flag per field of the dataclass `config_cls`.
 
     Underscores become dashes; bools get --flag/--no-flag; a None default takes the type of
@@ -248,7 +249,7 @@ def build_parser(config_cls: type, description: str, prog: str | None = None) ->
     for f in dataclasses.fields(config_cls):
         name = "--" + f.name.replace("_", "-")
         help_text = f.metadata.get("help", "") + f" (default: {f.default})"
-        kwargs = {"default": f.default, "help": help_text}
+        kwargs = {"default": f.default if with_defaults else argparse.SUPPRESS, "help": help_text}
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
         annotation = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
@@ -287,11 +288,22 @@ def seed_everything(seed: int, rank: int = 0) -> None:
     torch.manual_seed(s)
 
 
+def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    """bf16 on CUDA GPUs that support it, fp16 on older ones, None (fp32) on CPU or when off."""
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA when `enabled`; a null context elsewhere (CPU runs stay fp32)."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
+    """The autocast context of `amp_dtype`, or a null context (CPU runs stay fp32)."""
+    dtype = amp_dtype(device, enabled)
+    return torch.autocast("cuda", dtype=dtype) if dtype else nullcontext()
+
+
+def make_grad_scaler(device: torch.device, enabled: bool) -> torch.amp.GradScaler:
+    """A GradScaler that is active only for fp16 autocast (bf16 and fp32 need none)."""
+    return torch.amp.GradScaler("cuda", enabled=amp_dtype(device, enabled) == torch.float16)
 
 
 def init_distributed() -> tuple[int, int, int]:
@@ -541,3 +553,34 @@ def fail(message: str) -> "NoReturn":  # noqa: F821
     """Print one clear line to stderr and exit with status 2 (bad arguments or input)."""
     print(f"error: {message}", file=sys.stderr, flush=True)
     raise SystemExit(2)
+
+
+def parse_config(config_cls: type, argv: Sequence[str] | None, description: str,
+                 prog: str | None = None) -> tuple[Any, set]:
+    """Parse argv into a `config_cls` instance; also return the set of fields given explicitly
+    on the command line (resume and checkpoint commands let those override the saved config)."""
+    parser = build_parser(config_cls, description, prog)
+    args = parser.parse_args(argv)
+    quiet = build_parser(config_cls, description, prog, with_defaults=False)
+    explicit = set(vars(quiet.parse_args(argv)))
+    return config_cls(**vars(args)), explicit
+
+
+def merge_saved_config(cfg: Any, saved: dict, explicit: set, free: set, where: str) -> Any:
+    """The config to resume or evaluate with: the saved one, with the explicitly given fields in
+    `free` (run control: steps, device, output paths...) taken from the command line.
+
+    Raises ValueError when the command line explicitly sets another field (one that shapes
+    the model or the objective) to a value other than the saved one, naming flag and values.
+    """
+    merged = dict(saved)
+    for name in explicit:
+        value, old = getattr(cfg, name), saved.get(name)
+        if name in free or name not in saved:
+            merged[name] = value
+        elif value != old:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{where} was trained with {flag} {old}, not {value}: pass the same "
+                             f"flags to continue it, or --fresh (or another --out) to start over")
+    known = {f.name for f in dataclasses.fields(type(cfg))}
+    return type(cfg)(**{k: v for k, v in merged.items() if k in known})

@@ -483,7 +483,7 @@ class Batches:
         self.steps_per_epoch = per_rank // batch_size
         if on_device is None:
             on_device = device.type == "cuda" and data.images.nbytes < 0.4 * torch.cuda.mem_get_info(device)[0]
-        source = torch.from_numpy(np.ascontiguousarray(data.images)) if on_device else None
+        source = torch.from_numpy(np.array(data.images)) if on_device else None
         self.images = source.to(device) if on_device else data.images
         self.labels = {k: torch.from_numpy(np.asarray(data.labels[k])) for k in label_keys}
         self.on_device = on_device

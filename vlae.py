@@ -1,0 +1,728 @@
+"""MMD Variational Ladder Autoencoder: faces with a hierarchy of latent codes.
+
+Haoji Xu, "Generate Faces Using Ladder Variational Autoencoder with Maximum Mean Discrepancy
+(MMD)", Intelligent Information Management 10, 2018 - the variational ladder autoencoder (VLAE,
+Zhao, Song & Ermon 2017, arXiv:1702.08396) trained with the MMD objective of InfoVAE (Zhao et
+al. 2017, arXiv:1706.02262) on every latent layer. Settings follow the reference code the paper
+used (ermongroup/Variational-Ladder-Autoencoder, --reg=mmd); see notes/vlae_mmd.md.
+
+The model. Latent layers l = 0..L-1 (l = 0 nearest the pixels; L = 4 x 10 dims for 64x64
+CelebA, L = 3 x 2 dims for 28x28 MNIST), all with the flat prior p(z) = prod_l N(z_l; 0, I).
+    inference   h_0 = x,  h_{l+1} = g_l(h_l)                       (a deterministic trunk)
+                q(z_l|x) = N(mu_l(h_l), diag sigma_l(h_l)^2)        (a separate branch e_l per layer)
+                sigma_l = sigmoid(.) + 0.001
+    generation  t_{L-1} = f_{L-1}(z_{L-1})
+                t_l = f_l([t_{l+1}, v_l(z_l)])   l = L-2..0          (each z_l enters at its own depth)
+                x_hat = 2 sigmoid(t_0) - 1                          (pixels in [-1, 1], no pixel noise)
+Deep layers see x through a deep network, so they hold high-level features (pose, identity);
+shallow ones hold low-level ones (lighting, colour).
+
+The objective (paper sec. 2.4; the extracted text lost the equations, restored by the note):
+    (eq. 1) MMD(q, p) = E_{q,q}[k(z, z')] + E_{p,p}[k(z, z')] - 2 E_{q,p}[k(z, z')]
+    (eq. 2) k(z, z') = exp(-||z - z'||^2 / sigma^2),   sigma^2 = D^2 (the reference's dim scaling)
+    (eq. 3) L_MMD-VLAE = E_q[log p(x|z)] - sum_l MMD(q(z_l), p(z_l))     (maximised)
+With the reference's choices, the loss minimised is
+        loss = 100 * ( mean_{pixels} |x_hat - x|  +  lambda * sum_l MMD_l ),   lambda = 1,
+i.e. an L1 "log-likelihood" (a Laplace p(x|z) up to scale), MMD estimated on each batch of
+reparameterised codes z_l against 100 fresh prior draws, biased estimator. The paper's ELBO
+writes log p(z|x); it is log p(x|z) (a misprint, note sec. 6.10).
+`--reg kl` trains the plain VLAE baseline: 0.5 * sum_{pixels} |x_hat - x| + w_t * sum_l KL_l,
+with the KL warm-up w_t = 1 - exp(-t / 2000) of the reference.
+
+Deviations and reference quirks (flags, off by default):
+    --relu-top-heads   the reference's top (z3) heads fall back to TF's default ReLU, so mu >= 0.
+    --recon mse        the reference before 2017-09-20 used mean squared error.
+    MNIST pixels are in [-1, 1] here like CelebA (the reference scales MNIST to [0, 1], which
+    halves the L1 term: --mmd-weight 2 reproduces its balance).
+    Face arithmetic (Fig. 4) uses encoder means mu_l(x), not samples, so it is deterministic.
+
+Usage:
+    python vlae.py --dataset celeba --data-dir data/celeba        # train (CPU, or one GPU)
+    torchrun --nproc_per_node 8 vlae.py --dataset celeba ...        # many GPUs (DDP)
+    python vlae.py sample  --checkpoint runs/vlae-celeba/checkpoint.pt
+    python vlae.py figures --checkpoint runs/vlae-celeba/checkpoint.pt   # Figs 2-4, recon, samples
+    python vlae.py eval    --checkpoint runs/vlae-celeba/checkpoint.pt   # eval.json
+The same command resumes an interrupted run. The paper trained about 8 h (CelebA) and 1 h
+(MNIST) on one GTX 1080 Ti; the default budget is 100k steps of 100 images (~62 CelebA epochs).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import common
+import data
+
+SCRIPT = "vlae"
+MODES = ("train", "sample", "figures", "eval")
+LOSS_SCALE = 100.0  # the reference's global rescale of the MMD loss (note sec. 1)
+CELEBA_CROP = (55, 35, 108, 108)  # top, left, height, width: the reference's centre crop 108
+# Fig. 4 triplets (a, b, c) -> decode(z_a - z_b + z_c), picked by CelebA attribute values
+ARITHMETIC = {
+    "pale": ({"Male": 1, "Pale_Skin": 1}, {"Male": 1, "Pale_Skin": 0}, {"Male": 0, "Pale_Skin": 0}),
+    "smile": ({"Male": 1, "Smiling": 1}, {"Male": 1, "Smiling": 0}, {"Male": 0, "Smiling": 0}),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# config
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Config:
+    dataset: str = common.arg("celeba", "celeba, mnist or folder (one sub-folder per class)",
+                              choices=data.DATASETS)
+    data_dir: str = common.arg("", "dataset folder (default: data/<dataset>)")
+    out: str = common.arg("", "output folder (default: runs/vlae-<dataset>)")
+    checkpoint: str = common.arg("", "checkpoint for sample/figures/eval (default: OUT/checkpoint.pt)")
+    steps: int = common.arg(100_000, "training steps; the paper gives none, ~62 CelebA epochs")
+    batch_size: int = common.arg(100, "images per step per process (reference: 100)")
+    lr: float = common.arg(2e-4, "Adam learning rate (reference: 2e-4, betas 0.9/0.999)")
+    image_size: int = common.arg(0, "image side in pixels (0: 64 for faces, 28 for MNIST)")
+    device: str = common.arg("auto", "auto (cuda if present), cpu, cuda or cuda:N")
+    seed: int = common.arg(0, "random seed (each rank adds its rank)")
+    log_every: int = common.arg(100, "steps between log lines and metrics.jsonl rows")
+    ckpt_every: int = common.arg(2000, "steps between checkpoints (reference: 2000)")
+    amp: bool = common.arg(True, "bf16 autocast on CUDA (fp16 + GradScaler on GPUs without bf16)")
+    compile: bool = common.arg(False, "torch.compile the model")
+    fresh: bool = common.arg(False, "ignore an existing checkpoint in OUT and start over")
+    cache_dir: str = common.arg("", "decoded-image cache (default: $FACE_VAE_CACHE or ~/.cache/face-vaes)")
+    crop: str = common.arg("", "crop box top,left,height,width (default: 55,35,108,108 for CelebA, "
+                               "centred square for folder)")
+    reg: str = common.arg("mmd", "regulariser per layer: mmd (the paper) or kl (plain VLAE baseline)",
+                          choices=("mmd", "kl"))
+    recon: str = common.arg("l1", "reconstruction loss: l1 (reference HEAD) or mse", choices=("l1", "mse"))
+    latent_dim: int = common.arg(0, "dims per latent layer (0: 10 for faces, 2 for MNIST)")
+    mmd_weight: float = common.arg(1.0, "lambda per layer against the per-pixel mean reconstruction")
+    prior_samples: int = common.arg(100, "N(0, I) draws per layer per step for the MMD")
+    kl_warmup: float = common.arg(2000.0, "--reg kl: KL weight 1 - exp(-step / this)")
+    relu_top_heads: bool = common.arg(False, "reference quirk: ReLU on the top layer's mu and sigma heads")
+    bn_momentum: float = common.arg(0.001, "BatchNorm running-stat momentum (TF default 0.999 decay); "
+                                           "runs under ~5k steps want 0.05")
+    eval_images: int = common.arg(1000, "held-out images for eval (reconstruction and MMD)")
+
+
+# Fields that may differ between a checkpoint and the command that resumes or evaluates it.
+RUN_FIELDS = {"data_dir", "out", "checkpoint", "steps", "device", "log_every", "ckpt_every", "amp",
+              "compile", "fresh", "cache_dir", "eval_images"}
+
+
+def resolve_defaults(cfg: Config) -> Config:
+    """Fill the dataset-dependent defaults (0 / '' fields) and check the values."""
+    faces = cfg.dataset != "mnist"
+    cfg = dataclasses.replace(
+        cfg,
+        data_dir=cfg.data_dir or os.path.join("data", cfg.dataset),
+        out=cfg.out or os.path.join("runs", f"vlae-{cfg.dataset}"),
+        image_size=cfg.image_size or (64 if faces else 28),
+        latent_dim=cfg.latent_dim or (10 if faces else 2))
+    checks = [(cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}"),
+              (cfg.steps >= 0, f"--steps must be >= 0, got {cfg.steps}"),
+              (cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}"),
+              (cfg.log_every >= 1 and cfg.ckpt_every >= 1, "--log-every and --ckpt-every must be >= 1"),
+              (cfg.prior_samples >= 2, "--prior-samples must be >= 2"),
+              (cfg.latent_dim >= 1, f"--latent-dim must be >= 1, got {cfg.latent_dim}"),
+              (cfg.image_size % (16 if faces else 4) == 0,
+               f"--image-size must be a multiple of {16 if faces else 4} for {cfg.dataset}, got {cfg.image_size}")]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+    parse_crop(cfg)
+    return cfg
+
+
+def parse_crop(cfg: Config) -> tuple[int, int, int, int] | None:
+    if not cfg.crop:
+        return CELEBA_CROP if cfg.dataset == "celeba" else None
+    try:
+        box = tuple(int(v) for v in cfg.crop.split(","))
+    except ValueError:
+        box = ()
+    if len(box) != 4 or min(box) < 0 or box[2] == 0 or box[3] == 0:
+        raise ValueError(f"--crop must be four integers top,left,height,width, got {cfg.crop!r}")
+    return box
+
+
+# ----------------------------------------------------------------------------------------------
+# --- paper: model ---
+# ----------------------------------------------------------------------------------------------
+def batch_norm(channels: int, momentum: float, dims: int = 2) -> nn.Module:
+    """TF's batch_norm defaults: eps 1e-3, no learned scale (gamma fixed at 1), learned shift."""
+    bn = (nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d)(channels, eps=1e-3, momentum=momentum)
+    bn.weight.requires_grad_(False)
+    return bn
+
+
+def conv_block(cin: int, cout: int, stride: int, m: float) -> nn.Module:
+    return nn.Sequential(common.conv_same(cin, cout, stride), batch_norm(cout, m), nn.LeakyReLU(0.1))
+
+
+def deconv_block(cin: int, cout: int, stride: int, m: float) -> nn.Module:
+    return nn.Sequential(common.conv_transpose_same(cin, cout, stride), batch_norm(cout, m), nn.LeakyReLU(0.1))
+
+
+def fc_block(cin: int, cout: int, m: float, act: str = "relu") -> nn.Module:
+    return nn.Sequential(nn.Linear(cin, cout), batch_norm(cout, m, dims=1),
+                         nn.ReLU() if act == "relu" else nn.LeakyReLU(0.1))
+
+
+class Reshape(nn.Module):
+    def __init__(self, *shape: int):
+        super().__init__()
+        self.shape = shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], *self.shape)
+
+
+class GaussianHead(nn.Module):
+    """e_l: features of h_l, then q(z_l|x) = N(mu, sigma^2) with mu linear and
+    sigma = sigmoid(linear) + 0.001 (note sec. 1). Returns (mu, logvar), each (B, D)."""
+
+    def __init__(self, features: nn.Module, in_features: int, dim: int, relu_quirk: bool = False):
+        super().__init__()
+        self.features, self.relu_quirk = features, relu_quirk
+        self.mu, self.sigma = nn.Linear(in_features, dim), nn.Linear(in_features, dim)
+        for linear in (self.mu, self.sigma):  # heads: Glorot-uniform, zero bias (TF default)
+            nn.init.xavier_uniform_(linear.weight)
+            nn.init.zeros_(linear.bias)
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.features(h).flatten(1)
+        mu, s = self.mu(f), self.sigma(f)
+        if self.relu_quirk:  # --relu-top-heads: TF's fully_connected defaults to a ReLU
+            mu, sigma = F.relu(mu), F.relu(s) + 1e-3
+        else:
+            sigma = torch.sigmoid(s) + 1e-3
+        return mu, 2.0 * torch.log(sigma)
+
+
+class ConcatCombine(nn.Module):
+    """CelebA: [t_{l+1}, v_l(z_l)] joined along channels."""
+
+    def forward(self, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return torch.cat([t, v], dim=1)
+
+
+class GatedAdd(nn.Module):
+    """MNIST: t_{l+1} + g * v_l(z_l), with a learned per-unit gate g initialised to 0.1."""
+
+    def __init__(self, features: int):
+        super().__init__()
+        self.gate = nn.Parameter(torch.full((features,), 0.1))
+
+    def forward(self, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return t + self.gate * v
+
+
+class VLAE(nn.Module):
+    """The ladder. Built by `celeba_ladder` / `mnist_ladder` from four lists of blocks:
+    trunk g_0..g_{L-2}, heads e_0..e_{L-1}, ladders v_0..v_{L-2} with their combine, and
+    decoder blocks f_0..f_{L-1} (f_{L-1} takes z_{L-1} alone)."""
+
+    def __init__(self, trunk, heads, ladders, combines, decoders):
+        super().__init__()
+        self.trunk, self.heads = nn.ModuleList(trunk), nn.ModuleList(heads)
+        self.ladders, self.combines = nn.ModuleList(ladders), nn.ModuleList(combines)
+        self.decoders = nn.ModuleList(decoders)
+        self.latent_dims = [h.mu.out_features for h in heads]
+
+    def encode(self, x: torch.Tensor) -> tuple[list, list]:
+        """x (B, C, H, W) in [-1, 1] -> lists over layers of mu_l, logvar_l, each (B, D_l)."""
+        mus, logvars, h = [], [], x
+        for l, head in enumerate(self.heads):
+            mu, logvar = head(h)
+            mus.append(mu)
+            logvars.append(logvar)
+            if l < len(self.trunk):
+                h = self.trunk[l](h)  # h_{l+1} = g_l(h_l)
+        return mus, logvars
+
+    def decode(self, zs: list) -> torch.Tensor:
+        """Codes z_0..z_{L-1}, each (B, D_l) -> x_hat (B, C, H, W) in [-1, 1]."""
+        t = self.decoders[-1](zs[-1])  # t_{L-1} = f_{L-1}(z_{L-1})
+        for l in reversed(range(len(self.ladders))):
+            t = self.decoders[l](self.combines[l](t, self.ladders[l](zs[l])))
+        return 2.0 * torch.sigmoid(t) - 1.0
+
+    def forward(self, x: torch.Tensor) -> dict:
+        mus, logvars = self.encode(x)
+        zs = [common.reparameterize(mu, lv) for mu, lv in zip(mus, logvars)]
+        return {"mu": mus, "logvar": logvars, "z": zs, "x_hat": self.decode(zs)}
+
+
+def celeba_ladder(size: int, dim: int, m: float, relu_quirk: bool) -> VLAE:
+    """The reference's LargeLayers (note sec. 2): cs = 3, 64, 128, 256, 512, 1024; L = 4."""
+    s2, s8, s16 = size // 2, size // 8, size // 16
+
+    def trunk_blocks():  # g_0..g_2; each head e_l is a second copy with its own weights
+        return [nn.Sequential(conv_block(3, 64, 2, m), conv_block(64, 64, 1, m)),               # -> 64 x s/2
+                nn.Sequential(conv_block(64, 128, 2, m), conv_block(128, 128, 1, m),
+                              conv_block(128, 256, 2, m)),                                      # -> 256 x s/8
+                nn.Sequential(conv_block(256, 256, 1, m), conv_block(256, 512, 2, m),
+                              conv_block(512, 512, 1, m))]                                      # -> 512 x s/16
+
+    trunk = trunk_blocks()
+    head_features = trunk_blocks() + [nn.Sequential(nn.Flatten(), fc_block(512 * s16 * s16, 1024, m, "lrelu"),
+                                                    fc_block(1024, 1024, m, "lrelu"))]
+    widths = [64 * s2 * s2, 256 * s8 * s8, 512 * s16 * s16, 1024]
+    heads = [GaussianHead(f, w, dim, relu_quirk and l == 3) for l, (f, w) in enumerate(zip(head_features, widths))]
+    ladders = [nn.Sequential(fc_block(dim, c * s * s, m), Reshape(c, s, s))
+               for c, s in ((64, s2), (256, s8), (512, s16))]
+    decoders = [nn.Sequential(deconv_block(128, 64, 2, m), common.conv_transpose_same(64, 3, 1)),   # -> 3 x s
+                nn.Sequential(deconv_block(512, 128, 2, m), deconv_block(128, 128, 1, m),
+                              deconv_block(128, 64, 2, m)),                                         # -> 64 x s/2
+                nn.Sequential(deconv_block(1024, 512, 1, m), deconv_block(512, 256, 2, m),
+                              deconv_block(256, 256, 1, m)),                                        # -> 256 x s/8
+                nn.Sequential(fc_block(dim, 1024, m), fc_block(1024, 1024, m),
+                              fc_block(1024, 512 * s16 * s16, m), Reshape(512, s16, s16))]         # -> 512 x s/16
+    return VLAE(trunk, heads, ladders, [ConcatCombine() for _ in ladders], decoders)
+
+
+def mnist_ladder(size: int, dim: int, m: float, relu_quirk: bool) -> VLAE:
+    """The reference's SmallLayers: cs = 1, 64, 128, 1024; L = 3; gated-add combination."""
+    s4 = size // 4
+
+    def convs():
+        return nn.Sequential(conv_block(1, 64, 2, m), conv_block(64, 128, 2, m), nn.Flatten())
+
+    def tower(cin):
+        return nn.Sequential(fc_block(cin, 1024, m, "lrelu"), fc_block(1024, 1024, m, "lrelu"))
+
+    trunk = [nn.Sequential(convs(), nn.Linear(128 * s4 * s4, 1024)),
+             nn.Sequential(tower(1024), nn.Linear(1024, 1024))]
+    heads = [GaussianHead(convs(), 128 * s4 * s4, dim), GaussianHead(tower(1024), 1024, dim),
+             GaussianHead(tower(1024), 1024, dim, relu_quirk)]
+    ladders = [fc_block(dim, 1024, m, "lrelu"), fc_block(dim, 1024, m)]
+    decoders = [nn.Sequential(fc_block(1024, 128 * s4 * s4, m), Reshape(128, s4, s4),
+                              deconv_block(128, 64, 2, m), common.conv_transpose_same(64, 1, 2)),
+                nn.Sequential(fc_block(1024, 1024, m), fc_block(1024, 1024, m), nn.Linear(1024, 1024)),
+                nn.Sequential(fc_block(dim, 1024, m), fc_block(1024, 1024, m), nn.Linear(1024, 1024))]
+    return VLAE(trunk, heads, ladders, [GatedAdd(1024), GatedAdd(1024)], decoders)
+
+
+def build_model(cfg: Config) -> VLAE:
+    """The ladder for cfg.dataset, initialised like the reference: N(0, 0.02) blocks, Glorot heads."""
+    make = mnist_ladder if cfg.dataset == "mnist" else celeba_ladder
+    model = make(cfg.image_size, cfg.latent_dim, cfg.bn_momentum, cfg.relu_top_heads)
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)) and not name.endswith((".mu", ".sigma")):
+            nn.init.normal_(module.weight, 0.0, 0.02)
+            nn.init.zeros_(module.bias)
+    for bn in (b for b in model.modules() if isinstance(b, nn.modules.batchnorm._BatchNorm)):
+        bn.weight.requires_grad_(False)
+    return model
+
+
+# ----------------------------------------------------------------------------------------------
+# --- paper: losses ---
+# ----------------------------------------------------------------------------------------------
+def reconstruction_error(x_hat: torch.Tensor, x: torch.Tensor, kind: str) -> torch.Tensor:
+    """Mean over all pixels and images of |x_hat - x| (l1) or (x_hat - x)^2 (mse); [-1, 1] units.
+    The -log p(x|z) of eq. 3 for a Laplace (Gaussian) decoder, up to scale and constant."""
+    diff = x_hat.float() - x.float()
+    return diff.abs().mean() if kind == "l1" else diff.pow(2).mean()
+
+
+def mmd_per_layer(zs: list, n_prior: int) -> list:
+    """Eq. 1-2 for each layer: biased MMD between the batch of codes z_l ~ q(z_l) (B, D) and
+    n_prior fresh draws of N(0, I), kernel bandwidth sigma^2 = D^2. Scalars, >= 0."""
+    return [common.mmd(z.float(), torch.randn(n_prior, z.shape[1], device=z.device)) for z in zs]
+
+
+def kl_per_layer(mus: list, logvars: list) -> list:
+    """KL(q(z_l|x) || N(0, I)) in nats, summed over dims, averaged over the batch, per layer."""
+    return [common.kl_normal_std(mu.float(), lv.float()).mean() for mu, lv in zip(mus, logvars)]
+
+
+def vlae_loss(out: dict, x: torch.Tensor, cfg: Config, step: int) -> dict:
+    """The loss minimised, with its terms (scalars) for logging.
+
+    mmd (eq. 3, reference weighting): 100 * (recon + lambda * sum_l MMD_l)
+    kl  (VLAE baseline):              0.5 * C*H*W * recon + (1 - exp(-step / 2000)) * sum_l KL_l
+    where recon is the per-pixel mean error of `reconstruction_error`.
+    """
+    recon = reconstruction_error(out["x_hat"], x, cfg.recon)
+    terms = {"recon": recon}
+    if cfg.reg == "mmd":
+        regs = mmd_per_layer(out["z"], cfg.prior_samples)
+        loss = LOSS_SCALE * (recon + cfg.mmd_weight * sum(regs))
+    else:
+        regs = kl_per_layer(out["mu"], out["logvar"])
+        warmup = 1.0 - math.exp(-step / cfg.kl_warmup)
+        loss = 0.5 * x[0].numel() * recon + warmup * sum(regs)
+    return {"loss": loss, **terms, **{f"{cfg.reg}_{l}": r for l, r in enumerate(regs)}}
+
+
+# ----------------------------------------------------------------------------------------------
+# --- paper: training step ---
+# ----------------------------------------------------------------------------------------------
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               x: torch.Tensor, cfg: Config, step: int, device: torch.device) -> dict:
+    """One Adam step on a batch x (B, C, H, W) in [-1, 1]; returns the detached loss terms.
+    The forward runs under autocast; the losses are computed in float32."""
+    with common.autocast(device, cfg.amp):
+        out = model(x)
+    terms = vlae_loss(out, x, cfg, step)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(terms["loss"]).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return {k: v.detach() for k, v in terms.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# --- paper: figures (return images; the caller saves them) ---
+# ----------------------------------------------------------------------------------------------
+def prior_draw(model: VLAE, n: int, g: torch.Generator, device) -> list:
+    return [torch.randn(n, d, generator=g).to(device) for d in model.latent_dims]
+
+
+@torch.no_grad()
+def fig_manifold(model: VLAE, layer: int, g: torch.Generator, device, n: int = 15, span: float = 3.0):
+    """Fig. 2: layer `layer`'s first two code dims on an n x n grid over [-span, span]^2, the
+    other layers (and dims) drawn from N(0, I) for every cell. Returns (n*n, C, H, W)."""
+    zs = prior_draw(model, n * n, g, device)
+    axis = torch.linspace(-span, span, n)
+    rows, cols = torch.meshgrid(axis, axis, indexing="ij")
+    zs[layer] = torch.zeros_like(zs[layer])
+    zs[layer][:, 0] = cols.flatten().to(device)
+    zs[layer][:, 1 % zs[layer].shape[1]] = -rows.flatten().to(device)
+    return model.decode(zs)
+
+
+@torch.no_grad()
+def fig_resample_layer(model: VLAE, layer: int, g: torch.Generator, device, n: int = 10):
+    """Fig. 3: every other layer fixed to one N(0, I) draw, layer `layer` redrawn in each of
+    n*n cells. Returns (n*n, C, H, W)."""
+    fixed = prior_draw(model, 1, g, device)
+    zs = [z.expand(n * n, -1).clone() for z in fixed]
+    zs[layer] = torch.randn(n * n, model.latent_dims[layer], generator=g).to(device)
+    return model.decode(zs)
+
+
+@torch.no_grad()
+def fig_arithmetic(model: VLAE, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor):
+    """Fig. 4: rows [a, b, c, decode(mu(a) - mu(b) + mu(c))] on every layer; a, b, c (R, C, H, W)
+    in [-1, 1]. Returns (R*4, C, H, W)."""
+    (mu_a, _), (mu_b, _), (mu_c, _) = model.encode(a), model.encode(b), model.encode(c)
+    result = model.decode([za - zb + zc for za, zb, zc in zip(mu_a, mu_b, mu_c)])
+    return torch.stack([a, b, c, result], dim=1).flatten(0, 1)
+
+
+def pick_by_attributes(dataset: data.ImageSet, wanted: dict, n: int) -> np.ndarray | None:
+    """Indices of up to n images whose attributes match `wanted` (name -> 0/1); None if none."""
+    names = dataset.names.get("attributes", [])
+    if "attributes" not in dataset.labels or any(k not in names for k in wanted):
+        return None
+    attrs = dataset.labels["attributes"]
+    mask = np.ones(len(attrs), bool)
+    for name, value in wanted.items():
+        mask &= attrs[:, names.index(name)] == value
+    found = np.flatnonzero(mask)[:n]
+    return found if len(found) else None
+
+
+@torch.no_grad()
+def effect_scores(model: VLAE, g: torch.Generator, device, bases: int = 8, resamples: int = 64) -> list:
+    """Per-layer effect score (note sec. 5d): the per-pixel std over `resamples` redraws of
+    layer l with the others fixed, averaged over pixels and `bases` draws of the others.
+    [-1, 1] pixel units; a layer the decoder ignores scores 0."""
+    scores = []
+    for layer in range(len(model.latent_dims)):
+        total = 0.0
+        for _ in range(bases):
+            images = fig_resample_layer(model, layer, g, device, n=int(math.sqrt(resamples)))
+            total += images.float().std(dim=0).mean().item()
+        scores.append(total / bases)
+    return scores
+
+
+# ----------------------------------------------------------------------------------------------
+# --- plumbing: run folder, checkpoints ---
+# ----------------------------------------------------------------------------------------------
+def heldout_images(cfg: Config, n: int, device, split: str = "test") -> tuple[torch.Tensor, data.ImageSet]:
+    """The first n held-out images (B, C, H, W) in [-1, 1] and their ImageSet."""
+    held = data.load_dataset(cfg.dataset, cfg.data_dir, split, cfg.image_size, parse_crop(cfg),
+                             cfg.cache_dir or None)
+    x = data.to_float_images(torch.from_numpy(np.array(held.images[:n])).to(device))
+    return x, held
+
+
+def save_state(cfg: Config, model, optimizer, scaler, step: int, rng: list) -> None:
+    common.save_checkpoint(os.path.join(cfg.out, "checkpoint.pt"), SCRIPT, model=common.unwrap(model).state_dict(),
+                           optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), step=step,
+                           config=dataclasses.asdict(cfg), rng=rng, world_size=len(rng))
+
+
+def load_model(cfg: Config, explicit: set) -> tuple[VLAE, Config, dict]:
+    """The trained model (eval mode) and its config from --checkpoint (or OUT/checkpoint.pt)."""
+    path = cfg.checkpoint or os.path.join(cfg.out or os.path.join("runs", f"vlae-{cfg.dataset}"), "checkpoint.pt")
+    state = common.load_checkpoint(path, SCRIPT)
+    saved = common.merge_saved_config(cfg, state["config"], explicit, RUN_FIELDS, path)
+    if "out" not in explicit:
+        saved = dataclasses.replace(saved, out=os.path.dirname(os.path.abspath(path)))
+    saved = resolve_defaults(saved)
+    model = build_model(saved)
+    model.load_state_dict(state["model"])
+    return model.eval(), saved, state
+
+
+def curve_keys(cfg: Config) -> list:
+    n_layers = 3 if cfg.dataset == "mnist" else 4
+    return ["loss", "recon"] + [f"{cfg.reg}_{l}" for l in range(n_layers)] + ["images_per_s"]
+
+
+# ----------------------------------------------------------------------------------------------
+# --- plumbing: training loop ---
+# ----------------------------------------------------------------------------------------------
+def setup_run(cfg: Config, explicit: set, device, rank: int, world: int):
+    """Model, optimizer, scaler and the step to start from: a fresh run, or the checkpoint in
+    OUT resumed exactly (weights, Adam moments, scaler, step and this rank's RNG states)."""
+    path = os.path.join(cfg.out, "checkpoint.pt")
+    state = None
+    if os.path.exists(path) and not cfg.fresh:
+        state = common.load_checkpoint(path, SCRIPT)
+        cfg = resolve_defaults(common.merge_saved_config(cfg, state["config"], explicit, RUN_FIELDS, path))
+    common.seed_everything(cfg.seed)  # the same initial weights on every rank
+    model = build_model(cfg).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, fused=device.type == "cuda")
+    scaler = common.make_grad_scaler(device, cfg.amp)
+    common.seed_everything(cfg.seed, rank)
+    if state is None:
+        return cfg, model, optimizer, scaler, 0
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    if state["world_size"] == world:
+        common.set_rng_state(state["rng"][rank])
+    else:  # another number of ranks: fresh, distinct streams
+        common.seed_everything(cfg.seed + 7919 * state["step"], rank)
+    common.print0(f"resuming {path} at step {state['step']}")
+    return cfg, model, optimizer, scaler, state["step"]
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def check_finite(bad: torch.Tensor, step: int, cfg: Config) -> None:
+    if bad.item():
+        raise NonFiniteLoss(f"the loss became NaN or inf at or before step {step}; stopping. The last "
+                            f"good checkpoint, if any, is kept in {cfg.out}/checkpoint.pt. Try a lower "
+                            f"--lr, or --no-amp")
+
+
+def log_step(cfg: Config, step: int, terms: dict, images_per_s: float, elapsed: float, start_step: int) -> None:
+    values = {k: common.all_reduce_mean(v).item() for k, v in terms.items()}
+    eta = (cfg.steps - step) * elapsed / max(step - start_step, 1)
+    common.print0(f"step {step}/{cfg.steps} | " + " ".join(f"{k} {v:.4g}" for k, v in values.items())
+                  + f" | {images_per_s:.0f} img/s | eta {common.format_eta(eta)}")
+    if common.is_main():
+        common.append_jsonl(os.path.join(cfg.out, "metrics.jsonl"),
+                            {"step": step, **values, "images_per_s": images_per_s, "seconds": elapsed})
+
+
+def checkpoint(cfg: Config, model, optimizer, scaler, step: int, bad: torch.Tensor, device) -> None:
+    """NaN check, then (rank 0) an atomic checkpoint with every rank's RNG, curves and a
+    quick sample grid."""
+    check_finite(common.all_reduce_mean(bad.float()) > 0, step, cfg)
+    rng = common.gather_objects(common.rng_state())
+    if common.is_main():
+        save_state(cfg, model, optimizer, scaler, step, rng)
+        common.plot_curves(os.path.join(cfg.out, "metrics.jsonl"),
+                           os.path.join(cfg.out, "figures", "curves.png"), curve_keys(cfg))
+
+
+def train(cfg: Config, explicit: set) -> None:
+    rank, world, local_rank = common.init_distributed()
+    device = common.pick_device(cfg.device, local_rank)
+    cfg, model, optimizer, scaler, start = setup_run(cfg, explicit, device, rank, world)
+    train_set = data.load_dataset(cfg.dataset, cfg.data_dir, "train", cfg.image_size, parse_crop(cfg),
+                                  cfg.cache_dir or None, verbose=common.is_main())
+    batches = data.Batches(train_set, cfg.batch_size, cfg.seed, device, rank, world,
+                           channels_last=device.type == "cuda")
+    if common.is_main():
+        os.makedirs(os.path.join(cfg.out, "figures"), exist_ok=True)
+        with open(os.path.join(cfg.out, "config.json"), "w") as f:
+            json.dump({**dataclasses.asdict(cfg), "data": train_set.description, "world_size": world}, f, indent=2)
+        common.truncate_jsonl(os.path.join(cfg.out, "metrics.jsonl"), start)
+    common.print0(f"{train_set.description}; {world} process(es) on {device}, "
+                  f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")
+    net = torch.compile(model) if cfg.compile else model
+    net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else net
+    run_loop(cfg, net, optimizer, scaler, batches, start, device)
+    common.cleanup_distributed()  # the figures and eval below run on rank 0 alone
+    if rank == 0:
+        finish(cfg, common.unwrap(net), device)
+
+
+def run_loop(cfg: Config, net, optimizer, scaler, batches, start: int, device) -> None:
+    bad = torch.zeros((), dtype=torch.bool, device=device)
+    t0, t_log, step = time.time(), time.time(), start
+    with common.StopSignal() as stop:
+        while step < cfg.steps:
+            x, _ = batches.get(step)
+            terms = train_step(net, optimizer, scaler, x, cfg, step, device)
+            bad |= ~torch.isfinite(terms["loss"])  # checked at log/checkpoint steps: no sync here
+            step += 1
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                check_finite(common.all_reduce_mean(bad.float()) > 0, step, cfg)
+                rate = cfg.log_every * cfg.batch_size * batches.world_size / max(time.time() - t_log, 1e-9)
+                log_step(cfg, step, terms, rate, time.time() - t0, start)
+                t_log = time.time()
+            stopping = common.any_rank(stop.raised is not None, device) if (
+                batches.world_size == 1 or step % 10 == 0) else False
+            if step % cfg.ckpt_every == 0 or step == cfg.steps or stopping:
+                checkpoint(cfg, net, optimizer, scaler, step, bad, device)
+            if stopping:
+                common.print0(f"stopped by {stop.raised or 'a signal'} at step {step}; checkpoint saved, "
+                              f"run the same command to resume")
+                raise SystemExit(0)
+
+
+# ----------------------------------------------------------------------------------------------
+# --- plumbing: sample / figures / eval ---
+# ----------------------------------------------------------------------------------------------
+def finish(cfg: Config, model: VLAE, device) -> None:
+    """After training: every figure and eval.json (rank 0)."""
+    model.eval()
+    draw_figures(cfg, model, device)
+    evaluate(cfg, model, device)
+    model.train()
+
+
+def draw_figures(cfg: Config, model: VLAE, device) -> list:
+    """Figs. 2-4, reconstructions and prior samples into OUT/figures; returns the paths."""
+    fig_dir, g = os.path.join(cfg.out, "figures"), torch.Generator().manual_seed(cfg.seed)
+    written = [save(fig_dir, "samples.png", model.decode(prior_draw(model, 100, g, device)), 10)]
+    n_layers = len(model.latent_dims)
+    if cfg.dataset == "mnist":  # Fig. 2: bottom, middle, top layer left to right
+        panels = [common.make_grid(common.to_uint8(fig_manifold(model, l, g, device)), 15) for l in range(n_layers)]
+        written.append(save_panels(fig_dir, "fig2_manifold.png", panels))
+    panels = [common.make_grid(common.to_uint8(fig_resample_layer(model, l, g, device)), 10) for l in range(n_layers)]
+    written.append(save_panels(fig_dir, "fig3_layers.png", panels))
+    x, held = heldout_images(cfg, 32, device)
+    with torch.no_grad():
+        x_hat = model.decode(model.encode(x)[0])
+    written.append(save(fig_dir, "reconstructions.png", torch.stack([x, x_hat], 1).flatten(0, 1), 8))
+    written += fig4_all(cfg, model, device, fig_dir)
+    common.plot_curves(os.path.join(cfg.out, "metrics.jsonl"), os.path.join(fig_dir, "curves.png"), curve_keys(cfg))
+    common.print0("figures: " + ", ".join(os.path.relpath(p, cfg.out) for p in written))
+    return written
+
+
+def fig4_all(cfg: Config, model: VLAE, device, fig_dir: str, rows: int = 6) -> list:
+    """One Fig. 4 grid per ARITHMETIC triplet, faces picked from the held-out split (or the
+    training split when it has too few matches: the codes are computed the same way)."""
+    if cfg.dataset != "celeba":
+        return []
+    written = []
+    for name, wanted in ARITHMETIC.items():
+        for split in ("test", "train", "all"):
+            faces = data.load_dataset(cfg.dataset, cfg.data_dir, split, cfg.image_size, parse_crop(cfg),
+                                      cfg.cache_dir or None, verbose=False)
+            picks = [pick_by_attributes(faces, w, rows) for w in wanted]
+            if all(p is not None and len(p) == rows for p in picks):
+                break
+        if any(p is None for p in picks):
+            common.print0(f"fig4 {name}: no face matches one of {wanted}; skipped")
+            continue
+        picks = [p[:min(map(len, picks))] for p in picks]
+        abc = [data.to_float_images(torch.from_numpy(np.array(faces.images[p])).to(device)) for p in picks]
+        written.append(save(fig_dir, f"fig4_arithmetic_{name}.png", fig_arithmetic(model, *abc), 4))
+    return written
+
+
+def save(fig_dir: str, name: str, images: torch.Tensor, nrow: int) -> str:
+    path = os.path.join(fig_dir, name)
+    common.save_grid(images, path, nrow)
+    return path
+
+
+def save_panels(fig_dir: str, name: str, panels: list) -> str:
+    path = os.path.join(fig_dir, name)
+    common.save_png(common.hstack_panels(panels), path)
+    return path
+
+
+@torch.no_grad()
+def evaluate(cfg: Config, model: VLAE, device) -> dict:
+    """Held-out numbers (note sec. 5), written to OUT/eval.json and printed."""
+    x, held = heldout_images(cfg, cfg.eval_images, device)
+    mus, logvars, x_hats = [], [], []
+    for chunk in x.split(250):
+        mu, lv = model.encode(chunk)
+        mus.append(mu)
+        logvars.append(lv)
+        x_hats.append(model.decode(mu))
+    x_hat = torch.cat(x_hats)
+    layers = range(len(model.latent_dims))
+    z = [common.reparameterize(torch.cat([m[l] for m in mus]), torch.cat([v[l] for v in logvars])) for l in layers]
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    prior = prior_draw(model, len(x), g, device)
+    diff = (x_hat - x).float()
+    result = {
+        "heldout_images": len(x), "split": held.description,
+        "recon_l1_per_element": diff.abs().mean().item(),
+        "recon_mse_per_element": diff.pow(2).mean().item(),
+        "recon_sse_per_image_over_hw": (diff.pow(2).flatten(1).sum(1) / (x.shape[2] * x.shape[3])).mean().item(),
+        "mmd_heldout_unbiased": [common.mmd(z[l], prior[l], unbiased=True).item() for l in layers],
+        "effect_score": effect_scores(model, g, device),
+        "units": "pixels in [-1, 1]; reconstructions decode the encoder means mu_l(x); MMD with "
+                 "k = exp(-||a-b||^2 / D^2) on samples z_l ~ q(z_l|x) vs as many N(0, I) draws; "
+                 "effect_score = mean per-pixel std over 64 redraws of one layer",
+    }
+    trained = common.read_jsonl(os.path.join(cfg.out, "metrics.jsonl"))
+    if trained:
+        result["train_last"] = {k: v for k, v in trained[-1].items()}
+    with open(os.path.join(cfg.out, "eval.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    print(json.dumps(result, indent=2))
+    return result
+
+
+def sample(cfg: Config, model: VLAE, device, n: int = 100) -> str:
+    g = torch.Generator().manual_seed(cfg.seed)
+    with torch.no_grad():
+        path = save(os.path.join(cfg.out, "figures"), "samples.png", model.decode(prior_draw(model, n, g, device)), 10)
+    print(f"wrote {path}")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# main
+# ----------------------------------------------------------------------------------------------
+def main(argv: list | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    mode = argv.pop(0) if argv and argv[0] in MODES else "train"
+    cfg, explicit = common.parse_config(Config, argv, __doc__.split("\n")[0], prog=f"vlae.py [{'|'.join(MODES)}]")
+    try:
+        if mode == "train":
+            try:
+                train(resolve_defaults(cfg), explicit)
+            finally:
+                common.cleanup_distributed()
+            return
+        model, cfg, _ = load_model(cfg, explicit)
+        device = common.pick_device(cfg.device)
+        model.to(device)
+        {"sample": sample, "figures": draw_figures, "eval": evaluate}[mode](cfg, model, device)
+    except (ValueError, FileNotFoundError, NonFiniteLoss) as e:
+        common.fail(str(e))
+
+
+if __name__ == "__main__":
+    main()
