@@ -124,7 +124,7 @@ def mmd(q: torch.Tensor, p: torch.Tensor, sigma2: float | None = None,
 # layers
 # ----------------------------------------------------------------------------------------------
 def conv_same(in_ch: int, out_ch: int, stride: int, kernel: int = 4) -> nn.Module:
-    """A Conv2d with TensorFlow 'SAME' padding for even kernels: out = ceil(in / stride).
+    """A Conv2d with TensorFlow 'SAME' padding for even kernels: out = in / stride (even sizes).
 
     Stride 2 with k4 is padding 1; stride 1 with k4 pads (left 1, right 2, top 1, bottom 2),
     the asymmetric padding TF uses. Raises ValueError for other strides.
@@ -141,8 +141,9 @@ def conv_same(in_ch: int, out_ch: int, stride: int, kernel: int = 4) -> nn.Modul
 def conv_transpose_same(in_ch: int, out_ch: int, stride: int, kernel: int = 4) -> nn.Module:
     """A ConvTranspose2d with TensorFlow 'SAME' sizes: out = in * stride.
 
-    Stride 2 with k4 is padding 1; stride 1 with k4 is the exact transpose of `conv_same`
-    (crop 2 on the left/top and 1 on the right/bottom of the full output).
+    Stride 2 with k4 is padding 1; stride 1 is the exact adjoint of `conv_same`, as TF's
+    conv2d_transpose is the gradient of its conv2d (for k4: crop 1 on the left/top and 2 on the
+    right/bottom of the full output).
     """
     if stride == 2 and kernel == 4:
         return nn.ConvTranspose2d(in_ch, out_ch, kernel, 2, 1)
@@ -155,8 +156,8 @@ class _CroppedConvTranspose(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, kernel: int):
         super().__init__()
         self.conv = nn.ConvTranspose2d(in_ch, out_ch, kernel, 1, 0)
-        self.lo = (kernel - 1) - (kernel - 1) // 2  # 2 for k4: the transpose of the (1, 2) pad
-        self.hi = (kernel - 1) // 2
+        self.lo = (kernel - 1) // 2  # 1 for k4: the adjoint of conv_same's (1, 2) padding
+        self.hi = (kernel - 1) - self.lo
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(x)

@@ -586,7 +586,9 @@ def run_loop(cfg: Config, net, optimizer, scaler, batches, start: int, device) -
             stopping = common.any_rank(stop.raised is not None, device) if (
                 batches.world_size == 1 or step % 10 == 0) else False
             if step % cfg.ckpt_every == 0 or step == cfg.steps or stopping:
+                t_save = time.time()
                 checkpoint(cfg, net, optimizer, scaler, step, bad, device)
+                t_log += time.time() - t_save  # images/s leaves the save out
             if stopping:
                 common.print0(f"stopped by {stop.raised or 'a signal'} at step {step}; checkpoint saved, "
                               f"run the same command to resume")

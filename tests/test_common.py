@@ -1,0 +1,171 @@
+import math
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+from torch.distributions import Normal, kl_divergence
+
+import common
+
+
+def test_kl_to_standard_normal_matches_torch_distributions():
+    torch.manual_seed(0)
+    mu, logvar = torch.randn(5, 7), torch.randn(5, 7)
+    expected = kl_divergence(Normal(mu, (0.5 * logvar).exp()), Normal(0.0, 1.0)).sum(-1)
+    assert torch.allclose(common.kl_normal_std(mu, logvar), expected, atol=1e-5)
+
+
+def test_kl_between_diagonal_gaussians_matches_torch_distributions():
+    torch.manual_seed(1)
+    mq, lq, mp, lp = (torch.randn(4, 6) for _ in range(4))
+    expected = kl_divergence(Normal(mq, (0.5 * lq).exp()), Normal(mp, (0.5 * lp).exp())).sum(-1)
+    assert torch.allclose(common.kl_normal(mq, lq, mp, lp), expected, atol=1e-5)
+    assert torch.allclose(common.kl_normal(mq, lq, mq, lq), torch.zeros(4), atol=1e-6)
+
+
+def test_gaussian_log_likelihood_matches_normal_log_prob():
+    torch.manual_seed(2)
+    x, mu, logvar = torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4)
+    expected = Normal(mu, (0.5 * logvar).exp()).log_prob(x).flatten(1).sum(1)
+    assert torch.allclose(common.gaussian_log_likelihood(x, mu, logvar), expected, atol=1e-4)
+    no_const = common.gaussian_log_likelihood(x, mu, logvar, with_constant=False)
+    assert torch.allclose(no_const - expected, torch.full((3,), 0.5 * math.log(2 * math.pi) * 32), atol=1e-4)
+
+
+def test_reparameterize_has_the_right_moments():
+    torch.manual_seed(3)
+    mu, logvar = torch.full((200_000, 1), 2.0), torch.full((200_000, 1), math.log(0.25))
+    z = common.reparameterize(mu, logvar)
+    assert abs(z.mean().item() - 2.0) < 0.01 and abs(z.std().item() - 0.5) < 0.01
+
+
+def test_mmd_of_a_sample_with_itself_is_zero_and_shifted_samples_score_higher():
+    torch.manual_seed(4)
+    q = torch.randn(300, 10)
+    assert common.mmd(q, q).item() == pytest.approx(0.0, abs=1e-6)
+    same = common.mmd(q, torch.randn(300, 10), unbiased=True).item()
+    shifted = common.mmd(q, torch.randn(300, 10) + 1.5, unbiased=True).item()
+    assert abs(same) < 0.005
+    assert shifted > 0.05 > 10 * abs(same)
+
+
+def test_mmd_default_bandwidth_is_the_reference_dimension_scaled_kernel():
+    # reference: k(a, b) = exp(-mean_d (a_d - b_d)^2 / D)  ==  exp(-||a - b||^2 / D^2)
+    torch.manual_seed(5)
+    a, b = torch.randn(20, 10), torch.randn(30, 10)
+    ref = lambda x, y: torch.exp(-((x[:, None] - y[None]) ** 2).mean(-1) / x.shape[1])
+    expected = ref(a, a).mean() + ref(b, b).mean() - 2 * ref(a, b).mean()
+    assert common.mmd(a, b).item() == pytest.approx(expected.item(), abs=1e-6)
+    assert torch.allclose(common.gaussian_kernel(a, b, 100.0), ref(a, b), atol=1e-6)
+
+
+def test_unbiased_mmd_known_value_in_one_dimension():
+    q, p = torch.tensor([[0.0], [1.0]]), torch.tensor([[0.0], [2.0]])
+    k = lambda d2: math.exp(-d2)  # D = 1: sigma^2 = 1
+    expected = k(1) + k(4) - 2 * (k(0) + k(4) + k(1) + k(1)) / 4
+    assert common.mmd(q, p, unbiased=True).item() == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(ValueError):
+        common.mmd(q[:1], p, unbiased=True)
+    with pytest.raises(ValueError):
+        common.mmd(q, torch.zeros(2, 3))
+
+
+@pytest.mark.parametrize("stride,size,expected", [(2, 64, 32), (1, 8, 8), (2, 14, 7)])
+def test_conv_same_gives_tensorflow_output_sizes(stride, size, expected):
+    conv = common.conv_same(3, 5, stride)
+    assert conv(torch.zeros(1, 3, size, size)).shape == (1, 5, expected, expected)
+    deconv = common.conv_transpose_same(5, 3, stride)
+    assert deconv(torch.zeros(1, 5, expected, expected)).shape[-1] == expected * stride
+
+
+def test_stride_one_transposed_conv_is_the_adjoint_of_the_same_conv():
+    torch.manual_seed(6)
+    conv, deconv = common.conv_same(2, 3, 1), common.conv_transpose_same(3, 2, 1)
+    deconv.conv.weight.data.copy_(conv[1].weight.data)
+    x, y = torch.randn(1, 2, 6, 6), torch.randn(1, 3, 6, 6)
+    lhs = (torch.nn.functional.conv2d(conv[0](x), conv[1].weight) * y).sum()
+    rhs = (x * torch.nn.functional.conv_transpose2d(y, deconv.conv.weight)[..., 1:7, 1:7]).sum()
+    assert lhs.item() == pytest.approx(rhs.item(), rel=1e-5)
+    out = deconv(y) - deconv.conv.bias.view(1, -1, 1, 1)
+    assert (x * out).sum().item() == pytest.approx(lhs.item(), rel=1e-5)
+
+
+def test_image_grid_places_each_image_and_saves_png(tmp_path):
+    images = torch.stack([torch.full((3, 4, 4), v) for v in (-1.0, 0.0, 1.0)])
+    grid = common.make_grid(common.to_uint8(images), nrow=2, padding=1)
+    assert grid.shape == (2 * 5 + 1, 2 * 5 + 1, 3)
+    assert grid[1, 1, 0] == 0 and grid[1, 6, 0] == 128 and grid[6, 1, 0] == 255
+    assert grid[0, 0, 0] == 255 and grid[7, 7, 0] == 255  # padding and the empty cell
+    path = tmp_path / "g.png"
+    common.save_grid(images, str(path), nrow=3)
+    from PIL import Image
+    assert Image.open(path).size == (3 * 6 + 2, 6 + 2)
+    with pytest.raises(ValueError):
+        common.make_grid(np.zeros((0, 4, 4, 3), np.uint8), 2)
+
+
+def test_checkpoint_round_trip_and_clear_errors(tmp_path):
+    path = str(tmp_path / "checkpoint.pt")
+    common.save_checkpoint(path, "vlae", step=7, model={"w": torch.ones(2)}, rng=[common.rng_state()])
+    state = common.load_checkpoint(path, "vlae")
+    assert state["step"] == 7 and torch.equal(state["model"]["w"], torch.ones(2))
+    assert common.load_checkpoint(str(tmp_path), "vlae")["step"] == 7  # a folder works too
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temp file left
+    with pytest.raises(ValueError, match="written by vlae.py, not cmma.py"):
+        common.load_checkpoint(path, "cmma")
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        common.load_checkpoint(str(tmp_path / "missing.pt"), "vlae")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        common.load_checkpoint(str(tmp_path / "junk.pt"), "vlae")
+
+
+def test_rng_state_round_trip_reproduces_draws():
+    common.seed_everything(11)
+    state = common.rng_state()
+    a = (torch.rand(3), np.random.rand(3))
+    common.set_rng_state(state)
+    b = (torch.rand(3), np.random.rand(3))
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_config_parser_marks_explicit_flags_and_merge_refuses_conflicts():
+    import dataclasses
+
+    @dataclasses.dataclass
+    class C:
+        steps: int = common.arg(10, "steps")
+        lr: float = common.arg(0.1, "learning rate")
+        amp: bool = common.arg(True, "autocast")
+        name: str = common.arg("a", "name", choices=("a", "b"))
+
+    cfg, explicit = common.parse_config(C, ["--steps", "5", "--no-amp"], "test")
+    assert (cfg.steps, cfg.lr, cfg.amp, cfg.name) == (5, 0.1, False, "a") and explicit == {"steps", "amp"}
+    assert "(default: 0.1)" in common.build_parser(C, "test").format_help()
+    saved = {"steps": 3, "lr": 0.5, "amp": True, "name": "b"}
+    merged = common.merge_saved_config(cfg, saved, {"steps"}, {"steps"}, "ckpt")
+    assert (merged.steps, merged.lr, merged.name) == (5, 0.5, "b")
+    with pytest.raises(ValueError, match="trained with --lr 0.5, not 0.2"):
+        common.merge_saved_config(C(lr=0.2), saved, {"lr"}, {"steps"}, "ckpt")
+
+
+def test_curves_plot_and_jsonl(tmp_path):
+    path = str(tmp_path / "metrics.jsonl")
+    for step in range(1, 6):
+        common.append_jsonl(path, {"step": step, "loss": torch.tensor(10.0 / step), "recon": 1.0})
+    common.truncate_jsonl(path, 3)
+    assert [r["step"] for r in common.read_jsonl(path)] == [1, 2, 3]
+    png = str(tmp_path / "figures" / "curves.png")
+    common.plot_curves(path, png, ["loss", "recon", "missing"])
+    from PIL import Image
+    img = np.asarray(Image.open(png))
+    assert img.shape[1] == 2 * 300 and (img != 255).any()
+
+
+def test_stop_signal_turns_sigterm_into_a_flag():
+    with common.StopSignal() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.raised == "SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

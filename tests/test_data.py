@@ -1,0 +1,165 @@
+import gzip
+import os
+import shutil
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+import data
+
+CROP = (55, 35, 108, 108)
+
+
+def copy_celeba(src, dst, n=20):
+    """A small CelebA copy in the official layout with the first n faces of the sample."""
+    files = sorted(os.listdir(os.path.join(src, "img_align_celeba")))[:n]
+    os.makedirs(os.path.join(dst, "img_align_celeba"))
+    for f in files:
+        shutil.copy(os.path.join(src, "img_align_celeba", f), os.path.join(dst, "img_align_celeba", f))
+    keep = set(files)
+    lines = open(os.path.join(src, "list_attr_celeba.txt")).read().splitlines()
+    rows = [l for l in lines[2:] if l.split()[0] in keep]
+    with open(os.path.join(dst, "list_attr_celeba.txt"), "w") as f:
+        f.write("\n".join([str(len(rows)), lines[1]] + rows) + "\n")
+    for name in ("identity_CelebA.txt",):
+        rows = [l for l in open(os.path.join(src, name)).read().splitlines() if l.split()[0] in keep]
+        with open(os.path.join(dst, name), "w") as f:
+            f.write("\n".join(rows) + "\n")
+    return files
+
+
+def test_celeba_sample_reads_with_attributes_identities_and_a_disjoint_split(celeba_dir):
+    train = data.load_dataset("celeba", celeba_dir, "train", 64, CROP)
+    test = data.load_dataset("celeba", celeba_dir, "test", 64, CROP)
+    assert train.images.shape == (160, 64, 64, 3) and train.images.dtype == np.uint8
+    assert len(test) == 40 and not set(train.files) & set(test.files)
+    assert "first 80% train" in train.description  # the sample's partition file lists only train images
+    attrs = train.labels["attributes"]
+    assert attrs.shape == (160, 40) and set(np.unique(attrs)) <= {0, 1}
+    names = train.names["attributes"]
+    assert names[20] == "Male" and len(names) == 40
+    # 000002.jpg: the row in the file says Male -1, Bags_Under_Eyes 1
+    first = train.files.index("000002.jpg")
+    assert attrs[first, names.index("Male")] == 0 and attrs[first, names.index("Bags_Under_Eyes")] == 1
+    assert train.labels["identity"][first] == 2937
+
+
+def test_celeba_official_partition_and_nested_kaggle_layout(celeba_dir, tmp_path):
+    files = copy_celeba(celeba_dir, tmp_path / "flat")
+    # the layout of the official zip / Kaggle copy: img_align_celeba/img_align_celeba/
+    nested = tmp_path / "nested"
+    copy_celeba(celeba_dir, nested)
+    os.rename(nested / "img_align_celeba", tmp_path / "inner")
+    os.makedirs(nested / "img_align_celeba")
+    os.rename(tmp_path / "inner", nested / "img_align_celeba" / "img_align_celeba")
+    for root in (tmp_path / "flat", nested):
+        with open(root / "list_eval_partition.txt", "w") as f:
+            f.writelines(f"{name} {0 if i < 12 else 1 if i < 15 else 2}\n" for i, name in enumerate(files))
+        sets = {s: data.load_dataset("celeba", str(root), s, 32, CROP) for s in ("train", "valid", "test")}
+        assert [len(sets[s]) for s in ("train", "valid", "test")] == [12, 3, 5]
+        assert "official partition" in sets["test"].description
+        assert sets["test"].files == files[15:]
+
+
+def test_missing_celeba_names_the_files_and_how_to_get_them(tmp_path):
+    with pytest.raises(FileNotFoundError) as e:
+        data.load_dataset("celeba", str(tmp_path), "train")
+    message = str(e.value)
+    for needle in ("img_align_celeba", "list_attr_celeba.txt", "kaggle", "unzip", str(tmp_path)):
+        assert needle in message
+
+
+def test_corrupt_and_truncated_jpegs_are_named(celeba_dir, tmp_path):
+    files = copy_celeba(celeba_dir, tmp_path / "c", n=6)
+    bad = tmp_path / "c" / "img_align_celeba" / files[2]
+    raw = bad.read_bytes()
+    bad.write_bytes(raw[: len(raw) // 3])
+    with pytest.raises(ValueError, match=files[2] + ".*corrupt or truncated"):
+        data.load_dataset("celeba", str(tmp_path / "c"), "all", 32, CROP)
+    bad.write_bytes(b"garbage" * 10)
+    with pytest.raises(ValueError, match=files[2]):
+        data.load_dataset("celeba", str(tmp_path / "c"), "all", 32, CROP)
+
+
+def test_attribute_file_errors_name_file_and_line(celeba_dir, tmp_path):
+    copy_celeba(celeba_dir, tmp_path / "c", n=6)
+    path = tmp_path / "c" / "list_attr_celeba.txt"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:4] + [" ".join(lines[4].split()[:-2])] + lines[5:]) + "\n")
+    with pytest.raises(ValueError, match=r"list_attr_celeba.txt line 5: 38 values for 40 attributes"):
+        data.load_dataset("celeba", str(tmp_path / "c"), "all", 32, CROP)
+    path.write_text("\n".join(["7"] + lines[1:]) + "\n")
+    with pytest.raises(ValueError, match=r"line 1: says 7 images but 6 rows follow"):
+        data.load_dataset("celeba", str(tmp_path / "c"), "all", 32, CROP)
+    path.write_text("\n".join(["7"] + lines[1:] + [lines[2].replace(lines[2].split()[0], "999999.jpg")]) + "\n")
+    with pytest.raises(ValueError, match=r"labels 999999.jpg, which is not in"):
+        data.load_dataset("celeba", str(tmp_path / "c"), "all", 32, CROP)
+
+
+def test_images_without_attribute_rows_are_an_error(celeba_dir, tmp_path):
+    copy_celeba(celeba_dir, tmp_path / "c", n=6)
+    shutil.copy(os.path.join(celeba_dir, "img_align_celeba", "000002.jpg"),
+                tmp_path / "c" / "img_align_celeba" / "999998.jpg")
+    with pytest.raises(ValueError, match=r"no row for 1 images.*999998.jpg"):
+        data.load_dataset("celeba", str(tmp_path / "c"), "all", 32, CROP)
+
+
+def test_crop_box_outside_the_image_is_an_error(celeba_dir, tmp_path):
+    copy_celeba(celeba_dir, tmp_path / "c", n=2)
+    with pytest.raises(ValueError, match="does not fit"):
+        data.load_dataset("celeba", str(tmp_path / "c"), "all", 32, (200, 0, 108, 108))
+
+
+def test_mnist_idx_reader_and_its_errors(mnist_dir, tmp_path):
+    train = data.load_dataset("mnist", mnist_dir, "train", 28)
+    test = data.load_dataset("mnist", mnist_dir, "test", 28)
+    assert train.images.shape == (800, 28, 28, 1) and len(test) == 200
+    assert train.labels["class"][:5].tolist() == [7, 2, 1, 0, 4]  # the first t10k labels
+    assert train.images.max() == 255 and train.images.min() == 0
+    with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte.gz"):
+        data.load_dataset("mnist", str(tmp_path), "train")
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        shutil.copy(os.path.join(mnist_dir, name), tmp_path / name)
+    with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">IIII", 2051, 1000, 28, 28) + b"\0" * 100)
+    with pytest.raises(ValueError, match="t10k-images-idx3-ubyte.gz: header says shape"):
+        data.load_dataset("mnist", str(tmp_path), "test")
+
+
+def test_folder_per_class_reader_splits_within_each_class(identities_dir):
+    train = data.load_dataset("folder", identities_dir, "train", 32)
+    test = data.load_dataset("folder", identities_dir, "test", 32)
+    assert len(train.names["class"]) == 10 and (len(train), len(test)) == (50, 10)
+    assert np.bincount(test.labels["class"]).tolist() == [1] * 10
+    assert not set(train.files) & set(test.files)
+
+
+def test_cache_is_reused_memory_mapped_and_keyed_by_size(celeba_dir, tmp_path):
+    first = data.load_dataset("celeba", celeba_dir, "test", 16, CROP, cache_dir=str(tmp_path))
+    cached = sorted(p.name for p in tmp_path.iterdir())
+    assert len(cached) == 2 and cached[0].endswith(".json") and cached[1].endswith(".npy")
+    again = data.load_dataset("celeba", celeba_dir, "test", 16, CROP, cache_dir=str(tmp_path))
+    assert isinstance(again.images, np.memmap) and np.array_equal(first.images, again.images)
+    direct = data.decode_image(os.path.join(celeba_dir, "img_align_celeba", first.files[0]), CROP, 16)
+    assert np.array_equal(direct, again.images[0])
+    data.load_dataset("celeba", celeba_dir, "test", 24, CROP, cache_dir=str(tmp_path))
+    assert len(list(tmp_path.iterdir())) == 4
+
+
+def test_batches_are_a_pure_function_of_step_and_shards_cover_the_set(celeba_dir):
+    train = data.load_dataset("celeba", celeba_dir, "train", 16, CROP)
+    shards = [data.Batches(train, 10, seed=3, device=torch.device("cpu"), rank=r, world_size=2,
+                           label_keys=("attributes",)) for r in range(2)]
+    assert shards[0].steps_per_epoch == 8
+    seen = torch.cat([s.indices(step) for s in shards for step in range(8)])
+    assert sorted(seen.tolist()) == list(range(160))  # one epoch covers every image once
+    x, labels = shards[0].get(5)
+    assert x.shape == (10, 3, 16, 16) and -1.0 <= x.min() and x.max() <= 1.0
+    assert labels["attributes"].shape == (10, 40)
+    fresh = data.Batches(train, 10, seed=3, device=torch.device("cpu"), rank=0, world_size=2)
+    assert torch.equal(fresh.get(5)[0], x) and not torch.equal(fresh.get(13)[0], x)
+    assert not torch.equal(shards[0].indices(0), shards[0].indices(8))  # a new order each epoch
+    with pytest.raises(ValueError, match="needs at least 200 images"):
+        data.Batches(train, 100, 0, torch.device("cpu"), world_size=2)
