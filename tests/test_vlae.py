@@ -1,0 +1,214 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import common
+import vlae
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAST_FACES = ["--image-size", "32", "--batch-size", "16", "--bn-momentum", "0.05", "--eval-images", "40"]
+FAST_MNIST = ["--dataset", "mnist", "--batch-size", "8", "--bn-momentum", "0.05", "--eval-images", "50"]
+
+
+def small_config(dataset="celeba", **kw):
+    return vlae.resolve_defaults(vlae.Config(dataset=dataset, image_size=32 if dataset != "mnist" else 0, **kw))
+
+
+@pytest.mark.parametrize("dataset,layers,dim,channels,size", [("celeba", 4, 10, 3, 32), ("mnist", 3, 2, 1, 28)])
+def test_every_latent_layer_reaches_the_output(dataset, layers, dim, channels, size):
+    torch.manual_seed(0)
+    model = vlae.build_model(small_config(dataset)).eval()
+    x = torch.rand(4, channels, size, size) * 2 - 1
+    out = model(x)
+    assert out["x_hat"].shape == x.shape and len(out["z"]) == layers
+    assert all(z.shape == (4, dim) for z in out["z"])
+    assert out["x_hat"].abs().max() <= 1.0
+    zs = [torch.randn(2, dim) for _ in range(layers)]
+    base = model.decode(zs)
+    for layer in range(layers):
+        moved = [z + 3.0 * (l == layer) for l, z in enumerate(zs)]
+        change = (model.decode(moved) - base).abs().mean() / (base + 1).abs().mean()  # relative to x_hat's scale
+        assert change > 1e-5, f"z_{layer} does not reach the output"
+
+
+def test_sigma_head_is_sigmoid_plus_floor_and_the_relu_quirk_is_a_flag():
+    torch.manual_seed(0)
+    x = torch.rand(8, 3, 32, 32) * 2 - 1
+    mus, logvars = vlae.build_model(small_config()).encode(x)
+    sigma = torch.exp(0.5 * torch.cat(logvars))
+    assert sigma.min() > 1e-3 and sigma.max() < 1.001 + 1e-6
+    assert (mus[3] < 0).any()  # faithful default: the top mu is linear
+    quirk_mus, _ = vlae.build_model(small_config(relu_top_heads=True)).encode(x)
+    assert (quirk_mus[3] >= 0).all() and (quirk_mus[0] < 0).any()
+
+
+def test_mmd_loss_is_the_reference_weighting():
+    torch.manual_seed(0)
+    cfg = small_config(mmd_weight=2.0)
+    x = torch.rand(6, 3, 32, 32) * 2 - 1
+    out = {"x_hat": torch.zeros_like(x), "z": [torch.randn(6, 10) for _ in range(4)]}
+    torch.manual_seed(1)
+    terms = vlae.vlae_loss(out, x, cfg, step=0)
+    assert terms["recon"].item() == pytest.approx(x.abs().mean().item(), rel=1e-6)
+    regs = sum(terms[f"mmd_{l}"] for l in range(4))
+    assert terms["loss"].item() == pytest.approx(100 * (terms["recon"] + 2.0 * regs).item(), rel=1e-6)
+    kl_cfg = small_config(reg="kl")
+    out.update(mu=[torch.zeros(6, 10)] * 4, logvar=[torch.zeros(6, 10)] * 4)
+    kl_terms = vlae.vlae_loss(out, x, kl_cfg, step=0)
+    assert kl_terms["kl_0"].item() == 0.0  # q = p
+    assert kl_terms["loss"].item() == pytest.approx(0.5 * 3 * 32 * 32 * x.abs().mean().item(), rel=1e-5)
+
+
+def test_face_arithmetic_with_b_equal_to_a_reconstructs_c():
+    torch.manual_seed(0)
+    model = vlae.build_model(small_config()).eval()
+    a, c = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    grid = vlae.fig_arithmetic(model, a, a, c)
+    assert grid.shape == (8, 3, 32, 32)
+    recon_c = model.decode(model.encode(c)[0])
+    assert torch.allclose(grid[3::4], recon_c, atol=1e-5)
+    assert torch.equal(grid[0::4], a)
+
+
+@pytest.fixture(scope="module")
+def faces_run(tmp_path_factory):
+    """40 steps on the bundled real faces at 32x32, with figures and eval at the end."""
+    out = str(tmp_path_factory.mktemp("faces"))
+    vlae.main(["--dataset", "celeba", "--data-dir", os.path.join(ROOT, "tests", "data", "celeba"), "--out", out,
+               "--steps", "40", "--log-every", "5", "--ckpt-every", "20"] + FAST_FACES)
+    return out
+
+
+def test_loss_falls_on_real_faces_and_every_output_is_written(faces_run):
+    rows = common.read_jsonl(os.path.join(faces_run, "metrics.jsonl"))
+    assert [r["step"] for r in rows] == list(range(5, 41, 5))
+    assert {"loss", "recon", "mmd_0", "mmd_3", "images_per_s", "seconds"} <= set(rows[0])
+    assert rows[-1]["loss"] < 0.7 * rows[0]["loss"] and rows[-1]["recon"] < rows[0]["recon"]
+    figures = set(os.listdir(os.path.join(faces_run, "figures")))
+    assert {"curves.png", "samples.png", "fig3_layers.png", "reconstructions.png",
+            "fig4_arithmetic_pale.png", "fig4_arithmetic_smile.png"} <= figures
+    result = json.load(open(os.path.join(faces_run, "eval.json")))
+    assert len(result["mmd_heldout_unbiased"]) == 4 and len(result["effect_score"]) == 4
+    assert 0 < result["recon_l1_per_element"] < 1 and result["heldout_images"] == 40
+    config = json.load(open(os.path.join(faces_run, "config.json")))
+    assert config["latent_dim"] == 10 and config["steps"] == 40
+
+
+def test_sample_figures_and_eval_need_only_the_checkpoint(faces_run, tmp_path, capsys):
+    ckpt = os.path.join(faces_run, "checkpoint.pt")
+    vlae.main(["sample", "--checkpoint", ckpt, "--out", str(tmp_path)])
+    assert os.path.exists(tmp_path / "figures" / "samples.png")
+    vlae.main(["eval", "--checkpoint", ckpt, "--out", str(tmp_path), "--eval-images", "20"])
+    result = json.load(open(tmp_path / "eval.json"))
+    assert result["heldout_images"] == 20 and len(result["mmd_heldout_unbiased"]) == 4
+    vlae.main(["figures", "--checkpoint", ckpt, "--out", str(tmp_path)])
+    assert os.path.exists(tmp_path / "figures" / "fig3_layers.png")
+    assert "eval.json" not in os.listdir(faces_run) or True
+    with pytest.raises(SystemExit) as e:
+        vlae.main(["eval", "--checkpoint", ckpt, "--latent-dim", "3"])
+    assert e.value.code == 2 and "trained with --latent-dim 10, not 3" in capsys.readouterr().err
+
+
+def test_resume_is_exact_to_the_bit(mnist_dir, tmp_path):
+    common_args = ["--data-dir", mnist_dir, "--log-every", "1", "--ckpt-every", "100"] + FAST_MNIST
+    vlae.main(common_args + ["--out", str(tmp_path / "straight"), "--steps", "6"])
+    vlae.main(common_args + ["--out", str(tmp_path / "resumed"), "--steps", "3"])
+    vlae.main(common_args + ["--out", str(tmp_path / "resumed"), "--steps", "6"])
+    a = common.load_checkpoint(str(tmp_path / "straight"), "vlae")
+    b = common.load_checkpoint(str(tmp_path / "resumed"), "vlae")
+    assert a["step"] == b["step"] == 6
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    moments = lambda s: [v["exp_avg"] for v in s["optimizer"]["state"].values()]
+    assert all(torch.equal(x, y) for x, y in zip(moments(a), moments(b)))
+    rows = common.read_jsonl(str(tmp_path / "resumed" / "metrics.jsonl"))
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert rows[-1]["loss"] == common.read_jsonl(str(tmp_path / "straight" / "metrics.jsonl"))[-1]["loss"]
+
+
+def test_kl_baseline_trains(mnist_dir, tmp_path):
+    vlae.main(["--data-dir", mnist_dir, "--out", str(tmp_path), "--steps", "2", "--log-every", "1",
+               "--reg", "kl"] + FAST_MNIST)
+    rows = common.read_jsonl(str(tmp_path / "metrics.jsonl"))
+    assert "kl_2" in rows[-1] and "mmd_0" not in rows[-1]
+    assert "fig2_manifold.png" in os.listdir(tmp_path / "figures")
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(mnist_dir, tmp_path, monkeypatch, capsys):
+    real_loss = vlae.vlae_loss
+
+    def poisoned(out, x, cfg, step):
+        terms = real_loss(out, x, cfg, step)
+        if step >= 3:
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(vlae, "vlae_loss", poisoned)
+    with pytest.raises(SystemExit) as e:
+        vlae.main(["--data-dir", mnist_dir, "--out", str(tmp_path), "--steps", "10", "--log-every", "1",
+                   "--ckpt-every", "2"] + FAST_MNIST)
+    assert e.value.code == 2 and "NaN or inf at or before step 4" in capsys.readouterr().err
+    assert common.load_checkpoint(str(tmp_path), "vlae")["step"] == 2
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--data-dir", "/nonexistent/celeba"], "does not exist"),
+    (["--crop", "1,2,3"], "--crop must be four integers"),
+])
+def test_bad_arguments_get_one_clear_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        vlae.main(["--out", "/tmp/never-written", "--steps", "1"] + argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_unknown_dataset_and_foreign_checkpoint_are_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        vlae.main(["--dataset", "imagenet"])
+    assert e.value.code == 2 and "invalid choice: 'imagenet'" in capsys.readouterr().err
+    common.save_checkpoint(str(tmp_path / "checkpoint.pt"), "cmma", step=1, config={})
+    with pytest.raises(SystemExit):
+        vlae.main(["eval", "--checkpoint", str(tmp_path / "checkpoint.pt")])
+    assert "written by cmma.py, not vlae.py" in capsys.readouterr().err
+
+
+def run_script(args, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable] + args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(mnist_dir, tmp_path):
+    args = ["vlae.py", "--data-dir", mnist_dir, "--out", str(tmp_path), "--steps", "100000",
+            "--log-every", "1"] + FAST_MNIST
+    proc = run_script(args)
+    for line in proc.stdout:
+        if line.startswith("step 2/"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0 and "stopped by SIGTERM" in output
+    step = common.load_checkpoint(str(tmp_path), "vlae")["step"]
+    assert 2 <= step < 100000
+    resumed = run_script(args[:5] + ["--steps", str(step + 1)] + args[7:])
+    text = resumed.communicate(timeout=120)[0]
+    assert resumed.returncode == 0 and f"resuming" in text and f"step {step + 1}/{step + 1}" in text
+
+
+def test_torchrun_two_cpu_processes_train_and_save_once(mnist_dir, tmp_path):
+    proc = run_script(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "vlae.py",
+                       "--data-dir", mnist_dir, "--out", str(tmp_path), "--steps", "4", "--log-every", "2",
+                       "--device", "cpu"] + FAST_MNIST)
+    output = proc.communicate(timeout=240)[0]
+    assert proc.returncode == 0, output
+    state = common.load_checkpoint(str(tmp_path), "vlae")
+    assert state["step"] == 4 and state["world_size"] == 2 and len(state["rng"]) == 2
+    assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])  # per-rank seeds
+    assert [r["step"] for r in common.read_jsonl(str(tmp_path / "metrics.jsonl"))] == [2, 4]  # rank 0 alone
+    assert output.count("step 4/4") == 1 and "2 process(es)" in output
