@@ -362,7 +362,7 @@ def decode_image(path: str, crop: tuple[int, int, int, int] | None, size: int) -
                 raise ValueError(f"{path}: crop box (top {top}, left {left}, {ch}x{cw}) does not fit "
                                  f"inside the {w}x{h} image")
             im = im.crop((left, top, left + cw, top + ch)).resize((size, size), Image.BILINEAR)
-            return np.asarray(im, dtype=np.uint8)
+            return np.array(im, dtype=np.uint8)
     except ValueError:
         raise
     except Exception as e:  # PIL raises OSError / UnidentifiedImageError / SyntaxError
