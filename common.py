@@ -262,10 +262,6 @@ def build_parser(config_cls: type, description: str, prog: str | None = None,
     return parser
 
 
-def config_to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
-
-
 # ----------------------------------------------------------------------------------------------
 # runtime: device, seeds, autocast, distributed
 # ----------------------------------------------------------------------------------------------
@@ -322,6 +318,7 @@ def init_distributed() -> tuple[int, int, int]:
 
 
 def cleanup_distributed() -> None:
+    """Leave the process group, if one was joined (safe to call when not distributed)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -412,6 +409,7 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore the RNGs saved by `rng_state` (CUDA ones only when the device count matches)."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -476,6 +474,7 @@ def append_jsonl(path: str, record: dict) -> None:
 
 
 def read_jsonl(path: str) -> list[dict]:
+    """All rows of a JSONL file as dicts ([] when it does not exist)."""
     if not os.path.exists(path):
         return []
     with open(path) as f:

@@ -192,7 +192,11 @@ class GaussianHead(nn.Module):
         super().__init__()
         self.features, self.relu_quirk = features, relu_quirk
         self.mu, self.sigma = nn.Linear(in_features, dim), nn.Linear(in_features, dim)
-        for linear in (self.mu, self.sigma):  # heads: Glorot-uniform, zero bias (TF default)
+        self.init_glorot()
+
+    def init_glorot(self) -> None:
+        """The heads keep TF's default init (Glorot-uniform, zero bias), unlike the blocks."""
+        for linear in (self.mu, self.sigma):
             nn.init.xavier_uniform_(linear.weight)
             nn.init.zeros_(linear.bias)
 
@@ -314,12 +318,9 @@ def build_model(cfg: Config) -> VLAE:
     """The ladder for cfg.dataset, initialised like the reference: N(0, 0.02) blocks, Glorot heads."""
     make = mnist_ladder if cfg.dataset == "mnist" else celeba_ladder
     model = make(cfg.image_size, cfg.latent_dim, cfg.bn_momentum, cfg.relu_top_heads)
-    for name, module in model.named_modules():
-        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)) and not name.endswith((".mu", ".sigma")):
-            nn.init.normal_(module.weight, 0.0, 0.02)
-            nn.init.zeros_(module.bias)
-    for bn in (b for b in model.modules() if isinstance(b, nn.modules.batchnorm._BatchNorm)):
-        bn.weight.requires_grad_(False)
+    common.init_normal_(model, 0.02)
+    for head in model.heads:
+        head.init_glorot()
     return model
 
 
