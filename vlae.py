@@ -526,14 +526,16 @@ def check_finite(bad: torch.Tensor, step: int, cfg: Config) -> None:
                             f"--lr, or --no-amp")
 
 
-def log_step(cfg: Config, step: int, terms: dict, images_per_s: float, elapsed: float, start_step: int) -> None:
+def log_step(cfg: Config, step: int, terms: dict, images_per_s: float, elapsed: float, start_step: int,
+             earlier: float = 0.0) -> None:
+    """A log line (rank 0) and a metrics.jsonl row; `seconds` counts the earlier runs too."""
     values = {k: common.all_reduce_mean(v).item() for k, v in terms.items()}
     eta = (cfg.steps - step) * elapsed / max(step - start_step, 1)
     common.print0(f"step {step}/{cfg.steps} | " + " ".join(f"{k} {v:.4g}" for k, v in values.items())
                   + f" | {images_per_s:.0f} img/s | eta {common.format_eta(eta)}")
     if common.is_main():
         common.append_jsonl(os.path.join(cfg.out, "metrics.jsonl"),
-                            {"step": step, **values, "images_per_s": images_per_s, "seconds": elapsed})
+                            {"step": step, **values, "images_per_s": images_per_s, "seconds": earlier + elapsed})
 
 
 def checkpoint(cfg: Config, model, optimizer, scaler, step: int, bad: torch.Tensor, device) -> None:
@@ -560,17 +562,20 @@ def train(cfg: Config, explicit: set) -> None:
         with open(os.path.join(cfg.out, "config.json"), "w") as f:
             json.dump({**dataclasses.asdict(cfg), "data": train_set.description, "world_size": world}, f, indent=2)
         common.truncate_jsonl(os.path.join(cfg.out, "metrics.jsonl"), start)
+    rows = common.read_jsonl(os.path.join(cfg.out, "metrics.jsonl")) if start else []
+    earlier = rows[-1]["seconds"] if rows else 0.0  # wall time of the runs this one resumes
     common.print0(f"{train_set.description}; {world} process(es) on {device}, "
                   f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")
     net = torch.compile(model) if cfg.compile else model
     net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else net
-    run_loop(cfg, net, optimizer, scaler, batches, start, device)
+    run_loop(cfg, net, optimizer, scaler, batches, start, device, earlier)
     common.cleanup_distributed()  # the figures and eval below run on rank 0 alone
     if rank == 0:
         finish(cfg, common.unwrap(net), device)
 
 
-def run_loop(cfg: Config, net, optimizer, scaler, batches, start: int, device) -> None:
+def run_loop(cfg: Config, net, optimizer, scaler, batches, start: int, device, earlier: float = 0.0) -> None:
+    """Steps start..cfg.steps: log, check for NaN, checkpoint, and save-and-exit on a signal."""
     bad = torch.zeros((), dtype=torch.bool, device=device)
     t0, t_log, step = time.time(), time.time(), start
     with common.StopSignal() as stop:
@@ -582,7 +587,7 @@ def run_loop(cfg: Config, net, optimizer, scaler, batches, start: int, device) -
             if step % cfg.log_every == 0 or step == cfg.steps:
                 check_finite(common.all_reduce_mean(bad.float()) > 0, step, cfg)
                 rate = cfg.log_every * cfg.batch_size * batches.world_size / max(time.time() - t_log, 1e-9)
-                log_step(cfg, step, terms, rate, time.time() - t0, start)
+                log_step(cfg, step, terms, rate, time.time() - t0, start, earlier)
                 t_log = time.time()
             stopping = common.any_rank(stop.raised is not None, device) if (
                 batches.world_size == 1 or step % 10 == 0) else False

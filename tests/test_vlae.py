@@ -125,6 +125,7 @@ def test_resume_is_exact_to_the_bit(mnist_dir, tmp_path):
     assert all(torch.equal(x, y) for x, y in zip(moments(a), moments(b)))
     rows = common.read_jsonl(str(tmp_path / "resumed" / "metrics.jsonl"))
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert rows[3]["seconds"] > rows[2]["seconds"]  # wall time adds up across the resume
     assert rows[-1]["loss"] == common.read_jsonl(str(tmp_path / "straight" / "metrics.jsonl"))[-1]["loss"]
 
 
