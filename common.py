@@ -246,10 +246,13 @@ def build_parser(config_cls: type, description: str, prog: str | None = None,
     the field's annotation. --help shows each field's help and default.
     """
     parser = argparse.ArgumentParser(prog=prog, description=description,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(
+                                         prog, max_help_position=32, width=100))
     for f in dataclasses.fields(config_cls):
         name = "--" + f.name.replace("_", "-")
-        help_text = f.metadata.get("help", "") + f" (default: {f.default})"
+        help_text = f.metadata.get("help", "")
+        if "default" not in help_text:
+            help_text += f" (default: {f.default})"
         kwargs = {"default": f.default if with_defaults else argparse.SUPPRESS, "help": help_text}
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]

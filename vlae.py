@@ -716,7 +716,10 @@ def sample(cfg: Config, model: VLAE, device, n: int = 100) -> str:
 def main(argv: list | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     mode = argv.pop(0) if argv and argv[0] in MODES else "train"
-    cfg, explicit = common.parse_config(Config, argv, __doc__.split("\n")[0], prog=f"vlae.py [{'|'.join(MODES)}]")
+    usage = (__doc__.split("\n")[0] + "\n\nsubcommands: train (the default), sample, figures, eval; the "
+             "last three need only --checkpoint (or --out).\n  e.g. python vlae.py eval --checkpoint "
+             "runs/vlae-celeba/checkpoint.pt")
+    cfg, explicit = common.parse_config(Config, argv, usage, prog="vlae.py")
     try:
         if mode == "train":
             try:
