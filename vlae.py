@@ -633,15 +633,21 @@ def draw_figures(cfg: Config, model: VLAE, device) -> list:
 
 
 def fig4_all(cfg: Config, model: VLAE, device, fig_dir: str, rows: int = 6) -> list:
-    """One Fig. 4 grid per ARITHMETIC triplet, faces picked from the held-out split (or the
-    training split when it has too few matches: the codes are computed the same way)."""
+    """One Fig. 4 grid per ARITHMETIC triplet, faces picked from the held-out split, or from the
+    training split when it has fewer than `rows` matches (the codes are computed the same way)."""
     if cfg.dataset != "celeba":
         return []
+    loaded: dict = {}
+
+    def split(name: str) -> data.ImageSet:  # loaded once, and the train split only if needed
+        if name not in loaded:
+            loaded[name] = data.load_dataset(cfg.dataset, cfg.data_dir, name, cfg.image_size, parse_crop(cfg),
+                                             cfg.cache_dir or None, verbose=False)
+        return loaded[name]
+
     written = []
     for name, wanted in ARITHMETIC.items():
-        for split in ("test", "train", "all"):
-            faces = data.load_dataset(cfg.dataset, cfg.data_dir, split, cfg.image_size, parse_crop(cfg),
-                                      cfg.cache_dir or None, verbose=False)
+        for faces in map(split, ("test", "train")):
             picks = [pick_by_attributes(faces, w, rows) for w in wanted]
             if all(p is not None and len(p) == rows for p in picks):
                 break
