@@ -142,21 +142,23 @@ def read_celeba_attributes(path: str) -> tuple[list[str], dict[str, np.ndarray]]
         if int(lines[0]) != len(body):
             raise ValueError(f"{path} line 1: says {int(lines[0])} images but {len(body)} rows follow; "
                              f"the file is truncated or edited - download it again")
-    table: dict[str, np.ndarray] = {}
     for i, row in enumerate(body):
-        where = f"{path} line {first_line + i}"
         if len(row) != len(names) + 1:
-            raise ValueError(f"{where}: {len(row) - 1} values for {len(names)} attributes in the header")
-        try:
-            values = np.array([int(v) for v in row[1:]])
-        except ValueError:
-            raise ValueError(f"{where}: attribute values must be -1 or 1, got {row[1:6]}...") from None
-        if not np.all((values == 1) | (values == -1)):
-            raise ValueError(f"{where}: attribute values must be -1 or 1, got {sorted(set(values.tolist()))}")
-        if row[0] in table:
-            raise ValueError(f"{where}: {row[0]} is listed twice")
-        table[row[0]] = (values > 0).astype(np.uint8)
-    return names, table
+            raise ValueError(f"{path} line {first_line + i}: {len(row) - 1} values for {len(names)} "
+                             f"attributes in the header")
+    # one vectorised pass over the tokens: the full file holds 8 million of them
+    tokens = np.array([v for row in body for v in row[1:]], dtype="<U3").reshape(len(body), len(names))
+    positive = tokens == "1"
+    bad = np.flatnonzero(~np.all(positive | (tokens == "-1"), axis=1))
+    if len(bad):
+        raise ValueError(f"{path} line {first_line + bad[0]}: attribute values must be -1 or 1, "
+                         f"got {body[bad[0]][1:6]}...")
+    files = [row[0] for row in body]
+    if len(set(files)) != len(files):
+        seen: set = set()
+        twice = next(i for i, f in enumerate(files) if f in seen or seen.add(f))
+        raise ValueError(f"{path} line {first_line + twice}: {files[twice]} is listed twice")
+    return names, dict(zip(files, positive.astype(np.uint8)))
 
 
 def read_two_column(path: str) -> dict[str, int]:
