@@ -587,3 +587,74 @@ def merge_saved_config(cfg: Any, saved: dict, explicit: set, free: set, where: s
                              f"flags to continue it, or --fresh (or another --out) to start over")
     known = {f.name for f in dataclasses.fields(type(cfg))}
     return type(cfg)(**{k: v for k, v in merged.items() if k in known})
+
+
+# ----------------------------------------------------------------------------------------------
+# training-run plumbing shared by the four scripts (their step loops stay in the scripts)
+# ----------------------------------------------------------------------------------------------
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or inf; the run stops and keeps its last good checkpoint."""
+
+
+def check_finite(bad: torch.Tensor, step: int, out: str) -> None:
+    """Raise NonFiniteLoss if `bad` (a bool tensor accumulated over steps, on any rank) is set.
+    Checked only at log and checkpoint steps, so the training step never waits for the GPU."""
+    if (all_reduce_mean(bad.float()) > 0).item():
+        raise NonFiniteLoss(f"the loss became NaN or inf at or before step {step}; stopping. The last "
+                            f"good checkpoint, if any, is kept in {out}/checkpoint.pt. Try a lower "
+                            f"--lr, or --no-amp")
+
+
+def log_metrics(out: str, step: int, steps: int, terms: dict, images_per_s: float, elapsed: float,
+                start_step: int, earlier: float = 0.0) -> None:
+    """Average `terms` over ranks; print a log line with images/s and ETA, and append a row to
+    OUT/metrics.jsonl (rank 0). `seconds` adds the wall time of the runs this one resumes."""
+    values = {k: all_reduce_mean(v).item() if isinstance(v, torch.Tensor) else v for k, v in terms.items()}
+    eta = (steps - step) * elapsed / max(step - start_step, 1)
+    print0(f"step {step}/{steps} | " + " ".join(f"{k} {v:.4g}" for k, v in values.items())
+           + f" | {images_per_s:.0f} img/s | eta {format_eta(eta)}")
+    if is_main():
+        append_jsonl(os.path.join(out, "metrics.jsonl"),
+                     {"step": step, **values, "images_per_s": images_per_s, "seconds": earlier + elapsed})
+
+
+def start_run_folder(out: str, config: dict, start: int) -> float:
+    """Rank 0: create OUT/figures, write OUT/config.json, drop metrics rows after `start` (a
+    resumed run logs them again). Returns the wall-time seconds of the runs being resumed."""
+    if is_main():
+        os.makedirs(os.path.join(out, "figures"), exist_ok=True)
+        with open(os.path.join(out, "config.json"), "w") as f:
+            json.dump(config, f, indent=2)
+        truncate_jsonl(os.path.join(out, "metrics.jsonl"), start)
+    rows = read_jsonl(os.path.join(out, "metrics.jsonl")) if start else []
+    return rows[-1]["seconds"] if rows and rows[-1]["step"] <= start else 0.0
+
+
+def save_training_state(out: str, script: str, step: int, config: dict, models: dict, optimizers: dict,
+                        scaler: torch.amp.GradScaler, curve_keys: Sequence[str]) -> None:
+    """Collective: gather every rank's RNG state, then rank 0 writes OUT/checkpoint.pt atomically
+    (`models` and `optimizers` are name -> module / optimizer dicts) and redraws curves.png."""
+    rng = gather_objects(rng_state())
+    if is_main():
+        save_checkpoint(os.path.join(out, "checkpoint.pt"), script, step=step, config=config,
+                        models={k: unwrap(m).state_dict() for k, m in models.items()},
+                        optimizers={k: o.state_dict() for k, o in optimizers.items()},
+                        scaler=scaler.state_dict(), rng=rng, world_size=len(rng))
+        plot_curves(os.path.join(out, "metrics.jsonl"), os.path.join(out, "figures", "curves.png"), curve_keys)
+
+
+def restore_training_state(state: dict, models: dict, optimizers: dict, scaler: torch.amp.GradScaler,
+                           rank: int, world: int, seed: int) -> int:
+    """Load weights, optimizer moments and the scaler from a `save_training_state` checkpoint,
+    and this rank's RNG state when the number of ranks is unchanged (resume is then exact; on
+    another number of ranks each rank gets a fresh, distinct stream). Returns the step."""
+    for k, m in models.items():
+        unwrap(m).load_state_dict(state["models"][k])
+    for k, o in optimizers.items():
+        o.load_state_dict(state["optimizers"][k])
+    scaler.load_state_dict(state["scaler"])
+    if state["world_size"] == world:
+        set_rng_state(state["rng"][rank])
+    else:
+        seed_everything(seed + 7919 * state["step"], rank)
+    return state["step"]

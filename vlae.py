@@ -459,12 +459,6 @@ def heldout_images(cfg: Config, n: int, device, split: str = "test") -> tuple[to
     return x, held
 
 
-def save_state(cfg: Config, model, optimizer, scaler, step: int, rng: list) -> None:
-    common.save_checkpoint(os.path.join(cfg.out, "checkpoint.pt"), SCRIPT, model=common.unwrap(model).state_dict(),
-                           optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), step=step,
-                           config=dataclasses.asdict(cfg), rng=rng, world_size=len(rng))
-
-
 def load_model(cfg: Config, explicit: set) -> tuple[VLAE, Config, dict]:
     """The trained model (eval mode) and its config from --checkpoint (or OUT/checkpoint.pt)."""
     path = cfg.checkpoint or os.path.join(cfg.out or os.path.join("runs", f"vlae-{cfg.dataset}"), "checkpoint.pt")
@@ -474,7 +468,7 @@ def load_model(cfg: Config, explicit: set) -> tuple[VLAE, Config, dict]:
         saved = dataclasses.replace(saved, out=os.path.dirname(os.path.abspath(path)))
     saved = resolve_defaults(saved)
     model = build_model(saved)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(state["models"]["model"])
     return model.eval(), saved, state
 
 
@@ -504,49 +498,10 @@ def setup_run(cfg: Config, explicit: set, device, rank: int, world: int):
     common.seed_everything(cfg.seed, rank)
     if state is None:
         return cfg, model, optimizer, scaler, 0
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scaler.load_state_dict(state["scaler"])
-    if state["world_size"] == world:
-        common.set_rng_state(state["rng"][rank])
-    else:  # another number of ranks: fresh, distinct streams
-        common.seed_everything(cfg.seed + 7919 * state["step"], rank)
-    common.print0(f"resuming {path} at step {state['step']}")
-    return cfg, model, optimizer, scaler, state["step"]
-
-
-class NonFiniteLoss(RuntimeError):
-    pass
-
-
-def check_finite(bad: torch.Tensor, step: int, cfg: Config) -> None:
-    if bad.item():
-        raise NonFiniteLoss(f"the loss became NaN or inf at or before step {step}; stopping. The last "
-                            f"good checkpoint, if any, is kept in {cfg.out}/checkpoint.pt. Try a lower "
-                            f"--lr, or --no-amp")
-
-
-def log_step(cfg: Config, step: int, terms: dict, images_per_s: float, elapsed: float, start_step: int,
-             earlier: float = 0.0) -> None:
-    """A log line (rank 0) and a metrics.jsonl row; `seconds` counts the earlier runs too."""
-    values = {k: common.all_reduce_mean(v).item() for k, v in terms.items()}
-    eta = (cfg.steps - step) * elapsed / max(step - start_step, 1)
-    common.print0(f"step {step}/{cfg.steps} | " + " ".join(f"{k} {v:.4g}" for k, v in values.items())
-                  + f" | {images_per_s:.0f} img/s | eta {common.format_eta(eta)}")
-    if common.is_main():
-        common.append_jsonl(os.path.join(cfg.out, "metrics.jsonl"),
-                            {"step": step, **values, "images_per_s": images_per_s, "seconds": earlier + elapsed})
-
-
-def checkpoint(cfg: Config, model, optimizer, scaler, step: int, bad: torch.Tensor, device) -> None:
-    """NaN check, then (rank 0) an atomic checkpoint with every rank's RNG, curves and a
-    quick sample grid."""
-    check_finite(common.all_reduce_mean(bad.float()) > 0, step, cfg)
-    rng = common.gather_objects(common.rng_state())
-    if common.is_main():
-        save_state(cfg, model, optimizer, scaler, step, rng)
-        common.plot_curves(os.path.join(cfg.out, "metrics.jsonl"),
-                           os.path.join(cfg.out, "figures", "curves.png"), curve_keys(cfg))
+    start = common.restore_training_state(state, {"model": model}, {"optimizer": optimizer}, scaler,
+                                          rank, world, cfg.seed)
+    common.print0(f"resuming {path} at step {start}")
+    return cfg, model, optimizer, scaler, start
 
 
 def train(cfg: Config, explicit: set) -> None:
@@ -557,13 +512,8 @@ def train(cfg: Config, explicit: set) -> None:
                                   cfg.cache_dir or None, verbose=common.is_main())
     batches = data.Batches(train_set, cfg.batch_size, cfg.seed, device, rank, world,
                            channels_last=device.type == "cuda")
-    if common.is_main():
-        os.makedirs(os.path.join(cfg.out, "figures"), exist_ok=True)
-        with open(os.path.join(cfg.out, "config.json"), "w") as f:
-            json.dump({**dataclasses.asdict(cfg), "data": train_set.description, "world_size": world}, f, indent=2)
-        common.truncate_jsonl(os.path.join(cfg.out, "metrics.jsonl"), start)
-    rows = common.read_jsonl(os.path.join(cfg.out, "metrics.jsonl")) if start else []
-    earlier = rows[-1]["seconds"] if rows else 0.0  # wall time of the runs this one resumes
+    earlier = common.start_run_folder(cfg.out, {**dataclasses.asdict(cfg), "data": train_set.description,
+                                                "world_size": world}, start)
     common.print0(f"{train_set.description}; {world} process(es) on {device}, "
                   f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")
     net = torch.compile(model) if cfg.compile else model
@@ -577,7 +527,7 @@ def train(cfg: Config, explicit: set) -> None:
 def run_loop(cfg: Config, net, optimizer, scaler, batches, start: int, device, earlier: float = 0.0) -> None:
     """Steps start..cfg.steps: log, check for NaN, checkpoint, and save-and-exit on a signal."""
     bad = torch.zeros((), dtype=torch.bool, device=device)
-    t0, t_log, step = time.time(), time.time(), start
+    t0, t_log, step, step_log = time.time(), time.time(), start, start
     with common.StopSignal() as stop:
         while step < cfg.steps:
             x, _ = batches.get(step)
@@ -585,15 +535,17 @@ def run_loop(cfg: Config, net, optimizer, scaler, batches, start: int, device, e
             bad |= ~torch.isfinite(terms["loss"])  # checked at log/checkpoint steps: no sync here
             step += 1
             if step % cfg.log_every == 0 or step == cfg.steps:
-                check_finite(common.all_reduce_mean(bad.float()) > 0, step, cfg)
-                rate = cfg.log_every * cfg.batch_size * batches.world_size / max(time.time() - t_log, 1e-9)
-                log_step(cfg, step, terms, rate, time.time() - t0, start, earlier)
-                t_log = time.time()
+                common.check_finite(bad, step, cfg.out)
+                rate = (step - step_log) * cfg.batch_size * batches.world_size / max(time.time() - t_log, 1e-9)
+                common.log_metrics(cfg.out, step, cfg.steps, terms, rate, time.time() - t0, start, earlier)
+                t_log, step_log = time.time(), step
             stopping = common.any_rank(stop.raised is not None, device) if (
                 batches.world_size == 1 or step % 10 == 0) else False
             if step % cfg.ckpt_every == 0 or step == cfg.steps or stopping:
                 t_save = time.time()
-                checkpoint(cfg, net, optimizer, scaler, step, bad, device)
+                common.check_finite(bad, step, cfg.out)
+                common.save_training_state(cfg.out, SCRIPT, step, dataclasses.asdict(cfg), {"model": net},
+                                           {"optimizer": optimizer}, scaler, curve_keys(cfg))
                 t_log += time.time() - t_save  # images/s leaves the save out
             if stopping:
                 common.print0(f"stopped by {stop.raised or 'a signal'} at step {step}; checkpoint saved, "
@@ -737,7 +689,7 @@ def main(argv: list | None = None) -> None:
         device = common.pick_device(cfg.device)
         model.to(device)
         {"sample": sample, "figures": draw_figures, "eval": evaluate}[mode](cfg, model, device)
-    except (ValueError, FileNotFoundError, NonFiniteLoss) as e:
+    except (ValueError, FileNotFoundError, common.NonFiniteLoss) as e:
         common.fail(str(e))
 
 

@@ -119,9 +119,9 @@ def test_resume_is_exact_to_the_bit(mnist_dir, tmp_path):
     a = common.load_checkpoint(str(tmp_path / "straight"), "vlae")
     b = common.load_checkpoint(str(tmp_path / "resumed"), "vlae")
     assert a["step"] == b["step"] == 6
-    for key in a["model"]:
-        assert torch.equal(a["model"][key], b["model"][key]), key
-    moments = lambda s: [v["exp_avg"] for v in s["optimizer"]["state"].values()]
+    for key in a["models"]["model"]:
+        assert torch.equal(a["models"]["model"][key], b["models"]["model"][key]), key
+    moments = lambda s: [v["exp_avg"] for v in s["optimizers"]["optimizer"]["state"].values()]
     assert all(torch.equal(x, y) for x, y in zip(moments(a), moments(b)))
     rows = common.read_jsonl(str(tmp_path / "resumed" / "metrics.jsonl"))
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
