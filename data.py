@@ -9,6 +9,9 @@ Three readers, each returning an `ImageSet` (uint8 images (N, H, W, C) plus name
                    Labels: `attributes` (N, 40) in {0, 1}, `identity` (N,) when the file is there.
 * `load_mnist`   - the official gzipped IDX files. Labels: `class` (N,).
 * `load_folder`  - one sub-folder per class of images (FaceScrub-style). Labels: `class` (N,).
+* `load_lfw`     - LFWcrop colour faces (`lfwcrop_color/faces/*.ppm`, 64x64) with the 73
+                   real-valued attributes of Kumar et al. (`lfw_attributes.txt`), CMMA's data.
+                   Labels: `attributes` (N, 73) float32.
 
 JPEGs are decoded, cropped and resized once, in parallel over all cores, into a uint8 `.npy`
 cache keyed by the file list, file sizes, crop box and output size; later runs memory-map it.
@@ -35,7 +38,7 @@ from PIL import Image
 
 CACHE_VERSION = 1
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".webp")
-DATASETS = ("celeba", "mnist", "folder")
+DATASETS = ("celeba", "mnist", "folder", "lfw")
 
 CELEBA_HELP = """\
 CelebA is expected in {root} in its official layout:
@@ -98,6 +101,8 @@ def load_dataset(name: str, root: str, split: str = "train", image_size: int = 6
         return load_mnist(root, split, image_size)
     if name == "folder":
         return load_folder(root, split, image_size, crop, cache_dir, verbose)
+    if name == "lfw":
+        return load_lfw(root, split, image_size, cache_dir, verbose)
     raise ValueError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
 
 
@@ -342,6 +347,76 @@ def load_folder(root: str, split: str = "train", image_size: int = 64,
     return ImageSet(images, {"class": np.array(labels, dtype=np.int64)}, {"class": classes},
                     [os.path.relpath(p, root) for p in paths],
                     f"folder {split}: {len(paths)} images of {len(classes)} classes from {root}")
+
+
+# ----------------------------------------------------------------------------------------------
+# LFWcrop with attributes
+# ----------------------------------------------------------------------------------------------
+LFW_HELP = """\
+LFW (CMMA's data) is expected in {root} as:
+    {root}/lfwcrop_color/faces/Aaron_Eckhart_0001.ppm ...   (LFWcrop, 64x64 colour)
+    {root}/lfw_attributes.txt                               (73 attributes, Kumar et al.)
+Get LFWcrop from http://conradsanderson.id.au/lfwcrop/ (lfwcrop_color.zip; unzip -d {root}) and
+lfw_attributes.txt from https://www.cs.columbia.edu/CAVE/databases/pubfig/download/lfw_attributes.txt"""
+
+
+def read_lfw_attributes(path: str) -> tuple[list[str], list[str], np.ndarray]:
+    """Parse lfw_attributes.txt: '#' comment lines, a '#\tperson\timagenum\t<names...>' header,
+    then tab-separated rows `person  imagenum  v1 .. v73` of real-valued classifier scores.
+    Returns (names, LFWcrop file stems like 'Aaron_Eckhart_0001', (N, 73) float32).
+    Raises ValueError naming the file and line of a short row or a non-number."""
+    names, stems, rows = None, [], []
+    with open(path) as f:
+        for number, line in enumerate(f, start=1):
+            parts = line.rstrip("\n").split("\t")
+            if line.startswith("#"):
+                if len(parts) > 3 and parts[1].strip() == "person":
+                    names = [p.strip() for p in parts[3:]]
+                continue
+            if not line.strip():
+                continue
+            if names is None:
+                raise ValueError(f"{path} line {number}: a data row before the '#\tperson\timagenum' header")
+            if len(parts) != len(names) + 2:
+                raise ValueError(f"{path} line {number}: {len(parts) - 2} values for {len(names)} attributes")
+            try:
+                rows.append([float(v) for v in parts[2:]])
+                stems.append(f"{parts[0].replace(' ', '_')}_{int(parts[1]):04d}")
+            except ValueError:
+                raise ValueError(f"{path} line {number}: expected an image number and numbers, got "
+                                 f"{parts[1:4]}...") from None
+    if names is None:
+        raise ValueError(f"{path}: no '#\tperson\timagenum\t...' header line")
+    return names, stems, np.array(rows, dtype=np.float32).reshape(len(rows), len(names))
+
+
+def load_lfw(root: str, split: str = "train", image_size: int = 64, cache_dir: str | None = None,
+             verbose: bool = True) -> ImageSet:
+    """LFWcrop faces that have attributes, in the order of lfw_attributes.txt; CMMA's split:
+    the first 10,000 train, the next 1,000 valid, the rest test (sec. 4). Label 'attributes'
+    (N, 73) float32 classifier scores. A row naming a missing face is an error."""
+    faces = next((d for d in (os.path.join(root, "lfwcrop_color", "faces"), os.path.join(root, "faces"))
+                  if os.path.isdir(d)), None)
+    attr_path = os.path.join(root, "lfw_attributes.txt")
+    if faces is None or not os.path.isfile(attr_path):
+        raise FileNotFoundError(f"LFW files missing in {os.path.abspath(root)}.\n"
+                                + LFW_HELP.format(root=os.path.abspath(root)))
+    names, stems, values = read_lfw_attributes(attr_path)
+    present = {os.path.splitext(f)[0] for f in os.listdir(faces)}
+    for i, stem in enumerate(stems):
+        if stem not in present:
+            raise ValueError(f"{attr_path}: row {i + 1} labels {stem}, which is not in {faces}; "
+                             f"the LFWcrop folder is incomplete - unzip lfwcrop_color.zip again")
+    index = {"train": np.arange(0, min(10_000, len(stems))), "valid": np.arange(10_000, min(11_000, len(stems))),
+             "test": np.arange(11_000, len(stems)), "all": np.arange(len(stems))}[split]
+    if len(stems) < 11_001 and split != "all":  # a sample: cut it 80/10/10 instead
+        cut1, cut2 = int(0.8 * len(stems)), int(0.9 * len(stems))
+        index = {"train": np.arange(cut1), "valid": np.arange(cut1, cut2), "test": np.arange(cut2, len(stems))}[split]
+    chosen = [stems[i] for i in index]
+    paths = [os.path.join(faces, s + ".ppm") for s in chosen]
+    images = cached_decode(paths, None, image_size, cache_dir, f"lfw-{split}", verbose)
+    return ImageSet(images, {"attributes": values[index]}, {"attributes": names}, chosen,
+                    f"LFW {split}: {len(chosen)} faces from {faces}")
 
 
 # ----------------------------------------------------------------------------------------------

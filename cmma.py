@@ -1,0 +1,766 @@
+"""Conditional Multimodal Autoencoder (CMMA): faces generated from attributes.
+
+Gaurav Pandey & Ambedkar Dukkipati, "Variational methods for conditional multimodal learning:
+Generating human faces from attributes", arXiv:1603.01801 (2016). No public code; settings the
+paper leaves out follow notes/cmma.md.
+
+The model (paper sec. 2, Table 1). x: a 64x64 RGB face, pixels in [0, 1]; y: its attributes
+(CelebA's 40 in {0, 1}, or LFW's 73 real-valued scores); z in R^500.
+    prior      p_f(z|y) = N(f_mu(y), diag exp(f_sigma(y)))       f: attributes -> 800 softplus -> 500 + 500
+    decoder    p_g(x|z) = N(g_mu(z), diag exp(g_sigma(z)))       g: deconvolutional, sigmoid mean,
+                                                                   per-pixel log-variance
+    encoder    q_h(z|x, y) = N(h_mu(x), diag exp(h_sigma(x)))     h: convolutional (image only by
+                                                                   default, as in the reported run)
+Every *_sigma is a log-variance. The bound maximised (eq. 6):
+    L(x, y) = E_q[log p_g(x|z)] - KL(q_h(z|x, y) || p_f(z|y))                     nats per image
+    (eq. 7)  KL = 1/2 sum_j [f_sig - h_sig + exp(h_sig - f_sig) + (h_mu - f_mu)^2 exp(-f_sig) - 1]
+    (eq. 8)  log p_g(x|z) = -1/2 sum_l [(x_l - g_mu,l)^2 exp(-g_sig,l) + g_sig,l + log 2 pi]
+    (eq. 10) z = h_mu + eps * exp(h_sig / 2),  eps ~ N(0, I)
+Eq. 7 as printed drops the -1 and eq. 8 prints exp(g_sigma) for g_sigma and drops log 2 pi;
+eq. 10 prints h_sigma for the standard deviation. The exact forms above are used (note sec. 6.1)
+and the test bound is reported with and without the constants.
+To generate from attributes, h is replaced by f (Fig. 5): z = f_mu(y), x = g_mu(z) at noise 0.
+
+Baselines in this file, with the same networks (`--model`):
+    cvae  Kingma et al. 2014 (eq. 13): prior N(0, I), q(z|x, y) with y joined to h's features,
+          p(x|z, y) with g's first layer taking [z, y].
+    cgan  Mirza & Osindero 2014: generator shaped like g ([noise, y] -> sigmoid image),
+          discriminator shaped like h with y joined to its features.
+
+Deviations (named): g's log-variance is clamped to [--logvar-min, --logvar-max] = [-9, 3] so the
+learned pixel variance cannot collapse (note sec. 2); "500 iterations" is read as epochs and
+matched on CelebA by a 50k-step budget at batch 100; CelebA faces are centre-cropped to 140 px.
+
+Usage:
+    python cmma.py --dataset celeba --data-dir data/celeba                 # CMMA
+    python cmma.py --dataset celeba --data-dir data/celeba --model cvae    # baselines
+    python cmma.py --dataset celeba --data-dir data/celeba --model cgan
+    python cmma.py eval --checkpoint runs/cmma-celeba-cmma/checkpoint.pt,runs/cmma-celeba-cvae/checkpoint.pt,runs/cmma-celeba-cgan/checkpoint.pt
+    python cmma.py figures --checkpoint (the same list)                    # Figs. 4, 6, 7
+    python cmma.py edit --checkpoint C --image face.jpg --set Eyeglasses=1 --set Smiling=0
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import common
+import data
+
+SCRIPT = "cmma"
+MODES = ("train", "sample", "figures", "eval", "edit")
+CELEBA_CROP = (39, 19, 140, 140)  # top, left, height, width: centre 140 of the 178x218 aligned faces
+# Fig. 4: rows (Male, Asian) with CelebA's Pale_Skin for Asian; columns switch one attribute each
+FIG4_ROWS = [("Male", 0, "Asian", 1), ("Male", 0, "Asian", 0), ("Male", 1, "Asian", 1), ("Male", 1, "Asian", 0)]
+FIG4_COLUMNS = [None, "Mouth_Slightly_Open", "Eyeglasses", "Bushy_Eyebrows", "Big_Nose", "Pointy_Nose", "Big_Lips"]
+FIG6_ROWS = [None, "Big_Nose", "Eyeglasses", "Mustache", "Big_Lips"]
+# CelebA has no Asian attribute; LFW names differ in spelling
+ALIASES = {"celeba": {"Asian": "Pale_Skin"},
+           "lfw": {"Mouth_Slightly_Open": "Mouth Slightly Open", "Bushy_Eyebrows": "Bushy Eyebrows",
+                   "Big_Nose": "Big Nose", "Pointy_Nose": "Pointy Nose", "Big_Lips": "Big Lips",
+                   "Mustache": "Mustache"}}
+
+
+# ----------------------------------------------------------------------------------------------
+# config
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Config:
+    dataset: str = common.arg("celeba", "celeba (40 binary attributes) or lfw (73 real-valued, the paper's)",
+                              choices=("celeba", "lfw"))
+    model: str = common.arg("cmma", "cmma (the paper), cvae or cgan (its baselines)", choices=("cmma", "cvae", "cgan"))
+    data_dir: str = common.arg("", "dataset folder (default: data/<dataset>)")
+    out: str = common.arg("", "output folder (default: runs/cmma-<dataset>-<model>)")
+    checkpoint: str = common.arg("", "checkpoint(s) for sample/figures/eval/edit, comma-separated to compare "
+                                     "models (default: OUT/checkpoint.pt)")
+    steps: int = common.arg(50_000, "training steps; '500 iterations' read as epochs (note sec. 3)")
+    batch_size: int = common.arg(100, "images per step per process (not stated; note: 100)")
+    lr: float = common.arg(1e-3, "Adagrad learning rate (not stated; the note's 1e-2 diverges at step 1 "
+                                 "with this init, its fallback 1e-3 trains)")
+    lr_d: float = common.arg(0.0, "cgan: discriminator Adagrad learning rate (0: same as --lr)")
+    image_size: int = common.arg(64, "image side in pixels (the architecture needs 64)")
+    device: str = common.arg("auto", "auto (cuda if present), cpu, cuda or cuda:N")
+    seed: int = common.arg(0, "random seed (each rank adds its rank)")
+    log_every: int = common.arg(100, "steps between log lines and metrics.jsonl rows")
+    ckpt_every: int = common.arg(2000, "steps between checkpoints")
+    amp: bool = common.arg(True, "bf16 autocast on CUDA (fp16 + GradScaler on GPUs without bf16)")
+    compile: bool = common.arg(False, "torch.compile the model")
+    fresh: bool = common.arg(False, "ignore an existing checkpoint in OUT and start over")
+    cache_dir: str = common.arg("", "decoded-image cache (default: $FACE_VAE_CACHE or ~/.cache/face-vaes)")
+    latent_dim: int = common.arg(500, "J, the size of z (paper: 500)")
+    hidden: int = common.arg(800, "softplus units of f (paper: 800)")
+    h_sees_attributes: bool = common.arg(False, "feed y to h too (the paper found no gain and did not)")
+    logvar_min: float = common.arg(-9.0, "clamp of g's per-pixel log-variance, lower end (deviation)")
+    logvar_max: float = common.arg(3.0, "clamp of g's per-pixel log-variance, upper end (deviation)")
+    eval_images: int = common.arg(1000, "test faces for Tables 2 and 3")
+    valid_images: int = common.arg(200, "validation faces to choose the Parzen window")
+    parzen_samples: int = common.arg(1000, "K samples per test face for the Parzen estimate (note: 1000)")
+    is_samples: int = common.arg(1000, "importance samples per face for the extra log p(x|y) estimate")
+    attributes: int = common.arg(0, "size of y; set from the data (40 CelebA, 73 LFW)")
+
+
+RUN_FIELDS = {"data_dir", "out", "checkpoint", "steps", "device", "log_every", "ckpt_every", "amp", "compile",
+              "fresh", "cache_dir", "eval_images", "valid_images", "parzen_samples", "is_samples"}
+
+
+def resolve_defaults(cfg: Config) -> Config:
+    cfg = dataclasses.replace(cfg, data_dir=cfg.data_dir or os.path.join("data", cfg.dataset),
+                              out=cfg.out or os.path.join("runs", f"cmma-{cfg.dataset}-{cfg.model}"),
+                              lr_d=cfg.lr_d or cfg.lr)
+    checks = [(cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}"),
+              (cfg.steps >= 0, f"--steps must be >= 0, got {cfg.steps}"),
+              (cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}"),
+              (cfg.image_size == 64, f"--image-size must be 64 (the paper's layer sizes), got {cfg.image_size}"),
+              (cfg.log_every >= 1 and cfg.ckpt_every >= 1, "--log-every and --ckpt-every must be >= 1"),
+              (cfg.logvar_min < cfg.logvar_max, "--logvar-min must be below --logvar-max"),
+              (cfg.parzen_samples >= 1 and cfg.is_samples >= 1, "--parzen-samples and --is-samples must be >= 1")]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+    return cfg
+
+
+def crop_for(cfg: Config):
+    return CELEBA_CROP if cfg.dataset == "celeba" else None
+
+
+# ----------------------------------------------------------------------------------------------
+# --- paper: networks (sec. 4.1) ---
+# ----------------------------------------------------------------------------------------------
+class ConvFeatures(nn.Module):
+    """h's convolutional stack: 3x64x64 -> conv5 192 -> pool -> relu -> conv5 96 -> pool -> relu
+    -> conv4 48 -> relu -> 4800 features (unpadded convs, as Torch7's default)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 192, 5), nn.MaxPool2d(2), nn.ReLU(),    # 60 -> 30
+                                 nn.Conv2d(192, 96, 5), nn.MaxPool2d(2), nn.ReLU(),   # 26 -> 13
+                                 nn.Conv2d(96, 48, 4), nn.ReLU(), nn.Flatten())       # 10x10x48
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class GaussianEncoder(nn.Module):
+    """h: image (B, 3, 64, 64) in [0, 1] (and y (B, A) with `extra`=A) -> (mu, logvar), (B, J)."""
+
+    def __init__(self, latent_dim: int, extra: int = 0):
+        super().__init__()
+        self.features = ConvFeatures()
+        self.mu, self.logvar = nn.Linear(4800 + extra, latent_dim), nn.Linear(4800 + extra, latent_dim)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None):
+        f = self.features(x)
+        if y is not None:
+            f = torch.cat([f, y], dim=1)
+        return self.mu(f), self.logvar(f)
+
+
+class AttributeEncoder(nn.Module):
+    """f: attributes (B, A) -> p_f(z|y) as (mu, logvar), (B, J): 800 softplus units, two heads."""
+
+    def __init__(self, attributes: int, hidden: int, latent_dim: int):
+        super().__init__()
+        self.hidden = nn.Sequential(nn.Linear(attributes, hidden), nn.Softplus())
+        self.mu, self.logvar = nn.Linear(hidden, latent_dim), nn.Linear(hidden, latent_dim)
+
+    def forward(self, y: torch.Tensor):
+        h = self.hidden(y)
+        return self.mu(h), self.logvar(h)
+
+
+class GaussianDecoder(nn.Module):
+    """g: code (B, J [+ A]) -> p_g(x|z) as (mean in [0, 1], log-variance clamped), (B, 3, 64, 64).
+
+    Linear -> 48x10x10 -> up2, conv3 96, relu -> up2, conv3 192, relu -> up2 -> two parallel
+    conv5 to 3 channels: the mean (sigmoid) and the log-variance (linear, clamped)."""
+
+    def __init__(self, in_features: int, logvar_range: tuple[float, float]):
+        super().__init__()
+        self.fc = nn.Linear(in_features, 4800)
+        up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.body = nn.Sequential(up, nn.Conv2d(48, 96, 3), nn.ReLU(),         # 20 -> 18
+                                  up, nn.Conv2d(96, 192, 3), nn.ReLU(), up)     # 36 -> 34 -> 68
+        self.mean, self.logvar = nn.Conv2d(192, 3, 5), nn.Conv2d(192, 3, 5)     # 68 -> 64
+        self.logvar_range = logvar_range
+
+    def forward(self, code: torch.Tensor):
+        t = self.body(self.fc(code).view(-1, 48, 10, 10))
+        return torch.sigmoid(self.mean(t)), self.logvar(t).clamp(*self.logvar_range)
+
+
+class Discriminator(nn.Module):
+    """CGAN's D, shaped like h: conv features of x joined with y -> one logit (B,)."""
+
+    def __init__(self, attributes: int):
+        super().__init__()
+        self.features = ConvFeatures()
+        self.out = nn.Linear(4800 + attributes, 1)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.cat([self.features(x), y], dim=1)).squeeze(1)
+
+
+# ----------------------------------------------------------------------------------------------
+# --- paper: the three models ---
+# ----------------------------------------------------------------------------------------------
+class CMMA(nn.Module):
+    """f, g, h of the paper. All methods take x (B, 3, 64, 64) in [0, 1], y (B, A)."""
+
+    def __init__(self, cfg: Config, attributes: int):
+        super().__init__()
+        self.f = AttributeEncoder(attributes, cfg.hidden, cfg.latent_dim)
+        self.h = GaussianEncoder(cfg.latent_dim, attributes if cfg.h_sees_attributes else 0)
+        self.g = GaussianDecoder(cfg.latent_dim, (cfg.logvar_min, cfg.logvar_max))
+        self.h_sees_attributes = cfg.h_sees_attributes
+
+    def forward(self, x, y) -> dict:
+        """The bound's terms per image (see `elbo_terms`); training calls the model (DDP hooks in)."""
+        return elbo_terms(self, x, y)
+
+    def posterior(self, x, y):
+        """q_h(z|x, y) as (mu, logvar)."""
+        return self.h(x, y if self.h_sees_attributes else None)
+
+    def prior(self, y):
+        """p_f(z|y) as (mu, logvar)."""
+        return self.f(y)
+
+    def decode(self, z, y):
+        """p_g(x|z) as (mean, logvar); y is unused (the decoder sees only z)."""
+        return self.g(z)
+
+    @torch.no_grad()
+    def generate(self, y, noise: float = 1.0):
+        """Faces from attributes (Fig. 5): z = f_mu + noise * eps * f_std, x = g_mu(z)."""
+        mu, logvar = self.prior(y)
+        return self.decode(mu + noise * torch.randn_like(mu) * torch.exp(0.5 * logvar), y)[0]
+
+    @torch.no_grad()
+    def edit(self, x, y_orig, y_new):
+        """Sec. 4.5.2: z' = h_mu(x, y_new) + f_mu(y_new) - f_mu(y_orig); x' = g_mu(z')."""
+        h_mu, _ = self.posterior(x, y_new)
+        return self.decode(h_mu + self.prior(y_new)[0] - self.prior(y_orig)[0], y_new)[0]
+
+
+class CVAE(nn.Module):
+    """Eq. 13: prior N(0, I), q(z|x, y) with y joined to h's features, p(x|z, y) with [z, y]."""
+
+    def __init__(self, cfg: Config, attributes: int):
+        super().__init__()
+        self.h = GaussianEncoder(cfg.latent_dim, attributes)
+        self.g = GaussianDecoder(cfg.latent_dim + attributes, (cfg.logvar_min, cfg.logvar_max))
+        self.latent_dim = cfg.latent_dim
+
+    def forward(self, x, y) -> dict:
+        return elbo_terms(self, x, y)
+
+    def posterior(self, x, y):
+        return self.h(x, y)
+
+    def prior(self, y):
+        zeros = y.new_zeros(y.shape[0], self.latent_dim)
+        return zeros, zeros
+
+    def decode(self, z, y):
+        return self.g(torch.cat([z, y], dim=1))
+
+    @torch.no_grad()
+    def generate(self, y, noise: float = 1.0):
+        z = noise * torch.randn(y.shape[0], self.latent_dim, device=y.device)
+        return self.decode(z, y)[0]
+
+    @torch.no_grad()
+    def edit(self, x, y_orig, y_new):
+        """The note's choice for CVAE: z = mean of q(z|x, y_orig), x' = g_mu(z, y_new)."""
+        return self.decode(self.posterior(x, y_orig)[0], y_new)[0]
+
+
+class CGAN(nn.Module):
+    """Conditional GAN with G shaped like g and D like h. Only generation; no bound, no edit."""
+
+    def __init__(self, cfg: Config, attributes: int):
+        super().__init__()
+        self.generator = GaussianDecoder(cfg.latent_dim + attributes, (cfg.logvar_min, cfg.logvar_max))
+        self.discriminator = Discriminator(attributes)
+        self.latent_dim = cfg.latent_dim
+
+    def forward(self, x, y, part: str) -> torch.Tensor:
+        """The discriminator's loss (part 'd') or the generator's (part 'g') on a batch; see
+        `gan_losses`. One forward per backward, so DDP averages each part's gradients."""
+        noise = torch.randn(x.shape[0], self.latent_dim, device=x.device)
+        with torch.set_grad_enabled(part == "g" and torch.is_grad_enabled()):
+            fake = self.generator(torch.cat([noise, y], dim=1))[0]
+        return gan_losses(self.discriminator, x, y, fake)[0 if part == "d" else 1]
+
+    @torch.no_grad()
+    def generate(self, y, noise: float = 1.0):
+        z = noise * torch.randn(y.shape[0], self.latent_dim, device=y.device)
+        return self.generator(torch.cat([z, y], dim=1))[0]
+
+
+def build_model(cfg: Config, attributes: int) -> nn.Module:
+    """The --model network, with PyTorch's default init (close to Torch7's, note sec. 2)."""
+    return {"cmma": CMMA, "cvae": CVAE, "cgan": CGAN}[cfg.model](cfg, attributes)
+
+
+# ----------------------------------------------------------------------------------------------
+# --- paper: losses ---
+# ----------------------------------------------------------------------------------------------
+def elbo_terms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """Eq. 6-10 per image, nats: log p(x|z) with one z ~ q (B,), KL(q || prior) (B,), and the
+    bound elbo = log p(x|z) - KL, plus the bound without constants (no log 2 pi per pixel, and
+    KL without its -1 per dim, as eq. 7-8 are printed). x (B, 3, 64, 64) in [0, 1]."""
+    h_mu, h_logvar = model.posterior(x, y)
+    z = common.reparameterize(h_mu, h_logvar)                                   # eq. 10
+    g_mu, g_logvar = model.decode(z, y)
+    p_mu, p_logvar = model.prior(y)
+    log_px = common.gaussian_log_likelihood(x.float(), g_mu.float(), g_logvar.float())   # eq. 8
+    kl = common.kl_normal(h_mu.float(), h_logvar.float(), p_mu.float(), p_logvar.float())  # eq. 7
+    constants = 0.5 * math.log(2 * math.pi) * x[0].numel() - 0.5 * h_mu.shape[1]
+    elbo = log_px - kl
+    return {"elbo": elbo, "log_px": log_px, "kl": kl, "elbo_no_constants": elbo + constants}
+
+
+def gan_losses(discriminator: nn.Module, x: torch.Tensor, y: torch.Tensor, fake: torch.Tensor):
+    """Conditional GAN losses (Mirza & Osindero 2014), non-saturating generator:
+    d_loss = BCE(D(x, y), 1) + BCE(D(fake, y), 0) with fake detached;  g_loss = BCE(D(fake, y), 1).
+    x, fake (B, 3, 64, 64) in [0, 1]; returns (d_loss, g_loss), scalars (nats per image)."""
+    real_logit, fake_logit = discriminator(x, y).float(), discriminator(fake.detach(), y).float()
+    d_loss = (F.binary_cross_entropy_with_logits(real_logit, torch.ones_like(real_logit))
+              + F.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit)))
+    g_logit = discriminator(fake, y).float() if fake.requires_grad else fake_logit
+    g_loss = F.binary_cross_entropy_with_logits(g_logit, torch.ones_like(g_logit))
+    return d_loss, g_loss
+
+
+# ----------------------------------------------------------------------------------------------
+# --- paper: training steps ---
+# ----------------------------------------------------------------------------------------------
+def train_step(net, optimizers: dict, scaler, x, y, cfg: Config, device) -> dict:
+    """One Adagrad step (for the GAN: a D step, then a G step on fresh noise). x in [0, 1]."""
+    if cfg.model != "cgan":
+        with common.autocast(device, cfg.amp):
+            terms = net(x, y)
+        loss = -terms["elbo"].mean()                                               # -eq. 6, nats/image
+        step_on(optimizers["model"], scaler, loss)
+        return {"loss": loss.detach(), "log_px": terms["log_px"].mean().detach(), "kl": terms["kl"].mean().detach()}
+    with common.autocast(device, cfg.amp):
+        d_loss = net(x, y, "d")
+    step_on(optimizers["discriminator"], scaler, d_loss)
+    with common.autocast(device, cfg.amp):
+        g_loss = net(x, y, "g")
+    step_on(optimizers["generator"], scaler, g_loss)  # D's gradients from this pass are discarded
+    return {"loss": (d_loss + g_loss).detach(), "d_loss": d_loss.detach(), "g_loss": g_loss.detach()}
+
+
+def step_on(optimizer, scaler, loss) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
+
+def make_optimizers(model: nn.Module, cfg: Config) -> dict:
+    """Adagrad (sec. 4.3): one for the VAEs; separate D and G ones for the GAN."""
+    if cfg.model != "cgan":
+        return {"model": torch.optim.Adagrad(model.parameters(), lr=cfg.lr)}
+    return {"generator": torch.optim.Adagrad(model.generator.parameters(), lr=cfg.lr),
+            "discriminator": torch.optim.Adagrad(model.discriminator.parameters(), lr=cfg.lr_d)}
+
+
+# ----------------------------------------------------------------------------------------------
+# --- paper: evaluation (Tables 2 and 3) ---
+# ----------------------------------------------------------------------------------------------
+def parzen_log_likelihood(x: torch.Tensor, samples: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """Gaussian Parzen-window log-density of one face under K generated samples, for each window.
+
+    log p(x) = logsumexp_k[-||x - s_k||^2 / (2 s^2)] - log K - D/2 log(2 pi s^2)   (nats)
+    x (D,) or (C, H, W); samples (K, ...) of the same size; sigmas (S,). Returns (S,)."""
+    d2 = (samples.flatten(1).double() - x.flatten().double()).pow(2).sum(1)           # (K,)
+    sig = sigmas.double().to(d2.device)
+    dim, k = x.numel(), samples.shape[0]
+    return (torch.logsumexp(-d2[None, :] / (2 * sig[:, None] ** 2), dim=1) - math.log(k)
+            - 0.5 * dim * torch.log(2 * math.pi * sig ** 2))
+
+
+@torch.no_grad()
+def parzen_scores(model, x: torch.Tensor, y: torch.Tensor, k: int, sigmas: torch.Tensor, chunk: int = 250):
+    """Mean Parzen log-likelihood (nats per face) over faces x (N, 3, 64, 64) in [0, 1], each
+    against k samples generated from its own attributes; one value per window: (S,)."""
+    total = torch.zeros(len(sigmas), dtype=torch.float64)
+    for xi, yi in zip(x, y):
+        samples = torch.cat([model.generate(yi.expand(min(chunk, k - s), -1)).float()
+                             for s in range(0, k, chunk)])
+        total += parzen_log_likelihood(xi, samples, sigmas).cpu()
+    return total / len(x)
+
+
+@torch.no_grad()
+def importance_log_likelihood(model, x: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
+    """Extra (not in the paper): log p(x|y) ~ logmeanexp_k[log p(x|z_k) + log p(z_k|y)
+    - log q(z_k|x, y)], z_k ~ q (JMVAE's estimator). x (N, ...) in [0, 1]; returns (N,) nats."""
+    out = []
+    for xi, yi in zip(x, y):
+        xs, ys = xi.expand(k, *xi.shape), yi.expand(k, -1)
+        mu, logvar = model.posterior(xs[:1], ys[:1])
+        mu, logvar = mu.expand(k, -1), logvar.expand(k, -1)
+        z = common.reparameterize(mu, logvar)
+        g_mu, g_logvar = model.decode(z, ys)
+        p_mu, p_logvar = model.prior(ys)
+        log_w = (common.gaussian_log_likelihood(xs, g_mu.float(), g_logvar.float())
+                 + common.gaussian_log_likelihood(z, p_mu, p_logvar) - common.gaussian_log_likelihood(z, mu, logvar))
+        out.append(torch.logsumexp(log_w.double(), 0) - math.log(k))
+    return torch.stack(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# --- paper: figures ---
+# ----------------------------------------------------------------------------------------------
+def attribute_index(cfg: Config, names: list, name: str) -> int:
+    """Column of attribute `name` (a CelebA name) in this dataset, through ALIASES."""
+    actual = ALIASES.get(cfg.dataset, {}).get(name, name)
+    if actual not in names:
+        raise ValueError(f"attribute {name!r} ({actual!r}) is not among this dataset's: {', '.join(names)}")
+    return names.index(actual)
+
+
+def attribute_levels(cfg: Config, train_attributes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(base, off, on) vectors: CelebA 0 / 0 / 1; LFW the training mean / mean - 2 std / mean + 2 std
+    (its attributes are classifier scores; note sec. 6.8)."""
+    if cfg.dataset == "celeba":
+        zeros = np.zeros(train_attributes.shape[1], np.float32)
+        return zeros, zeros, np.ones_like(zeros)
+    mean, std = train_attributes.mean(0), train_attributes.std(0)
+    return mean, mean - 2 * std, mean + 2 * std
+
+
+@torch.no_grad()
+def fig4_from_attributes(model, cfg: Config, names: list, levels, device) -> torch.Tensor:
+    """Fig. 4: 4 rows (Female/Male x Asian/not; Pale_Skin on CelebA) x 7 columns (none, then one
+    attribute switched on each), generated at noise 0. Returns (28, 3, 64, 64) in [0, 1]."""
+    base, off, on = levels
+    ys = []
+    for a, va, b, vb in FIG4_ROWS:
+        row = base.copy()
+        for name, value in ((a, va), (b, vb)):
+            i = attribute_index(cfg, names, name)
+            row[i] = on[i] if value else off[i]
+        for column in FIG4_COLUMNS:
+            y = row.copy()
+            if column:
+                y[attribute_index(cfg, names, column)] = on[attribute_index(cfg, names, column)]
+            ys.append(y)
+    return model.generate(torch.tensor(np.stack(ys), device=device), noise=0.0)
+
+
+@torch.no_grad()
+def fig6_edits(model, cfg: Config, x: torch.Tensor, y: torch.Tensor, names: list, level: np.ndarray,
+               rows=FIG6_ROWS) -> torch.Tensor:
+    """Fig. 6 / 7: for each row attribute, the faces x (N, ...) in [0, 1] edited by the model with
+    that attribute set to its value in `level` (A,); row None is the plain reconstruction.
+    Returns (len(rows) * N, 3, 64, 64) in [0, 1]."""
+    out = []
+    for name in rows:
+        y_new = y.clone()
+        if name:
+            i = attribute_index(cfg, names, name)
+            y_new[:, i] = float(level[i])
+        out.append(model.edit(x, y, y_new))
+    return torch.cat(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# --- plumbing: data, checkpoints, training loop ---
+# ----------------------------------------------------------------------------------------------
+def load_split(cfg: Config, split: str, verbose: bool = True) -> data.ImageSet:
+    return data.load_dataset(cfg.dataset, cfg.data_dir, split, cfg.image_size, crop_for(cfg),
+                             cfg.cache_dir or None, verbose)
+
+
+def faces_and_attributes(dataset: data.ImageSet, index, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, 3, 64, 64) in [0, 1] and attributes (N, A) float32 for `index`."""
+    x = data.to_float_images(torch.from_numpy(np.array(dataset.images[index])).to(device))
+    y = torch.from_numpy(np.asarray(dataset.labels["attributes"][index], dtype=np.float32)).to(device)
+    return (x + 1) / 2, y
+
+
+def setup_run(cfg: Config, explicit: set, device, rank: int, world: int):
+    path = os.path.join(cfg.out, "checkpoint.pt")
+    state = None
+    if os.path.exists(path) and not cfg.fresh:
+        state = common.load_checkpoint(path, SCRIPT)
+        cfg = resolve_defaults(common.merge_saved_config(cfg, state["config"], explicit, RUN_FIELDS, path))
+    common.seed_everything(cfg.seed)
+    model = build_model(cfg, cfg.attributes).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizers, scaler = make_optimizers(model, cfg), common.make_grad_scaler(device, cfg.amp)
+    common.seed_everything(cfg.seed, rank)
+    start = 0
+    if state is not None:
+        start = common.restore_training_state(state, {"model": model}, optimizers, scaler, rank, world, cfg.seed)
+        common.print0(f"resuming {path} at step {start}")
+    return cfg, model, optimizers, scaler, start
+
+
+def curve_keys(cfg: Config) -> list:
+    return ["loss", "d_loss", "g_loss", "images_per_s"] if cfg.model == "cgan" else ["loss", "log_px", "kl", "images_per_s"]
+
+
+def train(cfg: Config, explicit: set) -> None:
+    rank, world, local_rank = common.init_distributed()
+    device = common.pick_device(cfg.device, local_rank)
+    train_set = load_split(cfg, "train", verbose=common.is_main())
+    cfg = dataclasses.replace(cfg, attributes=train_set.labels["attributes"].shape[1])
+    cfg, model, optimizers, scaler, start = setup_run(cfg, explicit, device, rank, world)
+    batches = data.Batches(train_set, cfg.batch_size, cfg.seed, device, rank, world, ("attributes",),
+                           channels_last=device.type == "cuda")
+    earlier = common.start_run_folder(cfg.out, {**dataclasses.asdict(cfg), "data": train_set.description,
+                                                "world_size": world}, start)
+    common.print0(f"{cfg.model}: {train_set.description}; {world} process(es) on {device}, "
+                  f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")
+    net = torch.compile(model) if cfg.compile else model
+    if world > 1:
+        net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None,
+                  find_unused_parameters=cfg.model == "cgan")  # G is idle in D's pass
+    run_loop(cfg, net, optimizers, scaler, batches, start, device, earlier)
+    common.cleanup_distributed()
+    if rank == 0:
+        model.eval()
+        draw_figures([(cfg, model)], cfg.out, device)
+
+
+def run_loop(cfg: Config, net, optimizers, scaler, batches, start: int, device, earlier: float) -> None:
+    """Steps start..cfg.steps: log, NaN check, checkpoint, and save-and-exit on a signal."""
+    bad = torch.zeros((), dtype=torch.bool, device=device)
+    t0, t_log, step, step_log = time.time(), time.time(), start, start
+    with common.StopSignal() as stop:
+        while step < cfg.steps:
+            x, labels = batches.get(step)
+            y = labels["attributes"].float()
+            terms = train_step(net, optimizers, scaler, (x + 1) / 2, y, cfg, device)
+            bad |= ~torch.isfinite(terms["loss"])
+            step += 1
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                common.check_finite(bad, step, cfg.out)
+                rate = (step - step_log) * cfg.batch_size * batches.world_size / max(time.time() - t_log, 1e-9)
+                common.log_metrics(cfg.out, step, cfg.steps, terms, rate, time.time() - t0, start, earlier)
+                t_log, step_log = time.time(), step
+            stopping = common.any_rank(stop.raised is not None, device) if (
+                batches.world_size == 1 or step % 10 == 0) else False
+            if step % cfg.ckpt_every == 0 or step == cfg.steps or stopping:
+                t_save = time.time()
+                common.check_finite(bad, step, cfg.out)
+                common.save_training_state(cfg.out, SCRIPT, step, dataclasses.asdict(cfg), {"model": net},
+                                           optimizers, scaler, curve_keys(cfg))
+                t_log += time.time() - t_save
+            if stopping:
+                common.print0(f"stopped by {stop.raised or 'a signal'} at step {step}; checkpoint saved, "
+                              f"run the same command to resume")
+                raise SystemExit(0)
+
+
+# ----------------------------------------------------------------------------------------------
+# --- plumbing: sample / figures / eval / edit over one or several checkpoints ---
+# ----------------------------------------------------------------------------------------------
+def load_models(cfg: Config, explicit: set, device) -> list:
+    """[(config, model in eval mode on device)] for each comma-separated --checkpoint."""
+    paths = [p for p in cfg.checkpoint.split(",") if p] or [
+        os.path.join(cfg.out or os.path.join("runs", f"cmma-{cfg.dataset}-{cfg.model}"), "checkpoint.pt")]
+    loaded = []
+    for path in paths:
+        state = common.load_checkpoint(path, SCRIPT)
+        saved = common.merge_saved_config(cfg, state["config"], explicit, RUN_FIELDS, path)
+        saved = resolve_defaults(dataclasses.replace(saved, out=os.path.dirname(os.path.abspath(path))))
+        model = build_model(saved, saved.attributes)
+        model.load_state_dict(state["models"]["model"])
+        loaded.append((saved, model.to(device).eval()))
+    return loaded
+
+
+def draw_figures(runs: list, out: str, device) -> list:
+    """Figs. 4, 6, 7 for each (config, model): into each run's figures/, and side by side
+    into OUT/figures/ when several models are given."""
+    cfg0 = runs[0][0]
+    train_set, written, panels = load_split(cfg0, "train", verbose=False), [], {"fig4": [], "fig6": [], "fig7": []}
+    names, levels = train_set.names["attributes"], attribute_levels(cfg0, train_set.labels["attributes"])
+    six_plain, six_glasses = pick_faces(cfg0, train_set, names)
+    for cfg, model in runs:
+        torch.manual_seed(cfg.seed)
+        grids = {"fig4": (fig4_from_attributes(model, cfg, names, levels, device), 7)}
+        if cfg.model != "cgan":
+            x, y = faces_and_attributes(train_set, six_plain, device)
+            grids["fig6"] = (torch.cat([x, fig6_edits(model, cfg, x, y, names, levels[2])]), len(six_plain))
+            x, y = faces_and_attributes(train_set, six_glasses, device)
+            grids["fig7"] = (torch.cat([x, fig6_edits(model, cfg, x, y, names, levels[1], rows=[None, "Eyeglasses"])]),
+                             len(six_glasses))
+        for name, (images, nrow) in grids.items():
+            path = os.path.join(cfg.out, "figures", f"{name}_{cfg.model}.png")
+            panels[name].append(common.save_grid(images, path, nrow, value_range=(0.0, 1.0)))
+            written.append(path)
+    if len(runs) > 1:
+        for name, grids in panels.items():
+            if len(grids) > 1:
+                written.append(os.path.join(out, "figures", f"{name}_compare.png"))
+                common.save_png(common.hstack_panels(grids), written[-1])
+    common.print0("figures: " + ", ".join(written))
+    return written
+
+
+def pick_faces(cfg: Config, dataset: data.ImageSet, names: list, n: int = 6):
+    """Training faces for Fig. 6 (none of its attributes present) and Fig. 7 (with eyeglasses)."""
+    attrs = dataset.labels["attributes"]
+    present = lambda name: attrs[:, attribute_index(cfg, names, name)] > (0.5 if cfg.dataset == "celeba" else 0.0)
+    plain = ~np.any([present(r) for r in FIG6_ROWS if r], axis=0)
+    plain_idx, glasses_idx = np.flatnonzero(plain)[:n], np.flatnonzero(present("Eyeglasses"))[:n]
+    return (plain_idx if len(plain_idx) else np.arange(n)), (glasses_idx if len(glasses_idx) else np.arange(n))
+
+
+def evaluate(runs: list, out: str, device) -> dict:
+    """Tables 2 and 3 (plus the IS estimate) for each run; each eval.json, and the table printed."""
+    cfg0 = runs[0][0]
+    test, valid = load_split(cfg0, "test", verbose=False), load_split(cfg0, "valid", verbose=False)
+    x_test, y_test = faces_and_attributes(test, np.arange(min(cfg0.eval_images, len(test))), device)
+    x_val, y_val = faces_and_attributes(valid, np.arange(min(cfg0.valid_images, len(valid))), device)
+    sigmas = torch.logspace(-1, 0, 10)
+    table = {}
+    for cfg, model in runs:
+        torch.manual_seed(cfg.seed)
+        val_scores = parzen_scores(model, x_val, y_val, cfg.parzen_samples, sigmas)
+        best = int(val_scores.argmax())
+        result = {"model": cfg.model, "test_faces": len(x_test), "valid_faces": len(x_val),
+                  "parzen_sigma": sigmas[best].item(),
+                  "parzen_test_nats_per_face": parzen_scores(model, x_test, y_test, cfg.parzen_samples,
+                                                             sigmas[best:best + 1]).item()}
+        if cfg.model != "cgan":
+            with torch.no_grad():
+                terms = [elbo_terms(model, xb, yb) for xb, yb in zip(x_test.split(250), y_test.split(250))]
+            for key in ("elbo", "elbo_no_constants", "log_px", "kl"):
+                result[f"{key}_nats_per_face"] = torch.cat([t[key] for t in terms]).mean().item()
+            result["is_log_p_x_given_y_nats_per_face"] = importance_log_likelihood(
+                model, x_test, y_test, cfg.is_samples).mean().item()
+        result["units"] = ("nats per 64x64x3 face, pixels in [0, 1]; elbo = E_q log p(x|z) - KL with one z per "
+                           "face; elbo_no_constants drops the log 2pi per pixel and the -1 per latent of eq. 7-8; "
+                           "Parzen: K samples per face from its attributes, sigma chosen on the valid faces")
+        with open(os.path.join(cfg.out, "eval.json"), "w") as f:
+            json.dump(result, f, indent=2)
+        table[cfg.model] = result
+    print_tables(table)
+    return table
+
+
+def print_tables(table: dict) -> None:
+    print("Table 2: variational lower bound on the test faces (nats per face; paper: CMMA 17,973, CVAE 14,356)")
+    for name, r in table.items():
+        if "elbo_nats_per_face" in r:
+            print(f"  {name:5s} {r['elbo_nats_per_face']:12,.1f}   without constants {r['elbo_no_constants_nats_per_face']:12,.1f}")
+    print("Table 3: Parzen-window conditional log-likelihood (nats per face; paper: CMMA 9,487 > CVAE 8,714 > CGAN 8,320)")
+    for name, r in table.items():
+        print(f"  {name:5s} {r['parzen_test_nats_per_face']:12,.1f}   (sigma {r['parzen_sigma']:.3f})")
+    for name, r in table.items():
+        if "is_log_p_x_given_y_nats_per_face" in r:
+            print(f"  extra, importance-sampled log p(x|y): {name} {r['is_log_p_x_given_y_nats_per_face']:,.1f}")
+
+
+def sample(runs: list, out: str, device) -> None:
+    """Faces from the attributes of 8 test faces, 8 noise draws each, per model."""
+    cfg0 = runs[0][0]
+    test = load_split(cfg0, "test", verbose=False)
+    for cfg, model in runs:
+        torch.manual_seed(cfg.seed)
+        _, y = faces_and_attributes(test, np.arange(min(8, len(test))), device)
+        images = model.generate(y.repeat_interleave(8, 0))
+        path = os.path.join(cfg.out, "figures", f"samples_{cfg.model}.png")
+        common.save_grid(images, path, 8, value_range=(0.0, 1.0))
+        print(f"wrote {path}")
+
+
+def edit_user_image(runs: list, cfg: Config, image: str, changes: list, has: str, device) -> str:
+    """`edit`: crop and resize the user's aligned face like the training data, set attributes,
+    and write [input, reconstruction, edited] side by side for each model."""
+    if not image or not os.path.isfile(image):
+        raise FileNotFoundError(f"--image {image!r} not found: pass an aligned face photo (CelebA-style)")
+    train_set = load_split(runs[0][0], "train", verbose=False)
+    names = train_set.names["attributes"]
+    base, _, on = attribute_levels(cfg, train_set.labels["attributes"])
+    y_orig = base.copy()
+    for name in (n for n in has.split(",") if n):
+        y_orig[attribute_index(cfg, names, name.strip())] = on[attribute_index(cfg, names, name.strip())]
+    y_new = y_orig.copy()
+    for change in changes:
+        name, _, value = change.partition("=")
+        if value not in ("0", "1"):
+            raise ValueError(f"--set takes NAME=0 or NAME=1, got {change!r}")
+        i = attribute_index(cfg, names, name)
+        y_new[i] = on[i] if value == "1" else (0.0 if cfg.dataset == "celeba" else base[i] - (on[i] - base[i]))
+    with Image.open(image) as im:
+        crop = crop_for(cfg) if im.size == (178, 218) else None
+    x = torch.from_numpy(data.decode_image(image, crop, 64)).permute(2, 0, 1)[None].float().div(255).to(device)
+    yo, yn = (torch.tensor(v, device=device)[None] for v in (y_orig, y_new))
+    rows = [torch.cat([x, m.edit(x, yo, yo), m.edit(x, yo, yn)]) for c, m in runs if c.model != "cgan"]
+    path = os.path.join(cfg.out, "figures", f"edit_{os.path.splitext(os.path.basename(image))[0]}.png")
+    common.save_grid(torch.cat(rows), path, 3, value_range=(0.0, 1.0))
+    print(f"wrote {path} (columns: input, reconstruction, edited; a row per model)")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# main
+# ----------------------------------------------------------------------------------------------
+def split_edit_flags(argv: list) -> tuple[list, str, list, str]:
+    """Pull `edit`'s own flags (--image PATH, --set NAME=0/1 repeated, --has A,B) out of argv."""
+    rest, image, changes, has, i = [], "", [], "", 0
+    while i < len(argv):
+        if argv[i] in ("--image", "--set", "--has") and i + 1 < len(argv):
+            flag, value = argv[i], argv[i + 1]
+            image = value if flag == "--image" else image
+            has = value if flag == "--has" else has
+            if flag == "--set":
+                changes.append(value)
+            i += 2
+        else:
+            rest.append(argv[i])
+            i += 1
+    return rest, image, changes, has
+
+
+def main(argv: list | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    mode = argv.pop(0) if argv and argv[0] in MODES else "train"
+    argv, image, changes, has = split_edit_flags(argv) if mode == "edit" else (argv, "", [], "")
+    usage = (__doc__.split("\n")[0] + "\n\nsubcommands: train (the default), sample, figures, eval, edit; "
+             "the others need only --checkpoint.\nedit also takes --image PATH, --set NAME=0|1 (repeated) "
+             "and --has NAME,NAME (attributes the face already has).")
+    cfg, explicit = common.parse_config(Config, argv, usage, prog="cmma.py")
+    try:
+        if mode == "train":
+            try:
+                train(resolve_defaults(cfg), explicit)
+            finally:
+                common.cleanup_distributed()
+            return
+        device = common.pick_device(cfg.device)
+        runs = load_models(cfg, explicit, device)
+        out = cfg.out or runs[0][0].out
+        if mode == "edit":
+            edit_user_image(runs, dataclasses.replace(runs[0][0], out=out), image, changes, has, device)
+        else:
+            {"sample": sample, "figures": draw_figures, "eval": evaluate}[mode](runs, out, device)
+    except (ValueError, FileNotFoundError, common.NonFiniteLoss) as e:
+        common.fail(str(e))
+
+
+if __name__ == "__main__":
+    main()
