@@ -1,0 +1,149 @@
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import cmma
+import common
+import data
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CELEBA = os.path.join(ROOT, "tests", "data", "celeba")
+SMALL_EVAL = ["--eval-images", "4", "--valid-images", "4", "--parzen-samples", "8", "--is-samples", "4"]
+
+
+def test_parzen_estimate_matches_a_direct_mixture_density():
+    torch.manual_seed(0)
+    x, samples, sigmas = torch.rand(2, 3, 3), torch.rand(5, 2, 3, 3), torch.tensor([0.1, 0.3, 1.0])
+    got = cmma.parzen_log_likelihood(x, samples, sigmas)
+    for s, value in zip(sigmas, got):
+        components = torch.distributions.Normal(samples.flatten(1).double(), s.double())
+        log_p = components.log_prob(x.flatten().double()).sum(1)          # (K,)
+        expected = torch.logsumexp(log_p, 0) - math.log(len(samples))
+        assert value.item() == pytest.approx(expected.item(), rel=1e-9)
+
+
+def small_model(kind="cmma", **kw):
+    torch.manual_seed(0)
+    cfg = cmma.resolve_defaults(cmma.Config(model=kind, attributes=40, **kw))
+    return cfg, cmma.build_model(cfg, 40).eval()
+
+
+def test_edit_is_h_mu_plus_the_attribute_code_difference():
+    _, model = small_model()
+    x, y0 = torch.rand(3, 3, 64, 64), torch.randint(0, 2, (3, 40)).float()
+    y1 = y0.clone()
+    y1[:, 15] = 1 - y1[:, 15]
+    with torch.no_grad():
+        z = model.h(x)[0] + model.f(y1)[0] - model.f(y0)[0]
+        assert torch.allclose(model.edit(x, y0, y1), model.g(z)[0], atol=1e-6)
+        assert torch.allclose(model.edit(x, y0, y0), model.g(model.h(x)[0])[0], atol=1e-6)
+        assert not torch.allclose(model.edit(x, y0, y1), model.edit(x, y0, y0))
+    _, cvae = small_model("cvae")
+    with torch.no_grad():
+        expected = cvae.g(torch.cat([cvae.h(x, y0)[0], y1], 1))[0]
+        assert torch.allclose(cvae.edit(x, y0, y1), expected, atol=1e-6)
+
+
+def test_bound_terms_and_their_constants():
+    _, model = small_model()
+    x, y = torch.rand(2, 3, 64, 64), torch.randint(0, 2, (2, 40)).float()
+    with torch.no_grad():
+        terms = model(x, y)
+    assert terms["elbo"].shape == (2,) and (terms["kl"] >= 0).all()
+    assert torch.allclose(terms["elbo"], terms["log_px"] - terms["kl"])
+    constants = 0.5 * math.log(2 * math.pi) * 3 * 64 * 64 - 0.5 * 500
+    assert torch.allclose(terms["elbo_no_constants"] - terms["elbo"], torch.tensor(constants), atol=1e-2)
+    g_mu, g_logvar = model.g(torch.zeros(1, 500))
+    assert g_mu.shape == (1, 3, 64, 64) and 0 <= g_mu.min() and g_mu.max() <= 1
+    assert g_logvar.min() >= -9 and g_logvar.max() <= 3
+
+
+def make_lfw(root, n=30):
+    """An LFW-layout sample (lfwcrop_color/faces/*.ppm + lfw_attributes.txt) from bundled faces."""
+    faces = root / "lfwcrop_color" / "faces"
+    faces.mkdir(parents=True)
+    files = sorted(os.listdir(os.path.join(CELEBA, "img_align_celeba")))[:n]
+    names = ["Male", "Asian", "Eyeglasses", "Big Nose"]
+    lines = ["# Kumar et al. attribute classifier outputs", "#\tperson\timagenum\t" + "\t".join(names)]
+    rng = np.random.default_rng(0)
+    for i, f in enumerate(files):
+        person, number = f"Person {i % 7}", i // 7 + 1
+        Image.open(os.path.join(CELEBA, "img_align_celeba", f)).resize((64, 64)).save(
+            faces / f"Person_{i % 7}_{number:04d}.ppm")
+        lines.append(f"{person}\t{number}\t" + "\t".join(f"{v:.4f}" for v in rng.normal(size=len(names))))
+    (root / "lfw_attributes.txt").write_text("\n".join(lines) + "\n")
+    return lines
+
+
+def test_lfw_reader_joins_faces_and_real_valued_attributes(tmp_path):
+    lines = make_lfw(tmp_path)
+    train = data.load_dataset("lfw", str(tmp_path), "train", 64)
+    test = data.load_dataset("lfw", str(tmp_path), "test", 64)
+    assert train.images.shape == (24, 64, 64, 3) and len(test) == 3
+    assert train.files[:2] == ["Person_0_0001", "Person_1_0001"] and train.names["attributes"][3] == "Big Nose"
+    assert train.labels["attributes"].dtype == np.float32
+    assert train.labels["attributes"][0, 0] == pytest.approx(float(lines[2].split("\t")[2]), abs=1e-4)
+    (tmp_path / "lfw_attributes.txt").write_text("\n".join(lines + ["Nobody Here\t1\t0\t0\t0\t0"]) + "\n")
+    with pytest.raises(ValueError, match="Nobody_Here_0001, which is not in"):
+        data.load_dataset("lfw", str(tmp_path), "train", 64)
+    (tmp_path / "lfw_attributes.txt").write_text("\n".join(lines[:2] + [lines[2].rsplit("\t", 1)[0]]) + "\n")
+    with pytest.raises(ValueError, match="line 3: 3 values for 4 attributes"):
+        data.load_dataset("lfw", str(tmp_path), "train", 64)
+    with pytest.raises(FileNotFoundError, match="lfw_attributes.txt"):
+        data.load_dataset("lfw", str(tmp_path / "missing"), "train", 64)
+
+
+@pytest.fixture(scope="module")
+def three_runs(tmp_path_factory):
+    """12 steps of each VAE (20 of the GAN) on the bundled real faces."""
+    out = tmp_path_factory.mktemp("cmma")
+    for kind in ("cmma", "cvae", "cgan"):
+        cmma.main(["--model", kind, "--data-dir", CELEBA, "--out", str(out / kind), "--batch-size", "8",
+                   "--steps", "20" if kind == "cgan" else "12", "--log-every", "2" if kind == "cgan" else "3"])
+    return out
+
+
+def test_each_model_learns_on_real_faces(three_runs):
+    for kind in ("cmma", "cvae"):
+        rows = common.read_jsonl(str(three_runs / kind / "metrics.jsonl"))
+        assert [r["step"] for r in rows] == [3, 6, 9, 12]
+        assert rows[-1]["loss"] < 0.8 * rows[0]["loss"], kind
+        assert os.path.exists(three_runs / kind / "figures" / f"fig6_{kind}.png")
+    rows = common.read_jsonl(str(three_runs / "cgan" / "metrics.jsonl"))
+    assert np.mean([r["d_loss"] for r in rows[1:]]) < 2 * math.log(2)  # D does better than chance
+    assert os.path.exists(three_runs / "cgan" / "figures" / "fig4_cgan.png")
+
+
+def test_eval_figures_and_edit_over_the_three_checkpoints(three_runs, tmp_path, capsys):
+    ckpts = ",".join(str(three_runs / k / "checkpoint.pt") for k in ("cmma", "cvae", "cgan"))
+    cmma.main(["eval", "--checkpoint", ckpts] + SMALL_EVAL)
+    printed = capsys.readouterr().out
+    assert "Table 2" in printed and "Table 3" in printed and "cgan" in printed
+    import json
+    result = json.load(open(three_runs / "cmma" / "eval.json"))
+    assert {"elbo_nats_per_face", "elbo_no_constants_nats_per_face", "parzen_test_nats_per_face",
+            "is_log_p_x_given_y_nats_per_face"} <= set(result)
+    assert "elbo_nats_per_face" not in json.load(open(three_runs / "cgan" / "eval.json"))
+    cmma.main(["figures", "--checkpoint", ckpts, "--out", str(tmp_path)])
+    assert {"fig4_compare.png", "fig6_compare.png", "fig7_compare.png"} <= set(os.listdir(tmp_path / "figures"))
+    face = os.path.join(CELEBA, "img_align_celeba", "000002.jpg")
+    cmma.main(["edit", "--checkpoint", ckpts, "--image", face, "--set", "Eyeglasses=1", "--out", str(tmp_path)])
+    edited = Image.open(tmp_path / "figures" / "edit_000002.png")
+    assert edited.size == (3 * 66 + 2, 2 * 66 + 2)  # input, reconstruction, edit; CMMA and CVAE rows
+    with pytest.raises(SystemExit):
+        cmma.main(["edit", "--checkpoint", ckpts, "--image", face, "--set", "Wings=1"])
+    assert "'Wings'" in capsys.readouterr().err
+
+
+def test_gan_resume_is_exact(tmp_path):
+    args = ["--model", "cgan", "--data-dir", CELEBA, "--batch-size", "4", "--log-every", "1"]
+    cmma.main(args + ["--out", str(tmp_path / "a"), "--steps", "4"])
+    cmma.main(args + ["--out", str(tmp_path / "b"), "--steps", "2"])
+    cmma.main(args + ["--out", str(tmp_path / "b"), "--steps", "4"])
+    a, b = (common.load_checkpoint(str(tmp_path / k), "cmma") for k in "ab")
+    assert all(torch.equal(a["models"]["model"][k], b["models"]["model"][k]) for k in a["models"]["model"])
+    assert set(a["optimizers"]) == {"generator", "discriminator"}
