@@ -46,7 +46,6 @@ import json
 import math
 import os
 import sys
-import time
 
 import numpy as np
 import torch
@@ -543,33 +542,17 @@ def train(cfg: Config, explicit: set) -> None:
 
 
 def run_loop(cfg: Config, net, optimizers, scaler, batches, start: int, device, earlier: float) -> None:
-    """Steps start..cfg.steps: log, NaN check, checkpoint, and save-and-exit on a signal."""
-    bad = torch.zeros((), dtype=torch.bool, device=device)
-    t0, t_log, step, step_log = time.time(), time.time(), start, start
-    with common.StopSignal() as stop:
-        while step < cfg.steps:
+    """Steps start..cfg.steps; the monitor logs, checks for NaN, checkpoints and handles signals."""
+    def save(step: int) -> None:
+        common.save_training_state(cfg.out, SCRIPT, step, dataclasses.asdict(cfg), {"model": net},
+                                   optimizers, scaler, curve_keys(cfg))
+
+    with common.TrainingMonitor(cfg.out, cfg.steps, cfg.log_every, cfg.ckpt_every, start,
+                                cfg.batch_size * batches.world_size, device, save, earlier) as monitor:
+        for step in range(start, cfg.steps):
             x, labels = batches.get(step)
-            y = labels["attributes"].float()
-            terms = train_step(net, optimizers, scaler, (x + 1) / 2, y, cfg, device)
-            bad |= ~torch.isfinite(terms["loss"])
-            step += 1
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                common.check_finite(bad, step, cfg.out)
-                rate = (step - step_log) * cfg.batch_size * batches.world_size / max(time.time() - t_log, 1e-9)
-                common.log_metrics(cfg.out, step, cfg.steps, terms, rate, time.time() - t0, start, earlier)
-                t_log, step_log = time.time(), step
-            stopping = common.any_rank(stop.raised is not None, device) if (
-                batches.world_size == 1 or step % 10 == 0) else False
-            if step % cfg.ckpt_every == 0 or step == cfg.steps or stopping:
-                t_save = time.time()
-                common.check_finite(bad, step, cfg.out)
-                common.save_training_state(cfg.out, SCRIPT, step, dataclasses.asdict(cfg), {"model": net},
-                                           optimizers, scaler, curve_keys(cfg))
-                t_log += time.time() - t_save
-            if stopping:
-                common.print0(f"stopped by {stop.raised or 'a signal'} at step {step}; checkpoint saved, "
-                              f"run the same command to resume")
-                raise SystemExit(0)
+            terms = train_step(net, optimizers, scaler, (x + 1) / 2, labels["attributes"].float(), cfg, device)
+            monitor.after_step(step + 1, terms)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import random
 import signal
 import sys
 import tempfile
+import time
 from contextlib import nullcontext
 from typing import Any, Sequence
 
@@ -658,3 +659,56 @@ def restore_training_state(state: dict, models: dict, optimizers: dict, scaler: 
     else:
         seed_everything(seed + 7919 * state["step"], rank)
     return state["step"]
+
+
+class TrainingMonitor:
+    """The bookkeeping around a script's step loop, so the loop itself shows only the paper:
+
+        with TrainingMonitor(...) as monitor:
+            for step in range(start, steps):
+                terms = train_step(...)
+                monitor.after_step(step + 1, terms)
+
+    After each step: remember a non-finite loss (no GPU sync), and every `log_every` steps check
+    it (NonFiniteLoss), print and append metrics with images/s; every `ckpt_every` steps, at the
+    last step and when SIGTERM/SIGINT arrived on any rank, call `save(step)` (which must be
+    collective, e.g. `save_training_state`); after a signal, exit with status 0 so the same
+    command resumes. `images_per_step` counts all ranks.
+    """
+
+    def __init__(self, out: str, steps: int, log_every: int, ckpt_every: int, start: int,
+                 images_per_step: int, device: torch.device, save, earlier: float = 0.0):
+        self.out, self.steps, self.log_every, self.ckpt_every = out, steps, log_every, ckpt_every
+        self.start, self.images_per_step, self.device, self.save = start, images_per_step, device, save
+        self.earlier, self.bad = earlier, torch.zeros((), dtype=torch.bool, device=device)
+        self.t0 = self.t_log = time.time()
+        self.step_log = start
+        self.distributed = dist.is_available() and dist.is_initialized()
+        self.signal = StopSignal()
+
+    def __enter__(self) -> "TrainingMonitor":
+        self.signal.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.signal.__exit__(*exc)
+
+    def after_step(self, step: int, terms: dict) -> None:
+        """`step` counts the steps done; `terms` holds the detached scalar losses, 'loss' first."""
+        self.bad |= ~torch.isfinite(terms["loss"])
+        if step % self.log_every == 0 or step == self.steps:
+            check_finite(self.bad, step, self.out)
+            rate = (step - self.step_log) * self.images_per_step / max(time.time() - self.t_log, 1e-9)
+            log_metrics(self.out, step, self.steps, terms, rate, time.time() - self.t0, self.start, self.earlier)
+            self.t_log, self.step_log = time.time(), step
+        polled = not self.distributed or step % 10 == 0  # a collective, so not on every step
+        stopping = any_rank(self.signal.raised is not None, self.device) if polled else False
+        if step % self.ckpt_every == 0 or step == self.steps or stopping:
+            t_save = time.time()
+            check_finite(self.bad, step, self.out)
+            self.save(step)
+            self.t_log += time.time() - t_save  # images/s leaves the save out
+        if stopping:
+            print0(f"stopped by {self.signal.raised or 'a signal on another rank'} at step {step}; "
+                   f"checkpoint saved, run the same command to resume")
+            raise SystemExit(0)
