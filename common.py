@@ -341,6 +341,20 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def average_gradients(params: Sequence[torch.Tensor]) -> None:
+    """Average the .grad of `params` over ranks in one flat all-reduce (no-op when not
+    distributed). For steps that route several losses to several networks by hand, where
+    DDP's backward hooks do not apply."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = torch.cat([g.flatten() for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    for g, chunk in zip(grads, flat.split([g.numel() for g in grads])):
+        g.copy_(chunk.view_as(g))
+
+
 def any_rank(flag: bool, device: torch.device) -> bool:
     """True when `flag` is True on any rank: used so all ranks stop at the same step."""
     if not (dist.is_available() and dist.is_initialized()):
@@ -632,15 +646,16 @@ def start_run_folder(out: str, config: dict, start: int) -> float:
 
 
 def save_training_state(out: str, script: str, step: int, config: dict, models: dict, optimizers: dict,
-                        scaler: torch.amp.GradScaler, curve_keys: Sequence[str]) -> None:
+                        scaler: torch.amp.GradScaler, curve_keys: Sequence[str], extra: dict | None = None) -> None:
     """Collective: gather every rank's RNG state, then rank 0 writes OUT/checkpoint.pt atomically
-    (`models` and `optimizers` are name -> module / optimizer dicts) and redraws curves.png."""
+    (`models` and `optimizers` are name -> module / optimizer dicts; `extra` any other state,
+    e.g. a controller's) and redraws curves.png."""
     rng = gather_objects(rng_state())
     if is_main():
         save_checkpoint(os.path.join(out, "checkpoint.pt"), script, step=step, config=config,
                         models={k: unwrap(m).state_dict() for k, m in models.items()},
                         optimizers={k: o.state_dict() for k, o in optimizers.items()},
-                        scaler=scaler.state_dict(), rng=rng, world_size=len(rng))
+                        scaler=scaler.state_dict(), rng=rng, world_size=len(rng), extra=extra or {})
         plot_curves(os.path.join(out, "metrics.jsonl"), os.path.join(out, "figures", "curves.png"), curve_keys)
 
 

@@ -12,6 +12,7 @@ Three readers, each returning an `ImageSet` (uint8 images (N, H, W, C) plus name
 * `load_lfw`     - LFWcrop colour faces (`lfwcrop_color/faces/*.ppm`, 64x64) with the 73
                    real-valued attributes of Kumar et al. (`lfw_attributes.txt`), CMMA's data.
                    Labels: `attributes` (N, 73) float32.
+* `load_cifar10` - CIFAR-10's python pickles (`cifar-10-batches-py/`), 32x32. Labels: `class`.
 
 JPEGs are decoded, cropped and resized once, in parallel over all cores, into a uint8 `.npy`
 cache keyed by the file list, file sizes, crop box and output size; later runs memory-map it.
@@ -38,7 +39,7 @@ from PIL import Image
 
 CACHE_VERSION = 1
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".webp")
-DATASETS = ("celeba", "mnist", "folder", "lfw")
+DATASETS = ("celeba", "mnist", "folder", "lfw", "cifar10")
 
 CELEBA_HELP = """\
 CelebA is expected in {root} in its official layout:
@@ -103,6 +104,8 @@ def load_dataset(name: str, root: str, split: str = "train", image_size: int = 6
         return load_folder(root, split, image_size, crop, cache_dir, verbose)
     if name == "lfw":
         return load_lfw(root, split, image_size, cache_dir, verbose)
+    if name == "cifar10":
+        return load_cifar10(root, split)
     raise ValueError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
 
 
@@ -417,6 +420,43 @@ def load_lfw(root: str, split: str = "train", image_size: int = 64, cache_dir: s
     images = cached_decode(paths, None, image_size, cache_dir, f"lfw-{split}", verbose)
     return ImageSet(images, {"attributes": values[index]}, {"attributes": names}, chosen,
                     f"LFW {split}: {len(chosen)} faces from {faces}")
+
+
+# ----------------------------------------------------------------------------------------------
+# CIFAR-10
+# ----------------------------------------------------------------------------------------------
+CIFAR_HELP = """\
+CIFAR-10 is expected in {root} as the python version:
+    {root}/cifar-10-batches-py/data_batch_1 ... data_batch_5, test_batch
+Get https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz and run: tar xzf cifar-10-python.tar.gz -C {root}"""
+
+
+def load_cifar10(root: str, split: str = "train") -> ImageSet:
+    """CIFAR-10 'train' (the 5 data batches, 50k) or 'test'/'valid' (test_batch, 10k): images
+    (N, 32, 32, 3) uint8 and label 'class'. Raises FileNotFoundError / ValueError naming the file."""
+    import pickle
+    folder = next((d for d in (os.path.join(root, "cifar-10-batches-py"), root)
+                   if os.path.isfile(os.path.join(d, "test_batch"))), None)
+    if folder is None:
+        raise FileNotFoundError(f"no CIFAR-10 batches in {os.path.abspath(root)}.\n"
+                                + CIFAR_HELP.format(root=os.path.abspath(root)))
+    names = {"train": [f"data_batch_{i}" for i in range(1, 6)], "all": [f"data_batch_{i}" for i in range(1, 6)]
+             + ["test_batch"]}.get(split, ["test_batch"])
+    images, labels = [], []
+    for name in names:
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} is missing.\n" + CIFAR_HELP.format(root=os.path.abspath(root)))
+        try:
+            with open(path, "rb") as f:
+                batch = pickle.load(f, encoding="bytes")
+            images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
+        except Exception as e:
+            raise ValueError(f"{path}: not a CIFAR-10 python batch ({type(e).__name__}: {e})") from None
+    return ImageSet(np.concatenate(images), {"class": np.concatenate(labels)}, {"class": [str(i) for i in range(10)]},
+                    [f"{n}#{i}" for n, b in zip(names, images) for i in range(len(b))],
+                    f"CIFAR-10 {split}: {sum(map(len, images))} images from {folder}")
 
 
 # ----------------------------------------------------------------------------------------------

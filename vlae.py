@@ -78,8 +78,8 @@ ARITHMETIC = {
 # ----------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class Config:
-    dataset: str = common.arg("celeba", "celeba, mnist or folder (one sub-folder per class)",
-                              choices=data.DATASETS)
+    dataset: str = common.arg("celeba", "celeba, mnist, lfw or folder (one sub-folder per class)",
+                              choices=("celeba", "mnist", "lfw", "folder"))
     data_dir: str = common.arg("", "dataset folder (default: data/<dataset>)")
     out: str = common.arg("", "output folder (default: runs/vlae-<dataset>)")
     checkpoint: str = common.arg("", "checkpoint for sample/figures/eval (default: OUT/checkpoint.pt)")

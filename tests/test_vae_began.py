@@ -1,0 +1,137 @@
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+import common
+import data
+import vae_began
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CELEBA = os.path.join(ROOT, "tests", "data", "celeba")
+TINY = ["--image-size", "32", "--filters", "8", "--latent-dim", "16"]
+
+
+def test_controller_matches_a_hand_computation_and_is_clipped():
+    c = vae_began.Controller.start((1e-1, 1e-2, 1e-3), "cpu")
+    errors, k, e1, e2 = [0.5, 0.2, -0.1, 3.0, -40.0], 0.0, 0.0, 0.0
+    for e in errors:
+        k = min(1.0, max(0.0, k + 1e-1 * e + 1e-2 * (e - e1) + 1e-3 * (e - 2 * e1 + e2)))
+        e2, e1 = e1, e
+        assert c.update(torch.tensor(e, dtype=torch.float64)).item() == pytest.approx(k, abs=1e-12)
+    assert k == 0.0  # the last error drove it below 0: clipped
+
+
+def test_proportional_controller_is_beganss_update():
+    cfg = vae_began.resolve_defaults(vae_began.Config(controller="p"))
+    c = vae_began.Controller.start(vae_began.gains(cfg), "cpu")
+    k = 0.0
+    for l_d, l_g in [(0.4, 0.1), (0.3, 0.2), (0.5, 0.05)]:
+        k = min(1.0, max(0.0, k + 1e-3 * (0.5 * l_d - l_g)))  # BEGAN: k += lambda_k (gamma L(x) - L(G(z)))
+        assert c.update(torch.tensor(0.5 * l_d - l_g, dtype=torch.float64)).item() == pytest.approx(k, abs=1e-12)
+
+
+def tiny_model(**kw):
+    cfg = vae_began.resolve_defaults(vae_began.Config(image_size=32, filters=8, latent_dim=16, **kw))
+    torch.manual_seed(0)
+    return cfg, vae_began.VAEBEGAN(cfg)
+
+
+def test_backbone_shapes_at_every_size():
+    for size, scales in ((32, 3), (64, 4), (128, 5)):
+        enc, dec = vae_began.Encoder(size, 4, 8), vae_began.Decoder(size, 4, 8)
+        h = enc(torch.zeros(2, 3, size, size))
+        assert h.shape == (2, 8) and dec(h).shape == (2, 3, size, size)
+        assert sum(isinstance(m, torch.nn.Upsample) for m in dec.modules()) == scales - 1
+
+
+def test_losses_on_a_tiny_case():
+    cfg, model = tiny_model()
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    torch.manual_seed(1)
+    t = vae_began.losses(model, x, torch.tensor(0.25), cfg)
+    fake = t["L_g"] + 0.3 * t["L_v"]
+    assert t["L_dis"].item() == pytest.approx((t["L_d"] - 0.25 * fake).item(), rel=1e-6)
+    assert t["L_gen"].item() == pytest.approx((fake + 0.1 * t["L_s"] + 0.1 * t["L_e"]).item(), rel=1e-6)
+    assert t["L_enc"].item() == pytest.approx((t["L_n"] + 0.1 * t["L_s"] + 0.1 * t["L_e"]).item(), rel=1e-6)
+    assert t["m_global"].item() == pytest.approx((t["L_d"] + (0.5 * t["L_d"] - fake).abs()).item(), rel=1e-6)
+    _, x_d = model.discriminator(x)
+    assert t["L_d"].item() == pytest.approx((x - x_d).abs().mean().item(), rel=1e-6)
+    assert vae_began.l1(x, x).item() == 0.0
+
+
+def test_each_objective_changes_only_its_own_network():
+    cfg, model = tiny_model()
+    opts = vae_began.make_optimizers(model, cfg, torch.device("cpu"))
+    before = {k: [p.detach().clone() for p in n.parameters()] for k, n in model.networks().items()}
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    torch.manual_seed(2)
+    t = vae_began.losses(model, x, torch.tensor(0.3), cfg)
+    expected = {name: torch.autograd.grad(t[obj], list(model.networks()[name].parameters()), retain_graph=True,
+                                          allow_unused=True) for name, obj in vae_began.OBJECTIVES.items()}
+    # routing matters: L_dis would push G another way than L_gen does
+    g_dis_to_gen = torch.autograd.grad(t["L_dis"], list(model.generator.parameters()), retain_graph=True)
+    assert not all(torch.equal(a, b) for a, b in zip(g_dis_to_gen, expected["generator"]))
+    torch.manual_seed(2)
+    controller = vae_began.Controller.start((1e-3, 0, 0), "cpu")
+    controller.k = torch.tensor(0.3, dtype=torch.float64)
+    vae_began.train_step(model, opts, controller, x, cfg, torch.device("cpu"))
+    for name, net in model.networks().items():
+        for p, g in zip(net.parameters(), expected[name]):
+            assert torch.equal(p.grad, g), name  # the gradient of its own objective, nothing else
+        assert any(not torch.equal(a, b) for a, b in zip(before[name], net.parameters())), name
+
+
+def test_no_vae_ablation_has_no_encoder():
+    cfg, model = tiny_model(vae=False)
+    assert model.encoder is None and set(model.networks()) == {"generator", "discriminator"}
+    t = vae_began.losses(model, torch.rand(4, 3, 32, 32) * 2 - 1, torch.tensor(0.0), cfg)
+    assert t["L_v"].item() == 0.0 and t["L_s"].item() > 0
+
+
+def test_short_run_on_real_faces_discriminator_learns_and_k_moves(tmp_path):
+    vae_began.main(["--data-dir", CELEBA, "--out", str(tmp_path), "--steps", "30", "--batch-size", "16",
+                    "--log-every", "5", "--lr", "2e-4", "--eval-images", "20"] + TINY)
+    rows = common.read_jsonl(str(tmp_path / "metrics.jsonl"))
+    assert rows[-1]["L_d"] < rows[0]["L_d"]
+    assert rows[0]["k_t"] > 0 and rows[-1]["k_t"] != rows[0]["k_t"]
+    assert {"k_t", "m_global"} <= set(rows[-1])
+    figures = set(os.listdir(tmp_path / "figures"))
+    assert {"samples.png", "fig4_reconstructions.png", "fig6_interpolation.png", "curves.png"} <= figures
+    import json
+    result = json.load(open(tmp_path / "eval.json"))
+    assert {"k_t", "m_global", "L_d_real", "L_d_generated", "mmd_d_bottleneck", "recon_l1_per_element"} <= set(result)
+    state = common.load_checkpoint(str(tmp_path), "vae_began")
+    assert state["extra"]["controller"]["k"] == pytest.approx(rows[-1]["k_t"], rel=1e-6)
+    vae_began.main(["eval", "--checkpoint", str(tmp_path / "checkpoint.pt"), "--eval-images", "10"])
+    assert json.load(open(tmp_path / "eval.json"))["heldout_images"] == 10
+
+
+def test_resume_is_exact_with_the_controller(tmp_path):
+    args = ["--data-dir", CELEBA, "--batch-size", "4", "--log-every", "1", "--eval-images", "4"] + TINY
+    vae_began.main(args + ["--out", str(tmp_path / "a"), "--steps", "4"])
+    vae_began.main(args + ["--out", str(tmp_path / "b"), "--steps", "2"])
+    vae_began.main(args + ["--out", str(tmp_path / "b"), "--steps", "4"])
+    a, b = (common.load_checkpoint(str(tmp_path / k), "vae_began") for k in "ab")
+    assert all(torch.equal(a["models"]["model"][k], b["models"]["model"][k]) for k in a["models"]["model"])
+    assert a["extra"]["controller"] == b["extra"]["controller"]
+
+
+def test_cifar10_reader(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (10, 3072), dtype=np.uint8), b"labels": list(range(10))}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f)
+    train = data.load_dataset("cifar10", str(tmp_path), "train")
+    assert train.images.shape == (50, 32, 32, 3) and train.labels["class"][:3].tolist() == [0, 1, 2]
+    with open(folder / "data_batch_1", "rb") as f:
+        first = pickle.load(f)[b"data"][0]
+    assert np.array_equal(train.images[0][..., 0].flatten(), first[:1024])  # red plane first
+    (folder / "data_batch_3").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="data_batch_3: not a CIFAR-10 python batch"):
+        data.load_dataset("cifar10", str(tmp_path), "train")
