@@ -75,12 +75,10 @@ ALIASES = {"celeba": {"Asian": "Pale_Skin"},
 # config
 # ----------------------------------------------------------------------------------------------
 @dataclasses.dataclass
-class Config:
+class Config(common.RunConfig):
     dataset: str = common.arg("celeba", "celeba (40 binary attributes) or lfw (73 real-valued, the paper's)",
                               choices=("celeba", "lfw"))
     model: str = common.arg("cmma", "cmma (the paper), cvae or cgan (its baselines)", choices=("cmma", "cvae", "cgan"))
-    data_dir: str = common.arg("", "dataset folder (default: data/<dataset>)")
-    out: str = common.arg("", "output folder (default: runs/cmma-<dataset>-<model>)")
     checkpoint: str = common.arg("", "checkpoint(s) for sample/figures/eval/edit, comma-separated to compare "
                                      "models (default: OUT/checkpoint.pt)")
     steps: int = common.arg(50_000, "training steps; '500 iterations' read as epochs (note sec. 3)")
@@ -89,14 +87,6 @@ class Config:
                                  "with this init, its fallback 1e-3 trains)")
     lr_d: float = common.arg(0.0, "cgan: discriminator Adagrad learning rate (0: same as --lr)")
     image_size: int = common.arg(64, "image side in pixels (the architecture needs 64)")
-    device: str = common.arg("auto", "auto (cuda if present), cpu, cuda or cuda:N")
-    seed: int = common.arg(0, "random seed (each rank adds its rank)")
-    log_every: int = common.arg(100, "steps between log lines and metrics.jsonl rows")
-    ckpt_every: int = common.arg(2000, "steps between checkpoints")
-    amp: bool = common.arg(True, "bf16 autocast on CUDA (fp16 + GradScaler on GPUs without bf16)")
-    compile: bool = common.arg(False, "torch.compile the model")
-    fresh: bool = common.arg(False, "ignore an existing checkpoint in OUT and start over")
-    cache_dir: str = common.arg("", "decoded-image cache (default: $FACE_VAE_CACHE or ~/.cache/face-vaes)")
     latent_dim: int = common.arg(500, "J, the size of z (paper: 500)")
     hidden: int = common.arg(800, "softplus units of f (paper: 800)")
     h_sees_attributes: bool = common.arg(False, "feed y to h too (the paper found no gain and did not)")
@@ -109,19 +99,16 @@ class Config:
     attributes: int = common.arg(0, "size of y; set from the data (40 CelebA, 73 LFW)")
 
 
-RUN_FIELDS = {"data_dir", "out", "checkpoint", "steps", "device", "log_every", "ckpt_every", "amp", "compile",
-              "fresh", "cache_dir", "eval_images", "valid_images", "parzen_samples", "is_samples"}
+# the flags that may differ from the checkpoint a run resumes or evaluates
+RUN_FIELDS = common.RUN_FIELDS | {"eval_images", "valid_images", "parzen_samples", "is_samples"}
 
 
 def resolve_defaults(cfg: Config) -> Config:
     cfg = dataclasses.replace(cfg, data_dir=cfg.data_dir or os.path.join("data", cfg.dataset),
                               out=cfg.out or os.path.join("runs", f"cmma-{cfg.dataset}-{cfg.model}"),
                               lr_d=cfg.lr_d or cfg.lr)
-    checks = [(cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}"),
-              (cfg.steps >= 0, f"--steps must be >= 0, got {cfg.steps}"),
-              (cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}"),
-              (cfg.image_size == 64, f"--image-size must be 64 (the paper's layer sizes), got {cfg.image_size}"),
-              (cfg.log_every >= 1 and cfg.ckpt_every >= 1, "--log-every and --ckpt-every must be >= 1"),
+    common.check_run_config(cfg)
+    checks = [(cfg.image_size == 64, f"--image-size must be 64 (the paper's layer sizes), got {cfg.image_size}"),
               (cfg.logvar_min < cfg.logvar_max, "--logvar-min must be below --logvar-max"),
               (cfg.parzen_samples >= 1 and cfg.is_samples >= 1, "--parzen-samples and --is-samples must be >= 1")]
     for ok, message in checks:
@@ -496,11 +483,7 @@ def faces_and_attributes(dataset: data.ImageSet, index, device) -> tuple[torch.T
 
 
 def setup_run(cfg: Config, explicit: set, device, rank: int, world: int):
-    path = os.path.join(cfg.out, "checkpoint.pt")
-    state = None
-    if os.path.exists(path) and not cfg.fresh:
-        state = common.load_checkpoint(path, SCRIPT)
-        cfg = resolve_defaults(common.merge_saved_config(cfg, state["config"], explicit, RUN_FIELDS, path))
+    cfg, state = common.checkpoint_to_resume(cfg, explicit, SCRIPT, RUN_FIELDS, resolve_defaults)
     common.seed_everything(cfg.seed)
     model = build_model(cfg, cfg.attributes).to(device)
     if device.type == "cuda":
@@ -510,7 +493,7 @@ def setup_run(cfg: Config, explicit: set, device, rank: int, world: int):
     start = 0
     if state is not None:
         start = common.restore_training_state(state, {"model": model}, optimizers, scaler, rank, world, cfg.seed)
-        common.print0(f"resuming {path} at step {start}")
+        common.print0(f"resuming {cfg.out}/checkpoint.pt at step {start}")
     return cfg, model, optimizers, scaler, start
 
 
@@ -727,13 +710,9 @@ def main(argv: list | None = None) -> None:
              "the others need only --checkpoint.\nedit also takes --image PATH, --set NAME=0|1 (repeated) "
              "and --has NAME,NAME (attributes the face already has).")
     cfg, explicit = common.parse_config(Config, argv, usage, prog="cmma.py")
-    try:
+    with common.user_errors():
         if mode == "train":
-            try:
-                train(resolve_defaults(cfg), explicit)
-            finally:
-                common.cleanup_distributed()
-            return
+            return train(resolve_defaults(cfg), explicit)
         device = common.pick_device(cfg.device)
         runs = load_models(cfg, explicit, device)
         out = cfg.out or runs[0][0].out
@@ -741,8 +720,6 @@ def main(argv: list | None = None) -> None:
             edit_user_image(runs, dataclasses.replace(runs[0][0], out=out), image, changes, has, device)
         else:
             {"sample": sample, "figures": draw_figures, "eval": evaluate}[mode](runs, out, device)
-    except (ValueError, FileNotFoundError, common.NonFiniteLoss) as e:
-        common.fail(str(e))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import signal
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Any, Sequence
 
 import numpy as np
@@ -237,6 +237,39 @@ def save_grid(images: torch.Tensor, path: str, nrow: int,
 def arg(default: Any, help: str, **kwargs: Any) -> Any:
     """A dataclass field whose `help` text appears in --help (choices= may be passed too)."""
     return dataclasses.field(default=default, metadata={"help": help, **kwargs})
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """The flags every script shares; each script's Config adds the paper's own (and `dataset`,
+    `steps`, `batch_size`, `lr`, `image_size` with the paper's defaults)."""
+    data_dir: str = arg("", "dataset folder (default: data/<dataset>)")
+    out: str = arg("", "output folder (default: runs/<script>-<dataset>...)")
+    checkpoint: str = arg("", "checkpoint for sample/figures/eval (default: OUT/checkpoint.pt)")
+    device: str = arg("auto", "auto (cuda if present), cpu, cuda or cuda:N")
+    seed: int = arg(0, "random seed (each rank adds its rank)")
+    log_every: int = arg(100, "steps between log lines and metrics.jsonl rows")
+    ckpt_every: int = arg(2000, "steps between checkpoints")
+    amp: bool = arg(True, "bf16 autocast on CUDA (fp16 + GradScaler on GPUs without bf16)")
+    compile: bool = arg(False, "torch.compile the model")
+    fresh: bool = arg(False, "ignore an existing checkpoint in OUT and start over")
+    cache_dir: str = arg("", "decoded-image cache (default: $FACE_VAE_CACHE or ~/.cache/face-vaes)")
+
+
+# Fields a resumed or evaluated run may set differently from its checkpoint (run control only).
+RUN_FIELDS = frozenset({"data_dir", "out", "checkpoint", "steps", "device", "log_every", "ckpt_every",
+                        "amp", "compile", "fresh", "cache_dir"})
+
+
+def check_run_config(cfg: Any) -> None:
+    """Raise ValueError (one line naming the flag) for values no run can use."""
+    checks = [(cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}"),
+              (cfg.steps >= 0, f"--steps must be >= 0, got {cfg.steps}"),
+              (cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}"),
+              (cfg.log_every >= 1 and cfg.ckpt_every >= 1, "--log-every and --ckpt-every must be >= 1")]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
 
 
 def build_parser(config_cls: type, description: str, prog: str | None = None,
@@ -567,6 +600,18 @@ def format_eta(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
+@contextmanager
+def user_errors():
+    """Around a script's main: errors a user can fix (bad flags, missing or corrupt files, a NaN
+    loss) become one `error:` line and exit status 2; the process group is left either way."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError, NonFiniteLoss) as e:
+        fail(str(e))
+    finally:
+        cleanup_distributed()
+
+
 def fail(message: str) -> "NoReturn":  # noqa: F821
     """Print one clear line to stderr and exit with status 2 (bad arguments or input)."""
     print(f"error: {message}", file=sys.stderr, flush=True)
@@ -657,6 +702,18 @@ def save_training_state(out: str, script: str, step: int, config: dict, models: 
                         optimizers={k: o.state_dict() for k, o in optimizers.items()},
                         scaler=scaler.state_dict(), rng=rng, world_size=len(rng), extra=extra or {})
         plot_curves(os.path.join(out, "metrics.jsonl"), os.path.join(out, "figures", "curves.png"), curve_keys)
+
+
+def checkpoint_to_resume(cfg: Any, explicit: set, script: str, run_fields: set, resolve) -> tuple[Any, dict | None]:
+    """(config, state) of the checkpoint in cfg.out that this run resumes, or (cfg, None) for a
+    fresh run (none there, or --fresh). The saved config wins, but for `run_fields` given on the
+    command line; a conflicting model flag is a ValueError (see merge_saved_config). `resolve`
+    fills the script's derived defaults."""
+    path = os.path.join(cfg.out, "checkpoint.pt")
+    if cfg.fresh or not os.path.exists(path):
+        return cfg, None
+    state = load_checkpoint(path, script)
+    return resolve(merge_saved_config(cfg, state["config"], explicit, run_fields, path)), state
 
 
 def restore_training_state(state: dict, models: dict, optimizers: dict, scaler: torch.amp.GradScaler,

@@ -64,25 +64,14 @@ FIG8_ATTRIBUTES = ("Bald", "Black_Hair", "Pale_Skin")
 # config
 # ----------------------------------------------------------------------------------------------
 @dataclasses.dataclass
-class Config:
+class Config(common.RunConfig):
     dataset: str = common.arg("celeba", "celeba, cifar10 or folder", choices=("celeba", "cifar10", "folder"))
-    data_dir: str = common.arg("", "dataset folder (default: data/<dataset>)")
-    out: str = common.arg("", "output folder (default: runs/vae_began-<dataset>-<size>)")
-    checkpoint: str = common.arg("", "checkpoint for sample/figures/eval (default: OUT/checkpoint.pt)")
     steps: int = common.arg(300_000, "training steps (paper: 300k)")
     batch_size: int = common.arg(16, "images per step per process (not stated; BEGAN: 16)")
     lr: float = common.arg(5e-5, "Adam learning rate of E, G and D (paper: 5e-5)")
     lr_halve_every: int = common.arg(100_000, "halve the learning rate every this many steps (BEGAN port)")
     lr_min: float = common.arg(2e-5, "learning-rate floor of the halving")
     image_size: int = common.arg(64, "32 (CIFAR), 64 or 128 (CelebA)")
-    device: str = common.arg("auto", "auto (cuda if present), cpu, cuda or cuda:N")
-    seed: int = common.arg(0, "random seed (each rank adds its rank)")
-    log_every: int = common.arg(100, "steps between log lines and metrics.jsonl rows")
-    ckpt_every: int = common.arg(2000, "steps between checkpoints")
-    amp: bool = common.arg(True, "bf16 autocast on CUDA (fp16 + GradScaler on GPUs without bf16)")
-    compile: bool = common.arg(False, "torch.compile the networks")
-    fresh: bool = common.arg(False, "ignore an existing checkpoint in OUT and start over")
-    cache_dir: str = common.arg("", "decoded-image cache (default: $FACE_VAE_CACHE or ~/.cache/face-vaes)")
     filters: int = common.arg(128, "n, the backbone's base number of filters (BEGAN: 128)")
     latent_dim: int = common.arg(64, "N, size of z and of D's bottleneck (BEGAN: 64)")
     alpha: float = common.arg(0.3, "weight of L_v (paper: 0.3)")
@@ -97,19 +86,16 @@ class Config:
     eval_images: int = common.arg(1000, "held-out images (and as many samples) for eval")
 
 
-RUN_FIELDS = {"data_dir", "out", "checkpoint", "steps", "device", "log_every", "ckpt_every", "amp", "compile",
-              "fresh", "cache_dir", "eval_images"}
+# the flags that may differ from the checkpoint a run resumes or evaluates
+RUN_FIELDS = common.RUN_FIELDS | {"eval_images"}
 
 
 def resolve_defaults(cfg: Config) -> Config:
     cfg = dataclasses.replace(cfg, data_dir=cfg.data_dir or os.path.join("data", cfg.dataset),
                               out=cfg.out or os.path.join("runs", f"vae_began-{cfg.dataset}-{cfg.image_size}"))
-    checks = [(cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}"),
-              (cfg.steps >= 0, f"--steps must be >= 0, got {cfg.steps}"),
-              (cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}"),
-              (cfg.image_size in (32, 64, 128), f"--image-size must be 32, 64 or 128, got {cfg.image_size}"),
+    common.check_run_config(cfg)
+    checks = [(cfg.image_size in (32, 64, 128), f"--image-size must be 32, 64 or 128, got {cfg.image_size}"),
               (cfg.dataset != "cifar10" or cfg.image_size == 32, "CIFAR-10 images are 32x32: pass --image-size 32"),
-              (cfg.log_every >= 1 and cfg.ckpt_every >= 1, "--log-every and --ckpt-every must be >= 1"),
               (cfg.filters >= 1 and cfg.latent_dim >= 1, "--filters and --latent-dim must be >= 1")]
     for ok, message in checks:
         if not ok:
@@ -402,11 +388,7 @@ def curve_keys(cfg: Config) -> list:
 
 
 def setup_run(cfg: Config, explicit: set, device, rank: int, world: int):
-    path = os.path.join(cfg.out, "checkpoint.pt")
-    state = None
-    if os.path.exists(path) and not cfg.fresh:
-        state = common.load_checkpoint(path, SCRIPT)
-        cfg = resolve_defaults(common.merge_saved_config(cfg, state["config"], explicit, RUN_FIELDS, path))
+    cfg, state = common.checkpoint_to_resume(cfg, explicit, SCRIPT, RUN_FIELDS, resolve_defaults)
     common.seed_everything(cfg.seed)
     model = VAEBEGAN(cfg).to(device)
     if device.type == "cuda":
@@ -418,7 +400,7 @@ def setup_run(cfg: Config, explicit: set, device, rank: int, world: int):
     if state is not None:
         start = common.restore_training_state(state, {"model": model}, optimizers, scaler, rank, world, cfg.seed)
         controller.load_state_dict(state["extra"]["controller"])
-        common.print0(f"resuming {path} at step {start} (k_t {controller.k.item():.4f})")
+        common.print0(f"resuming {cfg.out}/checkpoint.pt at step {start} (k_t {controller.k.item():.4f})")
     return cfg, model, optimizers, controller, scaler, start
 
 
@@ -508,13 +490,9 @@ def main(argv: list | None = None) -> None:
     usage = (__doc__.split("\n")[0] + "\n\nsubcommands: train (the default), sample, figures, eval; "
              "the last three need only --checkpoint (or --out).")
     cfg, explicit = common.parse_config(Config, argv, usage, prog="vae_began.py")
-    try:
+    with common.user_errors():
         if mode == "train":
-            try:
-                train(resolve_defaults(cfg), explicit)
-            finally:
-                common.cleanup_distributed()
-            return
+            return train(resolve_defaults(cfg), explicit)
         device = common.pick_device(cfg.device)
         model, cfg, controller = load_model(cfg, explicit, device)
         if mode == "eval":
@@ -526,8 +504,6 @@ def main(argv: list | None = None) -> None:
                 images = model.generator(torch.randn(64, cfg.latent_dim, generator=torch.Generator().manual_seed(cfg.seed)).to(device))
             common.save_grid(images, os.path.join(cfg.out, "figures", "samples.png"), 8)
             print(f"wrote {os.path.join(cfg.out, 'figures', 'samples.png')}")
-    except (ValueError, FileNotFoundError, common.NonFiniteLoss) as e:
-        common.fail(str(e))
 
 
 if __name__ == "__main__":

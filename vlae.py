@@ -77,24 +77,13 @@ ARITHMETIC = {
 # config
 # ----------------------------------------------------------------------------------------------
 @dataclasses.dataclass
-class Config:
+class Config(common.RunConfig):
     dataset: str = common.arg("celeba", "celeba, mnist, lfw or folder (one sub-folder per class)",
                               choices=("celeba", "mnist", "lfw", "folder"))
-    data_dir: str = common.arg("", "dataset folder (default: data/<dataset>)")
-    out: str = common.arg("", "output folder (default: runs/vlae-<dataset>)")
-    checkpoint: str = common.arg("", "checkpoint for sample/figures/eval (default: OUT/checkpoint.pt)")
     steps: int = common.arg(100_000, "training steps; the paper gives none, ~62 CelebA epochs")
     batch_size: int = common.arg(100, "images per step per process (reference: 100)")
     lr: float = common.arg(2e-4, "Adam learning rate (reference: 2e-4, betas 0.9/0.999)")
     image_size: int = common.arg(0, "image side in pixels (0: 64 for faces, 28 for MNIST)")
-    device: str = common.arg("auto", "auto (cuda if present), cpu, cuda or cuda:N")
-    seed: int = common.arg(0, "random seed (each rank adds its rank)")
-    log_every: int = common.arg(100, "steps between log lines and metrics.jsonl rows")
-    ckpt_every: int = common.arg(2000, "steps between checkpoints (reference: 2000)")
-    amp: bool = common.arg(True, "bf16 autocast on CUDA (fp16 + GradScaler on GPUs without bf16)")
-    compile: bool = common.arg(False, "torch.compile the model")
-    fresh: bool = common.arg(False, "ignore an existing checkpoint in OUT and start over")
-    cache_dir: str = common.arg("", "decoded-image cache (default: $FACE_VAE_CACHE or ~/.cache/face-vaes)")
     crop: str = common.arg("", "crop box top,left,height,width (default: 55,35,108,108 for CelebA, "
                                "centred square for folder)")
     reg: str = common.arg("mmd", "regulariser per layer: mmd (the paper) or kl (plain VLAE baseline)",
@@ -110,9 +99,8 @@ class Config:
     eval_images: int = common.arg(1000, "held-out images for eval (reconstruction and MMD)")
 
 
-# Fields that may differ between a checkpoint and the command that resumes or evaluates it.
-RUN_FIELDS = {"data_dir", "out", "checkpoint", "steps", "device", "log_every", "ckpt_every", "amp",
-              "compile", "fresh", "cache_dir", "eval_images"}
+# the flags that may differ from the checkpoint a run resumes or evaluates
+RUN_FIELDS = common.RUN_FIELDS | {"eval_images"}
 
 
 def resolve_defaults(cfg: Config) -> Config:
@@ -124,11 +112,8 @@ def resolve_defaults(cfg: Config) -> Config:
         out=cfg.out or os.path.join("runs", f"vlae-{cfg.dataset}"),
         image_size=cfg.image_size or (64 if faces else 28),
         latent_dim=cfg.latent_dim or (10 if faces else 2))
-    checks = [(cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}"),
-              (cfg.steps >= 0, f"--steps must be >= 0, got {cfg.steps}"),
-              (cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}"),
-              (cfg.log_every >= 1 and cfg.ckpt_every >= 1, "--log-every and --ckpt-every must be >= 1"),
-              (cfg.prior_samples >= 2, "--prior-samples must be >= 2"),
+    common.check_run_config(cfg)
+    checks = [(cfg.prior_samples >= 2, "--prior-samples must be >= 2"),
               (cfg.latent_dim >= 1, f"--latent-dim must be >= 1, got {cfg.latent_dim}"),
               (cfg.image_size % (16 if faces else 4) == 0,
                f"--image-size must be a multiple of {16 if faces else 4} for {cfg.dataset}, got {cfg.image_size}")]
@@ -482,11 +467,7 @@ def curve_keys(cfg: Config) -> list:
 def setup_run(cfg: Config, explicit: set, device, rank: int, world: int):
     """Model, optimizer, scaler and the step to start from: a fresh run, or the checkpoint in
     OUT resumed exactly (weights, Adam moments, scaler, step and this rank's RNG states)."""
-    path = os.path.join(cfg.out, "checkpoint.pt")
-    state = None
-    if os.path.exists(path) and not cfg.fresh:
-        state = common.load_checkpoint(path, SCRIPT)
-        cfg = resolve_defaults(common.merge_saved_config(cfg, state["config"], explicit, RUN_FIELDS, path))
+    cfg, state = common.checkpoint_to_resume(cfg, explicit, SCRIPT, RUN_FIELDS, resolve_defaults)
     common.seed_everything(cfg.seed)  # the same initial weights on every rank
     model = build_model(cfg).to(device)
     if device.type == "cuda":
@@ -499,7 +480,7 @@ def setup_run(cfg: Config, explicit: set, device, rank: int, world: int):
         return cfg, model, optimizer, scaler, 0
     start = common.restore_training_state(state, {"model": model}, {"optimizer": optimizer}, scaler,
                                           rank, world, cfg.seed)
-    common.print0(f"resuming {path} at step {start}")
+    common.print0(f"resuming {cfg.out}/checkpoint.pt at step {start}")
     return cfg, model, optimizer, scaler, start
 
 
@@ -662,19 +643,13 @@ def main(argv: list | None = None) -> None:
              "last three need only --checkpoint (or --out).\n  e.g. python vlae.py eval --checkpoint "
              "runs/vlae-celeba/checkpoint.pt")
     cfg, explicit = common.parse_config(Config, argv, usage, prog="vlae.py")
-    try:
+    with common.user_errors():
         if mode == "train":
-            try:
-                train(resolve_defaults(cfg), explicit)
-            finally:
-                common.cleanup_distributed()
-            return
+            return train(resolve_defaults(cfg), explicit)
         model, cfg, _ = load_model(cfg, explicit)
         device = common.pick_device(cfg.device)
         model.to(device)
         {"sample": sample, "figures": draw_figures, "eval": evaluate}[mode](cfg, model, device)
-    except (ValueError, FileNotFoundError, common.NonFiniteLoss) as e:
-        common.fail(str(e))
 
 
 if __name__ == "__main__":
