@@ -509,10 +509,7 @@ def train(cfg: Config, explicit: set) -> None:
     cfg, model, optimizers, scaler, start = setup_run(cfg, explicit, device, rank, world)
     batches = data.Batches(train_set, cfg.batch_size, cfg.seed, device, rank, world, ("attributes",),
                            channels_last=device.type == "cuda")
-    earlier = common.start_run_folder(cfg.out, {**dataclasses.asdict(cfg), "data": train_set.description,
-                                                "world_size": world}, start)
-    common.print0(f"{cfg.model}: {train_set.description}; {world} process(es) on {device}, "
-                  f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")
+    earlier = common.start_run_folder(cfg, train_set.description, model, start, device, label=f"{cfg.model}: ")
     net = torch.compile(model) if cfg.compile else model
     if world > 1:
         net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None,

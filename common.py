@@ -678,14 +678,19 @@ def log_metrics(out: str, step: int, steps: int, terms: dict, images_per_s: floa
                      {"step": step, **values, "images_per_s": images_per_s, "seconds": earlier + elapsed})
 
 
-def start_run_folder(out: str, config: dict, start: int) -> float:
-    """Rank 0: create OUT/figures, write OUT/config.json, drop metrics rows after `start` (a
-    resumed run logs them again). Returns the wall-time seconds of the runs being resumed."""
+def start_run_folder(cfg: Any, data_description: str, model: nn.Module, start: int, device: torch.device,
+                     label: str = "") -> float:
+    """Rank 0: create OUT/figures, write OUT/config.json (the config, the data split, the world
+    size), drop metrics rows after `start` (a resumed run logs them again), and print the run's
+    header line. Returns the wall-time seconds of the runs being resumed."""
+    out, world = cfg.out, dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     if is_main():
         os.makedirs(os.path.join(out, "figures"), exist_ok=True)
         with open(os.path.join(out, "config.json"), "w") as f:
-            json.dump(config, f, indent=2)
+            json.dump({**dataclasses.asdict(cfg), "data": data_description, "world_size": world}, f, indent=2)
         truncate_jsonl(os.path.join(out, "metrics.jsonl"), start)
+    print0(f"{label}{data_description}; {world} process(es) on {device}, "
+           f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")
     rows = read_jsonl(os.path.join(out, "metrics.jsonl")) if start else []
     return rows[-1]["seconds"] if rows and rows[-1]["step"] <= start else 0.0
 

@@ -339,7 +339,7 @@ def evaluate(cfg: Config, model: VAEBEGAN, controller: dict, device) -> dict:
     """Held-out numbers into OUT/eval.json: D's loss on real vs generated faces, the VAE's
     reconstruction error, and a sample-quality score: the unbiased kernel MMD between generated
     and held-out faces in D's bottleneck (k = exp(-||a-b||^2 / N^2)), lower is better."""
-    x = heldout(cfg, device)
+    x, _ = heldout(cfg, device)
     g = torch.Generator().manual_seed(cfg.seed)
     z = torch.randn(len(x), cfg.latent_dim, generator=g).to(device)
     fake = torch.cat([model.generator(c) for c in z.split(250)])
@@ -372,9 +372,10 @@ def load_split(cfg: Config, split: str, verbose: bool = True) -> data.ImageSet:
                              cfg.cache_dir or None, verbose)
 
 
-def heldout(cfg: Config, device, n: int | None = None) -> torch.Tensor:
+def heldout(cfg: Config, device, n: int | None = None) -> tuple[torch.Tensor, data.ImageSet]:
+    """The first n (default --eval-images) held-out images in [-1, 1], and their ImageSet."""
     held = load_split(cfg, "test", verbose=False)
-    return data.to_float_images(torch.from_numpy(np.array(held.images[:n or cfg.eval_images])).to(device))
+    return data.to_float_images(torch.from_numpy(np.array(held.images[:n or cfg.eval_images])).to(device)), held
 
 
 def make_optimizers(model: VAEBEGAN, cfg: Config, device) -> dict:
@@ -411,10 +412,7 @@ def train(cfg: Config, explicit: set) -> None:
     train_set = load_split(cfg, "train", verbose=common.is_main())
     batches = data.Batches(train_set, cfg.batch_size, cfg.seed, device, rank, world,
                            channels_last=device.type == "cuda")
-    earlier = common.start_run_folder(cfg.out, {**dataclasses.asdict(cfg), "data": train_set.description,
-                                                "world_size": world}, start)
-    common.print0(f"{train_set.description}; {world} process(es) on {device}, "
-                  f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")
+    earlier = common.start_run_folder(cfg, train_set.description, model, start, device)
     run_loop(cfg, model, optimizers, controller, scaler, batches, start, device, earlier)
     common.cleanup_distributed()
     if rank == 0:
@@ -453,15 +451,13 @@ def draw_figures(cfg: Config, model: VAEBEGAN, device) -> list:
 
     with torch.no_grad():
         save("samples.png", model.generator(torch.randn(64, cfg.latent_dim, generator=g).to(device)), 8)
-    x = heldout(cfg, device, 64)
+    images, faces = heldout(cfg, device, 2000)  # Fig. 8 averages codes over up to 2,000 faces
+    x = images[:64]
     save("fig4_reconstructions.png", fig4_reconstructions(model, x[:8], g), 8)
     if cfg.vae:
         save("fig6_interpolation.png", fig6_interpolation(model, x[:6], x[6:12]), 8)
         if cfg.dataset == "celeba":
-            faces = load_split(cfg, "test", verbose=False)
-            n = min(len(faces), 2000)
-            images = data.to_float_images(torch.from_numpy(np.array(faces.images[:n])).to(device))
-            grids = fig8_attribute_vectors(model, images, faces.labels["attributes"][:n],
+            grids = fig8_attribute_vectors(model, images, faces.labels["attributes"][:len(images)],
                                            faces.names["attributes"], g)
             for name, grid in grids.items():
                 save(f"fig8_{name}.png", grid, 5)

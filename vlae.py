@@ -492,10 +492,7 @@ def train(cfg: Config, explicit: set) -> None:
                                   cfg.cache_dir or None, verbose=common.is_main())
     batches = data.Batches(train_set, cfg.batch_size, cfg.seed, device, rank, world,
                            channels_last=device.type == "cuda")
-    earlier = common.start_run_folder(cfg.out, {**dataclasses.asdict(cfg), "data": train_set.description,
-                                                "world_size": world}, start)
-    common.print0(f"{train_set.description}; {world} process(es) on {device}, "
-                  f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")
+    earlier = common.start_run_folder(cfg, train_set.description, model, start, device)
     net = torch.compile(model) if cfg.compile else model
     net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else net
     run_loop(cfg, net, optimizer, scaler, batches, start, device, earlier)
@@ -543,18 +540,18 @@ def draw_figures(cfg: Config, model: VLAE, device) -> list:
     with torch.no_grad():
         x_hat = model.decode(model.encode(x)[0])
     written.append(save(fig_dir, "reconstructions.png", torch.stack([x, x_hat], 1).flatten(0, 1), 8))
-    written += fig4_all(cfg, model, device, fig_dir)
+    written += fig4_all(cfg, model, device, fig_dir, held)
     common.plot_curves(os.path.join(cfg.out, "metrics.jsonl"), os.path.join(fig_dir, "curves.png"), curve_keys(cfg))
     common.print0("figures: " + ", ".join(os.path.relpath(p, cfg.out) for p in written))
     return written
 
 
-def fig4_all(cfg: Config, model: VLAE, device, fig_dir: str, rows: int = 6) -> list:
+def fig4_all(cfg: Config, model: VLAE, device, fig_dir: str, held: data.ImageSet, rows: int = 6) -> list:
     """One Fig. 4 grid per ARITHMETIC triplet, faces picked from the held-out split, or from the
     training split when it has fewer than `rows` matches (the codes are computed the same way)."""
     if cfg.dataset != "celeba":
         return []
-    loaded: dict = {}
+    loaded: dict = {"test": held}
 
     def split(name: str) -> data.ImageSet:  # loaded once, and the train split only if needed
         if name not in loaded:
