@@ -243,6 +243,42 @@ def load_celeba(root: str, split: str = "train", image_size: int = 64,
                     f"CelebA {split}: {len(chosen)} images from {image_dir} ({how})")
 
 
+def load_celeba_identities(root: str, split: str = "train", image_size: int = 64,
+                           crop: tuple[int, int, int, int] | None = None, cache_dir: str | None = None,
+                           min_images: int = 30, verbose: bool = True) -> ImageSet:
+    """CelebA faces as identity classes, for models that condition on a class label.
+
+    Keeps the identities of identity_CelebA.txt with at least `min_images` images; label
+    'class' (N,) int64 indexes them in increasing identity number (names['class'] holds the
+    numbers as strings). Every kept identity is in every split: per identity the last 20% of its
+    sorted files are valid/test (the official partition puts each identity in one split only,
+    which would leave test classes unseen). No attribute file is needed."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"data folder {os.path.abspath(root)} does not exist.\n"
+                                + CELEBA_HELP.format(root=os.path.abspath(root)))
+    image_dir = find_celeba_images(root)
+    id_path = _first_existing(root, ("identity_CelebA.txt",))
+    if id_path is None:
+        raise FileNotFoundError(f"identities need {os.path.abspath(root)}/identity_CelebA.txt (file id per line, "
+                                "from the official site's Anno/ folder).\n" + CELEBA_HELP.format(root=os.path.abspath(root)))
+    files = sorted(f for f in os.listdir(image_dir) if f.lower().endswith(".jpg"))
+    identity = read_two_column(id_path)
+    _check_labels_match(id_path, identity, files, image_dir)
+    groups: dict = {}
+    for f in files:
+        groups.setdefault(identity[f], []).append(f)
+    groups = {str(i): groups[i] for i in sorted(groups) if len(groups[i]) >= min_images}
+    if not groups:
+        raise ValueError(f"no identity in {id_path} has {min_images} or more images among the {len(files)} in "
+                         f"{image_dir}; lower --min-class-images")
+    chosen, labels = split_per_class(groups, split)
+    images = cached_decode([os.path.join(image_dir, f) for _, f in chosen], crop, image_size, cache_dir,
+                           f"celeba-identities-{split}", verbose)
+    return ImageSet(images, {"class": labels}, {"class": list(groups)}, [f for _, f in chosen],
+                    f"CelebA identities {split}: {len(chosen)} images of {len(groups)} identities with "
+                    f">= {min_images} images each, from {image_dir} (last 20% per identity held out)")
+
+
 def _celeba_split(root: str, files: list[str], image_dir: str, split: str) -> tuple[np.ndarray, str]:
     """Official partition if it has both train (0) and test (2) images, else the 80/20 cut for
     every split (never official train + fallback test: they would overlap)."""
@@ -336,20 +372,30 @@ def load_folder(root: str, split: str = "train", image_size: int = 64,
         raise FileNotFoundError(f"data folder {os.path.abspath(root)} does not exist; --dataset folder "
                                 f"expects one sub-folder of images per class, e.g. {root}/alice/001.jpg")
     classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
-    paths, labels = [], []
-    for c, name in enumerate(classes):
-        images = sorted(f for f in os.listdir(os.path.join(root, name)) if f.lower().endswith(IMAGE_EXTENSIONS))
-        n_held = 0 if len(images) < 2 else max(1, int(round(0.2 * len(images))))
-        keep = {"train": images[:len(images) - n_held], "all": images}.get(split, images[len(images) - n_held:])
-        paths += [os.path.join(root, name, f) for f in keep]
-        labels += [c] * len(keep)
+    groups = {name: sorted(f for f in os.listdir(os.path.join(root, name)) if f.lower().endswith(IMAGE_EXTENSIONS))
+              for name in classes}
+    chosen, labels = split_per_class(groups, split)
+    paths = [os.path.join(root, name, f) for name, f in chosen]
     if not paths:
         raise FileNotFoundError(f"no images in class sub-folders of {os.path.abspath(root)} for split {split}; "
                                 f"expected {root}/<class>/<image>.jpg ({', '.join(IMAGE_EXTENSIONS)})")
     images = cached_decode(paths, crop, image_size, cache_dir, f"folder-{split}", verbose)
-    return ImageSet(images, {"class": np.array(labels, dtype=np.int64)}, {"class": classes},
-                    [os.path.relpath(p, root) for p in paths],
+    return ImageSet(images, {"class": labels}, {"class": classes}, [os.path.join(n, f) for n, f in chosen],
                     f"folder {split}: {len(paths)} images of {len(classes)} classes from {root}")
+
+
+def split_per_class(groups: dict, split: str) -> tuple[list, np.ndarray]:
+    """Hold out, per class, the last 20% of its sorted files (at least one, for classes of 2+).
+
+    groups: class name -> sorted file names, in class order. Returns the (class name, file)
+    pairs of `split` ('train', 'valid' == 'test', or 'all') and their class indices (N,) int64."""
+    files, labels = [], []
+    for c, (name, images) in enumerate(groups.items()):
+        n_held = 0 if len(images) < 2 else max(1, int(round(0.2 * len(images))))
+        keep = {"train": images[:len(images) - n_held], "all": images}.get(split, images[len(images) - n_held:])
+        files += [(name, f) for f in keep]
+        labels += [c] * len(keep)
+    return files, np.array(labels, dtype=np.int64)
 
 
 # ----------------------------------------------------------------------------------------------

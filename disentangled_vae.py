@@ -1,0 +1,983 @@
+"""Lr-LiVAE: a VAE whose latent space splits into label-relevant and label-irrelevant codes.
+
+Zhilin Zheng & Li Sun, "Disentangling Latent Space for VAE by Label Relevant/Irrelevant
+Dimensions", CVPR 2019 (arXiv:1812.09502). The extracted paper lost its equations; they are
+rebuilt from the official TF code (ZhilZheng/Lr-LiVAE) in notes/disentangled_vae.md, whose
+section numbers the comments below cite.
+
+The model. Data (x, c), c in 1..K. Two encoders and one decoder:
+    E_s: x -> z_s               deterministic, label-relevant (q(z_s|x) is a point mass)
+    E_u: x -> (mu, logvar)      z_u = mu + exp(logvar / 2) * eps, label-irrelevant
+    G:   [z_s, z_u] -> x_hat    tanh output, pixels in [-1, 1]
+with priors p(z_u) = N(0, I) and p(z_s) = 1/K sum_k N(z_s; mu_k, diag Sigma_k), one learned
+Gaussian per class. The ELBO (eq. 2) gives
+    (eq. 3)   L_KL  = KL(q(z_u|x) || N(0, I))                  averaged over dims and batch
+              L_rec = ||x - x_hat||^2                          averaged over pixels and batch
+    (eq. 6-9) d_k = 1/2 (z_s - mu_k)^T Sigma_k^-1 (z_s - mu_k),  logit_k = -d_k - 1/2 log|Sigma_k|
+              L_lkd = d_c + 1/2 log|Sigma_c|                    -log N(z_s; mu_c, Sigma_c) + const
+              L_cls = -log softmax(logit)_c                     (margin alpha: (1 + alpha) d_c inside it)
+              L_GM  = L_cls + lambda_lkd L_lkd,  lambda_lkd = 0.1
+L_GM is a KL term on the joint (z_s, c) plus a lower bound on the mutual information I(z_s; c)
+(paper App. A). An adversarial classifier C reads the sampled z_u and E_u learns to fool it:
+    (eq. 4)   L_C   = CE(C(z_u), c)                  -> C
+    (eq. 5)   L_adv = CE(C(z_u), uniform 1/K)        -> E_u
+so z_u carries no label. The GAN extension (eq. 10-11) adds a spectral-norm projection
+discriminator Dis(x, c) with the hinge loss on reconstructions x_hat and prior samples
+x_tilde = G(z~_s, z~_u), z~_s ~ N(mu_c~, Sigma_c~), z~_u ~ N(0, I), c~ uniform:
+              L_Dis = E relu(1 - Dis(x, c)) + E relu(1 + Dis(x_hat, c)) + E relu(1 + Dis(x_tilde, c~))
+              L_GD  = -E Dis(x_hat, c) - E Dis(x_tilde, c~)
+Each network minimises its own objective (note sec. 1; the code's weights, means not sums):
+    E_u: 10 L_rec + L_KL + L_adv     G: 10 L_rec + L_GD       Dis: L_Dis      C: L_C
+    E_s: 10 L_rec + L_lkd            (stage 2; mu_k, Sigma_k fixed there)
+Training alternates two stages EVERY iteration (paper sec. 3.5): n_gm = 3 steps of L_GM on
+three fresh batches (E_s, mu_k, Sigma_k), then one joint step of all networks on the last batch.
+
+The cVAE-GAN baseline (`--model cvae-gan`, Bao et al. 2017, the paper's comparison): the same
+E_u, G, Dis and losses, but z_s is a learned embedding of the label (no E_s, no mixture prior,
+no adversarial classifier), so G(embed(c), z_u) is a conditional VAE-GAN.
+
+Choices where the paper is silent (note sec. 5): no margin (alpha = 0, `--margin 0.1` for
+L-GM's), hinge GAN, Sigma parametrised by a clamped log-variance, Sigma's learning rate cut
+10x every 10 epochs (code; `--sigma-lr paper` cuts it 100x after 2 epochs), BatchNorm in eval
+mode for figures and eval (the code keeps training mode), an epoch counted in outer iterations.
+
+Usage:
+    python disentangled_vae.py --dataset mnist --data-dir data/mnist
+    python disentangled_vae.py --dataset celeba --data-dir data/celeba        # identities as classes
+    python disentangled_vae.py --dataset folder --data-dir data/facescrub     # one folder per class
+    python disentangled_vae.py --dataset toy                                  # Fig. 2, 2-D
+    python disentangled_vae.py --dataset mnist --model cvae-gan               # the baseline
+    python disentangled_vae.py eval --checkpoint runs/dvae-mnist-lr-livae/checkpoint.pt,runs/dvae-mnist-cvae-gan/checkpoint.pt
+    python disentangled_vae.py figures --checkpoint runs/dvae-mnist-lr-livae/checkpoint.pt
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+from torch.nn.utils.parametrizations import spectral_norm
+
+import common
+import data
+
+SCRIPT = "disentangled_vae"
+MODES = ("train", "sample", "figures", "eval")
+CELEBA_CROP = (50, 25, 128, 128)  # top, left, height, width: a face-centred crop of aligned CelebA
+LOGVAR_RANGE = 8.0  # |log Sigma_k| is clamped: the paper (B.4) reports |Sigma| shrinking unstably
+# Fig. 7's corruptions as boxes (top, bottom, left, right) in fractions of a face-centred image
+FACE_MASKS = {"right_half": (0.0, 1.0, 0.5, 1.0), "eyes": (0.36, 0.58, 0.12, 0.88),
+              "nose_mouth": (0.58, 0.9, 0.25, 0.75), "bottom_half": (0.5, 1.0, 0.0, 1.0)}
+TOY_CENTRES = (-2.2, 0.0, 2.2)  # three half unit circles (paper B.1), noise sd 0.15 (code)
+
+
+# ----------------------------------------------------------------------------------------------
+# config
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Config(common.RunConfig):
+    dataset: str = common.arg("celeba", "celeba (identities as classes), mnist, folder (one sub-folder per "
+                                        "class) or toy (Fig. 2)", choices=("celeba", "mnist", "folder", "toy"))
+    model: str = common.arg("lr-livae", "lr-livae (the paper) or cvae-gan (its baseline)",
+                            choices=("lr-livae", "cvae-gan"))
+    steps: int = common.arg(0, "outer iterations (0: 52,000, the code's released checkpoint; toy: 50 epochs)")
+    batch_size: int = common.arg(96, "images per step per process (code: 96)")
+    lr: float = common.arg(5e-4, "Adam learning rate of every network (code: 5e-4, betas 0 / 0.9)")
+    n_gm: int = common.arg(3, "stage-1 L_GM steps per iteration, each on a fresh batch (paper sec. 3.5)")
+    lambda_lkd: float = common.arg(0.1, "weight of L_lkd inside L_GM (paper, code)")
+    margin: float = common.arg(0.0, "L-GM margin alpha on the true class's distance (code: 0; L-GM: 0.1)")
+    rec_weight: float = common.arg(10.0, "weight of L_rec in E_s', E_u's and G's objectives (code: 10)")
+    kl_weight: float = common.arg(1.0, "weight of L_KL in E_u's objective (code: 1)")
+    adv_weight: float = common.arg(1.0, "weight of L_adv in E_u's objective (code: 1)")
+    lkd_weight: float = common.arg(1.0, "weight of L_lkd in E_s' stage-2 objective (code: 10 x 0.1)")
+    gan: bool = common.arg(True, "the GAN extension (projection discriminator, hinge); --no-gan: the plain VAE")
+    sigma_lr: str = common.arg("code", "Sigma's learning rate: code (x0.1 every 10 epochs) or paper "
+                                       "(x0.01 after 2 epochs, B.4)", choices=("code", "paper"))
+    image_size: int = common.arg(0, "image side (0: 28 for MNIST, 64 for faces)")
+    crop: str = common.arg("", "crop box top,left,height,width (default: 50,25,128,128 for CelebA, "
+                               "the centred square for folder)")
+    arch: str = common.arg("vgg", "face networks: vgg (the paper's VGG16-BN encoders) or dcgan (lighter)",
+                           choices=("vgg", "dcgan"))
+    filters: int = common.arg(64, "--arch dcgan: base width (64, 128, 256, 512 channels)")
+    z_s_dim: int = common.arg(0, "size of z_s (0: 32 MNIST, 512 faces, 2 toy)")
+    z_u_dim: int = common.arg(0, "size of z_u (0: 100 MNIST, 512 faces, 2 toy)")
+    min_class_images: int = common.arg(30, "--dataset celeba: keep identities with at least this many images")
+    flip: bool = common.arg(True, "random horizontal flips of faces (code)")
+    bn_momentum: float = common.arg(0.001, "BatchNorm running-stat momentum (TF's decay 0.999); runs "
+                                           "under ~5k steps want 0.05")
+    toy_points: int = common.arg(1000, "--dataset toy: points per class")
+    eval_images: int = common.arg(2000, "held-out images for eval")
+    diversity_classes: int = common.arg(20, "classes sampled for the intra-class diversity (MS-SSIM)")
+    diversity_samples: int = common.arg(20, "generated images per class for the diversity (all pairs)")
+
+
+RUN_FIELDS = common.RUN_FIELDS | {"eval_images", "diversity_classes", "diversity_samples"}
+
+
+def resolve_defaults(cfg: Config) -> Config:
+    """Fill the dataset-dependent defaults (0 / '' fields) and check the values."""
+    faces = cfg.dataset in ("celeba", "folder")
+    dims = {"mnist": (32, 100), "toy": (2, 2)}.get(cfg.dataset, (512, 512))
+    steps = cfg.steps or (50 * (3 * cfg.toy_points // cfg.batch_size) if cfg.dataset == "toy" else 52_000)
+    cfg = dataclasses.replace(
+        cfg, data_dir=cfg.data_dir or os.path.join("data", cfg.dataset),
+        out=cfg.out or os.path.join("runs", f"dvae-{cfg.dataset}-{cfg.model}"), steps=steps,
+        image_size=cfg.image_size or (64 if faces else 28 if cfg.dataset == "mnist" else 0),
+        z_s_dim=cfg.z_s_dim or dims[0], z_u_dim=cfg.z_u_dim or dims[1])
+    common.check_run_config(cfg)
+    multiple = 32 if cfg.arch == "vgg" else 16
+    checks = [(cfg.dataset != "mnist" or cfg.image_size == 28, "the MNIST networks need --image-size 28"),
+              (not faces or cfg.image_size % multiple == 0,
+               f"--arch {cfg.arch} needs --image-size a multiple of {multiple}, got {cfg.image_size}"),
+              (cfg.n_gm >= 1, "--n-gm must be >= 1"), (cfg.margin >= 0, "--margin must be >= 0"),
+              (cfg.z_s_dim >= 1 and cfg.z_u_dim >= 1, "--z-s-dim and --z-u-dim must be >= 1"),
+              (cfg.diversity_samples >= 2, "--diversity-samples must be >= 2")]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+    parse_crop(cfg)
+    return cfg
+
+
+def parse_crop(cfg: Config) -> tuple[int, int, int, int] | None:
+    if not cfg.crop:
+        return CELEBA_CROP if cfg.dataset == "celeba" else None
+    try:
+        box = tuple(int(v) for v in cfg.crop.split(","))
+    except ValueError:
+        box = ()
+    if len(box) != 4 or min(box) < 0 or box[2] == 0 or box[3] == 0:
+        raise ValueError(f"--crop must be four integers top,left,height,width, got {cfg.crop!r}")
+    return box
+
+
+# ----------------------------------------------------------------------------------------------
+# --- paper: networks (note sec. 2) ---
+# ----------------------------------------------------------------------------------------------
+def bn_relu(layer: nn.Module, channels: int, m: float, dims: int = 2) -> nn.Sequential:
+    """layer -> BatchNorm (TF's eps 1e-3) -> ReLU, the block of every encoder and decoder."""
+    bn = (nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d)(channels, eps=1e-3, momentum=m)
+    return nn.Sequential(layer, bn, nn.ReLU())
+
+
+def lrelu() -> nn.Module:
+    return nn.LeakyReLU(0.1)
+
+
+def deconv(cin: int, cout: int, k: int, stride: int) -> nn.ConvTranspose2d:
+    """TF 'SAME' transposed convolution: out = in * stride for odd k."""
+    return nn.ConvTranspose2d(cin, cout, k, stride, k // 2, output_padding=stride - 1)
+
+
+class Reshape(nn.Module):
+    def __init__(self, *shape: int):
+        super().__init__()
+        self.shape = shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], *self.shape)
+
+
+def encoder_trunk(cfg: Config, channels: int) -> tuple[nn.Module, int]:
+    """x -> features (B, F): the shared body of E_s and E_u (each has its own copy)."""
+    m, s = cfg.bn_momentum, cfg.image_size
+    if cfg.dataset == "toy":  # MLP 32-64-64, lrelu
+        return nn.Sequential(nn.Linear(2, 32), lrelu(), nn.Linear(32, 64), lrelu(), nn.Linear(64, 64), lrelu()), 64
+    if cfg.dataset == "mnist":  # conv5 s2: 28 -> 14 -> 7 -> 4
+        convs = [bn_relu(nn.Conv2d(a, b, 5, 2, 2), b, m) for a, b in ((1, 64), (64, 128), (128, 256))]
+        return nn.Sequential(*convs, nn.Flatten(), bn_relu(nn.Linear(256 * 16, 1024), 1024, m, 1)), 1024
+    if cfg.arch == "dcgan":
+        f, layers, c = cfg.filters, [], channels
+        for width in (cfg.filters, 2 * f, 4 * f, 8 * f):
+            layers.append(bn_relu(nn.Conv2d(c, width, 4, 2, 1), width, m))
+            c = width
+        return nn.Sequential(*layers, nn.Flatten(), bn_relu(nn.Linear(c * (s // 16) ** 2, 1024), 1024, m, 1)), 1024
+    # VGG16-BN conv stack, the 5th max-pool replaced by a 2x2 average pool (paper B.2)
+    layers, c = [], channels
+    for block, (width, repeat) in enumerate(((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))):
+        for _ in range(repeat):
+            layers.append(bn_relu(nn.Conv2d(c, width, 3, 1, 1), width, m))
+            c = width
+        layers.append(nn.MaxPool2d(2) if block < 4 else nn.AvgPool2d(2))
+    return nn.Sequential(*layers, nn.Flatten(), bn_relu(nn.Linear(512 * (s // 32) ** 2, 1024), 1024, m, 1)), 1024
+
+
+def decoder_net(cfg: Config, channels: int) -> nn.Module:
+    """G: [z_s, z_u] (B, z_s_dim + z_u_dim) -> x_hat (B, C, H, W) in [-1, 1] (toy: (B, 2))."""
+    m, s, z = cfg.bn_momentum, cfg.image_size, cfg.z_s_dim + cfg.z_u_dim
+    if cfg.dataset == "toy":
+        return nn.Sequential(nn.Linear(z, 32), lrelu(), nn.Linear(32, 64), lrelu(), nn.Linear(64, 64), lrelu(),
+                             nn.Linear(64, 2))
+    if cfg.dataset == "mnist":  # fc 1024 = 256x2x2 -> 7 -> 14 -> 28
+        return nn.Sequential(bn_relu(nn.Linear(z, 1024), 1024, m, 1), Reshape(256, 2, 2),
+                             bn_relu(nn.ConvTranspose2d(256, 256, 5, 2, 0), 256, m),
+                             bn_relu(nn.ConvTranspose2d(256, 128, 5, 2, 2, output_padding=1), 128, m),
+                             bn_relu(nn.ConvTranspose2d(128, 32, 5, 2, 2, output_padding=1), 32, m),
+                             nn.ConvTranspose2d(32, channels, 5, 1, 2), nn.Tanh())
+    if cfg.arch == "dcgan":
+        f, s0 = cfg.filters, s // 16
+        layers = [bn_relu(nn.Linear(z, 8 * f * s0 * s0), 8 * f * s0 * s0, m, 1), Reshape(8 * f, s0, s0)]
+        for a, b in ((8 * f, 4 * f), (4 * f, 2 * f), (2 * f, f)):
+            layers.append(bn_relu(nn.ConvTranspose2d(a, b, 4, 2, 1), b, m))
+        return nn.Sequential(*layers, nn.ConvTranspose2d(f, channels, 4, 2, 1), nn.Tanh())
+    s0 = s // 32  # paper Tab. 4: fc1024 -> fc 2x2x512 -> thirteen 3x3 deconvolutions
+    layers = [bn_relu(nn.Linear(z, 1024), 1024, m, 1), bn_relu(nn.Linear(1024, 512 * s0 * s0), 512 * s0 * s0, m, 1),
+              Reshape(512, s0, s0)]
+    c = 512
+    for width, stride in ((512, 2), (512, 1), (512, 1), (512, 2), (512, 1), (256, 1), (256, 2), (256, 1),
+                          (128, 1), (128, 2), (64, 1), (64, 2)):
+        layers.append(bn_relu(deconv(c, width, 3, stride), width, m))
+        c = width
+    return nn.Sequential(*layers, deconv(c, channels, 3, 1), nn.Tanh())
+
+
+class ProjectionDiscriminator(nn.Module):
+    """Dis(x, c) = w^T h + <embed(c), h>, h = phi(x) (Miyato & Koyama 2018); every weight
+    spectrally normalised (one power iteration per forward), lrelu 0.1, no BatchNorm.
+    x (B, C, H, W) in [-1, 1] (toy: (B, 2)), c (B,) int64 -> scores (B,), unbounded."""
+
+    def __init__(self, cfg: Config, channels: int, n_classes: int):
+        super().__init__()
+        sn = spectral_norm
+        if cfg.dataset == "toy":
+            layers, width = [sn(nn.Linear(2, 32)), lrelu(), sn(nn.Linear(32, 64)), lrelu(), sn(nn.Linear(64, 64)), lrelu()], 64
+        elif cfg.dataset == "mnist":  # conv5 32 s1, 128 s2, 256 s2, 256 s2 (4x4) -> fc512
+            layers, c = [], channels
+            for width, stride in ((32, 1), (128, 2), (256, 2), (256, 2)):
+                layers += [sn(nn.Conv2d(c, width, 5, stride, 2)), lrelu()]
+                c = width
+            layers += [nn.Flatten(), sn(nn.Linear(256 * 16, 512)), lrelu()]
+            width = 512
+        else:
+            plan = ([(cfg.filters * k, 2) for k in (1, 2, 4, 8)] if cfg.arch == "dcgan" else
+                    [(64, 2), (128, 2), (256, 1), (256, 2), (512, 1), (512, 2), (512, 2)])
+            layers, c = [], channels
+            for width, stride in plan:
+                layers += [sn(nn.Conv2d(c, width, 4 if cfg.arch == "dcgan" else 3, stride, 1)), lrelu()]
+                c = width
+            width = 1024  # global average pool -> fc1024 (paper Tab. 4)
+            layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), sn(nn.Linear(c, width)), lrelu()]
+        self.features = nn.Sequential(*layers)
+        self.linear = sn(nn.Linear(width, 1))
+        self.embed = sn(nn.Embedding(n_classes, width))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        h = self.features(x)
+        return self.linear(h).squeeze(1) + (self.embed(c) * h).sum(1)
+
+
+class GaussianMixturePrior(nn.Module):
+    """p(z_s) = 1/K sum_k N(z_s; mu_k, diag exp(logvar_k)), one component per class (eq. 6).
+
+    mu (K, D) Xavier-uniform as the code; logvar (K, D) starts at 0 (the code's precision
+    softplus(0.54) ~ 1) and is clamped to +-LOGVAR_RANGE when used (note sec. 5)."""
+
+    def __init__(self, n_classes: int, dim: int):
+        super().__init__()
+        self.mu = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_classes, dim)))
+        self.logvar = nn.Parameter(torch.zeros(n_classes, dim))
+
+    def params(self, detach: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.mu, self.logvar.clamp(-LOGVAR_RANGE, LOGVAR_RANGE)
+        return (mu.detach(), logvar.detach()) if detach else (mu, logvar)
+
+    def sample(self, c: torch.Tensor, eps: torch.Tensor | None = None, detach: bool = True) -> torch.Tensor:
+        """z~_s = mu_c + Sigma_c^(1/2) eps for labels c (B,), eps (B, D) ~ N(0, I) unless given."""
+        mu, logvar = self.params(detach)
+        eps = torch.randn_like(mu[c]) if eps is None else eps
+        return mu[c] + torch.exp(0.5 * logvar[c]) * eps
+
+
+class LatentClassifier(nn.Module):
+    """C: z_u (B, z_u_dim) -> class logits (B, K); fc256 ReLU -> fc K (toy: fc64)."""
+
+    def __init__(self, dim: int, n_classes: int, hidden: int = 256):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, n_classes))
+
+    def forward(self, z_u: torch.Tensor) -> torch.Tensor:
+        return self.net(z_u)
+
+
+class DisentangledVAE(nn.Module):
+    """Lr-LiVAE (E_s, E_u, G, the mixture prior, C, Dis) or the cVAE-GAN baseline (a label
+    embedding in place of E_s and the prior; no C)."""
+
+    def __init__(self, cfg: Config, n_classes: int):
+        super().__init__()
+        channels = 1 if cfg.dataset == "mnist" else 3
+        self.n_classes, self.z_s_dim, self.z_u_dim, self.kind = n_classes, cfg.z_s_dim, cfg.z_u_dim, cfg.model
+        trunk_u, width = encoder_trunk(cfg, channels)
+        self.encoder_u = nn.Sequential(trunk_u, nn.Linear(width, 2 * cfg.z_u_dim))
+        self.decoder = decoder_net(cfg, channels)
+        if cfg.model == "lr-livae":
+            trunk_s, width = encoder_trunk(cfg, channels)
+            self.encoder_s = nn.Sequential(trunk_s, nn.Linear(width, cfg.z_s_dim))
+            self.prior = GaussianMixturePrior(n_classes, cfg.z_s_dim)
+            self.classifier = LatentClassifier(cfg.z_u_dim, n_classes, 64 if cfg.dataset == "toy" else 256)
+        else:
+            self.label_embedding = nn.Embedding(n_classes, cfg.z_s_dim)
+        self.discriminator = ProjectionDiscriminator(cfg, channels, n_classes) if cfg.gan else None
+
+    def encode_u(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q(z_u|x) as (mu, logvar), each (B, z_u_dim)."""
+        return self.encoder_u(x).chunk(2, dim=1)
+
+    def code_s(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """z_s of images x: E_s(x); the baseline has none and embeds the label c instead."""
+        return self.encoder_s(x) if self.kind == "lr-livae" else self.label_embedding(c)
+
+    def sample_s(self, c: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
+        """z~_s ~ p(z_s|c) (the baseline: its label embedding, deterministic), (B, z_s_dim)."""
+        return self.prior.sample(c, eps) if self.kind == "lr-livae" else self.label_embedding(c)
+
+    def decode(self, z_s: torch.Tensor, z_u: torch.Tensor) -> torch.Tensor:
+        return self.decoder(torch.cat([z_s, z_u], dim=1))
+
+    def groups(self) -> dict:
+        """The parameter groups that each take their own objective and Adam (note sec. 1)."""
+        g = {"encoder_u": list(self.encoder_u.parameters()), "decoder": list(self.decoder.parameters())}
+        if self.kind == "lr-livae":
+            g["encoder_s"] = list(self.encoder_s.parameters())
+            g["classifier"] = list(self.classifier.parameters())
+        else:
+            g["decoder"] += list(self.label_embedding.parameters())  # learned with G
+        if self.discriminator is not None:
+            g["discriminator"] = list(self.discriminator.parameters())
+        return g
+
+
+# ----------------------------------------------------------------------------------------------
+# --- paper: losses ---
+# ----------------------------------------------------------------------------------------------
+def mixture_logits(z_s: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 6-7 for z_s (B, D) against K components mu, logvar (K, D): returns
+    d (B, K) = 1/2 (z_s - mu_k)^T Sigma_k^-1 (z_s - mu_k) and log|Sigma_k| (K,) in nats."""
+    d = 0.5 * ((z_s[:, None, :] - mu[None]) ** 2 * torch.exp(-logvar)[None]).sum(-1)
+    return d, logvar.sum(-1)
+
+
+def lgm_loss(z_s: torch.Tensor, c: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+             margin: float = 0.0, lambda_lkd: float = 0.1) -> dict:
+    """The L-GM loss (Wan et al. 2018; paper eq. 8-9), batch means, nats.
+
+    logit_k = -d_k - 1/2 log|Sigma_k| (+ log 1/K, which cancels); the true class's d_c is scaled
+    by (1 + margin) inside the softmax only. L_cls = -log softmax(logit)_c via logsumexp,
+    L_lkd = d_c + 1/2 log|Sigma_c| (-log N(z_s; mu_c, Sigma_c) without (D/2) log 2 pi),
+    L_GM = L_cls + lambda_lkd L_lkd. Also returns 'accuracy', the share with argmax logit = c."""
+    d, logdet = mixture_logits(z_s.float(), mu.float(), logvar.float())
+    logits = -d - 0.5 * logdet
+    true = F.one_hot(c, d.shape[1]).bool()
+    margined = torch.where(true, logits - margin * d, logits)
+    l_cls = F.cross_entropy(margined, c)
+    l_lkd = (d[true] + 0.5 * logdet[c]).mean()
+    return {"L_GM": l_cls + lambda_lkd * l_lkd, "L_cls": l_cls, "L_lkd": l_lkd,
+            "accuracy": (logits.argmax(1) == c).float().mean()}
+
+
+def uniform_cross_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Eq. 5: CE(softmax(logits), 1/K) = -1/K sum_k log softmax_k, batch mean (nats);
+    minimal (log K) when C cannot tell the classes apart."""
+    return -F.log_softmax(logits.float(), dim=1).mean(1).mean()
+
+
+def hinge_losses(d_real: torch.Tensor, d_rec: torch.Tensor, d_gen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 10-11 in the code's hinge form: (L_Dis, L_GD) from the scores (B,) of real images,
+    reconstructions and prior samples."""
+    l_dis = F.relu(1 - d_real).mean() + F.relu(1 + d_rec).mean() + F.relu(1 + d_gen).mean()
+    return l_dis, -d_rec.mean() - d_gen.mean()
+
+
+def stage2_losses(model: DisentangledVAE, x: torch.Tensor, c: torch.Tensor, cfg: Config) -> dict:
+    """One forward of the joint step and every loss (scalars). The mixture prior is held fixed
+    (detached) here; `train_step` routes each objective to its own networks."""
+    mu_u, logvar_u = model.encode_u(x)
+    z_u = common.reparameterize(mu_u, logvar_u)
+    z_s = model.code_s(x, c)
+    x_hat = model.decode(z_s, z_u)
+    t = {"L_rec": (x_hat.float() - x.float()).pow(2).mean(),                                  # eq. 2
+         "L_KL": common.kl_normal_std(mu_u.float(), logvar_u.float()).mean() / cfg.z_u_dim}   # eq. 3
+    zero = torch.zeros((), device=x.device)
+    t["L_lkd"] = t["L_adv"] = t["L_C"] = t["L_Dis"] = t["L_GD"] = zero
+    if model.kind == "lr-livae":
+        t["L_lkd"] = lgm_loss(z_s, c, *model.prior.params(detach=True))["L_lkd"]             # eq. 7
+        t["L_adv"] = uniform_cross_entropy(model.classifier(z_u))                             # eq. 5
+        t["L_C"] = F.cross_entropy(model.classifier(z_u.detach()).float(), c)                 # eq. 4
+    if model.discriminator is not None:                                                       # eq. 10-11
+        c_tilde = torch.randint(model.n_classes, c.shape, device=c.device)
+        x_tilde = model.decode(model.sample_s(c_tilde), torch.randn_like(z_u))
+        scores = model.discriminator(torch.cat([x, x_hat, x_tilde]), torch.cat([c, c, c_tilde])).float()
+        t["L_Dis"], t["L_GD"] = hinge_losses(*scores.chunk(3))
+    # the objectives, each minimised w.r.t. its own networks only (note sec. 1)
+    t["encoders_and_decoder"] = (cfg.rec_weight * t["L_rec"] + cfg.kl_weight * t["L_KL"]
+                                 + cfg.adv_weight * t["L_adv"] + cfg.lkd_weight * t["L_lkd"])
+    return t
+
+
+# ----------------------------------------------------------------------------------------------
+# --- paper: training step (two stages, sec. 3.5) ---
+# ----------------------------------------------------------------------------------------------
+def set_grads(loss: torch.Tensor, params: list, add: bool = False) -> None:
+    """p.grad (+)= d loss / d p for exactly these parameters (no gradient reaches any other)."""
+    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    for p, g in zip(params, grads):
+        g = torch.zeros_like(p) if g is None else g
+        p.grad = p.grad + g if add and p.grad is not None else g
+
+
+def stage1_step(model: DisentangledVAE, optimizers: dict, x: torch.Tensor, c: torch.Tensor,
+                cfg: Config, device) -> dict:
+    """Stage 1: one Adam step of L_GM on E_s and the mixture's mu (optimizer 'gm') and
+    Sigma (optimizer 'sigma', its own learning rate)."""
+    with common.autocast(device, cfg.amp):
+        z_s = model.encoder_s(x)
+    t = lgm_loss(z_s, c, *model.prior.params(), cfg.margin, cfg.lambda_lkd)                  # eq. 8-9
+    params = list(model.encoder_s.parameters()) + [model.prior.mu, model.prior.logvar]
+    set_grads(t["L_GM"], params)
+    common.average_gradients(params)
+    optimizers["gm"].step()
+    optimizers["sigma"].step()
+    return t
+
+
+def stage2_step(model: DisentangledVAE, optimizers: dict, x: torch.Tensor, c: torch.Tensor,
+                cfg: Config, device, forward=None) -> dict:
+    """Stage 2: one forward, each objective's gradient w.r.t. its own networks, simultaneous
+    Adam steps. E_u, E_s and G share 10 L_rec (+ L_KL + L_adv for E_u, L_lkd for E_s: each term
+    reaches only its own encoder); G alone takes L_GD, Dis alone L_Dis, C alone L_C."""
+    with common.autocast(device, cfg.amp):
+        t = (forward or stage2_losses)(model, x, c, cfg)
+    groups = model.groups()
+    shared = groups["encoder_u"] + groups["decoder"] + groups.get("encoder_s", [])
+    set_grads(t["encoders_and_decoder"], shared)
+    if "discriminator" in groups:
+        set_grads(t["L_GD"], groups["decoder"], add=True)
+        set_grads(t["L_Dis"], groups["discriminator"])
+    if "classifier" in groups:
+        set_grads(t["L_C"], groups["classifier"])
+    every = [p for ps in groups.values() for p in ps]
+    common.average_gradients(every)
+    for name in groups:
+        optimizers[name].step()
+    return t
+
+
+def train_step(model: DisentangledVAE, optimizers: dict, batch_at, step: int, cfg: Config, device,
+               forward=None) -> dict:
+    """One outer iteration: n_gm stage-1 steps on fresh batches, then the joint stage-2 step on
+    the last of them (the baseline has no stage 1). `batch_at(i)` is batch i of the run."""
+    if model.kind == "lr-livae":
+        for i in range(cfg.n_gm):
+            x, c = batch_at(step * cfg.n_gm + i)
+            gm = stage1_step(model, optimizers, x, c, cfg, device)
+    else:
+        x, c = batch_at(step)
+        gm = {"L_GM": torch.zeros((), device=device), "accuracy": torch.zeros((), device=device)}
+    t = stage2_step(model, optimizers, x, c, cfg, device, forward)
+    keep = ("L_rec", "L_KL", "L_lkd", "L_adv", "L_C", "L_Dis", "L_GD")
+    loss = t["encoders_and_decoder"] + t["L_GD"] + t["L_Dis"] + t["L_C"] + gm["L_GM"]
+    return {"loss": loss.detach(), "L_GM": gm["L_GM"].detach(), "acc_z_s": gm["accuracy"].detach(),
+            **{k: t[k].detach() for k in keep}}
+
+
+def sigma_learning_rate(cfg: Config, step: int, steps_per_epoch: int) -> float:
+    """Sigma's own rule: code, lr * 0.1^floor(step / (10 epochs)); paper B.4, lr * 0.01 after
+    2 epochs. An epoch is steps_per_epoch outer iterations, as the code counts it."""
+    epoch = step // max(steps_per_epoch, 1)
+    if cfg.sigma_lr == "paper":
+        return cfg.lr * (0.01 if epoch >= 2 else 1.0)
+    return cfg.lr * 0.1 ** (epoch // 10)
+
+
+def make_optimizers(model: DisentangledVAE, cfg: Config, device) -> dict:
+    """Adam (betas 0, 0.9) per parameter group, plus stage 1's 'gm' (E_s and mu, an Adam of its
+    own as in the code) and 'sigma'."""
+    adam = lambda params: torch.optim.Adam(params, lr=cfg.lr, betas=(0.0, 0.9), fused=device.type == "cuda")
+    optimizers = {name: adam(params) for name, params in model.groups().items()}
+    if model.kind == "lr-livae":
+        optimizers["gm"] = adam(list(model.encoder_s.parameters()) + [model.prior.mu])
+        optimizers["sigma"] = adam([model.prior.logvar])
+    return optimizers
+
+
+# ----------------------------------------------------------------------------------------------
+# --- paper: MS-SSIM, the diversity metric (Wang et al. 2003) ---
+# ----------------------------------------------------------------------------------------------
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+def gaussian_filter(x: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
+    """Separable 'valid' Gaussian blur of x (B, C, H, W)."""
+    t = torch.arange(size, dtype=x.dtype, device=x.device) - (size - 1) / 2
+    w = torch.exp(-t ** 2 / (2 * sigma ** 2))
+    w = (w / w.sum()).repeat(x.shape[1], 1)
+    x = F.conv2d(x, w[:, None, None, :], groups=x.shape[1])
+    return F.conv2d(x, w[:, None, :, None], groups=x.shape[1])
+
+
+def ssim_terms(a: torch.Tensor, b: torch.Tensor, data_range: float, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image (B,): mean SSIM map and mean contrast-structure map, 11x11 window of sd 1.5
+    (shrunk with the image below 11 pixels), K1 = 0.01, K2 = 0.03."""
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    sigma = 1.5 * window / 11
+    mu_a, mu_b = gaussian_filter(a, window, sigma), gaussian_filter(b, window, sigma)
+    var_a = gaussian_filter(a * a, window, sigma) - mu_a ** 2
+    var_b = gaussian_filter(b * b, window, sigma) - mu_b ** 2
+    cov = gaussian_filter(a * b, window, sigma) - mu_a * mu_b
+    cs = (2 * cov + c2) / (var_a + var_b + c2)
+    luminance = (2 * mu_a * mu_b + c1) / (mu_a ** 2 + mu_b ** 2 + c1)
+    return (luminance * cs).flatten(1).mean(1), cs.flatten(1).mean(1)
+
+
+def ms_ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:
+    """Multi-scale SSIM (Wang, Simoncelli & Bovik 2003) of image pairs a, b (B, C, H, W) -> (B,)
+    in [0, 1] (1: identical). data_range 2 for pixels in [-1, 1]. Uses as many of the 5 scales
+    as keep the coarsest at least 11 pixels (64x64: 3, 28x28: 2), their weights renormalised;
+    negative contrast terms are clipped at 0 (as pytorch-msssim). Raises ValueError on shape
+    mismatch."""
+    if a.shape != b.shape or a.dim() != 4:
+        raise ValueError(f"ms_ssim needs two (B, C, H, W) batches of one shape, got {tuple(a.shape)}, {tuple(b.shape)}")
+    a, b = a.double(), b.double()
+    side = min(a.shape[-2:])
+    levels = max(1, min(5, 1 + int(math.floor(math.log2(side / 11))) if side >= 11 else 1))
+    weights = torch.tensor(MS_SSIM_WEIGHTS[:levels], dtype=a.dtype, device=a.device)
+    weights = weights / weights.sum()
+    factors = []
+    for level in range(levels):
+        ssim, cs = ssim_terms(a, b, data_range, min(11, side >> level))
+        factors.append(F.relu(ssim if level == levels - 1 else cs))
+        if level < levels - 1:
+            a, b = F.avg_pool2d(a, 2), F.avg_pool2d(b, 2)
+    return torch.prod(torch.stack(factors, 1) ** weights, dim=1).float()
+
+
+def pairwise_ms_ssim(images: torch.Tensor) -> torch.Tensor:
+    """Mean MS-SSIM over all unordered pairs of images (N, C, H, W), N >= 2 -> scalar."""
+    i, j = zip(*itertools.combinations(range(len(images)), 2))
+    return ms_ssim(images[list(i)], images[list(j)]).mean()
+
+
+# ----------------------------------------------------------------------------------------------
+# --- paper: figures (return images; the caller saves them) ---
+# ----------------------------------------------------------------------------------------------
+def noise(n: int, dim: int, g: torch.Generator, device) -> torch.Tensor:
+    return torch.randn(n, dim, generator=g).to(device)
+
+
+@torch.no_grad()
+def class_samples(model: DisentangledVAE, classes: list, n: int, g: torch.Generator, device) -> torch.Tensor:
+    """Fig. 3/8: n samples per class, z~_s ~ p(z_s|c), z~_u ~ N(0, I). (len(classes) * n, ...)."""
+    c = torch.tensor(classes, device=device).repeat_interleave(n)
+    z_s = model.sample_s(c, noise(len(c), model.z_s_dim, g, device))
+    return model.decode(z_s, noise(len(c), model.z_u_dim, g, device))
+
+
+@torch.no_grad()
+def swap_grid(model: DisentangledVAE, rows: tuple, cols: tuple) -> torch.Tensor:
+    """Fig. 6: cell (i, j) = G(z_s of row image i, z_u = mu_u of column image j). rows/cols are
+    (images (R, C, H, W), labels (R,)). Returns ((R + 1) * (C + 1), ...): the first row shows
+    the column images, the first column the row images, the corner is white."""
+    (xr, cr), (xc, _) = rows, cols
+    z_s, z_u = model.code_s(xr, cr), model.encode_u(xc)[0]
+    cells = model.decode(z_s.repeat_interleave(len(xc), 0), z_u.repeat(len(xr), 1)).view(len(xr), len(xc), *xr.shape[1:])
+    top = torch.cat([torch.ones_like(xr[:1]), xc])[None]
+    body = torch.cat([xr[:, None], cells], dim=1)
+    return torch.cat([top, body]).flatten(0, 1)
+
+
+@torch.no_grad()
+def interpolate_z_s(model: DisentangledVAE, classes: list, steps: int, g: torch.Generator, device) -> torch.Tensor:
+    """Fig. 4a: z_u fixed; eps_t = t eps_1 + (1 - t) eps_2, z_s = mu_c + Sigma_c^(1/2) eps_t;
+    rows = classes, columns share eps_t. (len(classes) * steps, ...)."""
+    e1, e2, z_u = noise(1, model.z_s_dim, g, device), noise(1, model.z_s_dim, g, device), noise(1, model.z_u_dim, g, device)
+    t = torch.linspace(0, 1, steps, device=device)[:, None]
+    eps = (t * e1 + (1 - t) * e2).repeat(len(classes), 1)
+    c = torch.tensor(classes, device=device).repeat_interleave(steps)
+    return model.decode(model.sample_s(c, eps), z_u.expand(len(c), -1))
+
+
+@torch.no_grad()
+def interpolate_z_u(model: DisentangledVAE, classes: list, steps: int, g: torch.Generator, device) -> torch.Tensor:
+    """Fig. 4b: z_s ~ p(z_s|c) fixed per row; z_u moves linearly between two N(0, I) draws."""
+    c = torch.tensor(classes, device=device)
+    z_s = model.sample_s(c, noise(len(c), model.z_s_dim, g, device)).repeat_interleave(steps, 0)
+    u1, u2 = noise(1, model.z_u_dim, g, device), noise(1, model.z_u_dim, g, device)
+    t = torch.linspace(0, 1, steps, device=device)[:, None]
+    return model.decode(z_s, (t * u1 + (1 - t) * u2).repeat(len(classes), 1))
+
+
+def mask_for(name: str, shape: tuple, device) -> torch.Tensor:
+    """M (1, 1, H, W): 1 on kept pixels, 0 inside the FACE_MASKS box `name`."""
+    h, w = shape[-2:]
+    top, bottom, left, right = FACE_MASKS[name]
+    m = torch.ones(1, 1, h, w, device=device)
+    m[..., round(top * h):round(bottom * h), round(left * w):round(right * w)] = 0
+    return m
+
+
+@torch.no_grad()
+def inpaint(model: DisentangledVAE, x: torch.Tensor, c: torch.Tensor, masks: list) -> torch.Tensor:
+    """Fig. 7: x_m = M x (hidden pixels 0, mid-grey), x_out = M x + (1 - M) G(E_s(x_m), mu_u(x_m)).
+    Lr-LiVAE needs no label; the baseline uses c. Rows per image: x, then (x_m, x_out) per mask."""
+    columns = [x]
+    for name in masks:
+        m = mask_for(name, x.shape, x.device)
+        x_m = x * m
+        x_hat = model.decode(model.code_s(x_m, c), model.encode_u(x_m)[0])
+        columns += [x_m, m * x + (1 - m) * x_hat]
+    return torch.stack(columns, dim=1).flatten(0, 1)
+
+
+def toy_data(points_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Paper B.1: three half unit circles centred at x = -2.2, 0, 2.2 (y = sin t - 0.5, t in
+    [0, pi]) plus N(0, 0.15^2) noise. Returns points (3n, 2) float32 and labels (3n,) int64."""
+    rng = np.random.default_rng(seed)
+    t = rng.uniform(0, np.pi, (3, points_per_class))
+    centres = np.array(TOY_CENTRES)[:, None]
+    xy = np.stack([centres + np.cos(t), np.sin(t) - 0.5], -1) + rng.normal(0, 0.15, (3, points_per_class, 2))
+    return xy.reshape(-1, 2).astype(np.float32), np.repeat(np.arange(3), points_per_class)
+
+
+TOY_COLOURS = ((40, 160, 40), (200, 40, 40), (40, 70, 200))  # green, red, blue as the paper
+
+
+def scatter_panel(points: np.ndarray, labels: np.ndarray, title: str, size: int = 240) -> np.ndarray:
+    """Points (N, 2) in [-3.6, 3.6] x [-2.2, 1.4], coloured by label, as an RGB array."""
+    img = Image.new("RGB", (size, size + 16), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((4, 2), title, fill=(0, 0, 0))
+    for (px, py), k in zip(points, labels):
+        u, v = (px + 3.6) / 7.2 * size, 16 + (1.4 - py) / 3.6 * size
+        draw.ellipse((u - 1, v - 1, u + 1, v + 1), fill=TOY_COLOURS[int(k) % 3])
+    return np.asarray(img)
+
+
+# ----------------------------------------------------------------------------------------------
+# --- plumbing: data ---
+# ----------------------------------------------------------------------------------------------
+class ToyBatches(data.Batches):
+    """`Batches` over the 2-D toy points: the same shuffling and sharding, float points."""
+
+    def get(self, step: int) -> tuple[torch.Tensor, dict]:
+        idx = self.indices(step)
+        return (torch.from_numpy(self.images[idx.numpy()]).to(self.device),
+                {k: v[idx].to(self.device) for k, v in self.labels.items()})
+
+
+def load_split(cfg: Config, split: str, verbose: bool = True) -> data.ImageSet:
+    """The ImageSet of `split` with a 'class' label (toy: the points, 80/20 cut per class)."""
+    if cfg.dataset == "toy":
+        points, labels = toy_data(cfg.toy_points, cfg.seed)
+        keep = np.arange(len(points)) % cfg.toy_points < int(0.8 * cfg.toy_points)
+        keep = keep if split == "train" else ~keep
+        return data.ImageSet(points[keep], {"class": labels[keep]}, {"class": ["left", "middle", "right"]}, [],
+                             f"toy {split}: {keep.sum()} points on three half circles")
+    if cfg.dataset == "celeba":
+        return data.load_celeba_identities(cfg.data_dir, split, cfg.image_size, parse_crop(cfg), cfg.cache_dir or None,
+                                           cfg.min_class_images, verbose)
+    return data.load_dataset(cfg.dataset, cfg.data_dir, split, cfg.image_size, parse_crop(cfg),
+                             cfg.cache_dir or None, verbose)
+
+
+def make_batches(cfg: Config, train_set: data.ImageSet, device, rank: int, world: int) -> data.Batches:
+    kind = ToyBatches if cfg.dataset == "toy" else data.Batches
+    return kind(train_set, cfg.batch_size, cfg.seed, device, rank, world, label_keys=("class",),
+                on_device=False if cfg.dataset == "toy" else None, channels_last=device.type == "cuda")
+
+
+def batch_reader(cfg: Config, batches: data.Batches):
+    """batch_at(i) -> (x, c): batch i of the run, flipped left-right at random for faces; the
+    flips are seeded by i, so a resumed run sees the same batches."""
+    flip = cfg.flip and cfg.dataset in ("celeba", "folder")
+
+    def batch_at(i: int):
+        x, labels = batches.get(i)
+        if flip:
+            coin = torch.rand(len(x), generator=torch.Generator().manual_seed(cfg.seed * 7_919 + i)) < 0.5
+            x = torch.where(coin.to(x.device)[:, None, None, None], x.flip(3), x)
+        return x, labels["class"]
+    return batch_at
+
+
+def heldout(cfg: Config, device, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor, data.ImageSet]:
+    """The first n (default --eval-images) held-out images (or toy points) with labels."""
+    held = load_split(cfg, "test", verbose=False)
+    n = min(n or cfg.eval_images, len(held))
+    if cfg.dataset == "toy":
+        x = torch.from_numpy(held.images[:n]).to(device)
+    else:
+        x = data.to_float_images(torch.from_numpy(np.array(held.images[:n])).to(device))
+    return x, torch.from_numpy(held.labels["class"][:n]).to(device), held
+
+
+def curve_keys(cfg: Config) -> list:
+    keys = ["L_rec", "L_KL"]
+    keys += ["L_GM", "acc_z_s", "L_lkd", "L_adv", "L_C"] if cfg.model == "lr-livae" else []
+    return keys + (["L_Dis", "L_GD"] if cfg.gan else []) + ["images_per_s"]
+
+
+# ----------------------------------------------------------------------------------------------
+# --- plumbing: training loop ---
+# ----------------------------------------------------------------------------------------------
+def setup_run(cfg: Config, state: dict | None, n_classes: int, device, rank: int, world: int):
+    """Model, optimizers, scaler and the step to start from: fresh, or `state` (the checkpoint
+    in OUT) resumed exactly."""
+    common.seed_everything(cfg.seed)  # the same initial weights on every rank
+    model = DisentangledVAE(cfg, n_classes).to(device)
+    if device.type == "cuda" and cfg.dataset != "toy":
+        model = model.to(memory_format=torch.channels_last)
+    optimizers, scaler = make_optimizers(model, cfg, device), common.make_grad_scaler(device, False)
+    common.seed_everything(cfg.seed, rank)
+    start = 0
+    if state is not None:
+        if state["extra"]["n_classes"] != n_classes:
+            raise ValueError(f"{cfg.out}/checkpoint.pt has {state['extra']['n_classes']} classes but the data now "
+                             f"has {n_classes}; pass --fresh or another --out")
+        start = common.restore_training_state(state, {"model": model}, optimizers, scaler, rank, world, cfg.seed)
+        common.print0(f"resuming {cfg.out}/checkpoint.pt at step {start}")
+    return cfg, model, optimizers, scaler, start
+
+
+def train(cfg: Config, explicit: set) -> None:
+    rank, world, local_rank = common.init_distributed()
+    device = common.pick_device(cfg.device, local_rank)
+    cfg, state = common.checkpoint_to_resume(cfg, explicit, SCRIPT, RUN_FIELDS, resolve_defaults)
+    train_set = load_split(cfg, "train", verbose=common.is_main())  # first: the classes size the model
+    names = train_set.names["class"]
+    cfg, model, optimizers, scaler, start = setup_run(cfg, state, len(names), device, rank, world)
+    batches = make_batches(cfg, train_set, device, rank, world)
+    earlier = common.start_run_folder(cfg, f"{train_set.description}; {len(names)} classes", model, start, device,
+                                      label=f"{cfg.model}: ")
+    run_loop(cfg, model, optimizers, scaler, batches, names, start, device, earlier)
+    common.cleanup_distributed()
+    if rank == 0:
+        model.eval()
+        draw_figures(cfg, model, names, device)
+        evaluate([(cfg, model, names)], device)
+
+
+def run_loop(cfg: Config, model, optimizers, scaler, batches, names, start, device, earlier) -> None:
+    """Steps start..cfg.steps; the monitor logs, checks for NaN, checkpoints and handles signals.
+    Toy runs also keep generated points every 10 epochs for Fig. 2."""
+    forward = torch.compile(stage2_losses) if cfg.compile else stage2_losses
+    batch_at = batch_reader(cfg, batches)
+    images_per_step = cfg.batch_size * batches.world_size * (cfg.n_gm if cfg.model == "lr-livae" else 1)
+
+    def save(step: int) -> None:
+        common.save_training_state(cfg.out, SCRIPT, step, dataclasses.asdict(cfg), {"model": model}, optimizers,
+                                   scaler, curve_keys(cfg), extra={"n_classes": len(names), "class_names": names})
+
+    with common.TrainingMonitor(cfg.out, cfg.steps, cfg.log_every, cfg.ckpt_every, start, images_per_step,
+                                device, save, earlier) as monitor:
+        for step in range(start, cfg.steps):
+            if "sigma" in optimizers:
+                for group in optimizers["sigma"].param_groups:
+                    group["lr"] = sigma_learning_rate(cfg, step, batches.steps_per_epoch)
+            if cfg.dataset == "toy" and step % (10 * batches.steps_per_epoch) == 0 and common.is_main():
+                save_toy_snapshot(cfg, model, step // batches.steps_per_epoch, device)
+            terms = train_step(model, optimizers, batch_at, step, cfg, device, forward)
+            monitor.after_step(step + 1, terms)
+    if cfg.dataset == "toy" and common.is_main():
+        save_toy_snapshot(cfg, model, cfg.steps // batches.steps_per_epoch, device)
+
+
+# ----------------------------------------------------------------------------------------------
+# --- plumbing: figures, eval, sample ---
+# ----------------------------------------------------------------------------------------------
+def save_toy_snapshot(cfg: Config, model: DisentangledVAE, epoch: int, device, n: int = 300) -> None:
+    """Generated toy points, n per class, at `epoch` -> OUT/toy/epoch_EEE.npz (Fig. 2's panels)."""
+    was_training = model.training
+    model.eval()
+    g = torch.Generator().manual_seed(cfg.seed + 5)
+    points = class_samples(model, [0, 1, 2], n, g, device).cpu().numpy()
+    model.train(was_training)
+    os.makedirs(os.path.join(cfg.out, "toy"), exist_ok=True)
+    np.savez(os.path.join(cfg.out, "toy", f"epoch_{epoch:03d}.npz"), points=points, labels=np.repeat(np.arange(3), n))
+
+
+def draw_figures(cfg: Config, model: DisentangledVAE, names: list, device) -> list:
+    """Every figure of the paper this data allows, into OUT/figures; returns the paths."""
+    fig_dir, g, written = os.path.join(cfg.out, "figures"), torch.Generator().manual_seed(cfg.seed), []
+
+    def save(name: str, images: torch.Tensor, nrow: int) -> None:
+        written.append(os.path.join(fig_dir, name))
+        common.save_grid(images, written[-1], nrow)
+
+    if cfg.dataset == "toy":
+        return draw_toy_figure(cfg, fig_dir)
+    classes = list(range(min(10, model.n_classes)))
+    save("samples_per_class.png", class_samples(model, classes, 10, g, device), 10)
+    if model.kind == "lr-livae":
+        save("fig4a_interpolate_z_s.png", interpolate_z_s(model, classes, 10, g, device), 10)
+    save("fig4b_interpolate_z_u.png", interpolate_z_u(model, classes, 10, g, device), 10)
+    x, c, _ = heldout(cfg, device, 4000)
+    rows, cols = distinct_classes(c, 8), distinct_classes(c, 8, skip=1)
+    save("fig6_swap.png", swap_grid(model, (x[rows], c[rows]), (x[cols], c[cols])), len(cols) + 1)
+    masks = list(FACE_MASKS) if cfg.dataset != "mnist" else ["right_half", "bottom_half"]
+    save("fig7_inpainting.png", inpaint(model, x[rows], c[rows], masks), 1 + 2 * len(masks))
+    common.plot_curves(os.path.join(cfg.out, "metrics.jsonl"), os.path.join(fig_dir, "curves.png"), curve_keys(cfg))
+    common.print0("figures: " + ", ".join(os.path.relpath(p, cfg.out) for p in written) + ", curves.png")
+    return written
+
+
+def distinct_classes(c: torch.Tensor, n: int, skip: int = 0) -> torch.Tensor:
+    """Indices of up to n images of different classes (the (skip + 1)-th image of each)."""
+    seen, picks = {}, []
+    for i, k in enumerate(c.tolist()):
+        seen[k] = seen.get(k, -1) + 1
+        if seen[k] == skip and len(picks) < n:
+            picks.append(i)
+    return torch.tensor(picks if picks else list(range(min(n, len(c)))), device=c.device)
+
+
+def draw_toy_figure(cfg: Config, fig_dir: str) -> list:
+    """Fig. 2: the real points, then the generated ones at each saved epoch, side by side."""
+    points, labels = toy_data(cfg.toy_points, cfg.seed)
+    panels = [scatter_panel(points, labels, "real")]
+    toy_dir = os.path.join(cfg.out, "toy")
+    for name in sorted(os.listdir(toy_dir)) if os.path.isdir(toy_dir) else []:
+        snap = np.load(os.path.join(toy_dir, name))
+        panels.append(scatter_panel(snap["points"], snap["labels"], f"{cfg.model} epoch {int(name[6:9])}"))
+    path = os.path.join(fig_dir, "fig2_toy.png")
+    common.save_png(common.hstack_panels(panels), path)
+    common.print0(f"figures: {os.path.relpath(path, cfg.out)}")
+    return [path]
+
+
+@torch.no_grad()
+def encode_all(model: DisentangledVAE, x: torch.Tensor, c: torch.Tensor, chunk: int = 250):
+    """(z_s, mu_u, logvar_u) of every image, in chunks."""
+    out = [(model.code_s(xb, cb), *model.encode_u(xb)) for xb, cb in zip(x.split(chunk), c.split(chunk))]
+    return [torch.cat(parts).float() for parts in zip(*out)]
+
+
+def probe_accuracy(train_codes: torch.Tensor, train_c: torch.Tensor, test_codes: torch.Tensor,
+                   test_c: torch.Tensor, n_classes: int, steps: int = 500) -> float:
+    """Held-out accuracy of a linear softmax probe fitted (full-batch Adam, standardised codes)
+    on training codes: how much label a code carries, read by a classifier it never fooled."""
+    mean, std = train_codes.mean(0), train_codes.std(0) + 1e-6
+    a, b = (train_codes - mean) / std, (test_codes - mean) / std
+    probe = nn.Linear(a.shape[1], n_classes).to(a.device)
+    opt = torch.optim.Adam(probe.parameters(), lr=1e-2, weight_decay=1e-4)
+    with torch.enable_grad():
+        for _ in range(steps):
+            opt.zero_grad()
+            F.cross_entropy(probe(a), train_c).backward()
+            opt.step()
+    return (probe(b).argmax(1) == test_c).float().mean().item()
+
+
+@torch.no_grad()
+def diversity(model: DisentangledVAE, cfg: Config, device) -> float:
+    """Tables 2 and 6: mean MS-SSIM over all pairs of --diversity-samples generated images of a
+    class, averaged over the first --diversity-classes classes (lower = more diverse)."""
+    g = torch.Generator().manual_seed(cfg.seed + 2)
+    scores = [pairwise_ms_ssim(class_samples(model, [k], cfg.diversity_samples, g, device)).item()
+              for k in range(min(cfg.diversity_classes, model.n_classes))]
+    return float(np.mean(scores))
+
+
+@torch.no_grad()
+def evaluate(runs: list, device) -> list:
+    """For each (config, model, class names): the held-out numbers into its OUT/eval.json;
+    with several runs (e.g. lr-livae and cvae-gan), a side-by-side table on stdout."""
+    results = []
+    for cfg, model, names in runs:
+        x, c, held = heldout(cfg, device)
+        train_set = load_split(cfg, "train", verbose=False)
+        n = min(len(train_set), 10_000)
+        if cfg.dataset == "toy":
+            x_train = torch.from_numpy(train_set.images[:n]).to(device)
+        else:
+            x_train = data.to_float_images(torch.from_numpy(np.array(train_set.images[:n])).to(device))
+        c_train = torch.from_numpy(train_set.labels["class"][:n]).to(device)
+        z_s, mu_u, logvar_u = encode_all(model, x, c)
+        _, mu_train, _ = encode_all(model, x_train, c_train)
+        x_hat = torch.cat([model.decode(a, b) for a, b in zip(z_s.split(250), mu_u.split(250))])
+        kl_dims = (0.5 * (mu_u ** 2 + logvar_u.exp() - 1 - logvar_u)).mean(0)
+        r = {"model": cfg.model, "heldout": len(x), "classes": model.n_classes, "split": held.description,
+             "chance_accuracy": 1.0 / model.n_classes,
+             "majority_accuracy": float(np.bincount(c.cpu().numpy()).max() / len(c)),
+             "acc_z_u_probe": probe_accuracy(mu_train, c_train, mu_u, c, model.n_classes),
+             "recon_mse_per_element": (x_hat - x).pow(2).mean().item(),
+             "kl_z_u_nats": kl_dims.sum().item(),
+             "active_units_z_u": int((mu_u.var(0) > 0.01).sum().item()), "z_u_dim": model.z_u_dim}
+        if model.kind == "lr-livae":
+            d, logdet = mixture_logits(z_s, *model.prior.params())
+            r["acc_z_s_nearest_component"] = ((-d - 0.5 * logdet).argmax(1) == c).float().mean().item()
+            r["acc_z_u_adversary"] = (model.classifier(mu_u).argmax(1) == c).float().mean().item()
+        if cfg.dataset != "toy":
+            r["ms_ssim_within_class"] = diversity(model, cfg, device)
+            r["diversity_1_minus_ms_ssim"] = 1.0 - r["ms_ssim_within_class"]
+        r["units"] = ("accuracies in [0, 1] on held-out images: z_s by the nearest mixture component (argmax of "
+                      "eq. 7's logits), z_u by the trained adversary C and by a fresh linear probe on mu_u; "
+                      "pixels in [-1, 1], recon decodes (z_s, mu_u); KL in nats per image; active unit: "
+                      "Var_x(mu_u) > 0.01; MS-SSIM over pairs of generated images of one class")
+        with open(os.path.join(cfg.out, "eval.json"), "w") as f:
+            json.dump(r, f, indent=2)
+        results.append(r)
+    if len(results) == 1:
+        print(json.dumps(results[0], indent=2))
+    else:
+        keys = [k for k in results[0] if k not in ("split", "units")]
+        keys += [k for r in results[1:] for k in r if k not in keys and k not in ("split", "units")]
+        print(f"{'':28s}" + "".join(f"{r['model']:>14s}" for r in results))
+        for k in keys:
+            cells = [r.get(k, "-") for r in results]
+            print(f"{k:28s}" + "".join(f"{v:>14.4f}" if isinstance(v, float) else f"{str(v):>14s}" for v in cells))
+    return results
+
+
+def load_models(cfg: Config, explicit: set, device) -> list:
+    """[(config, model in eval mode on device, class names)] for each comma-separated --checkpoint."""
+    paths = [p for p in cfg.checkpoint.split(",") if p] or [
+        os.path.join(cfg.out or os.path.join("runs", f"dvae-{cfg.dataset}-{cfg.model}"), "checkpoint.pt")]
+    runs = []
+    for path in paths:
+        state = common.load_checkpoint(path, SCRIPT)
+        saved = common.merge_saved_config(cfg, state["config"], explicit, RUN_FIELDS, path)
+        saved = resolve_defaults(dataclasses.replace(saved, out=os.path.dirname(os.path.abspath(path))))
+        model = DisentangledVAE(saved, state["extra"]["n_classes"])
+        model.load_state_dict(state["models"]["model"])
+        runs.append((saved, model.to(device).eval(), state["extra"]["class_names"]))
+    return runs
+
+
+def main(argv: list | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    mode = argv.pop(0) if argv and argv[0] in MODES else "train"
+    usage = (__doc__.split("\n")[0] + "\n\nsubcommands: train (the default), sample, figures, eval; the last "
+             "three need only --checkpoint (or --out); eval takes several, comma-separated, to compare.")
+    cfg, explicit = common.parse_config(Config, argv, usage, prog="disentangled_vae.py")
+    with common.user_errors():
+        if mode == "train":
+            return train(resolve_defaults(cfg), explicit)
+        device = common.pick_device(cfg.device)
+        runs = load_models(cfg, explicit, device)
+        if mode == "eval":
+            evaluate(runs, device)
+            return
+        for run_cfg, model, names in runs:
+            if mode == "figures":
+                draw_figures(run_cfg, model, names, device)
+            else:
+                images = class_samples(model, list(range(min(10, model.n_classes))), 10,
+                                       torch.Generator().manual_seed(run_cfg.seed), device)
+                path = os.path.join(run_cfg.out, "figures", "samples_per_class.png")
+                if run_cfg.dataset == "toy":
+                    common.save_png(scatter_panel(images.cpu().numpy(), np.repeat(np.arange(3), 10), run_cfg.model), path)
+                else:
+                    common.save_grid(images, path, 10)
+                print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
