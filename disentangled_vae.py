@@ -99,8 +99,9 @@ class Config(common.RunConfig):
     adv_weight: float = common.arg(1.0, "weight of L_adv in E_u's objective (code: 1)")
     lkd_weight: float = common.arg(1.0, "weight of L_lkd in E_s' stage-2 objective (code: 10 x 0.1)")
     gan: bool = common.arg(True, "the GAN extension (projection discriminator, hinge); --no-gan: the plain VAE")
-    sigma_lr: str = common.arg("code", "Sigma's learning rate: code (x0.1 every 10 epochs) or paper "
-                                       "(x0.01 after 2 epochs, B.4)", choices=("code", "paper"))
+    sigma_lr: str = common.arg("", "Sigma's learning rate: code (x0.1 every 10 epochs), paper (x0.01 after "
+                                   "2 epochs, B.4) or fixed (default: fixed for toy as the code, else code)",
+                               choices=("", "code", "paper", "fixed"))
     image_size: int = common.arg(0, "image side (0: 28 for MNIST, 64 for faces)")
     crop: str = common.arg("", "crop box top,left,height,width (default: 50,25,128,128 for CelebA, "
                                "the centred square for folder)")
@@ -113,7 +114,7 @@ class Config(common.RunConfig):
     flip: bool = common.arg(True, "random horizontal flips of faces (code)")
     bn_momentum: float = common.arg(0.001, "BatchNorm running-stat momentum (TF's decay 0.999); runs "
                                            "under ~5k steps want 0.05")
-    toy_points: int = common.arg(1000, "--dataset toy: points per class")
+    toy_points: int = common.arg(3000, "--dataset toy: points per class (80% train)")
     eval_images: int = common.arg(2000, "held-out images for eval")
     diversity_classes: int = common.arg(20, "classes sampled for the intra-class diversity (MS-SSIM)")
     diversity_samples: int = common.arg(20, "generated images per class for the diversity (all pairs)")
@@ -126,10 +127,12 @@ def resolve_defaults(cfg: Config) -> Config:
     """Fill the dataset-dependent defaults (0 / '' fields) and check the values."""
     faces = cfg.dataset in ("celeba", "folder")
     dims = {"mnist": (32, 100), "toy": (2, 2)}.get(cfg.dataset, (512, 512))
-    steps = cfg.steps or (50 * (3 * cfg.toy_points // cfg.batch_size) if cfg.dataset == "toy" else 52_000)
+    toy_epoch = len(toy_split(cfg.toy_points, "train")) // cfg.batch_size
+    steps = cfg.steps or (50 * toy_epoch if cfg.dataset == "toy" else 52_000)
     cfg = dataclasses.replace(
         cfg, data_dir=cfg.data_dir or os.path.join("data", cfg.dataset),
         out=cfg.out or os.path.join("runs", f"dvae-{cfg.dataset}-{cfg.model}"), steps=steps,
+        sigma_lr=cfg.sigma_lr or ("fixed" if cfg.dataset == "toy" else "code"),
         image_size=cfg.image_size or (64 if faces else 28 if cfg.dataset == "mnist" else 0),
         z_s_dim=cfg.z_s_dim or dims[0], z_u_dim=cfg.z_u_dim or dims[1])
     common.check_run_config(cfg)
@@ -490,8 +493,11 @@ def train_step(model: DisentangledVAE, optimizers: dict, batch_at, step: int, cf
 
 def sigma_learning_rate(cfg: Config, step: int, steps_per_epoch: int) -> float:
     """Sigma's own rule: code, lr * 0.1^floor(step / (10 epochs)); paper B.4, lr * 0.01 after
-    2 epochs. An epoch is steps_per_epoch outer iterations, as the code counts it."""
+    2 epochs; fixed (the code's toy runs), lr. An epoch is steps_per_epoch outer iterations, as
+    the code counts it."""
     epoch = step // max(steps_per_epoch, 1)
+    if cfg.sigma_lr == "fixed":
+        return cfg.lr
     if cfg.sigma_lr == "paper":
         return cfg.lr * (0.01 if epoch >= 2 else 1.0)
     return cfg.lr * 0.1 ** (epoch // 10)
@@ -646,6 +652,12 @@ def toy_data(points_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return xy.reshape(-1, 2).astype(np.float32), np.repeat(np.arange(3), points_per_class)
 
 
+def toy_split(points_per_class: int, split: str) -> np.ndarray:
+    """Indices of `split` in `toy_data`'s points: per class the first 80% train, the rest test."""
+    within = np.arange(3 * points_per_class) % points_per_class
+    return np.flatnonzero((within < int(0.8 * points_per_class)) == (split == "train"))
+
+
 TOY_COLOURS = ((40, 160, 40), (200, 40, 40), (40, 70, 200))  # green, red, blue as the paper
 
 
@@ -676,10 +688,9 @@ def load_split(cfg: Config, split: str, verbose: bool = True) -> data.ImageSet:
     """The ImageSet of `split` with a 'class' label (toy: the points, 80/20 cut per class)."""
     if cfg.dataset == "toy":
         points, labels = toy_data(cfg.toy_points, cfg.seed)
-        keep = np.arange(len(points)) % cfg.toy_points < int(0.8 * cfg.toy_points)
-        keep = keep if split == "train" else ~keep
+        keep = toy_split(cfg.toy_points, split)
         return data.ImageSet(points[keep], {"class": labels[keep]}, {"class": ["left", "middle", "right"]}, [],
-                             f"toy {split}: {keep.sum()} points on three half circles")
+                             f"toy {split}: {len(keep)} points on three half circles")
     if cfg.dataset == "celeba":
         return data.load_celeba_identities(cfg.data_dir, split, cfg.image_size, parse_crop(cfg), cfg.cache_dir or None,
                                            cfg.min_class_images, verbose)

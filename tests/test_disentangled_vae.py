@@ -1,0 +1,196 @@
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import common
+import data
+import disentangled_vae as dv
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MNIST = os.path.join(ROOT, "tests", "data", "mnist")
+IDENTITIES = os.path.join(ROOT, "tests", "data", "celeba_identities")
+CELEBA = os.path.join(ROOT, "tests", "data", "celeba")
+
+
+def test_lgm_loss_matches_a_direct_computation():
+    torch.manual_seed(0)
+    K, D, B = 4, 3, 6
+    z, mu, logvar = torch.randn(B, D), torch.randn(K, D), 0.5 * torch.randn(K, D)
+    c = torch.tensor([0, 1, 2, 3, 1, 0])
+    for margin in (0.0, 0.1):
+        t = dv.lgm_loss(z, c, mu, logvar, margin=margin, lambda_lkd=0.1)
+        l_cls = l_lkd = 0.0
+        for i in range(B):
+            var = logvar.exp()
+            d = [0.5 * float(((z[i] - mu[k]) ** 2 / var[k]).sum()) for k in range(K)]
+            logdet = [float(logvar[k].sum()) for k in range(K)]
+            scores = [math.exp(-(1 + margin * (k == c[i])) * d[k] - 0.5 * logdet[k]) for k in range(K)]
+            l_cls -= math.log(scores[c[i]] / sum(scores))
+            # -log N(z; mu_c, Sigma_c) without the 2 pi constant
+            log_density = torch.distributions.Normal(mu[c[i]], var[c[i]].sqrt()).log_prob(z[i]).sum().item()
+            l_lkd -= log_density + 0.5 * D * math.log(2 * math.pi)
+        assert t["L_cls"].item() == pytest.approx(l_cls / B, rel=1e-5)
+        assert t["L_lkd"].item() == pytest.approx(l_lkd / B, rel=1e-5)
+        assert t["L_GM"].item() == pytest.approx((l_cls + 0.1 * l_lkd) / B, rel=1e-5)
+
+
+def test_mixture_samples_have_the_class_mean_and_covariance():
+    torch.manual_seed(0)
+    prior = dv.GaussianMixturePrior(3, 2)
+    with torch.no_grad():
+        prior.logvar.copy_(torch.tensor([[0.0, -2.0], [1.0, 0.5], [-1.0, 0.0]]))
+    c = torch.full((200_000,), 1)
+    z = prior.sample(c)
+    assert torch.allclose(z.mean(0), prior.mu[1].detach(), atol=0.02)
+    cov = torch.cov(z.T)
+    assert torch.allclose(cov.diagonal(), torch.tensor([math.e, math.exp(0.5)]), rtol=0.02)
+    assert abs(cov[0, 1].item()) < 0.02  # diagonal Sigma
+
+
+def test_ms_ssim_is_one_for_identical_images_and_falls_with_noise():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 64, 64, generator=g) * 2 - 1
+    x = dv.gaussian_filter(torch.nn.functional.pad(x, (5, 5, 5, 5), mode="reflect"), 11, 3.0)  # smooth images
+    assert torch.allclose(dv.ms_ssim(x, x), torch.ones(2), atol=1e-6)
+    scores = [dv.ms_ssim(x, (x + s * torch.randn(x.shape, generator=g)).clamp(-1, 1)).mean().item()
+              for s in (0.05, 0.2, 0.5)]
+    assert 1 > scores[0] > scores[1] > scores[2] > 0
+
+
+def test_ms_ssim_of_two_flat_images_is_the_luminance_term():
+    # flat images: every contrast-structure term is 1, so MS-SSIM = l^(w_last), 3 scales at 64x64
+    a, b = torch.full((1, 1, 64, 64), 0.2), torch.full((1, 1, 64, 64), -0.4)
+    c1 = (0.01 * 2) ** 2
+    luminance = (2 * 0.2 * -0.4 + c1) / (0.2 ** 2 + 0.4 ** 2 + c1)
+    assert luminance < 0  # clipped at 0, as pytorch-msssim
+    assert dv.ms_ssim(a, b).item() == 0.0
+    a, b = torch.full((1, 1, 64, 64), 0.6), torch.full((1, 1, 64, 64), 0.3)
+    luminance = (2 * 0.6 * 0.3 + c1) / (0.6 ** 2 + 0.3 ** 2 + c1)
+    w = dv.MS_SSIM_WEIGHTS[2] / sum(dv.MS_SSIM_WEIGHTS[:3])
+    assert dv.ms_ssim(a, b).item() == pytest.approx(luminance ** w, rel=1e-5)
+
+
+def tiny(**kw):
+    cfg = dv.resolve_defaults(dv.Config(dataset="mnist", z_s_dim=4, z_u_dim=6, **kw))
+    torch.manual_seed(0)
+    return cfg, dv.DisentangledVAE(cfg, 10).eval()
+
+
+def test_figure_shapes():
+    cfg, model = tiny()
+    g = torch.Generator().manual_seed(0)
+    x, c = torch.rand(3, 1, 28, 28) * 2 - 1, torch.tensor([1, 2, 3])
+    assert dv.swap_grid(model, (x, c), (x[:2], c[:2])).shape == (4 * 3, 1, 28, 28)
+    assert dv.interpolate_z_s(model, [0, 1], 5, g, "cpu").shape == (10, 1, 28, 28)
+    assert dv.interpolate_z_u(model, [0, 1, 2], 4, g, "cpu").shape == (12, 1, 28, 28)
+    assert dv.inpaint(model, x, c, ["right_half", "eyes"]).shape == (3 * 5, 1, 28, 28)
+    assert dv.class_samples(model, [0, 9], 3, g, "cpu").shape == (6, 1, 28, 28)
+
+
+def test_swap_grid_takes_z_s_from_rows_and_z_u_from_columns():
+    cfg, model = tiny()
+    x, c = torch.rand(3, 1, 28, 28) * 2 - 1, torch.tensor([1, 2, 3])
+    grid = dv.swap_grid(model, (x[:2], c[:2]), (x[1:], c[1:])).view(3, 3, 1, 28, 28)
+    with torch.no_grad():
+        expected = model.decode(model.code_s(x[1:2]), model.encode_u(x[2:3])[0])  # row image 1, column image 2
+    assert torch.allclose(grid[2, 2], expected[0], atol=1e-5)
+    assert torch.equal(grid[0, 1:], x[1:]) and torch.equal(grid[1:, 0], x[:2])
+
+
+def test_inpainting_keeps_the_visible_pixels():
+    cfg, model = tiny()
+    x, c = torch.rand(2, 1, 28, 28) * 2 - 1, torch.tensor([0, 1])
+    out = dv.inpaint(model, x, c, ["bottom_half"]).view(2, 3, 1, 28, 28)
+    assert torch.equal(out[:, 2, :, :14], x[:, :, :14])  # top half kept
+    assert torch.equal(out[:, 1, :, 14:], torch.zeros_like(x[:, :, 14:]))  # hidden half shown grey
+
+
+def test_stage2_routes_each_objective_to_its_own_networks():
+    cfg, model = tiny()
+    model.train()
+    x, c = torch.rand(4, 1, 28, 28) * 2 - 1, torch.tensor([0, 1, 2, 3])
+    torch.manual_seed(1)
+    t = dv.stage2_losses(model, x, c, cfg)
+    groups = model.groups()
+    dv.set_grads(t["encoders_and_decoder"], groups["encoder_u"] + groups["decoder"] + groups["encoder_s"])
+    dv.set_grads(t["L_GD"], groups["decoder"], add=True)
+    # E_u's gradient is that of 10 L_rec + L_KL + L_adv alone: L_GD never reaches the encoders
+    want = torch.autograd.grad(10 * t["L_rec"] + t["L_KL"] + t["L_adv"], groups["encoder_u"], retain_graph=True)
+    assert all(torch.allclose(p.grad, w, atol=1e-6) for p, w in zip(groups["encoder_u"], want))
+    # G takes 10 L_rec + L_GD
+    want = torch.autograd.grad(10 * t["L_rec"] + t["L_GD"], groups["decoder"], retain_graph=True)
+    assert all(torch.allclose(p.grad, w, atol=1e-6) for p, w in zip(groups["decoder"], want))
+    # the mixture is fixed in stage 2
+    assert torch.autograd.grad(t["encoders_and_decoder"], [model.prior.mu], retain_graph=True, allow_unused=True)[0] is None
+
+
+def test_celeba_identities_reader_keeps_frequent_identities(tmp_path):
+    train = data.load_celeba_identities(CELEBA, "train", 32, None, str(tmp_path), min_images=4, verbose=False)
+    test = data.load_celeba_identities(CELEBA, "test", 32, None, str(tmp_path), min_images=4, verbose=False)
+    ids = dict(line.split() for line in open(os.path.join(CELEBA, "identity_CelebA.txt")))
+    counts = np.unique(list(ids.values()), return_counts=True)
+    assert len(train.names["class"]) == (counts[1] >= 4).sum()
+    assert set(train.files).isdisjoint(test.files)
+    assert set(test.labels["class"]) == set(train.labels["class"])  # every identity in both splits
+    for f, k in zip(train.files + test.files, list(train.labels["class"]) + list(test.labels["class"])):
+        assert ids[f] == train.names["class"][k]
+    with pytest.raises(ValueError, match="--min-class-images"):
+        data.load_celeba_identities(CELEBA, "train", 32, None, str(tmp_path), min_images=1000, verbose=False)
+
+
+def rows(out):
+    return common.read_jsonl(os.path.join(out, "metrics.jsonl"))
+
+
+def test_mnist_run_losses_fall_then_eval_and_figures(tmp_path, capsys):
+    out = str(tmp_path / "mnist")
+    dv.main(["--dataset", "mnist", "--data-dir", MNIST, "--out", out, "--steps", "40", "--batch-size", "16",
+             "--z-s-dim", "8", "--z-u-dim", "16", "--log-every", "10", "--bn-momentum", "0.1", "--eval-images", "200",
+             "--diversity-classes", "2", "--diversity-samples", "4"])
+    r = rows(out)
+    assert r[-1]["L_rec"] < 0.7 * r[0]["L_rec"] and r[-1]["L_GM"] < r[0]["L_GM"]
+    result = json.load(open(os.path.join(out, "eval.json")))
+    assert result["acc_z_s_nearest_component"] > 0.5  # 10 classes: chance is 0.1
+    assert 0 <= result["ms_ssim_within_class"] <= 1 and result["active_units_z_u"] <= 16
+    for name in ("samples_per_class", "fig4a_interpolate_z_s", "fig4b_interpolate_z_u", "fig6_swap", "fig7_inpainting"):
+        assert os.path.exists(os.path.join(out, "figures", name + ".png"))
+
+
+def test_identity_folder_run_baseline_and_comparison(tmp_path, capsys):
+    tiny_faces = ["--dataset", "folder", "--data-dir", IDENTITIES, "--arch", "dcgan", "--filters", "8", "--image-size",
+                  "32", "--z-s-dim", "16", "--z-u-dim", "16", "--batch-size", "8", "--log-every", "10",
+                  "--bn-momentum", "0.1", "--diversity-classes", "2", "--diversity-samples", "3"]
+    ours, base = str(tmp_path / "ours"), str(tmp_path / "base")
+    dv.main(tiny_faces + ["--out", ours, "--steps", "30"])
+    dv.main(tiny_faces + ["--out", base, "--steps", "90", "--model", "cvae-gan"])  # one batch a step, not 3
+    r = rows(ours)
+    assert r[-1]["L_rec"] < r[0]["L_rec"] and r[-1]["L_GM"] < r[0]["L_GM"]
+    assert np.mean([row["L_rec"] for row in rows(base)[-3:]]) < rows(base)[0]["L_rec"]
+    capsys.readouterr()
+    dv.main(["eval", "--checkpoint", f"{ours}/checkpoint.pt,{base}/checkpoint.pt"])
+    table = capsys.readouterr().out
+    assert "lr-livae" in table and "cvae-gan" in table and "ms_ssim_within_class" in table
+    assert os.path.exists(os.path.join(base, "figures", "fig7_inpainting.png"))
+
+
+def test_toy_run_resumes_exactly(tmp_path):
+    toy = ["--dataset", "toy", "--toy-points", "100", "--batch-size", "16", "--log-every", "5", "--eval-images", "30"]
+    whole, split = str(tmp_path / "whole"), str(tmp_path / "split")
+    dv.main(toy + ["--out", whole, "--steps", "12"])
+    dv.main(toy + ["--out", split, "--steps", "5"])
+    dv.main(toy + ["--out", split, "--steps", "12"])
+    a = torch.load(os.path.join(whole, "checkpoint.pt"), weights_only=False)["models"]["model"]
+    b = torch.load(os.path.join(split, "checkpoint.pt"), weights_only=False)["models"]["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert os.path.exists(os.path.join(whole, "figures", "fig2_toy.png"))
+
+
+def test_bad_flags_are_named():
+    with pytest.raises(ValueError, match="--image-size 28"):
+        dv.resolve_defaults(dv.Config(dataset="mnist", image_size=32))
+    with pytest.raises(ValueError, match="multiple of 32"):
+        dv.resolve_defaults(dv.Config(dataset="folder", image_size=48))
