@@ -41,6 +41,7 @@ Usage:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -334,28 +335,40 @@ def gan_losses(discriminator: nn.Module, x: torch.Tensor, y: torch.Tensor, fake:
 # ----------------------------------------------------------------------------------------------
 # --- paper: training steps ---
 # ----------------------------------------------------------------------------------------------
-def train_step(net, optimizers: dict, scaler, x, y, cfg: Config, device) -> dict:
-    """One Adagrad step (for the GAN: a D step, then a G step on fresh noise). x in [0, 1]."""
+def train_step(net, optimizers: dict, scaler, batches: list, cfg: Config, device) -> dict:
+    """One Adagrad step on the (x in [0, 1], y) micro-batches (one unless --grad-accum; their
+    gradients are averaged, DDP syncing on the last). For the GAN: a D step, then a G step on
+    fresh noise."""
     if cfg.model != "cgan":
-        with common.autocast(device, cfg.amp):
+        def vae_loss(x, y):
             terms = net(x, y)
-        loss = -terms["elbo"].mean()                                               # -eq. 6, nats/image
-        step_on(optimizers["model"], scaler, loss)
-        return {"loss": loss.detach(), "log_px": terms["log_px"].mean().detach(), "kl": terms["kl"].mean().detach()}
-    with common.autocast(device, cfg.amp):
-        d_loss = net(x, y, "d")
-    step_on(optimizers["discriminator"], scaler, d_loss)
-    with common.autocast(device, cfg.amp):
-        g_loss = net(x, y, "g")
-    step_on(optimizers["generator"], scaler, g_loss)  # D's gradients from this pass are discarded
-    return {"loss": (d_loss + g_loss).detach(), "d_loss": d_loss.detach(), "g_loss": g_loss.detach()}
+            return -terms["elbo"].mean(), {"log_px": terms["log_px"].mean(), "kl": terms["kl"].mean()}  # -eq. 6
+        loss, parts = step_on(net, optimizers["model"], scaler, batches, vae_loss, device, cfg.amp)
+        return {"loss": loss, **parts}
+    d_loss, _ = step_on(net, optimizers["discriminator"], scaler, batches, lambda x, y: (net(x, y, "d"), {}),
+                        device, cfg.amp)
+    # D's gradients from this pass are discarded: the next D step zeroes them
+    g_loss, _ = step_on(net, optimizers["generator"], scaler, batches, lambda x, y: (net(x, y, "g"), {}),
+                        device, cfg.amp)
+    return {"loss": d_loss + g_loss, "d_loss": d_loss, "g_loss": g_loss}
 
 
-def step_on(optimizer, scaler, loss) -> None:
+def step_on(net, optimizer, scaler, batches: list, loss_fn, device, amp: bool) -> tuple:
+    """Sum the gradients of loss_fn(x, y) / len(batches) over the micro-batches, then step.
+    Returns the mean loss and the mean of its extra terms, detached."""
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+    total, parts = 0.0, {}
+    for i, (x, y) in enumerate(batches):
+        sync = i == len(batches) - 1 or not hasattr(net, "no_sync")
+        with contextlib.nullcontext() if sync else net.no_sync():
+            with common.autocast(device, amp):
+                loss, extra = loss_fn(x, y)
+            scaler.scale(loss / len(batches)).backward()
+        total = total + loss.detach() / len(batches)
+        parts = {k: parts.get(k, 0.0) + v.detach() / len(batches) for k, v in extra.items()}
     scaler.step(optimizer)
     scaler.update()
+    return total, parts
 
 
 def make_optimizers(model: nn.Module, cfg: Config) -> dict:
@@ -528,10 +541,11 @@ def run_loop(cfg: Config, net, optimizers, scaler, batches, start: int, device, 
                                    optimizers, scaler, curve_keys(cfg))
 
     with common.TrainingMonitor(cfg.out, cfg.steps, cfg.log_every, cfg.ckpt_every, start,
-                                cfg.batch_size * batches.world_size, device, save, earlier) as monitor:
+                                cfg.batch_size * cfg.grad_accum * batches.world_size, device, save, earlier) as monitor:
         for step in range(start, cfg.steps):
-            x, labels = batches.get(step)
-            terms = train_step(net, optimizers, scaler, (x + 1) / 2, labels["attributes"].float(), cfg, device)
+            micro = [batches.get(step * cfg.grad_accum + i) for i in range(cfg.grad_accum)]
+            terms = train_step(net, optimizers, scaler, [((x + 1) / 2, labels["attributes"].float()) for x, labels in micro],
+                               cfg, device)
             monitor.after_step(step + 1, terms)
 
 

@@ -254,11 +254,13 @@ class RunConfig:
     compile: bool = arg(False, "torch.compile the model")
     fresh: bool = arg(False, "ignore an existing checkpoint in OUT and start over")
     cache_dir: str = arg("", "decoded-image cache (default: $FACE_VAE_CACHE or ~/.cache/face-vaes)")
+    grad_accum: int = arg(1, "micro-batches per optimizer step: the effective batch is batch-size x "
+                             "grad-accum x processes")
 
 
 # Fields a resumed or evaluated run may set differently from its checkpoint (run control only).
 RUN_FIELDS = frozenset({"data_dir", "out", "checkpoint", "steps", "device", "log_every", "ckpt_every",
-                        "amp", "compile", "fresh", "cache_dir"})
+                        "amp", "compile", "fresh", "cache_dir", "grad_accum"})
 
 
 def check_run_config(cfg: Any) -> None:
@@ -266,7 +268,8 @@ def check_run_config(cfg: Any) -> None:
     checks = [(cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}"),
               (cfg.steps >= 0, f"--steps must be >= 0, got {cfg.steps}"),
               (cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}"),
-              (cfg.log_every >= 1 and cfg.ckpt_every >= 1, "--log-every and --ckpt-every must be >= 1")]
+              (cfg.log_every >= 1 and cfg.ckpt_every >= 1, "--log-every and --ckpt-every must be >= 1"),
+              (cfg.grad_accum >= 1, f"--grad-accum must be >= 1, got {cfg.grad_accum}")]
     for ok, message in checks:
         if not ok:
             raise ValueError(message)

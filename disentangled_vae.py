@@ -436,59 +436,73 @@ def set_grads(loss: torch.Tensor, params: list, add: bool = False) -> None:
         p.grad = p.grad + g if add and p.grad is not None else g
 
 
-def stage1_step(model: DisentangledVAE, optimizers: dict, x: torch.Tensor, c: torch.Tensor,
-                cfg: Config, device) -> dict:
+def stage1_step(model: DisentangledVAE, optimizers: dict, batches: list, cfg: Config, device) -> dict:
     """Stage 1: one Adam step of L_GM on E_s and the mixture's mu (optimizer 'gm') and
-    Sigma (optimizer 'sigma', its own learning rate)."""
-    with common.autocast(device, cfg.amp):
-        z_s = model.encoder_s(x)
-    t = lgm_loss(z_s, c, *model.prior.params(), cfg.margin, cfg.lambda_lkd)                  # eq. 8-9
+    Sigma (optimizer 'sigma', its own learning rate). `batches` holds the (x, c) micro-batches
+    of the step (one unless --grad-accum); their gradients are averaged."""
     params = list(model.encoder_s.parameters()) + [model.prior.mu, model.prior.logvar]
-    set_grads(t["L_GM"], params)
+    for p in params:
+        p.grad = None
+    totals: dict = {}
+    for x, c in batches:
+        with common.autocast(device, cfg.amp):
+            z_s = model.encoder_s(x)
+        t = lgm_loss(z_s, c, *model.prior.params(), cfg.margin, cfg.lambda_lkd)              # eq. 8-9
+        set_grads(t["L_GM"] / len(batches), params, add=True)
+        totals = {k: totals.get(k, 0.0) + v.detach() / len(batches) for k, v in t.items()}
     common.average_gradients(params)
     optimizers["gm"].step()
     optimizers["sigma"].step()
-    return t
+    return totals
 
 
-def stage2_step(model: DisentangledVAE, optimizers: dict, x: torch.Tensor, c: torch.Tensor,
-                cfg: Config, device, forward=None) -> dict:
-    """Stage 2: one forward, each objective's gradient w.r.t. its own networks, simultaneous
-    Adam steps. E_u, E_s and G share 10 L_rec (+ L_KL + L_adv for E_u, L_lkd for E_s: each term
-    reaches only its own encoder); G alone takes L_GD, Dis alone L_Dis, C alone L_C."""
-    with common.autocast(device, cfg.amp):
-        t = (forward or stage2_losses)(model, x, c, cfg)
+def stage2_step(model: DisentangledVAE, optimizers: dict, batches: list, cfg: Config, device,
+                forward=None) -> dict:
+    """Stage 2: per micro-batch one forward, each objective's gradient w.r.t. its own networks;
+    then simultaneous Adam steps. E_u, E_s and G share 10 L_rec (+ L_KL + L_adv for E_u, L_lkd
+    for E_s: each term reaches only its own encoder); G alone takes L_GD, Dis alone L_Dis, C
+    alone L_C."""
     groups = model.groups()
-    shared = groups["encoder_u"] + groups["decoder"] + groups.get("encoder_s", [])
-    set_grads(t["encoders_and_decoder"], shared)
-    if "discriminator" in groups:
-        set_grads(t["L_GD"], groups["decoder"], add=True)
-        set_grads(t["L_Dis"], groups["discriminator"])
-    if "classifier" in groups:
-        set_grads(t["L_C"], groups["classifier"])
     every = [p for ps in groups.values() for p in ps]
+    for p in every:
+        p.grad = None
+    shared = groups["encoder_u"] + groups["decoder"] + groups.get("encoder_s", [])
+    totals: dict = {}
+    for x, c in batches:
+        with common.autocast(device, cfg.amp):
+            t = (forward or stage2_losses)(model, x, c, cfg)
+        n = len(batches)
+        set_grads(t["encoders_and_decoder"] / n, shared, add=True)
+        if "discriminator" in groups:
+            set_grads(t["L_GD"] / n, groups["decoder"], add=True)
+            set_grads(t["L_Dis"] / n, groups["discriminator"], add=True)
+        if "classifier" in groups:
+            set_grads(t["L_C"] / n, groups["classifier"], add=True)
+        totals = {k: totals.get(k, 0.0) + v.detach() / n for k, v in t.items()}
     common.average_gradients(every)
     for name in groups:
         optimizers[name].step()
-    return t
+    return totals
 
 
 def train_step(model: DisentangledVAE, optimizers: dict, batch_at, step: int, cfg: Config, device,
                forward=None) -> dict:
     """One outer iteration: n_gm stage-1 steps on fresh batches, then the joint stage-2 step on
-    the last of them (the baseline has no stage 1). `batch_at(i)` is batch i of the run."""
+    the last of them (the baseline has no stage 1). `batch_at(i)` is batch i of the run; a step
+    takes --grad-accum consecutive ones."""
+    k = cfg.grad_accum
+    micro = lambda i: [batch_at(i * k + j) for j in range(k)]
     if model.kind == "lr-livae":
         for i in range(cfg.n_gm):
-            x, c = batch_at(step * cfg.n_gm + i)
-            gm = stage1_step(model, optimizers, x, c, cfg, device)
+            batches = micro(step * cfg.n_gm + i)
+            gm = stage1_step(model, optimizers, batches, cfg, device)
     else:
-        x, c = batch_at(step)
+        batches = micro(step)
         gm = {"L_GM": torch.zeros((), device=device), "accuracy": torch.zeros((), device=device)}
-    t = stage2_step(model, optimizers, x, c, cfg, device, forward)
+    t = stage2_step(model, optimizers, batches, cfg, device, forward)
     keep = ("L_rec", "L_KL", "L_lkd", "L_adv", "L_C", "L_Dis", "L_GD")
     loss = t["encoders_and_decoder"] + t["L_GD"] + t["L_Dis"] + t["L_C"] + gm["L_GM"]
-    return {"loss": loss.detach(), "L_GM": gm["L_GM"].detach(), "acc_z_s": gm["accuracy"].detach(),
-            **{k: t[k].detach() for k in keep}}
+    return {"loss": loss, "L_GM": gm["L_GM"], "acc_z_s": gm["accuracy"], **{k_: t[k_] for k_ in keep}}
 
 
 def sigma_learning_rate(cfg: Config, step: int, steps_per_epoch: int) -> float:
@@ -780,7 +794,7 @@ def run_loop(cfg: Config, model, optimizers, scaler, batches, names, start, devi
     Toy runs also keep generated points every 10 epochs for Fig. 2."""
     forward = torch.compile(stage2_losses) if cfg.compile else stage2_losses
     batch_at = batch_reader(cfg, batches)
-    images_per_step = cfg.batch_size * batches.world_size * (cfg.n_gm if cfg.model == "lr-livae" else 1)
+    images_per_step = cfg.batch_size * cfg.grad_accum * batches.world_size * (cfg.n_gm if cfg.model == "lr-livae" else 1)
 
     def save(step: int) -> None:
         common.save_training_state(cfg.out, SCRIPT, step, dataclasses.asdict(cfg), {"model": model}, optimizers,

@@ -268,28 +268,37 @@ class Controller:
 OBJECTIVES = {"encoder": "L_enc", "generator": "L_gen", "discriminator": "L_dis"}
 
 
-def train_step(model: VAEBEGAN, optimizers: dict, controller: Controller, x: torch.Tensor,
+def train_step(model: VAEBEGAN, optimizers: dict, controller: Controller, xs: list,
                cfg: Config, device, forward=None) -> dict:
-    """Alg. 1: one forward; each objective's gradient taken w.r.t. its own network only
-    (eq. 13-15; D's gradients never reach E or G and vice versa); ranks average the gradients;
-    three Adam steps; then k_t from the detached losses. `forward` may be a compiled `losses`."""
-    with common.autocast(device, cfg.amp):
-        t = (forward or losses)(model, x, controller.k.float(), cfg)
+    """Alg. 1 on the micro-batches xs (one unless --grad-accum), each in [-1, 1]: per micro-batch
+    one forward, each objective's gradient taken w.r.t. its own network only (eq. 13-15; D's
+    gradients never reach E or G and vice versa), summed over micro-batches with weight 1/len(xs);
+    ranks average the gradients; three Adam steps; then k_t from the mean detached losses.
+    `forward` may be a compiled `losses`."""
     nets = model.networks()
-    for name, net in nets.items():
-        params = [p for p in net.parameters()]
-        grads = torch.autograd.grad(t[OBJECTIVES[name]], params, retain_graph=True, allow_unused=True)
-        for p, g in zip(params, grads):
-            p.grad = g
     every = [p for net in nets.values() for p in net.parameters()]
+    for p in every:
+        p.grad = None
+    keep = ("L_d", "L_g", "L_v", "L_e", "L_n", "L_s", "m_global", "L_dis", "L_gen")
+    totals = dict.fromkeys(keep, 0.0)
+    for x in xs:
+        with common.autocast(device, cfg.amp):
+            t = (forward or losses)(model, x, controller.k.float(), cfg)
+        for name, net in nets.items():
+            params = list(net.parameters())
+            grads = torch.autograd.grad(t[OBJECTIVES[name]] / len(xs), params, retain_graph=True, allow_unused=True)
+            for p, g in zip(params, grads):
+                if g is not None:
+                    p.grad = g if p.grad is None else p.grad + g
+        for k_ in keep:
+            totals[k_] = totals[k_] + t[k_].detach() / len(xs)
     common.average_gradients(every)
     for name in nets:
         optimizers[name].step()
-    error = cfg.eta * t["L_d"] - (t["L_g"] + cfg.alpha * t["L_v"])                  # eq. 11
-    k = controller.update(common.all_reduce_mean(error))                             # eq. 12
-    keep = ("L_d", "L_g", "L_v", "L_e", "L_n", "L_s", "m_global")
-    return {"loss": t["L_dis"].detach() + t["L_gen"].detach(), **{k_: t[k_].detach() for k_ in keep},
-            "k_t": k.float()}
+    error = cfg.eta * totals["L_d"] - (totals["L_g"] + cfg.alpha * totals["L_v"])      # eq. 11
+    k = controller.update(common.all_reduce_mean(error))                               # eq. 12
+    loss = totals.pop("L_dis") + totals.pop("L_gen")
+    return {"loss": loss, **totals, "k_t": k.float()}
 
 
 def learning_rate(cfg: Config, step: int) -> float:
@@ -431,13 +440,13 @@ def run_loop(cfg: Config, model, optimizers, controller, scaler, batches, start,
                                    scaler, curve_keys(cfg), extra={"controller": controller.state_dict()})
 
     with common.TrainingMonitor(cfg.out, cfg.steps, cfg.log_every, cfg.ckpt_every, start,
-                                cfg.batch_size * batches.world_size, device, save, earlier) as monitor:
+                                cfg.batch_size * cfg.grad_accum * batches.world_size, device, save, earlier) as monitor:
         for step in range(start, cfg.steps):
             for opt in optimizers.values():
                 for group in opt.param_groups:
                     group["lr"] = learning_rate(cfg, step)
-            x, _ = batches.get(step)
-            terms = train_step(model, optimizers, controller, x, cfg, device, forward)
+            xs = [batches.get(step * cfg.grad_accum + i)[0] for i in range(cfg.grad_accum)]
+            terms = train_step(model, optimizers, controller, xs, cfg, device, forward)
             monitor.after_step(step + 1, terms)
 
 

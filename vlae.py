@@ -47,6 +47,7 @@ The same command resumes an interrupted run. The paper trained about 8 h (CelebA
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -352,17 +353,25 @@ def vlae_loss(out: dict, x: torch.Tensor, cfg: Config, step: int) -> dict:
 # --- paper: training step ---
 # ----------------------------------------------------------------------------------------------
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-               x: torch.Tensor, cfg: Config, step: int, device: torch.device) -> dict:
-    """One Adam step on a batch x (B, C, H, W) in [-1, 1]; returns the detached loss terms.
+               xs: list, cfg: Config, step: int, device: torch.device) -> dict:
+    """One Adam step on the micro-batches xs (each (B, C, H, W) in [-1, 1]; one unless
+    --grad-accum): their gradients are summed, each loss divided by len(xs), and DDP averages
+    over ranks once, on the last. Returns the loss terms averaged over micro-batches, detached.
     The forward runs under autocast; the losses are computed in float32."""
-    with common.autocast(device, cfg.amp):
-        out = model(x)
-    terms = vlae_loss(out, x, cfg, step)
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(terms["loss"]).backward()
+    totals: dict = {}
+    for i, x in enumerate(xs):
+        sync = i == len(xs) - 1 or not hasattr(model, "no_sync")
+        with contextlib.nullcontext() if sync else model.no_sync():
+            with common.autocast(device, cfg.amp):
+                out = model(x)
+            terms = vlae_loss(out, x, cfg, step)
+            scaler.scale(terms["loss"] / len(xs)).backward()
+        for k, v in terms.items():
+            totals[k] = totals.get(k, 0.0) + v.detach() / len(xs)
     scaler.step(optimizer)
     scaler.update()
-    return {k: v.detach() for k, v in terms.items()}
+    return totals
 
 
 # ----------------------------------------------------------------------------------------------
@@ -508,10 +517,10 @@ def run_loop(cfg: Config, net, optimizer, scaler, batches, start: int, device, e
                                    {"optimizer": optimizer}, scaler, curve_keys(cfg))
 
     with common.TrainingMonitor(cfg.out, cfg.steps, cfg.log_every, cfg.ckpt_every, start,
-                                cfg.batch_size * batches.world_size, device, save, earlier) as monitor:
+                                cfg.batch_size * cfg.grad_accum * batches.world_size, device, save, earlier) as monitor:
         for step in range(start, cfg.steps):
-            x, _ = batches.get(step)
-            terms = train_step(net, optimizer, scaler, x, cfg, step, device)
+            xs = [batches.get(step * cfg.grad_accum + i)[0] for i in range(cfg.grad_accum)]
+            terms = train_step(net, optimizer, scaler, xs, cfg, step, device)
             monitor.after_step(step + 1, terms)
 
 

@@ -77,7 +77,7 @@ def test_each_objective_changes_only_its_own_network():
     torch.manual_seed(2)
     controller = vae_began.Controller.start((1e-3, 0, 0), "cpu")
     controller.k = torch.tensor(0.3, dtype=torch.float64)
-    vae_began.train_step(model, opts, controller, x, cfg, torch.device("cpu"))
+    vae_began.train_step(model, opts, controller, [x], cfg, torch.device("cpu"))
     for name, net in model.networks().items():
         for p, g in zip(net.parameters(), expected[name]):
             assert torch.equal(p.grad, g), name  # the gradient of its own objective, nothing else

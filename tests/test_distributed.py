@@ -1,0 +1,77 @@
+"""Multi-process and gradient-accumulation equivalences, on CPU with gloo."""
+import copy
+import os
+import subprocess
+import sys
+
+import torch
+
+import common
+import vae_began
+from zero_noise_run import zero_noise
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HELPER = os.path.join(ROOT, "tests", "zero_noise_run.py")
+CELEBA = os.path.join(ROOT, "tests", "data", "celeba")
+TINY = ["--dataset", "celeba", "--data-dir", CELEBA, "--image-size", "32", "--filters", "8", "--latent-dim", "16",
+        "--device", "cpu", "--log-every", "1", "--eval-images", "16", "--lr", "1e-3"]
+
+
+def run(args, tmp_path, ranks=1):
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)] if ranks > 1 else []
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, *launcher, HELPER, "vae_began", *args], cwd=str(tmp_path), env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout
+    return proc.stdout
+
+
+def weights(out):
+    return common.load_checkpoint(os.path.join(out, "checkpoint.pt"), "vae_began")["models"]["model"]
+
+
+def test_two_ranks_at_b_equal_one_process_at_2b_and_resume_on_one_rank(tmp_path):
+    two, one = str(tmp_path / "two"), str(tmp_path / "one")
+    run(TINY + ["--out", two, "--steps", "2", "--batch-size", "4"], tmp_path, ranks=2)
+    run(TINY + ["--out", one, "--steps", "2", "--batch-size", "8"], tmp_path)
+    a, b = weights(two), weights(one)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    # the 2-rank checkpoint resumes on one process, keeping the effective batch with --grad-accum
+    output = run(TINY + ["--out", two, "--steps", "3", "--batch-size", "4", "--grad-accum", "2"], tmp_path)
+    state = common.load_checkpoint(os.path.join(two, "checkpoint.pt"), "vae_began")
+    assert "resuming" in output and state["step"] == 3 and state["world_size"] == 1
+    assert [r["step"] for r in common.read_jsonl(os.path.join(two, "metrics.jsonl"))] == [1, 2, 3]
+    assert any(not torch.equal(a[k], weights(two)[k]) for k in a)  # it trained on
+
+
+def test_k_micro_batches_of_b_equal_one_batch_of_kb(monkeypatch):
+    monkeypatch.setattr(torch, "randn", torch.randn)
+    monkeypatch.setattr(torch, "randn_like", torch.randn_like)
+    zero_noise()
+    cfg = vae_began.resolve_defaults(vae_begin_config())
+    torch.manual_seed(0)
+    model = vae_began.VAEBEGAN(cfg)
+    twin = copy.deepcopy(model)
+    x = torch.rand(8, 3, 32, 32) * 2 - 1
+    results = []
+    for m, xs in ((model, [x[:4], x[4:]]), (twin, [x])):
+        opts = vae_began.make_optimizers(m, cfg, torch.device("cpu"))
+        controller = vae_began.Controller.start((1e-3, 0.0, 0.0), "cpu")
+        results.append(vae_began.train_step(m, opts, controller, xs, cfg, torch.device("cpu")))
+    for p, q in zip(model.parameters(), twin.parameters()):
+        assert torch.allclose(p, q, atol=1e-6)
+    assert abs(results[0]["L_d"].item() - results[1]["L_d"].item()) < 1e-6
+    assert results[0]["k_t"].item() == results[1]["k_t"].item() > 0
+
+
+def vae_begin_config():
+    return vae_began.Config(image_size=32, filters=8, latent_dim=16, lr=1e-3)
+
+
+def test_grad_accum_is_checked():
+    try:
+        vae_began.resolve_defaults(vae_began.Config(grad_accum=0))
+    except ValueError as e:
+        assert "--grad-accum" in str(e)
+    else:
+        raise AssertionError("no error for --grad-accum 0")
