@@ -263,6 +263,20 @@ RUN_FIELDS = frozenset({"data_dir", "out", "checkpoint", "steps", "device", "log
                         "amp", "compile", "fresh", "cache_dir", "grad_accum"})
 
 
+def parse_crop(text: str, default: tuple | None) -> tuple[int, int, int, int] | None:
+    """--crop 'top,left,height,width' (source pixels) as a tuple; '' gives `default`.
+    Raises ValueError naming the flag for anything else."""
+    if not text:
+        return default
+    try:
+        box = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        box = ()
+    if len(box) != 4 or min(box) < 0 or box[2] == 0 or box[3] == 0:
+        raise ValueError(f"--crop must be four integers top,left,height,width, got {text!r}")
+    return box
+
+
 def check_run_config(cfg: Any) -> None:
     """Raise ValueError (one line naming the flag) for values no run can use."""
     checks = [(cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}"),

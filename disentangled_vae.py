@@ -114,7 +114,7 @@ class Config(common.RunConfig):
     flip: bool = common.arg(True, "random horizontal flips of faces (code)")
     bn_momentum: float = common.arg(0.001, "BatchNorm running-stat momentum (TF's decay 0.999); runs "
                                            "under ~5k steps want 0.05")
-    toy_points: int = common.arg(3000, "--dataset toy: points per class (80% train)")
+    toy_points: int = common.arg(3000, "--dataset toy: points per class (80 percent train)")
     eval_images: int = common.arg(2000, "held-out images for eval")
     diversity_classes: int = common.arg(20, "classes sampled for the intra-class diversity (MS-SSIM)")
     diversity_samples: int = common.arg(20, "generated images per class for the diversity (all pairs)")
@@ -151,15 +151,7 @@ def resolve_defaults(cfg: Config) -> Config:
 
 
 def parse_crop(cfg: Config) -> tuple[int, int, int, int] | None:
-    if not cfg.crop:
-        return CELEBA_CROP if cfg.dataset == "celeba" else None
-    try:
-        box = tuple(int(v) for v in cfg.crop.split(","))
-    except ValueError:
-        box = ()
-    if len(box) != 4 or min(box) < 0 or box[2] == 0 or box[3] == 0:
-        raise ValueError(f"--crop must be four integers top,left,height,width, got {cfg.crop!r}")
-    return box
+    return common.parse_crop(cfg.crop, CELEBA_CROP if cfg.dataset == "celeba" else None)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -126,15 +126,7 @@ def resolve_defaults(cfg: Config) -> Config:
 
 
 def parse_crop(cfg: Config) -> tuple[int, int, int, int] | None:
-    if not cfg.crop:
-        return CELEBA_CROP if cfg.dataset == "celeba" else None
-    try:
-        box = tuple(int(v) for v in cfg.crop.split(","))
-    except ValueError:
-        box = ()
-    if len(box) != 4 or min(box) < 0 or box[2] == 0 or box[3] == 0:
-        raise ValueError(f"--crop must be four integers top,left,height,width, got {cfg.crop!r}")
-    return box
+    return common.parse_crop(cfg.crop, CELEBA_CROP if cfg.dataset == "celeba" else None)
 
 
 # ----------------------------------------------------------------------------------------------
