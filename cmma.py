@@ -112,9 +112,7 @@ def resolve_defaults(cfg: Config) -> Config:
     checks = [(cfg.image_size == 64, f"--image-size must be 64 (the paper's layer sizes), got {cfg.image_size}"),
               (cfg.logvar_min < cfg.logvar_max, "--logvar-min must be below --logvar-max"),
               (cfg.parzen_samples >= 1 and cfg.is_samples >= 1, "--parzen-samples and --is-samples must be >= 1")]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
+    common.require(checks)
     return cfg
 
 

@@ -277,6 +277,14 @@ def parse_crop(text: str, default: tuple | None) -> tuple[int, int, int, int] | 
     return box
 
 
+def require(checks: list) -> None:
+    """Raise ValueError(message) for the first (ok, message) pair whose ok is False; the
+    message names the flag and the value it needs."""
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+
+
 def check_run_config(cfg: Any) -> None:
     """Raise ValueError (one line naming the flag) for values no run can use."""
     checks = [(cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}"),
@@ -284,9 +292,7 @@ def check_run_config(cfg: Any) -> None:
               (cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}"),
               (cfg.log_every >= 1 and cfg.ckpt_every >= 1, "--log-every and --ckpt-every must be >= 1"),
               (cfg.grad_accum >= 1, f"--grad-accum must be >= 1, got {cfg.grad_accum}")]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
+    require(checks)
 
 
 def build_parser(config_cls: type, description: str, prog: str | None = None,

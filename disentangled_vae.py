@@ -143,9 +143,7 @@ def resolve_defaults(cfg: Config) -> Config:
               (cfg.n_gm >= 1, "--n-gm must be >= 1"), (cfg.margin >= 0, "--margin must be >= 0"),
               (cfg.z_s_dim >= 1 and cfg.z_u_dim >= 1, "--z-s-dim and --z-u-dim must be >= 1"),
               (cfg.diversity_samples >= 2, "--diversity-samples must be >= 2")]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
+    common.require(checks)
     parse_crop(cfg)
     return cfg
 

@@ -97,9 +97,7 @@ def resolve_defaults(cfg: Config) -> Config:
     checks = [(cfg.image_size in (32, 64, 128), f"--image-size must be 32, 64 or 128, got {cfg.image_size}"),
               (cfg.dataset != "cifar10" or cfg.image_size == 32, "CIFAR-10 images are 32x32: pass --image-size 32"),
               (cfg.filters >= 1 and cfg.latent_dim >= 1, "--filters and --latent-dim must be >= 1")]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
+    common.require(checks)
     gains(cfg)
     return cfg
 

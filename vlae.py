@@ -118,9 +118,7 @@ def resolve_defaults(cfg: Config) -> Config:
               (cfg.latent_dim >= 1, f"--latent-dim must be >= 1, got {cfg.latent_dim}"),
               (cfg.image_size % (16 if faces else 4) == 0,
                f"--image-size must be a multiple of {16 if faces else 4} for {cfg.dataset}, got {cfg.image_size}")]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
+    common.require(checks)
     parse_crop(cfg)
     return cfg
 

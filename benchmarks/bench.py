@@ -94,15 +94,16 @@ def build(name: str, cfg, n_labels: int, device):
     if name == "vlae":
         model = vlae.build_model(cfg).to(device)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=fused)
-        scaler = common.make_grad_scaler(device, cfg.amp)
-        return model, lambda nb, i: vlae.train_step(model, opt, scaler, [nb()[0]], cfg, i, device), 1
+        scaler, net = common.make_grad_scaler(device, cfg.amp), torch.compile(model) if cfg.compile else model
+        return model, lambda nb, i: vlae.train_step(net, opt, scaler, [nb()[0]], cfg, i, device), 1
     if name == "cmma":
         model = cmma.build_model(cfg, n_labels).to(device)
         opts, scaler = cmma.make_optimizers(model, cfg), common.make_grad_scaler(device, cfg.amp)
+        net = torch.compile(model) if cfg.compile else model
 
         def step(nb, i):
             x, y = nb()
-            return cmma.train_step(model, opts, scaler, [((x + 1) / 2, y.float())], cfg, device)
+            return cmma.train_step(net, opts, scaler, [((x + 1) / 2, y.float())], cfg, device)
         return model, step, 1
     if name == "vae_began":
         model = vae_began.VAEBEGAN(cfg).to(device)
@@ -202,7 +203,7 @@ def bench_script(name: str, args, device) -> dict:
     row = {"script": name}
     for mode in ("plain", "project", "synthetic"):
         cfg, dataset, crop, key = configure(name, args, project=mode != "plain")
-        if mode != "plain" and device.type == "cuda" and not args.no_compile:
+        if mode != "plain" and (args.compile == "on" or args.compile == "auto" and device.type == "cuda"):
             cfg = dataclasses.replace(cfg, compile=True)
         data_dir = args.celeba if dataset == "celeba" else args.identities
         plain, cached, synthetic, n_labels = sources(cfg, dataset, crop, key, data_dir, device, args.workers)
@@ -260,7 +261,9 @@ def main() -> None:
     p.add_argument("--celeba", default=os.path.join(ROOT, "tests", "data", "celeba"))
     p.add_argument("--identities", default=os.path.join(ROOT, "tests", "data", "celeba_identities"))
     p.add_argument("--peak-tflops", type=float, default=0.0, help="device peak for MFU (default: by GPU name)")
-    p.add_argument("--no-compile", action="store_true", help="(b) without torch.compile")
+    p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                   help="torch.compile in (b) and (c): auto compiles on CUDA only (on CPU the compile time "
+                        "outweighs a few steps); on checks the compiled path anywhere")
     args = p.parse_args()
     args.steps = args.steps or (3 if args.quick else 30)
     args.warmup = args.warmup or (1 if args.quick else 10)
