@@ -353,9 +353,10 @@ def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
 
 
 def autocast(device: torch.device, enabled: bool):
-    """The autocast context of `amp_dtype`, or a null context (CPU runs stay fp32)."""
+    """The autocast context of `amp_dtype` on the device's type, or a null context (CPU runs
+    stay fp32; the tests switch CPU bf16 on to check the mixed-precision code paths)."""
     dtype = amp_dtype(device, enabled)
-    return torch.autocast("cuda", dtype=dtype) if dtype else nullcontext()
+    return torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
 
 
 def make_grad_scaler(device: torch.device, enabled: bool) -> torch.amp.GradScaler:

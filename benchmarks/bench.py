@@ -190,6 +190,41 @@ def flops_per_step(step, next_batch) -> float:
     return float(counter.get_total_flops())
 
 
+MATMUL_NAMES = ("gemm", "conv", "cutlass", "xmma", "cudnn", "sm80_", "sm90_", "aten::mm", "aten::bmm", "aten::addmm",
+                "aten::linear", "aten::_convolution", "mkldnn")
+
+
+def profile_steps(name: str, step, next_batch, device, steps: int, out_dir: str) -> dict:
+    """torch.profiler over `steps` training steps: writes the top ops by self time and a Chrome
+    trace to out_dir, and returns where the step time goes. On CUDA: `busy`, the fraction of the
+    wall time the GPU runs kernels (low: launch- or host-bound; CUDA graphs or a bigger batch
+    help), and `matmul`, the fraction of kernel time in GEMM/convolution kernels (low: bound by
+    memory-bound elementwise and normalisation kernels; fusion helps). On CPU only `matmul`."""
+    cuda = device.type == "cuda"
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+    sync(device)
+    t0 = time.perf_counter()
+    with torch.profiler.profile(activities=activities) as prof:
+        for i in range(steps):
+            step(next_batch, 10_000 + i)
+        sync(device)
+    wall_us = (time.perf_counter() - t0) * 1e6
+    os.makedirs(out_dir, exist_ok=True)
+    prof.export_chrome_trace(os.path.join(out_dir, f"{name}.trace.json"))
+    sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    with open(os.path.join(out_dir, f"{name}.top_ops.txt"), "w") as f:
+        f.write(prof.key_averages().table(sort_by=sort, row_limit=25))
+    is_matmul = lambda n: any(k in n.lower() for k in MATMUL_NAMES)
+    if cuda:  # kernels are the events that ran on the device
+        kernels = [(e.name, e.time_range.elapsed_us()) for e in prof.events()
+                   if e.device_type == torch.autograd.DeviceType.CUDA]
+    else:     # self times of the CPU ops add up to the time spent in ops, without double counting
+        kernels = [(e.key, e.self_cpu_time_total) for e in prof.key_averages()]
+    total = sum(t for _, t in kernels) or float("nan")
+    return {"busy": total / wall_us if cuda else None,
+            "matmul": sum(t for n, t in kernels if is_matmul(n)) / total}
+
+
 def peak_flops(device, override: float) -> float | None:
     if override:
         return override * 1e12
@@ -223,6 +258,8 @@ def bench_script(name: str, args, device) -> dict:
             eager = dataclasses.replace(cfg, compile=False)  # FlopCounterMode counts the eager graph
             _, eager_step, _ = build(name, eager, n_labels, device)
             row["flops"] = flops_per_step(eager_step, synthetic)
+            if args.profile:
+                row.update(profile_steps(name, step, synthetic, device, min(args.steps, 5), args.profile))
         del model, step
     peak = peak_flops(device, args.peak_tflops)
     row["mfu"] = row["flops"] / row["step_s"] / peak if peak else None
@@ -231,7 +268,8 @@ def bench_script(name: str, args, device) -> dict:
 
 def print_table(rows: list, device) -> None:
     head = ("script", "size", "batch", "(a) plain img/s", "(b) project img/s", "(b)/(a)", "(c) synthetic img/s",
-            "(b)/(c)", "peak mem GiB", "GFLOP/step", "MFU")
+            "(b)/(c)", "peak mem GiB", "GFLOP/step", "MFU") + (("GPU busy", "matmul share") if "matmul" in rows[0] else ())
+    percent = lambda v: "-" if v is None else f"{100 * v:.1f}%"
     print(f"\n{device_name(device)}, torch {torch.__version__}\n")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
@@ -239,7 +277,7 @@ def print_table(rows: list, device) -> None:
         cells = [r["script"], r["size"], r["batch"], f"{r['plain']:.1f}", f"{r['project']:.1f}",
                  f"{r['project'] / r['plain']:.2f}x", f"{r['synthetic']:.1f}", f"{r['project'] / r['synthetic']:.2f}",
                  "-" if r["memory_gib"] is None else f"{r['memory_gib']:.1f}", f"{r['flops'] / 1e9:.1f}",
-                 "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"]
+                 percent(r["mfu"])] + ([percent(r["busy"]), percent(r["matmul"])] if "matmul" in r else [])
         print("| " + " | ".join(str(c) for c in cells) + " |")
 
 
@@ -261,6 +299,9 @@ def main() -> None:
     p.add_argument("--celeba", default=os.path.join(ROOT, "tests", "data", "celeba"))
     p.add_argument("--identities", default=os.path.join(ROOT, "tests", "data", "celeba_identities"))
     p.add_argument("--peak-tflops", type=float, default=0.0, help="device peak for MFU (default: by GPU name)")
+    p.add_argument("--profile", default="", metavar="DIR",
+                   help="also profile (c) with torch.profiler: top ops and a Chrome trace per script in DIR, "
+                        "and the table gains GPU-busy and matmul shares (what bounds each step)")
     p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                    help="torch.compile in (b) and (c): auto compiles on CUDA only (on CPU the compile time "
                         "outweighs a few steps); on checks the compiled path anywhere")
