@@ -721,16 +721,41 @@ def start_run_folder(cfg: Any, data_description: str, model: nn.Module, start: i
 
 def save_training_state(out: str, script: str, step: int, config: dict, models: dict, optimizers: dict,
                         scaler: torch.amp.GradScaler, curve_keys: Sequence[str], extra: dict | None = None) -> None:
-    """Collective: gather every rank's RNG state, then rank 0 writes OUT/checkpoint.pt atomically
-    (`models` and `optimizers` are name -> module / optimizer dicts; `extra` any other state,
-    e.g. a controller's) and redraws curves.png."""
-    rng = gather_objects(rng_state())
+    """Collective: gather every rank's RNG state and weights' fingerprint, then rank 0 writes
+    OUT/checkpoint.pt atomically (`models` and `optimizers` are name -> module / optimizer dicts;
+    `extra` any other state, e.g. a controller's) and redraws curves.png. Raises RuntimeError,
+    writing nothing, when the ranks' copies of a model have drifted apart (`check_replicas_agree`)."""
+    rng, fingerprints = zip(*gather_objects((rng_state(), parameter_fingerprint(models))))
+    check_replicas_agree(fingerprints)
     if is_main():
         save_checkpoint(os.path.join(out, "checkpoint.pt"), script, step=step, config=config,
                         models={k: unwrap(m).state_dict() for k, m in models.items()},
                         optimizers={k: o.state_dict() for k, o in optimizers.items()},
-                        scaler=scaler.state_dict(), rng=rng, world_size=len(rng), extra=extra or {})
+                        scaler=scaler.state_dict(), rng=list(rng), world_size=len(rng), extra=extra or {})
         plot_curves(os.path.join(out, "metrics.jsonl"), os.path.join(out, "figures", "curves.png"), curve_keys)
+
+
+def parameter_fingerprint(models: dict) -> dict:
+    """name -> (sum, sum of squares) of the model's parameters, in float64: equal across ranks
+    whose copies hold the same weights."""
+    out = {}
+    for name, m in models.items():
+        params = [p.detach().double() for p in unwrap(m).parameters()]
+        out[name] = (sum(p.sum() for p in params).item(), sum(p.square().sum() for p in params).item())
+    return out
+
+
+def check_replicas_agree(fingerprints: Sequence[dict]) -> None:
+    """Raise RuntimeError (on every rank: all hold the gathered list) when a rank's
+    `parameter_fingerprint` differs from rank 0's. Data parallelism keeps the copies equal to
+    the bit; a difference means a gradient that was not averaged on every rank or ranks that
+    started from different weights, and a checkpoint would silently keep rank 0's copy."""
+    for rank, prints in enumerate(fingerprints[1:], start=1):
+        for name, value in prints.items():
+            if not all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) for a, b in zip(value, fingerprints[0][name])):
+                raise RuntimeError(f"rank {rank}'s copy of '{name}' differs from rank 0's (parameter sum and sum of "
+                                   f"squares {value} vs {fingerprints[0][name]}): its gradients were not averaged on "
+                                   f"every rank, or the ranks started from different weights; no checkpoint written")
 
 
 def checkpoint_to_resume(cfg: Any, explicit: set, script: str, run_fields: set, resolve) -> tuple[Any, dict | None]:
