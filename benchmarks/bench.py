@@ -3,13 +3,15 @@
     python benchmarks/bench.py                                 # GPU, the papers' model sizes
     python benchmarks/bench.py --device cpu --quick            # anywhere, < 3 minutes on 2 cores
     python benchmarks/bench.py --scripts vlae,vae_began --batch-size 256 --peak-tflops 989
+    python benchmarks/bench.py --profile runs/profile          # + what bounds each step
 
 For each script, at its paper's model and image size, the same model and the same training step
 (the script's own `train_step`) are fed and run three ways:
   (a) plain:     fp32, eager, NCHW tensors, non-fused Adam, and a torch DataLoader that opens,
                  crops and resizes every JPEG with PIL every epoch (pytorch/examples style);
   (b) project:   the decoded uint8 cache (`data.Batches`, on the GPU when it fits), bf16
-                 autocast, channels_last, fused Adam, and `torch.compile` of the forward (CUDA only);
+                 autocast, channels_last, fused Adam, and `torch.compile` of the forward (on CUDA;
+                 `--compile on` compiles on CPU too, to check that path);
   (c) synthetic: (b) on random batches already on the device: the pipeline-free ceiling, so
                  (b)/(c) near 1 means the data pipeline is never what the GPU waits for.
 The table: images/s of each, (b)/(a), (b)/(c), peak GPU memory, and model FLOPs utilisation:

@@ -161,5 +161,10 @@ def test_batches_are_a_pure_function_of_step_and_shards_cover_the_set(celeba_dir
     fresh = data.Batches(train, 10, seed=3, device=torch.device("cpu"), rank=0, world_size=2)
     assert torch.equal(fresh.get(5)[0], x) and not torch.equal(fresh.get(13)[0], x)
     assert not torch.equal(shards[0].indices(0), shards[0].indices(8))  # a new order each epoch
+    # the GPU path (images resident on the device, channels_last) serves the same batches
+    resident = data.Batches(train, 10, seed=3, device=torch.device("cpu"), rank=0, world_size=2,
+                            on_device=True, channels_last=True)
+    x_resident = resident.get(5)[0]
+    assert torch.equal(x_resident, x) and x_resident.is_contiguous(memory_format=torch.channels_last)
     with pytest.raises(ValueError, match="needs at least 200 images"):
         data.Batches(train, 100, 0, torch.device("cpu"), world_size=2)
