@@ -649,8 +649,10 @@ class Batches:
         source = torch.from_numpy(np.array(data.images)) if on_device else None
         self.images = source.to(device) if on_device else data.images
         self.labels = {k: torch.from_numpy(np.asarray(data.labels[k])) for k in label_keys}
+        if on_device:
+            self.labels = {k: v.to(device) for k, v in self.labels.items()}
         self.on_device = on_device
-        self._epoch, self._order = -1, None
+        self._epoch, self._order, self._order_on_device = -1, None, None
 
     def order(self, epoch: int) -> torch.Tensor:
         """This rank's image indices for `epoch`: (steps_per_epoch * batch_size,) int64."""
@@ -659,6 +661,9 @@ class Batches:
             n = len(self.images)
             perm = torch.randperm(n, generator=g)[self.rank::self.world_size]
             self._epoch, self._order = epoch, perm[:self.steps_per_epoch * self.batch_size]
+            # resident images are indexed on the device: one copy of the order per epoch, not a
+            # blocking host-to-device copy of the indices per batch (it would wait for the GPU)
+            self._order_on_device = self._order.to(self.device, non_blocking=True) if self.on_device else None
         return self._order
 
     def indices(self, step: int) -> torch.Tensor:
@@ -667,12 +672,13 @@ class Batches:
 
     def get(self, step: int) -> tuple[torch.Tensor, dict]:
         """Batch `step`: images (B, C, H, W) float32 in [-1, 1] on the device, labels dict."""
-        idx = self.indices(step)
-        if self.on_device:
-            u8 = self.images[idx.to(self.device)]
-        else:
-            u8 = torch.from_numpy(self.images[idx.numpy()])  # reads only these rows of the memory map
-            if self.device.type == "cuda":
-                u8 = u8.pin_memory().to(self.device, non_blocking=True)
+        idx = self.indices(step)  # (and the epoch's order on the device)
+        if self.on_device:  # no host-device synchronisation on this path
+            i = step % self.steps_per_epoch
+            idx = self._order_on_device[i * self.batch_size:(i + 1) * self.batch_size]
+            return to_float_images(self.images[idx], self.channels_last), {k: v[idx] for k, v in self.labels.items()}
+        u8 = torch.from_numpy(self.images[idx.numpy()])  # reads only these rows of the memory map
+        if self.device.type == "cuda":
+            u8 = u8.pin_memory().to(self.device, non_blocking=True)
         labels = {k: v[idx].to(self.device, non_blocking=True) for k, v in self.labels.items()}
         return to_float_images(u8, self.channels_last), labels

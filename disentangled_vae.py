@@ -684,8 +684,8 @@ class ToyBatches(data.Batches):
 
     def get(self, step: int) -> tuple[torch.Tensor, dict]:
         idx = self.indices(step)
-        return (torch.from_numpy(self.images[idx.numpy()]).to(self.device),
-                {k: v[idx].to(self.device) for k, v in self.labels.items()})
+        return (torch.from_numpy(self.images[idx.numpy()]).to(self.device, non_blocking=True),
+                {k: v[idx].to(self.device, non_blocking=True) for k, v in self.labels.items()})
 
 
 def load_split(cfg: Config, split: str, verbose: bool = True) -> data.ImageSet:
@@ -717,7 +717,8 @@ def batch_reader(cfg: Config, batches: data.Batches):
         x, labels = batches.get(i)
         if flip:
             coin = torch.rand(len(x), generator=torch.Generator().manual_seed(cfg.seed * 7_919 + i)) < 0.5
-            x = torch.where(coin.to(x.device)[:, None, None, None], x.flip(3), x)
+            # non_blocking: a blocking host-to-device copy would wait for the GPU every batch
+            x = torch.where(coin.to(x.device, non_blocking=True)[:, None, None, None], x.flip(3), x)
         return x, labels["class"]
     return batch_at
 

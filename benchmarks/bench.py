@@ -16,8 +16,9 @@ For each script, at its paper's model and image size, the same model and the sam
                  (b)/(c) near 1 means the data pipeline is never what the GPU waits for.
 The table: images/s of each, (b)/(a), (b)/(c), peak GPU memory, and model FLOPs utilisation:
 FLOPs per step (torch.utils.flop_counter, forward + backward) / step time / the device's peak
-(looked up by name, or --peak-tflops). Images count every image a step consumes (Lr-LiVAE's
-stage 1 reads three batches per step).
+(looked up by name, or --peak-tflops), and (b)'s host-device synchronisations per step (CUDA
+sync debug mode; each one stops the host queueing work ahead of the GPU). Images count every
+image a step consumes (Lr-LiVAE's stage 1 reads three batches per step).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import dataclasses
 import os
 import sys
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -183,6 +185,23 @@ class _GlobalOnly:
         return None
 
 
+def syncs_per_step(step, next_batch, device, steps: int = 3) -> float | None:
+    """Host-device synchronisations per training step on CUDA (torch.cuda sync debug mode): each
+    one stalls the host until the GPU drains its queue, so the next step's launches can no longer
+    overlap this step's kernels. The scripts' steps should have none (logging polls aside)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for i in range(steps):
+                step(next_batch, 20_000 + i)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught) / steps
+
+
 def flops_per_step(step, next_batch) -> float:
     """FLOPs of one training step (forward and backward; matmuls and convolutions)."""
     counter = FlopCounterMode(display=False)
@@ -256,6 +275,7 @@ def bench_script(name: str, args, device) -> dict:
         if mode == "project":
             row["memory_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
             row["step_s"] = seconds
+            row["syncs"] = syncs_per_step(step, next_batch, device)
         if mode == "synthetic":
             eager = dataclasses.replace(cfg, compile=False)  # FlopCounterMode counts the eager graph
             _, eager_step, _ = build(name, eager, n_labels, device)
@@ -270,7 +290,8 @@ def bench_script(name: str, args, device) -> dict:
 
 def print_table(rows: list, device) -> None:
     head = ("script", "size", "batch", "(a) plain img/s", "(b) project img/s", "(b)/(a)", "(c) synthetic img/s",
-            "(b)/(c)", "peak mem GiB", "GFLOP/step", "MFU") + (("GPU busy", "matmul share") if "matmul" in rows[0] else ())
+            "(b)/(c)", "peak mem GiB", "GFLOP/step", "MFU", "(b) syncs/step") \
+        + (("GPU busy", "matmul share") if "matmul" in rows[0] else ())
     percent = lambda v: "-" if v is None else f"{100 * v:.1f}%"
     print(f"\n{device_name(device)}, torch {torch.__version__}\n")
     print("| " + " | ".join(head) + " |")
@@ -279,7 +300,7 @@ def print_table(rows: list, device) -> None:
         cells = [r["script"], r["size"], r["batch"], f"{r['plain']:.1f}", f"{r['project']:.1f}",
                  f"{r['project'] / r['plain']:.2f}x", f"{r['synthetic']:.1f}", f"{r['project'] / r['synthetic']:.2f}",
                  "-" if r["memory_gib"] is None else f"{r['memory_gib']:.1f}", f"{r['flops'] / 1e9:.1f}",
-                 percent(r["mfu"])] + ([percent(r["busy"]), percent(r["matmul"])] if "matmul" in r else [])
+                 percent(r["mfu"]), "-" if r["syncs"] is None else f"{r['syncs']:.1f}"] + ([percent(r["busy"]), percent(r["matmul"])] if "matmul" in r else [])
         print("| " + " | ".join(str(c) for c in cells) + " |")
 
 
