@@ -521,10 +521,13 @@ def train(cfg: Config, explicit: set) -> None:
     batches = data.Batches(train_set, cfg.batch_size, cfg.seed, device, rank, world, ("attributes",),
                            channels_last=device.type == "cuda")
     earlier = common.start_run_folder(cfg, train_set.description, model, start, device, label=f"{cfg.model}: ")
-    net = torch.compile(model) if cfg.compile else model
+    net = model
     if world > 1:
         net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None,
                   find_unused_parameters=cfg.model == "cgan")  # G is idle in D's pass
+    # compile outside DDP (torch's advice): the graph is split at DDP's buckets, so the
+    # gradient all-reduce overlaps the backward
+    net = torch.compile(net) if cfg.compile else net
     run_loop(cfg, net, optimizers, scaler, batches, start, device, earlier)
     common.cleanup_distributed()
     if rank == 0:

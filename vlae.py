@@ -492,8 +492,10 @@ def train(cfg: Config, explicit: set) -> None:
     batches = data.Batches(train_set, cfg.batch_size, cfg.seed, device, rank, world,
                            channels_last=device.type == "cuda")
     earlier = common.start_run_folder(cfg, train_set.description, model, start, device)
-    net = torch.compile(model) if cfg.compile else model
-    net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else net
+    net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
+    # compile outside DDP (torch's advice): the graph is split at DDP's buckets, so the
+    # gradient all-reduce overlaps the backward
+    net = torch.compile(net) if cfg.compile else net
     run_loop(cfg, net, optimizer, scaler, batches, start, device, earlier)
     common.cleanup_distributed()  # the figures and eval below run on rank 0 alone
     if rank == 0:
