@@ -136,13 +136,12 @@ def sources(cfg, dataset: str, crop, label_key: str, data_dir: str, device, work
 
     def plain():
         nonlocal it
-        try:
-            x, y = next(it)
-        except StopIteration:
+        batch = next(it, None) if it is not None else None
+        if batch is None:  # a new epoch; the workers start on (a)'s first call, not before (b)
             it = iter(loader)
-            x, y = next(it)
-        return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-    it = iter(loader)
+            batch = next(it)
+        return batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+    it = None
     batches = data.Batches(split, cfg.batch_size, 0, device, label_keys=(label_key,),
                            channels_last=device.type == "cuda")
     counter = iter(range(10 ** 9))
