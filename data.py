@@ -28,6 +28,7 @@ import gzip
 import hashlib
 import json
 import os
+import socket
 import struct
 import sys
 import time
@@ -582,21 +583,28 @@ def cached_decode(paths: list[str], crop, size: int, cache_dir: str | None, labe
     The first call decodes them (rank 0 only under torch.distributed; the others wait) into
     `<cache_dir>/<label>-<size>px-<key>.npy`, written to a temporary name and moved into place,
     with a `.json` key beside it. Later calls with the same files, crop and size map it.
+    Where the cache folder is local to each machine (not shared by the nodes of a multi-node
+    run), the first process of each node that does not see rank 0's file builds its own.
     """
     cache_dir = cache_dir or default_cache_dir()
     key = cache_key(paths, crop, size)
     path = os.path.join(cache_dir, f"{label}-{size}px-{key[:16]}.npy")
-    distributed = dist.is_available() and dist.is_initialized()
-    if not os.path.exists(path) and (not distributed or dist.get_rank() == 0):
+    if not (dist.is_available() and dist.is_initialized()):
+        if not os.path.exists(path):
+            _build_cache(path, paths, crop, size, key, label, verbose)
+        return np.load(path, mmap_mode="r")
+    if dist.get_rank() == 0 and not os.path.exists(path):
         _build_cache(path, paths, crop, size, key, label, verbose)
-    if distributed:
-        dist.barrier()
+    dist.barrier()
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0 and not os.path.exists(path):
+        _build_cache(path, paths, crop, size, key, label, verbose=False)
+    dist.barrier()
     return np.load(path, mmap_mode="r")
 
 
 def _build_cache(path: str, paths: list[str], crop, size: int, key: str, label: str, verbose: bool) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
+    tmp = f"{path}.{socket.gethostname()}.{os.getpid()}.tmp"  # unique across the nodes of a shared folder
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
     try:
         decode_all(paths, crop, size, out, verbose, label)

@@ -1,6 +1,8 @@
 """Multi-process and gradient-accumulation equivalences, on CPU with gloo."""
 import copy
 import os
+import signal
+import socket
 import subprocess
 import sys
 
@@ -65,6 +67,40 @@ def test_cmma_and_lr_livae_train_on_two_ranks_with_replicas_that_agree(script, t
     state = common.load_checkpoint(os.path.join(out, "checkpoint.pt"), script)
     assert state["step"] == 2 and state["world_size"] == 2 and len(state["rng"]) == 2
     assert [r["step"] for r in common.read_jsonl(os.path.join(out, "metrics.jsonl"))] == [1, 2]
+
+
+NODE = """
+import sys, torch.distributed as dist, data
+dist.init_process_group("gloo")
+images = data.load_celeba(sys.argv[1], "train", 16, None, None, verbose=False).images
+assert images.shape == (160, 16, 16, 3)
+dist.destroy_process_group()
+"""
+
+
+def test_two_nodes_with_their_own_cache_folders_each_build_the_cache(tmp_path):
+    """A multi-node run where the cache folder is local to each machine: two one-process
+    'nodes' on this host, each with its own FACE_VAE_CACHE, meet by static rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    nodes = []
+    for node in range(2):
+        env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", "FACE_VAE_CACHE": str(tmp_path / f"node{node}")}
+        nodes.append(subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1", "--node_rank",
+             str(node), "--master_addr", "127.0.0.1", "--master_port", str(port), "--no-python",
+             sys.executable, "-c", NODE, CELEBA], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True))
+    try:  # a node that fails leaves the other waiting at a barrier: stop both
+        outputs = [proc.communicate(timeout=90)[0] for proc in nodes]
+    finally:
+        for proc in nodes:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert [proc.returncode for proc in nodes] == [0, 0], outputs
+    for node in range(2):
+        assert [f for f in os.listdir(tmp_path / f"node{node}") if f.endswith(".npy")]
 
 
 def test_replicas_that_differ_stop_the_checkpoint():
