@@ -762,11 +762,19 @@ def checkpoint_to_resume(cfg: Any, explicit: set, script: str, run_fields: set, 
     """(config, state) of the checkpoint in cfg.out that this run resumes, or (cfg, None) for a
     fresh run (none there, or --fresh). The saved config wins, but for `run_fields` given on the
     command line; a conflicting model flag is a ValueError (see merge_saved_config). `resolve`
-    fills the script's derived defaults."""
+    fills the script's derived defaults. Under torch.distributed every rank must see the same
+    checkpoint (ValueError otherwise: --out is then not one folder shared by all nodes)."""
     path = os.path.join(cfg.out, "checkpoint.pt")
-    if cfg.fresh or not os.path.exists(path):
+    state = None if cfg.fresh or not os.path.exists(path) else load_checkpoint(path, script)
+    seen = gather_objects(None if state is None else state["step"])
+    for rank, step in enumerate(seen):
+        if step != seen[0]:
+            view = lambda s: "no checkpoint" if s is None else f"a checkpoint at step {s}"
+            raise ValueError(f"rank {rank} sees {view(step)} in {cfg.out} and rank 0 sees {view(seen[0])}: "
+                             f"--out must be a folder every node shares (rank 0 writes the checkpoint, all ranks "
+                             f"resume from it)")
+    if state is None:
         return cfg, None
-    state = load_checkpoint(path, script)
     return resolve(merge_saved_config(cfg, state["config"], explicit, run_fields, path)), state
 
 

@@ -70,28 +70,38 @@ def test_cmma_and_lr_livae_train_on_two_ranks_with_replicas_that_agree(script, t
 
 
 NODE = """
-import sys, torch.distributed as dist, data
+import os, sys, types, torch.distributed as dist, common, data
 dist.init_process_group("gloo")
 images = data.load_celeba(sys.argv[1], "train", 16, None, None, verbose=False).images
 assert images.shape == (160, 16, 16, 3)
+if dist.get_rank() == 0:
+    os.makedirs("run")
+    common.save_checkpoint("run/checkpoint.pt", "vlae", step=7, config={})
+try:
+    common.checkpoint_to_resume(types.SimpleNamespace(out="run", fresh=False), set(), "vlae", set(), None)
+except ValueError as e:
+    print("error:", e)
 dist.destroy_process_group()
 """
 
 
-def test_two_nodes_with_their_own_cache_folders_each_build_the_cache(tmp_path):
-    """A multi-node run where the cache folder is local to each machine: two one-process
-    'nodes' on this host, each with its own FACE_VAE_CACHE, meet by static rendezvous."""
+def test_two_nodes_with_their_own_folders_build_their_caches_and_refuse_to_resume(tmp_path):
+    """A multi-node run whose folders are local to each machine: two one-process 'nodes' on this
+    host, each with its own FACE_VAE_CACHE and working folder, meet by static rendezvous. Each
+    builds its cache; a checkpoint in rank 0's run folder that rank 1 cannot see is an error."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     nodes = []
     for node in range(2):
-        env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", "FACE_VAE_CACHE": str(tmp_path / f"node{node}")}
+        home = tmp_path / f"node{node}"
+        home.mkdir()
+        env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", "FACE_VAE_CACHE": str(home / "cache")}
         nodes.append(subprocess.Popen(
             [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1", "--node_rank",
              str(node), "--master_addr", "127.0.0.1", "--master_port", str(port), "--no-python",
              sys.executable, "-c", NODE, CELEBA], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            start_new_session=True))
+            cwd=str(home), start_new_session=True))
     try:  # a node that fails leaves the other waiting at a barrier: stop both
         outputs = [proc.communicate(timeout=90)[0] for proc in nodes]
     finally:
@@ -99,8 +109,9 @@ def test_two_nodes_with_their_own_cache_folders_each_build_the_cache(tmp_path):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
     assert [proc.returncode for proc in nodes] == [0, 0], outputs
-    for node in range(2):
-        assert [f for f in os.listdir(tmp_path / f"node{node}") if f.endswith(".npy")]
+    for node, output in enumerate(outputs):
+        assert [f for f in os.listdir(tmp_path / f"node{node}" / "cache") if f.endswith(".npy")]
+        assert "rank 1 sees no checkpoint in run and rank 0 sees a checkpoint at step 7" in output, output
 
 
 def test_replicas_that_differ_stop_the_checkpoint():
