@@ -680,11 +680,12 @@ class Batches:
 
     def get(self, step: int) -> tuple[torch.Tensor, dict]:
         """Batch `step`: images (B, C, H, W) float32 in [-1, 1] on the device, labels dict."""
-        idx = self.indices(step)  # (and the epoch's order on the device)
         if self.on_device:  # no host-device synchronisation on this path
-            i = step % self.steps_per_epoch
+            epoch, i = divmod(step, self.steps_per_epoch)
+            self.order(epoch)
             idx = self._order_on_device[i * self.batch_size:(i + 1) * self.batch_size]
             return to_float_images(self.images[idx], self.channels_last), {k: v[idx] for k, v in self.labels.items()}
+        idx = self.indices(step)
         u8 = torch.from_numpy(self.images[idx.numpy()])  # reads only these rows of the memory map
         if self.device.type == "cuda":
             u8 = u8.pin_memory().to(self.device, non_blocking=True)
