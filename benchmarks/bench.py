@@ -111,7 +111,8 @@ def build(name: str, cfg, n_labels: int, device):
         return model, step, 1
     if name == "vae_began":
         model = vae_began.VAEBEGAN(cfg).to(device)
-        opts, controller = vae_began.make_optimizers(model, cfg, device), vae_began.Controller.start((1e-3, 0, 0), device)
+        opts = vae_began.make_optimizers(model, cfg, device)
+        controller = vae_began.Controller.start((1e-3, 0, 0), device)
         forward = torch.compile(vae_began.losses) if cfg.compile else None
         return model, lambda nb, i: vae_began.train_step(model, opts, controller, [nb()[0]], cfg, device, forward), 1
     model = disentangled_vae.DisentangledVAE(cfg, n_labels).to(device)
@@ -299,7 +300,8 @@ def print_table(rows: list, device) -> None:
         cells = [r["script"], r["size"], r["batch"], f"{r['plain']:.1f}", f"{r['project']:.1f}",
                  f"{r['project'] / r['plain']:.2f}x", f"{r['synthetic']:.1f}", f"{r['project'] / r['synthetic']:.2f}",
                  "-" if r["memory_gib"] is None else f"{r['memory_gib']:.1f}", f"{r['flops'] / 1e9:.1f}",
-                 percent(r["mfu"]), "-" if r["syncs"] is None else f"{r['syncs']:.1f}"] + ([percent(r["busy"]), percent(r["matmul"])] if "matmul" in r else [])
+                 percent(r["mfu"]), "-" if r["syncs"] is None else f"{r['syncs']:.1f}"]
+        cells += [percent(r["busy"]), percent(r["matmul"])] if "matmul" in r else []
         print("| " + " | ".join(str(c) for c in cells) + " |")
 
 
