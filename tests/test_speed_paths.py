@@ -5,7 +5,8 @@ dtype mismatch or a loss computed in bf16 shows here too. channels_last: a `.vie
 `.reshape` is needed, or a layout-dependent result, shows on CPU as on the GPU.
 (torch.compile is checked by `benchmarks/bench.py --device cpu --quick --compile on`: minutes.)
 """
-import dataclasses
+import os
+import sys
 
 import pytest
 import torch
@@ -17,48 +18,40 @@ import disentangled_vae
 import vae_began
 import vlae
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+import bench  # noqa: E402  (its per-script adapters: model, optimizers and the script's own train_step)
+
 CPU = torch.device("cpu")
 # the term each script's reconstruction rests on
 KEY = {"vlae": "recon", "cmma": "log_px", "vae_began": "L_d", "disentangled_vae": "L_rec"}
 
 
+def tiny_config(name: str, identities: str):
+    """A small config of `name` with --amp (the GPU default)."""
+    if name == "vlae":
+        return vlae.resolve_defaults(vlae.Config(dataset="celeba", image_size=32, amp=True))
+    if name == "cmma":
+        return cmma.resolve_defaults(cmma.Config(dataset="celeba", amp=True))
+    if name == "vae_began":
+        return vae_began.resolve_defaults(vae_began.Config(dataset="celeba", image_size=32, filters=8, latent_dim=16,
+                                                           amp=True))
+    return disentangled_vae.resolve_defaults(disentangled_vae.Config(
+        dataset="folder", data_dir=identities, arch="dcgan", filters=8, z_s_dim=8, z_u_dim=8, batch_size=8, amp=True))
+
+
 def tiny_stepper(name: str, faces: str, identities: str, channels_last: bool = False):
     """(model, step(i) -> loss terms) on a small config of `name` and one real batch of 8 faces."""
-    torch.manual_seed(0)
+    cfg = tiny_config(name, identities)
     if name == "disentangled_vae":
-        cfg = disentangled_vae.resolve_defaults(disentangled_vae.Config(
-            dataset="folder", data_dir=identities, arch="dcgan", filters=8, z_s_dim=8, z_u_dim=8, batch_size=8))
-        split = data.load_dataset("folder", identities, "train", 64, None, None, verbose=False)
-        x, labels = data.Batches(split, 8, 0, CPU, label_keys=("class",)).get(0)
-        model = disentangled_vae.DisentangledVAE(cfg, int(split.labels["class"].max()) + 1)
+        split, key = data.load_dataset("folder", identities, "train", 64, None, None, verbose=False), "class"
     else:
-        size = 64 if name == "cmma" else 32
-        split = data.load_celeba(faces, "train", size, None, None, verbose=False)
-        x, labels = data.Batches(split, 8, 0, CPU, label_keys=("attributes",)).get(0)
-    if name == "vlae":
-        cfg = vlae.resolve_defaults(vlae.Config(dataset="celeba", image_size=32))
-        model = vlae.build_model(cfg)
-    elif name == "cmma":
-        cfg = cmma.resolve_defaults(cmma.Config(dataset="celeba"))
-        model = cmma.build_model(cfg, 40)
-    elif name == "vae_began":
-        cfg = vae_began.resolve_defaults(vae_began.Config(dataset="celeba", image_size=32, filters=8, latent_dim=16))
-        model = vae_began.VAEBEGAN(cfg)
+        split, key = data.load_celeba(faces, "train", cfg.image_size, None, None, verbose=False), "attributes"
+    x, labels = data.Batches(split, 8, 0, CPU, label_keys=(key,)).get(0)
+    n_labels = 40 if key == "attributes" else int(split.labels[key].max()) + 1
+    model, step, _ = bench.build(name, cfg, n_labels, CPU)
     if channels_last:
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-    cfg = dataclasses.replace(cfg, amp=True)
-    scaler = common.make_grad_scaler(CPU, cfg.amp)
-    if name == "vlae":
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-        return model, lambda i: vlae.train_step(model, optimizer, scaler, [x], cfg, i, CPU)
-    if name == "cmma":
-        optimizers, y = cmma.make_optimizers(model, cfg), labels["attributes"].float()
-        return model, lambda i: cmma.train_step(model, optimizers, scaler, [((x + 1) / 2, y)], cfg, CPU)
-    if name == "vae_began":
-        optimizers, controller = vae_began.make_optimizers(model, cfg, CPU), vae_began.Controller.start((1e-3, 0, 0), CPU)
-        return model, lambda i: vae_began.train_step(model, optimizers, controller, [x], cfg, CPU, None)
-    optimizers = disentangled_vae.make_optimizers(model, cfg, CPU)
-    return model, lambda i: disentangled_vae.train_step(model, optimizers, lambda _: (x, labels["class"]), i, cfg, CPU, None)
+    return model, lambda i: step(lambda: (x, labels[key]), i)
 
 
 @pytest.mark.parametrize("name", list(KEY))
