@@ -737,11 +737,16 @@ def save_training_state(out: str, script: str, step: int, config: dict, models: 
 
 def parameter_fingerprint(models: dict) -> dict:
     """name -> (sum, sum of squares) of the model's parameters, in float64: equal across ranks
-    whose copies hold the same weights."""
+    whose copies hold the same weights. Empty when not distributed (nothing to compare)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return {}
     out = {}
     for name, m in models.items():
-        params = [p.detach().double() for p in unwrap(m).parameters()]
-        out[name] = (sum(p.sum() for p in params).item(), sum(p.square().sum() for p in params).item())
+        total = torch.zeros(2, dtype=torch.float64, device=next(unwrap(m).parameters()).device)
+        for p in unwrap(m).parameters():  # one float64 copy at a time, not the whole model at once
+            q = p.detach().double()
+            total += torch.stack([q.sum(), q.square().sum()])
+        out[name] = tuple(total.tolist())
     return out
 
 
