@@ -147,3 +147,20 @@ def test_gan_resume_is_exact(tmp_path):
     a, b = (common.load_checkpoint(str(tmp_path / k), "cmma") for k in "ab")
     assert all(torch.equal(a["models"]["model"][k], b["models"]["model"][k]) for k in a["models"]["model"])
     assert set(a["optimizers"]) == {"generator", "discriminator"}
+
+
+def test_default_lr_trains_without_the_early_log_variance_spike():
+    # at lr 1e-3 g's log-variance falls to its clamp at step 2 and the loss jumps ~400x
+    cfg = cmma.resolve_defaults(cmma.Config(data_dir=CELEBA, batch_size=32, attributes=40))
+    train_set = cmma.load_split(cfg, "train", verbose=False)
+    torch.manual_seed(0)
+    model = cmma.build_model(cfg, 40)
+    optimizers, device = cmma.make_optimizers(model, cfg), torch.device("cpu")
+    batches = data.Batches(train_set, cfg.batch_size, 0, device, 0, 1, ("attributes",))
+    losses = []
+    for step in range(5):
+        x, labels = batches.get(step)
+        terms = cmma.train_step(model, optimizers, common.make_grad_scaler(device, False),
+                                [((x + 1) / 2, labels["attributes"].float())], cfg, device)
+        losses.append(terms["loss"].item())
+    assert max(losses) <= losses[0] and losses[-1] < losses[0], losses
