@@ -323,8 +323,10 @@ def read_idx(path: str) -> np.ndarray:
 def load_mnist(root: str, split: str = "train", image_size: int = 28) -> ImageSet:
     """MNIST `split`: 'train' (60k) / 'test' (10k t10k); 'valid' is the test set.
 
-    When only the t10k files are present (a sample, like the bundled one), its first 80% is
-    used as train and the rest as valid/test, and the description says so.
+    When only the t10k files are present (a sample, like the bundled one), a seeded random 80%
+    of it (`mnist_sample_split`) is train and the rest valid/test, and the description says so:
+    t10k's first half is written by other people than its second, so a cut in file order would
+    test on other writers.
     Images (N, S, S, 1) uint8, label 'class' (N,) int64 in 0..9.
     """
     def pair(prefix: str):
@@ -340,8 +342,8 @@ def load_mnist(root: str, split: str = "train", image_size: int = 28) -> ImageSe
     elif split != "train" and have_test:
         (img_path, lab_path), index, how = test, None, "official test set"
     elif split == "train":  # t10k only: a sample
-        (img_path, lab_path), how = test, "no train files: first 80% of t10k"
-        index = _split_indices(len(read_idx(test[1])), "train")
+        (img_path, lab_path), how = test, "no train files: seeded 80% of t10k"
+        index = mnist_sample_split(len(read_idx(test[1])), "train")
     else:
         raise FileNotFoundError(f"MNIST test files missing in {os.path.abspath(root)}.\n"
                                 + MNIST_HELP.format(root=os.path.abspath(root)))
@@ -349,7 +351,7 @@ def load_mnist(root: str, split: str = "train", image_size: int = 28) -> ImageSe
     if len(images) != len(labels):
         raise ValueError(f"{img_path} holds {len(images)} images but {lab_path} {len(labels)} labels")
     if index is None and split != "train" and not have_train:
-        index, how = _split_indices(len(images), split), "no train files: last 20% of t10k"
+        index, how = mnist_sample_split(len(images), split), "no train files: seeded 20% of t10k"
     if index is not None:
         images, labels = images[index], labels[index]
     if image_size != images.shape[1]:
@@ -358,6 +360,14 @@ def load_mnist(root: str, split: str = "train", image_size: int = 28) -> ImageSe
     files = [f"{os.path.basename(img_path)}#{i}" for i in range(len(images))]
     return ImageSet(images[..., None], {"class": labels}, {"class": [str(d) for d in range(10)]}, files,
                     f"MNIST {split}: {len(images)} digits from {root} ({how})")
+
+
+def mnist_sample_split(n: int, split: str, seed: int = 0) -> np.ndarray:
+    """Indices of `split` in a seeded 80/20 split of n t10k digits (10,000: 8,000 / 2,000),
+    each part in increasing order; 'valid' and 'test' are the same 20%."""
+    order = np.random.default_rng(seed).permutation(n)
+    cut = int(round(0.8 * n))
+    return np.sort({"train": order[:cut], "all": order}.get(split, order[cut:]))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -112,15 +112,16 @@ class Config(common.RunConfig):
     z_u_dim: int = common.arg(0, "size of z_u (0: 100 MNIST, 512 faces, 2 toy)")
     min_class_images: int = common.arg(30, "--dataset celeba: keep identities with at least this many images")
     flip: bool = common.arg(True, "random horizontal flips of faces (code)")
-    bn_momentum: float = common.arg(0.001, "BatchNorm running-stat momentum (TF's decay 0.999); runs "
-                                           "under ~5k steps want 0.05")
+    bn_momentum: float = common.arg(0.001, "BatchNorm running-stat momentum while training (TF's decay 0.999)")
+    bn_images: int = common.arg(2000, "training images whose population BatchNorm statistics replace the "
+                                      "running ones before eval, figures and sample (0: keep the running ones)")
     toy_points: int = common.arg(3000, "--dataset toy: points per class (80 percent train)")
     eval_images: int = common.arg(2000, "held-out images for eval")
     diversity_classes: int = common.arg(20, "classes sampled for the intra-class diversity (MS-SSIM)")
     diversity_samples: int = common.arg(20, "generated images per class for the diversity (all pairs)")
 
 
-RUN_FIELDS = common.RUN_FIELDS | {"eval_images", "diversity_classes", "diversity_samples"}
+RUN_FIELDS = common.RUN_FIELDS | {"eval_images", "bn_images", "diversity_classes", "diversity_samples"}
 
 
 def resolve_defaults(cfg: Config) -> Config:
@@ -727,11 +728,32 @@ def heldout(cfg: Config, device, n: int | None = None) -> tuple[torch.Tensor, to
     """The first n (default --eval-images) held-out images (or toy points) with labels."""
     held = load_split(cfg, "test", verbose=False)
     n = min(n or cfg.eval_images, len(held))
+    return model_inputs(cfg, held.images[:n], device), torch.from_numpy(held.labels["class"][:n]).to(device), held
+
+
+def model_inputs(cfg: Config, images: np.ndarray, device) -> torch.Tensor:
+    """uint8 images (N, H, W, C) -> (N, C, H, W) in [-1, 1] on device; toy points pass as they are."""
     if cfg.dataset == "toy":
-        x = torch.from_numpy(held.images[:n]).to(device)
-    else:
-        x = data.to_float_images(torch.from_numpy(np.array(held.images[:n])).to(device))
-    return x, torch.from_numpy(held.labels["class"][:n]).to(device), held
+        return torch.from_numpy(np.array(images)).to(device)
+    return data.to_float_images(torch.from_numpy(np.array(images)).to(device))
+
+
+def refresh_batchnorm(cfg: Config, model: DisentangledVAE, device) -> int:
+    """Population BatchNorm statistics over --bn-images training images (a seeded subset), each
+    reconstructed through (E_s, E_u, G) in train mode; sets and returns model.bn_stats_images."""
+    if cfg.bn_images > 0:
+        train_set = load_split(cfg, "train", verbose=False)
+        pick = np.sort(np.random.default_rng(cfg.seed).permutation(len(train_set))[:cfg.bn_images])
+        x = model_inputs(cfg, train_set.images[pick], device)
+        c = torch.from_numpy(train_set.labels["class"][pick]).to(device)
+
+        def reconstruct(xb: torch.Tensor, cb: torch.Tensor) -> torch.Tensor:
+            mu_u, logvar_u = model.encode_u(xb)
+            return model.decode(model.code_s(xb, cb), common.reparameterize(mu_u, logvar_u))
+
+        model.bn_stats_images = common.recompute_batchnorm(
+            model, zip(x.split(cfg.batch_size), c.split(cfg.batch_size)), reconstruct)
+    return getattr(model, "bn_stats_images", 0)
 
 
 def curve_keys(cfg: Config) -> list:
@@ -774,7 +796,8 @@ def train(cfg: Config, explicit: set) -> None:
                                       label=f"{cfg.model}: ")
     run_loop(cfg, model, optimizers, scaler, batches, names, start, device, earlier)
     common.cleanup_distributed()
-    if rank == 0:
+    if rank == 0:  # after the last checkpoint, so a resumed run still continues exactly
+        refresh_batchnorm(cfg, model, device)
         model.eval()
         draw_figures(cfg, model, names, device)
         evaluate([(cfg, model, names)], device)
@@ -875,22 +898,6 @@ def encode_all(model: DisentangledVAE, x: torch.Tensor, c: torch.Tensor, chunk: 
     return [torch.cat(parts).float() for parts in zip(*out)]
 
 
-def probe_accuracy(train_codes: torch.Tensor, train_c: torch.Tensor, test_codes: torch.Tensor,
-                   test_c: torch.Tensor, n_classes: int, steps: int = 500) -> float:
-    """Held-out accuracy of a linear softmax probe fitted (full-batch Adam, standardised codes)
-    on training codes: how much label a code carries, read by a classifier it never fooled."""
-    mean, std = train_codes.mean(0), train_codes.std(0) + 1e-6
-    a, b = (train_codes - mean) / std, (test_codes - mean) / std
-    probe = nn.Linear(a.shape[1], n_classes).to(a.device)
-    opt = torch.optim.Adam(probe.parameters(), lr=1e-2, weight_decay=1e-4)
-    with torch.enable_grad():
-        for _ in range(steps):
-            opt.zero_grad()
-            F.cross_entropy(probe(a), train_c).backward()
-            opt.step()
-    return (probe(b).argmax(1) == test_c).float().mean().item()
-
-
 @torch.no_grad()
 def diversity(model: DisentangledVAE, cfg: Config, device) -> float:
     """Tables 2 and 6: mean MS-SSIM over all pairs of --diversity-samples generated images of a
@@ -910,10 +917,7 @@ def evaluate(runs: list, device) -> list:
         x, c, held = heldout(cfg, device)
         train_set = load_split(cfg, "train", verbose=False)
         n = min(len(train_set), 10_000)
-        if cfg.dataset == "toy":
-            x_train = torch.from_numpy(train_set.images[:n]).to(device)
-        else:
-            x_train = data.to_float_images(torch.from_numpy(np.array(train_set.images[:n])).to(device))
+        x_train = model_inputs(cfg, train_set.images[:n], device)
         c_train = torch.from_numpy(train_set.labels["class"][:n]).to(device)
         z_s, mu_u, logvar_u = encode_all(model, x, c)
         _, mu_train, _ = encode_all(model, x_train, c_train)
@@ -922,10 +926,11 @@ def evaluate(runs: list, device) -> list:
         r = {"model": cfg.model, "heldout": len(x), "classes": model.n_classes, "split": held.description,
              "chance_accuracy": 1.0 / model.n_classes,
              "majority_accuracy": float(np.bincount(c.cpu().numpy()).max() / len(c)),
-             "acc_z_u_probe": probe_accuracy(mu_train, c_train, mu_u, c, model.n_classes),
+             "acc_z_u_probe": common.probe_accuracy(mu_train, c_train, mu_u, c, model.n_classes),
              "recon_mse_per_element": (x_hat - x).pow(2).mean().item(),
              "kl_z_u_nats": kl_dims.sum().item(),
-             "active_units_z_u": int((mu_u.var(0) > 0.01).sum().item()), "z_u_dim": model.z_u_dim}
+             "active_units_z_u": common.active_units(mu_u),
+             "bn_stats_images": getattr(model, "bn_stats_images", 0), "z_u_dim": model.z_u_dim}
         if model.kind == "lr-livae":
             d, logdet = mixture_logits(z_s, *model.prior.params())
             r["acc_z_s_nearest_component"] = ((-d - 0.5 * logdet).argmax(1) == c).float().mean().item()
@@ -963,7 +968,9 @@ def load_models(cfg: Config, explicit: set, device) -> list:
         saved = resolve_defaults(dataclasses.replace(saved, out=os.path.dirname(os.path.abspath(path))))
         model = DisentangledVAE(saved, state["extra"]["n_classes"])
         model.load_state_dict(state["models"]["model"])
-        runs.append((saved, model.to(device).eval(), state["extra"]["class_names"]))
+        model.to(device)
+        refresh_batchnorm(saved, model, device)
+        runs.append((saved, model.eval(), state["extra"]["class_names"]))
     return runs
 
 

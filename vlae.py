@@ -4,7 +4,7 @@ Haoji Xu, "Generate Faces Using Ladder Variational Autoencoder with Maximum Mean
 (MMD)", Intelligent Information Management 10, 2018 - the variational ladder autoencoder (VLAE,
 Zhao, Song & Ermon 2017, arXiv:1702.08396) trained with the MMD objective of InfoVAE (Zhao et
 al. 2017, arXiv:1706.02262) on every latent layer. Settings follow the reference code the paper
-used (ermongroup/Variational-Ladder-Autoencoder, --reg=mmd); see notes/vlae_mmd.md.
+used (ermongroup/Variational-Ladder-Autoencoder at 00d517d, --reg=mmd).
 
 The model. Latent layers l = 0..L-1 (l = 0 nearest the pixels; L = 4 x 10 dims for 64x64
 CelebA, L = 3 x 2 dims for 28x28 MNIST), all with the flat prior p(z) = prod_l N(z_l; 0, I).
@@ -17,7 +17,7 @@ CelebA, L = 3 x 2 dims for 28x28 MNIST), all with the flat prior p(z) = prod_l N
 Deep layers see x through a deep network, so they hold high-level features (pose, identity);
 shallow ones hold low-level ones (lighting, colour).
 
-The objective (paper sec. 2.4; the extracted text lost the equations, restored by the note):
+The objective (paper sec. 2.3-2.4, written out as the reference computes it):
     (eq. 1) MMD(q, p) = E_{q,q}[k(z, z')] + E_{p,p}[k(z, z')] - 2 E_{q,p}[k(z, z')]
     (eq. 2) k(z, z') = exp(-||z - z'||^2 / sigma^2),   sigma^2 = D^2 (the reference's dim scaling)
     (eq. 3) L_MMD-VLAE = E_q[log p(x|z)] - sum_l MMD(q(z_l), p(z_l))     (maximised)
@@ -25,16 +25,34 @@ With the reference's choices, the loss minimised is
         loss = 100 * ( mean_{pixels} |x_hat - x|  +  lambda * sum_l MMD_l ),   lambda = 1,
 i.e. an L1 "log-likelihood" (a Laplace p(x|z) up to scale), MMD estimated on each batch of
 reparameterised codes z_l against 100 fresh prior draws, biased estimator. The paper's ELBO
-writes log p(z|x); it is log p(x|z) (a misprint, note sec. 6.10).
-`--reg kl` trains the plain VLAE baseline: 0.5 * sum_{pixels} |x_hat - x| + w_t * sum_l KL_l,
-with the KL warm-up w_t = 1 - exp(-t / 2000) of the reference.
+writes log p(z|x); it is log p(x|z) (a misprint: the ELBO's first term is the likelihood).
+`--reg kl` trains the plain VLAE baseline (Zhao et al. 2017, eq. 4 with the reference's weights):
+        loss = r * C*H*W * mean_{pixels} |x_hat - x|  +  w_t * sum_l KL(q(z_l|x) || N(0, I)),
+with the KL warm-up w_t = 1 - exp(-t / 2000) and the reference's loss_ratio r (--kl-recon-weight).
 
-Deviations and reference quirks (flags, off by default):
-    --relu-top-heads   the reference's top (z3) heads fall back to TF's default ReLU, so mu >= 0.
-    --recon mse        the reference before 2017-09-20 used mean squared error.
-    MNIST pixels are in [-1, 1] here like CelebA (the reference scales MNIST to [0, 1], which
-    halves the L1 term: --mmd-weight 2 reproduces its balance).
-    Face arithmetic (Fig. 4) uses encoder means mu_l(x), not samples, so it is deterministic.
+MNIST pixels are in [-1, 1] here like CelebA's; the reference reads MNIST in [0, 1], where every
+pixel error is half as large. The MNIST defaults restore the reference's balance in our units:
+--mmd-weight 2 (its lambda = 1 on [0, 1] pixels) and --kl-recon-weight 4 (its loss_ratio 8.0).
+
+Deviations and reference quirks (flags; the default is stated):
+    --relu-top-heads   off. The reference's top (z3) heads fall back to TF's default ReLU, so mu >= 0.
+    --recon mse        off (l1). The reference before 2017-09-20 used mean squared error.
+    --denoise          off. The reference readme trains every tested configuration with
+                       --denoise_train (salt and pepper plus N(0, 0.1^2) on the input, clean
+                       target); the paper does not mention it.
+    --bn-images 2000   BatchNorm keeps the reference's momentum 0.001 (TF's decay 0.999) while
+                       training; before eval, figures and sample its statistics are recomputed
+                       as population averages over 2,000 training images (the reference evaluates
+                       with the running averages, which lag ~1,000 steps behind the weights).
+    Init               N(0, 0.02) on every conv, transposed conv and linear layer of the blocks and
+                       ladders, Glorot-uniform on the mu / sigma heads (the reference uses TF's
+                       Glorot default on the heads only; its block helpers set N(0, 0.02)).
+    Split              CelebA's official partition (the reference takes the first 80% of an
+                       unsorted glob); MNIST's official train / test files (t10k alone: a seeded
+                       80/20 split).
+    Fig. 4             Face arithmetic uses encoder means mu_l(x), not samples, so it is
+                       deterministic. The paper's "dark skin" is Pale_Skin = 0: about 96% of
+                       CelebA faces are not labelled pale, so "dark" reads "not pale".
 
 Usage:
     python vlae.py --dataset celeba --data-dir data/celeba        # train (CPU, or one GPU)
@@ -43,7 +61,10 @@ Usage:
     python vlae.py figures --checkpoint runs/vlae-celeba/checkpoint.pt   # Figs 2-4, recon, samples
     python vlae.py eval    --checkpoint runs/vlae-celeba/checkpoint.pt   # eval.json
 The same command resumes an interrupted run. The paper trained about 8 h (CelebA) and 1 h
-(MNIST) on one GTX 1080 Ti; the default budget is 100k steps of 100 images (~62 CelebA epochs).
+(MNIST) on one GTX 1080 Ti; the default budget is 100k steps of batch 100 (~62 epochs of CelebA's
+162,770 training faces on one process; under torchrun --batch-size is per process, and the run
+prints its global batch and epochs when it starts). benchmarks/claims.py vlae measures the
+paper's claims on MNIST and faces (docs/claims/vlae.md).
 """
 from __future__ import annotations
 
@@ -72,6 +93,7 @@ ARITHMETIC = {
     "pale": ({"Male": 1, "Pale_Skin": 1}, {"Male": 1, "Pale_Skin": 0}, {"Male": 0, "Pale_Skin": 0}),
     "smile": ({"Male": 1, "Smiling": 1}, {"Male": 1, "Smiling": 0}, {"Male": 0, "Smiling": 0}),
 }
+PROBE_ATTRIBUTES = ("Smiling", "Male", "Eyeglasses", "Blond_Hair", "Wearing_Hat")  # eval's linear probes
 
 
 # ----------------------------------------------------------------------------------------------
@@ -81,7 +103,8 @@ ARITHMETIC = {
 class Config(common.RunConfig):
     dataset: str = common.arg("celeba", "celeba, mnist, lfw or folder (one sub-folder per class)",
                               choices=("celeba", "mnist", "lfw", "folder"))
-    steps: int = common.arg(100_000, "training steps; the paper gives none, ~62 CelebA epochs")
+    steps: int = common.arg(100_000, "optimizer steps; the paper gives none (100k at a global batch of 100: "
+                                      "~62 CelebA epochs)")
     batch_size: int = common.arg(100, "images per step per process (reference: 100)")
     lr: float = common.arg(2e-4, "Adam learning rate (reference: 2e-4, betas 0.9/0.999)")
     image_size: int = common.arg(0, "image side in pixels (0: 64 for faces, 28 for MNIST)")
@@ -91,17 +114,25 @@ class Config(common.RunConfig):
                           choices=("mmd", "kl"))
     recon: str = common.arg("l1", "reconstruction loss: l1 (reference HEAD) or mse", choices=("l1", "mse"))
     latent_dim: int = common.arg(0, "dims per latent layer (0: 10 for faces, 2 for MNIST)")
-    mmd_weight: float = common.arg(1.0, "lambda per layer against the per-pixel mean reconstruction")
+    mmd_weight: float = common.arg(0.0, "lambda per layer against the per-pixel mean L1 on [-1, 1] pixels (0: "
+                                        "the reference's balance, 1 for faces, 2 for MNIST = its 1 on [0, 1])")
+    kl_recon_weight: float = common.arg(0.0, "--reg kl: loss_ratio r of the reconstruction r * C*H*W * mean L1 on "
+                                             "[-1, 1] pixels (0: the reference's, 0.5 for faces, 4 for MNIST "
+                                             "= its 8.0 on [0, 1] pixels)")
+    denoise: bool = common.arg(False, "reference --denoise_train: salt and pepper (keep 0.9, set 0.1) plus "
+                                      "N(0, 0.1^2) noise on the input, clean target")
     prior_samples: int = common.arg(100, "N(0, I) draws per layer per step for the MMD")
     kl_warmup: float = common.arg(2000.0, "--reg kl: KL weight 1 - exp(-step / this)")
     relu_top_heads: bool = common.arg(False, "reference quirk: ReLU on the top layer's mu and sigma heads")
-    bn_momentum: float = common.arg(0.001, "BatchNorm running-stat momentum (TF default 0.999 decay); "
-                                           "runs under ~5k steps want 0.05")
-    eval_images: int = common.arg(1000, "held-out images for eval (reconstruction and MMD)")
+    bn_momentum: float = common.arg(0.001, "BatchNorm running-stat momentum while training (TF's decay 0.999)")
+    bn_images: int = common.arg(2000, "training images whose population BatchNorm statistics replace the "
+                                      "running ones before eval, figures and sample (0: keep the running ones)")
+    eval_images: int = common.arg(1000, "held-out images for eval (reconstruction, MMD, active units)")
+    probe_images: int = common.arg(10_000, "training images whose codes fit eval's linear probes")
 
 
 # the flags that may differ from the checkpoint a run resumes or evaluates
-RUN_FIELDS = common.RUN_FIELDS | {"eval_images"}
+RUN_FIELDS = common.RUN_FIELDS | {"eval_images", "bn_images", "probe_images"}
 
 
 def resolve_defaults(cfg: Config) -> Config:
@@ -112,9 +143,13 @@ def resolve_defaults(cfg: Config) -> Config:
         data_dir=cfg.data_dir or os.path.join("data", cfg.dataset),
         out=cfg.out or os.path.join("runs", f"vlae-{cfg.dataset}"),
         image_size=cfg.image_size or (64 if faces else 28),
-        latent_dim=cfg.latent_dim or (10 if faces else 2))
+        latent_dim=cfg.latent_dim or (10 if faces else 2),
+        mmd_weight=cfg.mmd_weight or (1.0 if faces else 2.0),
+        kl_recon_weight=cfg.kl_recon_weight or (0.5 if faces else 4.0))
     common.check_run_config(cfg)
     checks = [(cfg.prior_samples >= 2, "--prior-samples must be >= 2"),
+              (cfg.mmd_weight > 0 and cfg.kl_recon_weight > 0, "--mmd-weight and --kl-recon-weight must be > 0"),
+              (cfg.bn_images >= 0 and cfg.probe_images >= 0, "--bn-images and --probe-images must be >= 0"),
               (cfg.latent_dim >= 1, f"--latent-dim must be >= 1, got {cfg.latent_dim}"),
               (cfg.image_size % (16 if faces else 4) == 0,
                f"--image-size must be a multiple of {16 if faces else 4} for {cfg.dataset}, got {cfg.image_size}")]
@@ -324,8 +359,9 @@ def vlae_loss(out: dict, x: torch.Tensor, cfg: Config, step: int) -> dict:
     """The loss minimised, with its terms (scalars) for logging.
 
     mmd (eq. 3, reference weighting): 100 * (recon + lambda * sum_l MMD_l)
-    kl  (VLAE baseline):              0.5 * C*H*W * recon + (1 - exp(-step / 2000)) * sum_l KL_l
-    where recon is the per-pixel mean error of `reconstruction_error`.
+    kl  (VLAE baseline):              r * C*H*W * recon + (1 - exp(-step / 2000)) * sum_l KL_l
+    where recon is the per-pixel mean error of `reconstruction_error`, lambda --mmd-weight and
+    r --kl-recon-weight (the reference's loss_ratio).
     """
     recon = reconstruction_error(out["x_hat"], x, cfg.recon)
     terms = {"recon": recon}
@@ -335,8 +371,20 @@ def vlae_loss(out: dict, x: torch.Tensor, cfg: Config, step: int) -> dict:
     else:
         regs = kl_per_layer(out["mu"], out["logvar"])
         warmup = 1.0 - math.exp(-step / cfg.kl_warmup)
-        loss = 0.5 * x[0].numel() * recon + warmup * sum(regs)
+        loss = cfg.kl_recon_weight * x[0].numel() * recon + warmup * sum(regs)
     return {"loss": loss, **terms, **{f"{cfg.reg}_{l}": r for l, r in enumerate(regs)}}
+
+
+def corrupt(x: torch.Tensor, dataset: str) -> torch.Tensor:
+    """--denoise: the reference's noisy input (trainer.py, get_noisy_input), in its own pixel
+    range ([0, 1] for MNIST, [-1, 1] for faces): clip(x * Bernoulli(0.9) + Bernoulli(0.1) +
+    N(0, 0.1^2)). x (B, C, H, W) in [-1, 1] -> the same shape and range. The noise comes from the
+    global torch RNG, whose state every checkpoint keeps, so a resumed run draws the same noise."""
+    lo = 0.0 if dataset == "mnist" else -1.0
+    u = (x + 1.0) / 2.0 if lo == 0.0 else x
+    keep, salt = torch.rand_like(u) < 0.9, torch.rand_like(u) < 0.1
+    noisy = (u * keep + salt + 0.1 * torch.randn_like(u)).clamp(lo, 1.0)
+    return noisy * 2.0 - 1.0 if lo == 0.0 else noisy
 
 
 # ----------------------------------------------------------------------------------------------
@@ -347,14 +395,15 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch
     """One Adam step on the micro-batches xs (each (B, C, H, W) in [-1, 1]; one unless
     --grad-accum): their gradients are summed, each loss divided by len(xs), and DDP averages
     over ranks once, on the last. Returns the loss terms averaged over micro-batches, detached.
-    The forward runs under autocast; the losses are computed in float32."""
+    The forward runs under autocast; the losses are computed in float32. With --denoise the
+    encoder sees a corrupted x and the loss compares x_hat with the clean x."""
     optimizer.zero_grad(set_to_none=True)
     totals: dict = {}
     for i, x in enumerate(xs):
         sync = i == len(xs) - 1 or not hasattr(model, "no_sync")
         with contextlib.nullcontext() if sync else model.no_sync():
             with common.autocast(device, cfg.amp):
-                out = model(x)
+                out = model(corrupt(x, cfg.dataset) if cfg.denoise else x)
             terms = vlae_loss(out, x, cfg, step)
             scaler.scale(terms["loss"] / len(xs)).backward()
         for k, v in terms.items():
@@ -385,11 +434,11 @@ def fig_manifold(model: VLAE, layer: int, g: torch.Generator, device, n: int = 1
 
 
 @torch.no_grad()
-def fig_resample_layer(model: VLAE, layer: int, g: torch.Generator, device, n: int = 10):
-    """Fig. 3: every other layer fixed to one N(0, I) draw, layer `layer` redrawn in each of
-    n*n cells. Returns (n*n, C, H, W)."""
-    fixed = prior_draw(model, 1, g, device)
-    zs = [z.expand(n * n, -1).clone() for z in fixed]
+def fig_resample_layer(model: VLAE, layer: int, base: list, g: torch.Generator, device, n: int = 10):
+    """Fig. 3, one panel: every layer but `layer` fixed to the shared draw `base` (a list of
+    (1, D_l) codes, one N(0, I) draw for all panels, as the reference), layer `layer` redrawn
+    from N(0, I) in each of n*n cells. Returns (n*n, C, H, W) in [-1, 1]."""
+    zs = [z.expand(n * n, -1).clone() for z in base]
     zs[layer] = torch.randn(n * n, model.latent_dims[layer], generator=g).to(device)
     return model.decode(zs)
 
@@ -422,10 +471,11 @@ def effect_scores(model: VLAE, g: torch.Generator, device, bases: int = 8, resam
     layer l with the others fixed, averaged over pixels and `bases` draws of the others.
     [-1, 1] pixel units; a layer the decoder ignores scores 0."""
     scores = []
+    base_draws = [prior_draw(model, 1, g, device) for _ in range(bases)]
     for layer in range(len(model.latent_dims)):
         total = 0.0
-        for _ in range(bases):
-            images = fig_resample_layer(model, layer, g, device, n=int(math.sqrt(resamples)))
+        for base in base_draws:
+            images = fig_resample_layer(model, layer, base, g, device, n=int(math.sqrt(resamples)))
             total += images.float().std(dim=0).mean().item()
         scores.append(total / bases)
     return scores
@@ -438,8 +488,25 @@ def heldout_images(cfg: Config, n: int, device, split: str = "test") -> tuple[to
     """The first n held-out images (B, C, H, W) in [-1, 1] and their ImageSet."""
     held = data.load_dataset(cfg.dataset, cfg.data_dir, split, cfg.image_size, parse_crop(cfg),
                              cfg.cache_dir or None)
-    x = data.to_float_images(torch.from_numpy(np.array(held.images[:n])).to(device))
-    return x, held
+    return as_inputs(held.images[:n], device), held
+
+
+def as_inputs(images: np.ndarray, device) -> torch.Tensor:
+    """uint8 images (N, H, W, C) -> float (N, C, H, W) in [-1, 1] on device."""
+    return data.to_float_images(torch.from_numpy(np.array(images)).to(device))
+
+
+def refresh_batchnorm(cfg: Config, model: VLAE, device, train_set: data.ImageSet | None = None) -> int:
+    """Population BatchNorm statistics over --bn-images training images (a seeded subset), in
+    batches of --batch-size (common.recompute_batchnorm); sets and returns model.bn_stats_images."""
+    if cfg.bn_images > 0:
+        if train_set is None:
+            train_set = data.load_dataset(cfg.dataset, cfg.data_dir, "train", cfg.image_size, parse_crop(cfg),
+                                          cfg.cache_dir or None, verbose=False)
+        pick = np.sort(np.random.default_rng(cfg.seed).permutation(len(train_set))[:cfg.bn_images])
+        x = as_inputs(train_set.images[pick], device)
+        model.bn_stats_images = common.recompute_batchnorm(model, x.split(cfg.batch_size))
+    return getattr(model, "bn_stats_images", 0)
 
 
 def load_model(cfg: Config, explicit: set) -> tuple[VLAE, Config, dict]:
@@ -492,6 +559,10 @@ def train(cfg: Config, explicit: set) -> None:
     batches = data.Batches(train_set, cfg.batch_size, cfg.seed, device, rank, world,
                            channels_last=device.type == "cuda")
     earlier = common.start_run_folder(cfg, train_set.description, model, start, device)
+    global_batch = cfg.batch_size * cfg.grad_accum * world
+    common.print0(f"global batch {global_batch} ({cfg.batch_size} per process x {cfg.grad_accum} micro-batches x "
+                  f"{world} processes): {cfg.steps} steps are {cfg.steps * global_batch / len(train_set):.1f} "
+                  f"epochs of {len(train_set)} images")
     net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
     # compile outside DDP (torch's advice): the graph is split at DDP's buckets, so the
     # gradient all-reduce overlaps the backward
@@ -499,7 +570,7 @@ def train(cfg: Config, explicit: set) -> None:
     run_loop(cfg, net, optimizer, scaler, batches, start, device, earlier)
     common.cleanup_distributed()  # the figures and eval below run on rank 0 alone
     if rank == 0:
-        finish(cfg, common.unwrap(net), device)
+        finish(cfg, common.unwrap(net), device, train_set)
 
 
 def run_loop(cfg: Config, net, optimizer, scaler, batches, start: int, device, earlier: float = 0.0) -> None:
@@ -519,8 +590,10 @@ def run_loop(cfg: Config, net, optimizer, scaler, batches, start: int, device, e
 # ----------------------------------------------------------------------------------------------
 # --- plumbing: sample / figures / eval ---
 # ----------------------------------------------------------------------------------------------
-def finish(cfg: Config, model: VLAE, device) -> None:
-    """After training: every figure and eval.json (rank 0)."""
+def finish(cfg: Config, model: VLAE, device, train_set: data.ImageSet) -> None:
+    """After training (rank 0): population BatchNorm statistics, every figure and eval.json. The
+    last checkpoint was written before, so a longer run resumes from the training statistics."""
+    refresh_batchnorm(cfg, model, device, train_set)
     model.eval()
     draw_figures(cfg, model, device)
     evaluate(cfg, model, device)
@@ -535,7 +608,9 @@ def draw_figures(cfg: Config, model: VLAE, device) -> list:
     if cfg.dataset == "mnist":  # Fig. 2: bottom, middle, top layer left to right
         panels = [common.make_grid(common.to_uint8(fig_manifold(model, l, g, device)), 15) for l in range(n_layers)]
         written.append(save_panels(fig_dir, "fig2_manifold.png", panels))
-    panels = [common.make_grid(common.to_uint8(fig_resample_layer(model, l, g, device)), 10) for l in range(n_layers)]
+    base = prior_draw(model, 1, g, device)  # one base for every panel, so the panels compare
+    panels = [common.make_grid(common.to_uint8(fig_resample_layer(model, l, base, g, device)), 10)
+              for l in range(n_layers)]
     written.append(save_panels(fig_dir, "fig3_layers.png", panels))
     x, held = heldout_images(cfg, 32, device)
     with torch.no_grad():
@@ -570,7 +645,7 @@ def fig4_all(cfg: Config, model: VLAE, device, fig_dir: str, held: data.ImageSet
             common.print0(f"fig4 {name}: no face matches one of {wanted}; skipped")
             continue
         picks = [p[:min(map(len, picks))] for p in picks]
-        abc = [data.to_float_images(torch.from_numpy(np.array(faces.images[p])).to(device)) for p in picks]
+        abc = [as_inputs(faces.images[p], device) for p in picks]
         written.append(save(fig_dir, f"fig4_arithmetic_{name}.png", fig_arithmetic(model, *abc), 4))
     return written
 
@@ -588,35 +663,83 @@ def save_panels(fig_dir: str, name: str, panels: list) -> str:
 
 
 @torch.no_grad()
-def evaluate(cfg: Config, model: VLAE, device) -> dict:
-    """Held-out numbers (note sec. 5), written to OUT/eval.json and printed."""
-    x, held = heldout_images(cfg, cfg.eval_images, device)
-    mus, logvars, x_hats = [], [], []
-    for chunk in x.split(250):
-        mu, lv = model.encode(chunk)
-        mus.append(mu)
-        logvars.append(lv)
-        x_hats.append(model.decode(mu))
-    x_hat = torch.cat(x_hats)
+def encode_means(model: VLAE, x: torch.Tensor, chunk: int = 250) -> tuple[list, list]:
+    """Per layer, mu_l (N, D_l) and logvar_l (N, D_l) of images x (N, C, H, W), in chunks."""
+    parts = [model.encode(xb) for xb in x.split(chunk)]
     layers = range(len(model.latent_dims))
-    z = [common.reparameterize(torch.cat([m[l] for m in mus]), torch.cat([v[l] for v in logvars])) for l in layers]
+    return ([torch.cat([p[0][l] for p in parts]).float() for l in layers],
+            [torch.cat([p[1][l] for p in parts]).float() for l in layers])
+
+
+def probe_targets(dataset: data.ImageSet, index) -> dict:
+    """The labels a probe can read off the codes: name -> ((N,) int64 labels, classes). MNIST and
+    folder data give 'class'; CelebA gives the binary PROBE_ATTRIBUTES it has."""
+    targets = {}
+    if "class" in dataset.labels:
+        targets["class"] = (dataset.labels["class"][index], len(dataset.names["class"]))
+    names = dataset.names.get("attributes", [])
+    if "attributes" in dataset.labels and dataset.labels["attributes"].dtype == np.uint8:
+        for name in (n for n in PROBE_ATTRIBUTES if n in names):
+            targets[name] = (dataset.labels["attributes"][index, names.index(name)].astype(np.int64), 2)
+    return targets
+
+
+def layer_probes(cfg: Config, model: VLAE, held: data.ImageSet, held_mus: list, device) -> dict:
+    """Held-out accuracy of a linear probe on each layer's mu_l, per label (common.probe_accuracy),
+    fitted on the codes of --probe-images training images; with the majority-class share."""
+    train_set = data.load_dataset(cfg.dataset, cfg.data_dir, "train", cfg.image_size, parse_crop(cfg),
+                                  cfg.cache_dir or None, verbose=False)
+    pick = np.sort(np.random.default_rng(cfg.seed).permutation(len(train_set))[:cfg.probe_images])
+    train_mus, _ = encode_means(model, as_inputs(train_set.images[pick], device))
+    train_targets, held_targets = probe_targets(train_set, pick), probe_targets(held, np.arange(len(held_mus[0])))
+    accuracy, majority = {}, {}
+    for name, (y_train, classes) in train_targets.items():
+        y_held = held_targets[name][0]
+        y_train_t, y_held_t = torch.from_numpy(y_train).to(device), torch.from_numpy(y_held).to(device)
+        accuracy[name] = [common.probe_accuracy(a, y_train_t, b, y_held_t, classes)
+                          for a, b in zip(train_mus, held_mus)]
+        majority[name] = float(np.bincount(y_held, minlength=classes).max() / len(y_held))
+    return {"probe_accuracy": accuracy, "probe_majority_accuracy": majority, "probe_train_images": len(pick)}
+
+
+@torch.no_grad()
+def evaluate(cfg: Config, model: VLAE, device) -> dict:
+    """Held-out numbers, written to OUT/eval.json and printed: reconstruction error, per layer
+    the unbiased MMD, active units, linear-probe accuracies and the effect score; the last
+    training MMD (biased) beside the value that estimator gives when q = p."""
+    x, held = heldout_images(cfg, cfg.eval_images, device)
+    mus, logvars = encode_means(model, x)
+    x_hat = torch.cat([model.decode(list(zs)) for zs in zip(*(m.split(250) for m in mus))])
+    layers = range(len(model.latent_dims))
+    z = [common.reparameterize(mus[l], logvars[l]) for l in layers]
     g = torch.Generator().manual_seed(cfg.seed + 1)
     prior = prior_draw(model, len(x), g, device)
     diff = (x_hat - x).float()
     result = {
-        "heldout_images": len(x), "split": held.description,
+        "heldout_images": len(x), "split": held.description, "bn_stats_images": getattr(model, "bn_stats_images", 0),
         "recon_l1_per_element": diff.abs().mean().item(),
         "recon_mse_per_element": diff.pow(2).mean().item(),
         "recon_sse_per_image_over_hw": (diff.pow(2).flatten(1).sum(1) / (x.shape[2] * x.shape[3])).mean().item(),
+        "latent_dims": list(model.latent_dims),
+        "active_units": [common.active_units(mus[l]) for l in layers],
         "mmd_heldout_unbiased": [common.mmd(z[l], prior[l], unbiased=True).item() for l in layers],
+        **layer_probes(cfg, model, held, mus, device),
         "effect_score": effect_scores(model, g, device),
-        "units": "pixels in [-1, 1]; reconstructions decode the encoder means mu_l(x); MMD with "
-                 "k = exp(-||a-b||^2 / D^2) on samples z_l ~ q(z_l|x) vs as many N(0, I) draws; "
-                 "effect_score = mean per-pixel std over 64 redraws of one layer",
     }
     trained = common.read_jsonl(os.path.join(cfg.out, "metrics.jsonl"))
+    if trained and cfg.reg == "mmd":
+        result["mmd_train_biased"] = [trained[-1].get(f"mmd_{l}") for l in layers]
+        result["mmd_train_biased_at_q_eq_p"] = [common.biased_mmd_floor(cfg.batch_size, cfg.prior_samples, d)
+                                                for d in model.latent_dims]
+    result["units"] = (
+        "pixels in [-1, 1]; reconstructions decode the encoder means mu_l(x); active unit: Var_x[mu_d] > 0.01 "
+        "over the held-out images; probe: held-out accuracy of a linear softmax probe on mu_l fitted on "
+        "training codes; MMD with k = exp(-||a-b||^2 / D^2): held-out on samples z_l ~ q(z_l|x) vs as many "
+        "N(0, I) draws (unbiased), training on a batch vs --prior-samples draws (biased, so it does not go "
+        "below mmd_train_biased_at_q_eq_p, its expected value when q = p); effect_score = mean per-pixel "
+        "std over 64 redraws of one layer; BatchNorm statistics recomputed on bn_stats_images training images")
     if trained:
-        result["train_last"] = {k: v for k, v in trained[-1].items()}
+        result["train_last"] = dict(trained[-1])
     with open(os.path.join(cfg.out, "eval.json"), "w") as f:
         json.dump(result, f, indent=2)
     print(json.dumps(result, indent=2))
@@ -647,6 +770,7 @@ def main(argv: list | None = None) -> None:
         model, cfg, _ = load_model(cfg, explicit)
         device = common.pick_device(cfg.device)
         model.to(device)
+        refresh_batchnorm(cfg, model, device)
         {"sample": sample, "figures": draw_figures, "eval": evaluate}[mode](cfg, model, device)
 
 

@@ -116,7 +116,12 @@ def test_mnist_idx_reader_and_its_errors(mnist_dir, tmp_path):
     train = data.load_dataset("mnist", mnist_dir, "train", 28)
     test = data.load_dataset("mnist", mnist_dir, "test", 28)
     assert train.images.shape == (800, 28, 28, 1) and len(test) == 200
-    assert train.labels["class"][:5].tolist() == [7, 2, 1, 0, 4]  # the first t10k labels
+    everything = data.read_idx(os.path.join(mnist_dir, "t10k-labels-idx1-ubyte.gz"))
+    train_index, test_index = data.mnist_sample_split(1000, "train"), data.mnist_sample_split(1000, "test")
+    assert not set(train_index) & set(test_index) and len(set(train_index) | set(test_index)) == 1000
+    assert train_index.max() > 900 and test_index.min() < 100  # a seeded shuffle, not a cut in file order
+    assert train.labels["class"].tolist() == everything[train_index].tolist()
+    assert "seeded 80% of t10k" in train.description
     assert train.images.max() == 255 and train.images.min() == 0
     with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte.gz"):
         data.load_dataset("mnist", str(tmp_path), "train")

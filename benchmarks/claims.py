@@ -1,0 +1,405 @@
+"""The papers' claims, measured on data anyone has, written up as docs/claims/PAPER.md.
+
+    python benchmarks/claims.py vlae                     # MNIST + faces, small scale (~30 min on 2 CPU cores)
+    python benchmarks/claims.py vlae --skip-faces        # MNIST only (~20 min)
+    python benchmarks/claims.py vlae --scale paper       # the paper's settings (a GPU job)
+
+Each subcommand trains the runs it needs through the script's own public functions (its `main`,
+`load_model`, encoder and decoder), then tests one claim per function. A claim function's
+docstring quotes the claim, says where the paper makes it and what counts as holding, decided
+before the run; it returns a `Row` (claim | where | what we measured | holds?). The rows and the
+figures they cite go to docs/claims/PAPER.md, whose header gives the data, the scale, the machine
+and the wall time. Every number comes from the run; one seed (--seed) per run.
+
+Shared by every paper (one place, below): the data folders and splits, the timing, the probe and
+the report writer. Later papers add their subcommands (cmma, disentangled, vae_began, all).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import common  # noqa: E402
+import data  # noqa: E402
+import vlae  # noqa: E402
+
+
+# ----------------------------------------------------------------------------------------------
+# shared: rows, timing, data, probe, report
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Row:
+    """One line of the claims table. `holds` is 'yes', 'no' or 'mixed'; `why` one clause."""
+    claim: str
+    where: str
+    measured: str
+    holds: str
+    why: str
+
+
+@dataclasses.dataclass
+class Run:
+    """A training run done for the claims: where it is, what it trained on, how long it took."""
+    name: str
+    out: str
+    data: str
+    steps: int
+    seconds: float
+
+
+def verdict(parts: list) -> str:
+    """'yes' when every part of a claim holds, 'no' when none does, else 'mixed'."""
+    return "yes" if all(parts) else "no" if not any(parts) else "mixed"
+
+
+def data_folder(root: str, name: str, wanted: str) -> str:
+    """root/name, or a clear error naming what the claims need there."""
+    path = os.path.join(root, name)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"the claims need {path} ({wanted}); pass --data-dir, the folder that holds "
+                                f"mnist/, celeba/ and celeba_identities/")
+    return path
+
+
+def split_description(run_out: str) -> str:
+    """The data line of a run: set, split and count, as the script wrote it into config.json."""
+    with open(os.path.join(run_out, "config.json")) as f:
+        return json.load(f)["data"]
+
+
+def train_run(script, name: str, argv: list, work: str) -> Run:
+    """Train one run through `script.main` (fresh, into work/name) and time it."""
+    out = os.path.join(work, name)
+    t0 = time.time()
+    script.main(argv + ["--out", out, "--fresh"])
+    steps = int(argv[argv.index("--steps") + 1])
+    return Run(name, out, split_description(out), steps, time.time() - t0)
+
+
+def fmt(values, digits: int = 3) -> str:
+    """A list of numbers as 'a / b / c' (bottom layer first)."""
+    return " / ".join(f"{v:.{digits}g}" if isinstance(v, float) else str(v) for v in values)
+
+
+def pixel_probe(train: data.ImageSet, test: data.ImageSet, device):
+    """A linear classifier on raw pixels (common.fit_linear_probe), fitted on the training split:
+    it reads the digit class of generated images. Returns (predict, held-out accuracy)."""
+    x = torch.from_numpy(np.array(train.images)).flatten(1).float().to(device) / 255.0
+    predict = common.fit_linear_probe(x, torch.from_numpy(train.labels["class"]).to(device), 10)
+    x_test = torch.from_numpy(np.array(test.images)).flatten(1).float().to(device) / 255.0
+    accuracy = (predict(x_test).cpu() == torch.from_numpy(test.labels["class"])).float().mean().item()
+    return predict, accuracy
+
+
+def write_report(path: str, title: str, header: list, rows: list, figures: list) -> None:
+    """docs/claims/PAPER.md: a header (bullets), the claims table, then the figures with captions
+    (`figures`: (relative PNG path, caption) pairs)."""
+    lines = [f"# {title}", "", *[f"- {h}" for h in header], "",
+             "| claim | where in the paper | what we measured | holds? |", "|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r.claim} | {r.where} | {r.measured} | **{r.holds}**: {r.why} |")
+    for png, caption in figures:
+        lines += ["", f"![{caption}]({png})", "", f"*{caption}*"]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"wrote {path}")
+
+
+def machine() -> str:
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+    return f"{device}, torch {torch.__version__}, {platform.system()} {platform.machine()}"
+
+
+# ----------------------------------------------------------------------------------------------
+# vlae: Xu 2018, MMD variational ladder autoencoder
+# ----------------------------------------------------------------------------------------------
+VLAE_SCALES = {  # steps, batch and image size of each run; 'tiny' is the tests' smoke run
+    "small": {"mnist_steps": 1200, "mnist_batch": 100, "face_steps": 350, "face_batch": 64, "face_size": 32},
+    "paper": {"mnist_steps": 30_000, "mnist_batch": 100, "face_steps": 100_000, "face_batch": 100, "face_size": 64},
+    "tiny": {"mnist_steps": 3, "mnist_batch": 16, "face_steps": 2, "face_batch": 8, "face_size": 32},
+}
+
+
+def vlae_mnist_runs(args, scale: dict) -> dict:
+    """The MMD model (the paper) and the KL baseline, same data, steps, batch and seed."""
+    mnist = data_folder(args.data_dir, "mnist", "MNIST's gzipped IDX files")
+    argv = ["--dataset", "mnist", "--data-dir", mnist, "--steps", str(scale["mnist_steps"]),
+            "--batch-size", str(scale["mnist_batch"]), "--seed", str(args.seed), "--log-every", "100"]
+    if args.scale == "tiny":
+        argv += ["--eval-images", "100", "--probe-images", "200", "--bn-images", "200", "--log-every", "1"]
+    return {reg: train_run(vlae, f"mnist-{reg}", argv + ["--reg", reg], args.work) for reg in ("mmd", "kl")}
+
+
+def load_vlae(run: Run, device):
+    """The trained model (eval mode, population BatchNorm statistics) and its config."""
+    model, cfg, _ = vlae.load_model(vlae.Config(checkpoint=os.path.join(run.out, "checkpoint.pt")), set())
+    model.to(device)
+    vlae.refresh_batchnorm(cfg, model, device)
+    return model, cfg
+
+
+def eval_json(run: Run) -> dict:
+    with open(os.path.join(run.out, "eval.json")) as f:
+        return json.load(f)
+
+
+def claim_probe_hierarchy(run: Run) -> Row:
+    """"Deep layers hold high-level features" (sec. 2.2; Fig. 2's reading: the top layer is the
+    digit's identity). Holds if a linear probe on the top layer's mu reads the held-out digit
+    class more accurately than the same probe on the bottom layer's mu."""
+    result = eval_json(run)
+    acc = result["probe_accuracy"]["class"]
+    return Row("A linear probe reads the digit class better from the top layer than from the bottom",
+               "sec. 2.2, Fig. 2", f"held-out probe accuracy on mu_l, bottom to top: {fmt(acc)} "
+               f"({result['heldout_images']} digits; majority class {result['probe_majority_accuracy']['class']:.3f})",
+               verdict([acc[-1] > acc[0]]), f"top {acc[-1]:.3f} vs bottom {acc[0]:.3f}")
+
+
+@torch.no_grad()
+def layer_changes(model, classify, device, seed: int, bases: int = 64, redraws: int = 16) -> dict:
+    """Per layer: redraw it `redraws` times from N(0, I) with every other layer fixed (one base
+    draw each, `bases` bases), decode, and measure what changed: the share of redraws whose
+    pixel-probe class differs from the base image's (identity), and, among redraws that keep the
+    class, the std of the ink (mean pixel in [0, 1]) and of the slant (mu_11 / mu_02, the
+    horizontal shift per row of the centred image moments) - the stroke width and slant of Fig. 2."""
+    g = torch.Generator().manual_seed(seed)
+    size = model.decode(vlae.prior_draw(model, 1, g, device)).shape[-1]
+    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
+    out = {"identity": [], "ink": [], "slant": []}
+    for layer in range(len(model.latent_dims)):
+        changed, ink_std, slant_std = [], [], []
+        for _ in range(bases):
+            base = vlae.prior_draw(model, 1, g, device)
+            zs = [z.expand(redraws + 1, -1).clone() for z in base]
+            zs[layer][1:] = torch.randn(redraws, model.latent_dims[layer], generator=g).to(device)
+            images = ((model.decode(zs).float().cpu()[:, 0] + 1.0) / 2.0).clamp(0, 1)   # (R+1, H, W) in [0, 1]
+            labels = classify(images.flatten(1).to(device)).cpu()
+            same = labels[1:] == labels[0]
+            changed.append(1.0 - same.float().mean().item())
+            kept = images[1:][same]
+            if len(kept) >= 2:
+                mass = kept.sum((1, 2)) + 1e-6
+                cx, cy = (kept * xs).sum((1, 2)) / mass, (kept * ys).sum((1, 2)) / mass
+                dx, dy = xs - cx[:, None, None], ys - cy[:, None, None]
+                slant = (kept * dx * dy).sum((1, 2)) / ((kept * dy * dy).sum((1, 2)) + 1e-6)
+                ink_std.append(kept.mean((1, 2)).std().item())
+                slant_std.append(slant.std().item())
+        out["identity"].append(float(np.mean(changed)))
+        out["ink"].append(float(np.mean(ink_std)) if ink_std else 0.0)
+        out["slant"].append(float(np.mean(slant_std)) if slant_std else 0.0)
+    return out
+
+
+def claims_fig2(run: Run, device, seed: int) -> tuple[list, float]:
+    """Two rows for Fig. 2 ("bottom = stroke width / style, middle = slant, top = digit
+    identity", sec. 3). Identity holds if redrawing the top layer changes the pixel-probe class
+    more often than redrawing any other layer. Style holds if, among redraws that keep the
+    class, the bottom layer changes both ink (stroke width) and slant more than the top layer
+    ('mixed' if one of the two)."""
+    model, cfg = load_vlae(run, device)
+    train = data.load_dataset("mnist", cfg.data_dir, "train", 28)
+    test = data.load_dataset("mnist", cfg.data_dir, "test", 28)
+    classify, pixel_accuracy = pixel_probe(train, test, device)
+    ch = layer_changes(model, classify, device, seed)
+    ident = ch["identity"]
+    top_most = all(ident[-1] > v for v in ident[:-1])
+    rows = [Row("Fig. 2: redrawing the top layer changes the digit's identity", "sec. 3, Fig. 2",
+                f"share of redraws whose digit class changes, bottom to top: {fmt(ident)} (64 bases x 16 redraws "
+                f"per layer; classes read by a linear pixel probe, {pixel_accuracy:.3f} held-out accuracy)",
+                verdict([top_most]), "the top layer changes it most" if top_most else "another layer changes it more"),
+            Row("Fig. 2: redrawing the bottom layer changes stroke width and slant", "sec. 3, Fig. 2",
+                f"among redraws that keep the class, std of ink (mean pixel, [0, 1]) bottom to top: {fmt(ch['ink'])}; "
+                f"std of slant (row shift per row): {fmt(ch['slant'])}",
+                verdict([ch["ink"][0] > ch["ink"][-1], ch["slant"][0] > ch["slant"][-1]]),
+                f"bottom vs top: ink {ch['ink'][0]:.3g} vs {ch['ink'][-1]:.3g}, "
+                f"slant {ch['slant'][0]:.3g} vs {ch['slant'][-1]:.3g}")]
+    return rows, pixel_accuracy
+
+
+def claim_mmd_vs_kl(runs: dict) -> Row:
+    """"MMD ... avoids the [KL's] tendency to ignore latent codes" (sec. 2.3, the paper's reason
+    for MMD, after InfoVAE). Holds if, after the same steps, the MMD model keeps more active
+    units (Var_x[mu_d] > 0.01) than the KL baseline and its held-out L1 reconstruction error is
+    at most 2% above the baseline's ('mixed' if one of the two)."""
+    mmd, kl = eval_json(runs["mmd"]), eval_json(runs["kl"])
+    au_mmd, au_kl = sum(mmd["active_units"]), sum(kl["active_units"])
+    l1_mmd, l1_kl = mmd["recon_l1_per_element"], kl["recon_l1_per_element"]
+    total = sum(mmd["latent_dims"])
+    return Row("MMD keeps more active units than KL and reconstructs as well", "sec. 2.3-2.4",
+               f"active units (of {total}) per layer, bottom to top: MMD {fmt(mmd['active_units'])} = {au_mmd}, "
+               f"KL {fmt(kl['active_units'])} = {au_kl}; held-out L1 per pixel ([-1, 1]): MMD {l1_mmd:.4f}, "
+               f"KL {l1_kl:.4f} ({mmd['heldout_images']} digits, {runs['mmd'].steps} steps each)",
+               verdict([au_mmd > au_kl, l1_mmd <= 1.02 * l1_kl]),
+               f"{'more' if au_mmd > au_kl else 'not more'} active units, "
+               f"{'matches or beats' if l1_mmd <= 1.02 * l1_kl else 'worse'} reconstruction")
+
+
+def vlae_face_run(args, scale: dict) -> Run:
+    """MMD-VLAE on the faces of celeba_identities (a folder per identity, CelebA's aligned JPEGs)
+    with the reference's crop; small scale at 32x32. The paper scale trains on full CelebA."""
+    if args.scale == "paper":
+        argv = ["--dataset", "celeba", "--data-dir", data_folder(args.data_dir, "celeba", "the full CelebA")]
+    else:
+        argv = ["--dataset", "folder", "--crop", ",".join(map(str, vlae.CELEBA_CROP)),
+                "--data-dir", data_folder(args.data_dir, "celeba_identities", "CelebA faces, a folder per identity")]
+    argv += ["--image-size", str(scale["face_size"]), "--steps", str(scale["face_steps"]),
+             "--batch-size", str(scale["face_batch"]), "--seed", str(args.seed), "--log-every", "50"]
+    if args.scale == "tiny":
+        argv += ["--eval-images", "20", "--probe-images", "40", "--bn-images", "40", "--log-every", "1"]
+    return train_run(vlae, "faces-mmd", argv, args.work)
+
+
+@torch.no_grad()
+def colour_shares(model, device, seed: int, bases: int = 16, redraws: int = 32) -> list:
+    """Per layer: the share of the redraw variance that is a change of the whole image's mean
+    colour (per channel), i.e. lighting and white balance; averaged over `bases` shared bases."""
+    g = torch.Generator().manual_seed(seed)
+    shares = [[] for _ in model.latent_dims]
+    for _ in range(bases):
+        base = vlae.prior_draw(model, 1, g, device)
+        for layer in range(len(model.latent_dims)):
+            images = vlae.fig_resample_layer(model, layer, base, g, device, n=int(np.sqrt(redraws))).float()
+            per_pixel = images.var(0).mean()
+            global_colour = images.mean((2, 3)).var(0).mean()
+            shares[layer].append((global_colour / per_pixel.clamp_min(1e-12)).item())
+    return [float(np.mean(s)) for s in shares]
+
+
+def claims_faces(run: Run, args, device) -> tuple[list, list]:
+    """Rows for Fig. 3 and Fig. 4, and the figures. Fig. 3 ("z0 = lighting / white balance",
+    sec. 3) holds if the bottom layer has the largest share of its redraw variance in the image's
+    mean colour. Every layer is used (the hierarchy needs them all) if each effect score is above
+    1% of the largest. Fig. 4 ("pale men - dark men + dark women -> pale women", sec. 4) holds if
+    the arithmetic result's face centre is brighter than the reconstruction of the dark women."""
+    model, cfg = load_vlae(run, device)
+    result, rows = eval_json(run), []
+    shares = colour_shares(model, device, args.seed)
+    rows.append(Row("Fig. 3: the bottom layer (z0) changes lighting and white balance", "sec. 3, Fig. 3",
+                    f"share of each layer's redraw variance that is the image's mean colour, z0 to z3: {fmt(shares)} "
+                    f"(16 bases x 36 redraws)", verdict([shares[0] == max(shares)]),
+                    "z0's share is the largest" if shares[0] == max(shares) else "another layer's share is larger"))
+    effect = result["effect_score"]
+    rows.append(Row("Every latent layer changes the image (none is ignored)", "sec. 2.2, Fig. 3",
+                    f"effect score (mean per-pixel std over 64 redraws, [-1, 1] units), z0 to z3: {fmt(effect)}",
+                    verdict([min(effect) > 0.01 * max(effect)]), "all above 1% of the largest"
+                    if min(effect) > 0.01 * max(effect) else "a layer is ignored by the decoder"))
+    if "class" in result.get("probe_accuracy", {}):
+        acc = result["probe_accuracy"]["class"]
+        rows.append(Row("Deeper layers hold identity (z2 more than z0)", "sec. 3, Fig. 3",
+                        f"held-out linear-probe accuracy of the identity on mu_l, z0 to z3: {fmt(acc)} "
+                        f"(majority class {result['probe_majority_accuracy']['class']:.3f})", verdict([acc[2] > acc[0]]), f"z2 {acc[2]:.3f} vs z0 {acc[0]:.3f}"))
+    figures, brighter = arithmetic_figure(model, cfg, args, device)
+    if brighter is not None:
+        rows.append(Row("Fig. 4: pale men - dark men + dark women gives pale women", "sec. 4, Fig. 4",
+                        f"mean brightness of the face centre ([-1, 1]), result minus reconstructed dark woman, per row: "
+                        f"{fmt(brighter)}", verdict([float(np.mean(brighter)) > 0]),
+                        f"mean {float(np.mean(brighter)):+.3f}"))
+    return rows, figures
+
+
+@torch.no_grad()
+def arithmetic_figure(model, cfg, args, device, rows: int = 6) -> tuple[list, list | None]:
+    """Fig. 4 on the attribute-labelled faces of --data-dir/celeba (same crop and size as the
+    model): rows [pale man, dark man, dark woman, result]; returns the saved PNG name and the
+    per-row brightness gain of the result over the reconstructed dark woman (face centre)."""
+    celeba = os.path.join(args.data_dir, "celeba")
+    if not os.path.isdir(celeba):
+        return [], None
+    faces = data.load_dataset("celeba", celeba, "all", cfg.image_size, vlae.CELEBA_CROP, verbose=False)
+    picks = [vlae.pick_by_attributes(faces, w, rows) for w in vlae.ARITHMETIC["pale"]]
+    if any(p is None for p in picks):
+        return [], None
+    n = min(map(len, picks))
+    a, b, c = [vlae.as_inputs(faces.images[p[:n]], device) for p in picks]
+    grid = vlae.fig_arithmetic(model, a, b, c)
+    recon_c = model.decode(model.encode(c)[0])
+    s = cfg.image_size
+    centre = lambda x: x[..., s // 4: 3 * s // 4, s // 4: 3 * s // 4].float().mean((1, 2, 3))
+    brighter = (centre(grid[3::4]) - centre(recon_c)).tolist()
+    common.save_grid(grid, os.path.join(args.out, "vlae", "fig4_arithmetic_pale.png"), 4)
+    common.save_grid(torch.stack([a, b, c, grid[3::4], recon_c], 1).flatten(0, 1),
+                     os.path.join(args.out, "vlae", "fig4_with_recon.png"), 5)
+    return [("vlae/fig4_arithmetic_pale.png",
+             f"Fig. 4, face arithmetic on {n} rows of {faces.description.split(' from ')[0]} at {s}x{s}: pale man, "
+             f"not-pale man, not-pale woman, decode(mu(a) - mu(b) + mu(c)) on every layer (Pale_Skin = 0 stands "
+             f"for the paper's dark skin)")], brighter
+
+
+def copy_figure(run: Run, name: str, args) -> str:
+    os.makedirs(os.path.join(args.out, "vlae"), exist_ok=True)
+    shutil.copy(os.path.join(run.out, "figures", name), os.path.join(args.out, "vlae", f"{run.name}_{name}"))
+    return f"vlae/{run.name}_{name}"
+
+
+def claims_vlae(args, device) -> None:
+    scale, t0 = VLAE_SCALES[args.scale], time.time()
+    runs = vlae_mnist_runs(args, scale)
+    fig2_rows, _ = claims_fig2(runs["mmd"], device, args.seed)
+    rows = [claim_probe_hierarchy(runs["mmd"]), *fig2_rows, claim_mmd_vs_kl(runs)]
+    figures = [(copy_figure(runs["mmd"], "fig2_manifold.png", args),
+                f"Fig. 2 (MMD model, MNIST, {runs['mmd'].steps} steps): the bottom, middle and top layer's 2-D code "
+                f"on a 15 x 15 grid over [-3, 3]^2, left to right, the other layers drawn from N(0, I) in each cell"),
+               (copy_figure(runs["kl"], "fig2_manifold.png", args), "The same for the KL baseline")]
+    all_runs = list(runs.values())
+    if not args.skip_faces:
+        face = vlae_face_run(args, scale)
+        face_rows, face_figures = claims_faces(face, args, device)
+        rows += face_rows
+        s = VLAE_SCALES[args.scale]["face_size"]
+        figures += [(copy_figure(face, "fig3_layers.png", args),
+                     f"Fig. 3 ({face.data.split(' from ')[0]}, {s}x{s}, {face.steps} steps): z0 to z3 left to right, "
+                     f"each panel redraws its layer in every cell, all panels share one base draw of the others"),
+                    (copy_figure(face, "samples.png", args), "Prior samples of the face model"),
+                    (copy_figure(face, "reconstructions.png", args),
+                     "Held-out faces (odd columns) and their reconstructions from mu (even columns)")] + face_figures
+        all_runs.append(face)
+    header = [f"Paper: H. Xu, Generate Faces Using Ladder Variational Autoencoder with Maximum Mean Discrepancy, 2018",
+              f"Scale: {args.scale}; one seed ({args.seed}) per run; reference defaults otherwise (Adam 2e-4, L1, "
+              f"lambda = the reference's balance, BatchNorm statistics recomputed on 2,000 training images)",
+              *[f"Run `{r.name}`: {r.data}; {r.steps} steps; {r.seconds:.0f} s" for r in all_runs],
+              f"Machine: {machine()}; total wall time {time.time() - t0:.0f} s",
+              f"Reproduce: `python benchmarks/claims.py vlae --scale {args.scale}"
+              f"{' --skip-faces' if args.skip_faces else ''}`"]
+    write_report(os.path.join(args.out, "vlae.md"), "MMD-VLAE (Xu 2018): the paper's claims, measured",
+                 header, rows, figures)
+
+
+# ----------------------------------------------------------------------------------------------
+# main
+# ----------------------------------------------------------------------------------------------
+PAPERS = {"vlae": claims_vlae}
+
+
+def main(argv: list | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="claims.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("paper", choices=sorted(PAPERS), help="the paper whose claims to measure")
+    parser.add_argument("--data-dir", default=os.path.join(ROOT, "..", "shared", "data"),
+                        help="folder holding mnist/ (and celeba/, celeba_identities/ for faces)")
+    parser.add_argument("--scale", default="small", choices=sorted(VLAE_SCALES),
+                        help="small: CPU minutes; paper: the paper's settings, a GPU job; tiny: a smoke run")
+    parser.add_argument("--skip-faces", action="store_true", help="vlae: the MNIST part only")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", default=os.path.join(ROOT, "docs", "claims"), help="where PAPER.md and figures go")
+    parser.add_argument("--work", default=os.path.join(ROOT, "runs", "claims"), help="where the training runs go")
+    args = parser.parse_args(argv)
+    with common.user_errors():
+        common.seed_everything(args.seed)
+        PAPERS[args.paper](args, common.pick_device(args.device))
+
+
+if __name__ == "__main__":
+    main()
