@@ -93,6 +93,7 @@ ARITHMETIC = {
     "pale": ({"Male": 1, "Pale_Skin": 1}, {"Male": 1, "Pale_Skin": 0}, {"Male": 0, "Pale_Skin": 0}),
     "smile": ({"Male": 1, "Smiling": 1}, {"Male": 1, "Smiling": 0}, {"Male": 0, "Smiling": 0}),
 }
+BN_CHUNK = 250  # images per forward when recomputing the BatchNorm statistics
 PROBE_ATTRIBUTES = ("Smiling", "Male", "Eyeglasses", "Blond_Hair", "Wearing_Hat")  # eval's linear probes
 
 
@@ -128,7 +129,7 @@ class Config(common.RunConfig):
     bn_images: int = common.arg(2000, "training images whose population BatchNorm statistics replace the "
                                       "running ones before eval, figures and sample (0: keep the running ones)")
     eval_images: int = common.arg(1000, "held-out images for eval (reconstruction, MMD, active units)")
-    probe_images: int = common.arg(10_000, "training images whose codes fit eval's linear probes")
+    probe_images: int = common.arg(10_000, "training images whose codes fit eval's linear probes (0: no probes)")
 
 
 # the flags that may differ from the checkpoint a run resumes or evaluates
@@ -498,14 +499,16 @@ def as_inputs(images: np.ndarray, device) -> torch.Tensor:
 
 def refresh_batchnorm(cfg: Config, model: VLAE, device, train_set: data.ImageSet | None = None) -> int:
     """Population BatchNorm statistics over --bn-images training images (a seeded subset), in
-    batches of --batch-size (common.recompute_batchnorm); sets and returns model.bn_stats_images."""
+    batches of BN_CHUNK (common.recompute_batchnorm: the mean of the batches' means and unbiased
+    variances, whose expectations do not depend on the batch size); sets and returns
+    model.bn_stats_images."""
     if cfg.bn_images > 0:
         if train_set is None:
             train_set = data.load_dataset(cfg.dataset, cfg.data_dir, "train", cfg.image_size, parse_crop(cfg),
                                           cfg.cache_dir or None, verbose=False)
         pick = np.sort(np.random.default_rng(cfg.seed).permutation(len(train_set))[:cfg.bn_images])
         x = as_inputs(train_set.images[pick], device)
-        model.bn_stats_images = common.recompute_batchnorm(model, x.split(cfg.batch_size))
+        model.bn_stats_images = common.recompute_batchnorm(model, x.split(BN_CHUNK))
     return getattr(model, "bn_stats_images", 0)
 
 
@@ -686,7 +689,10 @@ def probe_targets(dataset: data.ImageSet, index) -> dict:
 
 def layer_probes(cfg: Config, model: VLAE, held: data.ImageSet, held_mus: list, device) -> dict:
     """Held-out accuracy of a linear probe on each layer's mu_l, per label (common.probe_accuracy),
-    fitted on the codes of --probe-images training images; with the majority-class share."""
+    fitted on the codes of --probe-images training images; with the majority-class share. None
+    with --probe-images 0."""
+    if cfg.probe_images == 0:
+        return {}
     train_set = data.load_dataset(cfg.dataset, cfg.data_dir, "train", cfg.image_size, parse_crop(cfg),
                                   cfg.cache_dir or None, verbose=False)
     pick = np.sort(np.random.default_rng(cfg.seed).permutation(len(train_set))[:cfg.probe_images])
@@ -735,8 +741,8 @@ def evaluate(cfg: Config, model: VLAE, device) -> dict:
         "pixels in [-1, 1]; reconstructions decode the encoder means mu_l(x); active unit: Var_x[mu_d] > 0.01 "
         "over the held-out images; probe: held-out accuracy of a linear softmax probe on mu_l fitted on "
         "training codes; MMD with k = exp(-||a-b||^2 / D^2): held-out on samples z_l ~ q(z_l|x) vs as many "
-        "N(0, I) draws (unbiased), training on a batch vs --prior-samples draws (biased, so it does not go "
-        "below mmd_train_biased_at_q_eq_p, its expected value when q = p); effect_score = mean per-pixel "
+        "N(0, I) draws (unbiased), training on a batch vs --prior-samples draws (biased: its expected value "
+        "when q = p is mmd_train_biased_at_q_eq_p, not 0; one batch may fall below it); effect_score = mean per-pixel "
         "std over 64 redraws of one layer; BatchNorm statistics recomputed on bn_stats_images training images")
     if trained:
         result["train_last"] = dict(trained[-1])

@@ -169,3 +169,47 @@ def test_stop_signal_turns_sigterm_into_a_flag():
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.raised == "SIGTERM"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_biased_mmd_floor_is_the_estimators_mean_when_q_equals_p():
+    """Closed form (1/n + 1/m)(1 - (1 + 4/sigma2)^(-D/2)) against 400 draws of the estimator,
+    and the hand values 0.0036 (D = 10) and 0.01 (D = 2) at n = m = 100."""
+    assert common.biased_mmd_floor(100, 100, 10) == pytest.approx(0.02 * (1 - 1.04 ** -5))
+    assert common.biased_mmd_floor(100, 100, 2) == pytest.approx(0.01)
+    torch.manual_seed(0)
+    for n, m, d in ((100, 100, 10), (50, 200, 2)):
+        draws = torch.tensor([common.mmd(torch.randn(n, d), torch.randn(m, d)).item() for _ in range(400)])
+        assert draws.mean().item() == pytest.approx(common.biased_mmd_floor(n, m, d), rel=0.05)
+
+
+def test_active_units_counts_dims_whose_mean_varies():
+    mu = torch.zeros(1000, 4)
+    mu[:, 0] = torch.linspace(-1, 1, 1000)      # variance 0.33: active
+    mu[:, 1] = 0.05 * torch.linspace(-1, 1, 1000)  # variance 0.0008: inactive
+    mu[:, 3] = 0.2 * torch.linspace(-1, 1, 1000)   # variance 0.013: active
+    assert common.active_units(mu) == 2 and common.active_units(mu, threshold=0.5) == 0
+
+
+def test_linear_probe_reads_a_linear_label_and_not_noise():
+    torch.manual_seed(0)
+    y = torch.randint(3, (600,))
+    centres = torch.tensor([[3.0, 0.0], [0.0, 3.0], [-3.0, -3.0]])
+    codes = centres[y] + 0.5 * torch.randn(600, 2)
+    assert common.probe_accuracy(codes[:400], y[:400], codes[400:], y[400:], 3) > 0.97
+    noise = torch.randn(600, 2)
+    assert common.probe_accuracy(noise[:400], y[:400], noise[400:], y[400:], 3) < 0.45
+
+
+def test_recompute_batchnorm_gives_the_population_statistics():
+    """update_bn's rule: the running mean becomes the mean over the batches (equal sizes), the
+    running var the mean of the batches' unbiased variances; the momentum and mode come back."""
+    torch.manual_seed(0)
+    bn = torch.nn.BatchNorm1d(3, momentum=0.001)
+    model = torch.nn.Sequential(bn).eval()
+    x = torch.randn(400, 3) * torch.tensor([1.0, 2.0, 3.0]) + torch.tensor([5.0, -1.0, 0.0])
+    batches = x.split(100)
+    assert common.recompute_batchnorm(model, batches) == 400
+    assert torch.allclose(bn.running_mean, x.mean(0), atol=1e-5)
+    assert torch.allclose(bn.running_var, torch.stack([b.var(0) for b in batches]).mean(0), atol=1e-4)
+    assert bn.momentum == 0.001 and not model.training
+    assert common.recompute_batchnorm(torch.nn.Linear(2, 2), [torch.zeros(1, 2)]) == 0

@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,7 +12,8 @@ import common
 import vlae
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FAST_FACES = ["--image-size", "32", "--batch-size", "16", "--bn-momentum", "0.05", "--eval-images", "40"]
+# the faces run keeps the reference's BatchNorm momentum (0.001): eval must not depend on it
+FAST_FACES = ["--image-size", "32", "--batch-size", "16", "--eval-images", "40", "--probe-images", "100"]
 FAST_MNIST = ["--dataset", "mnist", "--batch-size", "8", "--bn-momentum", "0.05", "--eval-images", "50"]
 
 
@@ -32,6 +34,131 @@ def test_every_latent_layer_reaches_the_output(dataset, layers, dim, channels, s
     grads = torch.autograd.grad(model.decode(zs).sum(), zs, allow_unused=True)
     for layer, g in enumerate(grads):
         assert g is not None and g.abs().sum() > 0, f"z_{layer} does not reach the output"
+
+
+@pytest.mark.parametrize("dataset", ["celeba", "mnist"])
+def test_each_code_enters_the_decoder_at_its_own_depth_top_first(dataset):
+    """The ladder v_l must receive z_l, f_{L-1} z_{L-1}, and the decoder blocks must run top down;
+    every layer has the same width, so a reversed order raises no shape error."""
+    model = vlae.build_model(small_config(dataset)).eval()
+    n_layers = len(model.latent_dims)
+    seen, order = {}, []
+    for l, ladder in enumerate(model.ladders):
+        ladder.register_forward_hook(lambda m, inp, out, l=l: seen.__setitem__(l, inp[0].clone()))
+    for l, block in enumerate(model.decoders):
+        block.register_forward_hook(lambda m, inp, out, l=l: order.append((l, inp[0].clone())))
+    zs = [torch.full((2, model.latent_dims[l]), float(l + 1)) for l in range(n_layers)]
+    model.decode(zs)
+    for l in range(n_layers - 1):
+        assert torch.equal(seen[l], zs[l]), f"ladder v_{l} was fed another layer's code"
+    assert [l for l, _ in order] == list(reversed(range(n_layers)))
+    assert torch.equal(order[0][1], zs[-1])  # f_{L-1} takes z_{L-1} alone
+
+
+@pytest.mark.parametrize("dataset", ["celeba", "mnist"])
+def test_each_head_reads_its_own_depth_of_the_trunk(dataset):
+    """e_0 reads x itself, e_l reads g_{l-1}(...g_0(x)): hooks on the heads' inputs."""
+    model = vlae.build_model(small_config(dataset)).eval()
+    seen = {}
+    for l, head in enumerate(model.heads):
+        head.register_forward_hook(lambda m, inp, out, l=l: seen.__setitem__(l, inp[0].clone()))
+    x = torch.rand(2, 1 if dataset == "mnist" else 3, *(2 * [28 if dataset == "mnist" else 32])) * 2 - 1
+    model.encode(x)
+    h = x
+    for l in range(len(model.heads)):
+        assert torch.equal(seen[l], h), f"head e_{l} read the wrong trunk depth"
+        h = model.trunk[l](h) if l < len(model.trunk) else h
+
+
+def test_sigma_is_floored_at_one_thousandth():
+    """sigma = sigmoid(.) + 0.001: with the sigma logits forced to -100 every sigma is 0.001."""
+    model = vlae.build_model(small_config()).eval()
+    for head in model.heads:
+        nn_sigma = head.sigma
+        torch.nn.init.zeros_(nn_sigma.weight)
+        torch.nn.init.constant_(nn_sigma.bias, -100.0)
+    _, logvars = model.encode(torch.rand(3, 3, 32, 32) * 2 - 1)
+    for logvar in logvars:
+        assert torch.allclose(torch.exp(0.5 * logvar), torch.full_like(logvar, 1e-3), rtol=1e-5)
+
+
+def test_prior_draws_are_standard_normal_and_independent_across_layers():
+    model = vlae.build_model(small_config())
+    zs = vlae.prior_draw(model, 20_000, torch.Generator().manual_seed(0), "cpu")
+    assert [z.shape for z in zs] == [(20_000, 10)] * 4
+    flat = torch.cat(zs, dim=1)
+    assert flat.mean(0).abs().max() < 0.04 and (flat.std(0) - 1).abs().max() < 0.03
+    corr = torch.corrcoef(flat.T) - torch.eye(40)
+    assert corr.abs().max() < 0.05  # no dim, within or across layers, repeats another
+
+
+def test_fig3_redraws_only_its_layer_from_one_shared_base(monkeypatch):
+    model = vlae.build_model(small_config()).eval()
+    g = torch.Generator().manual_seed(0)
+    base = vlae.prior_draw(model, 1, g, "cpu")
+    calls = []
+    real_decode = model.decode
+    monkeypatch.setattr(model, "decode", lambda zs: calls.append([z.clone() for z in zs]) or real_decode(zs))
+    for layer in range(4):
+        vlae.fig_resample_layer(model, layer, base, g, "cpu", n=3)
+    for layer, zs in enumerate(calls):
+        for l, z in enumerate(zs):
+            if l == layer:
+                assert len(torch.unique(z, dim=0)) == 9, "the shown layer is not redrawn in every cell"
+            else:
+                assert torch.equal(z, base[l].expand(9, -1)), f"panel {layer} changed layer {l} or its base"
+
+
+def test_draw_figures_gives_every_fig3_panel_the_same_base(mnist_dir, tmp_path, monkeypatch):
+    cfg = small_config("mnist", data_dir=mnist_dir, out=str(tmp_path))
+    model = vlae.build_model(cfg).eval()
+    bases = []
+    real = vlae.fig_resample_layer
+    monkeypatch.setattr(vlae, "fig_resample_layer",
+                        lambda m, layer, base, *a, **k: bases.append(base) or real(m, layer, base, *a, **k))
+    vlae.draw_figures(cfg, model, "cpu")
+    assert len(bases) == 3 and all(all(torch.equal(a, b) for a, b in zip(bases[0], other)) for other in bases)
+
+
+def test_denoise_corrupts_in_the_references_pixel_range():
+    """trainer.py's noise: x * Bernoulli(0.9) + Bernoulli(0.1) + N(0, 0.1^2), clipped, in [0, 1]
+    for MNIST and [-1, 1] for faces. On black pixels (x = -1 here) the salt turns 10% of MNIST
+    pixels white, but lifts face pixels from -1 only to about 0 (1% reach 1, where keep fails too)."""
+    torch.manual_seed(0)
+    black = -torch.ones(64, 1, 28, 28)
+    mnist = vlae.corrupt(black, "mnist")
+    faces = vlae.corrupt(black, "celeba")
+    assert mnist.min() >= -1 and mnist.max() <= 1 and faces.min() >= -1 and faces.max() <= 1
+    assert abs((mnist > 0.5).float().mean().item() - 0.1) < 0.01
+    assert abs((faces > 0.5).float().mean().item() - 0.01) < 0.004
+    assert abs((faces.abs() < 0.5).float().mean().item() - 0.18) < 0.01  # keep xor salt: 0.09 + 0.09
+
+
+def test_denoise_feeds_the_noisy_input_and_scores_against_the_clean_one(monkeypatch):
+    cfg = small_config("mnist", denoise=True)
+    model = vlae.build_model(cfg)
+    x = torch.rand(4, 1, 28, 28) * 2 - 1
+    fed, scored = [], []
+    real_forward, real_loss = model.forward, vlae.vlae_loss
+    monkeypatch.setattr(model, "forward", lambda inp: fed.append(inp) or real_forward(inp))
+    monkeypatch.setattr(vlae, "vlae_loss", lambda out, target, *a: scored.append(target) or real_loss(out, target, *a))
+    opt = torch.optim.Adam(model.parameters())
+    vlae.train_step(model, opt, common.make_grad_scaler(torch.device("cpu"), False), [x], cfg, 0, torch.device("cpu"))
+    assert not torch.equal(fed[0], x) and torch.equal(scored[0], x)
+
+
+def test_reference_balance_is_the_default_per_dataset():
+    """The reference weighs MNIST's error on [0, 1] pixels, half ours: lambda 1 there is 2 here,
+    its KL loss_ratio 8.0 is 4.0 here; CelebA (in [-1, 1] there too) keeps 1 and 0.5."""
+    mnist, faces = small_config("mnist"), small_config("celeba")
+    assert (mnist.mmd_weight, mnist.kl_recon_weight) == (2.0, 4.0)
+    assert (faces.mmd_weight, faces.kl_recon_weight) == (1.0, 0.5)
+    torch.manual_seed(0)
+    x = torch.rand(5, 1, 28, 28) * 2 - 1
+    out = {"x_hat": torch.zeros_like(x), "mu": [torch.zeros(5, 2)] * 3, "logvar": [torch.zeros(5, 2)] * 3}
+    terms = vlae.vlae_loss(out, x, small_config("mnist", reg="kl"), step=0)
+    # reference: 8.0 * 784 * mean|x_hat - x| on [0, 1] pixels
+    assert terms["loss"].item() == pytest.approx(8.0 * 784 * ((x + 1) / 2 - 0.5).abs().mean().item(), rel=1e-5)
 
 
 def test_sigma_head_is_sigmoid_plus_floor_and_the_relu_quirk_is_a_flag():
@@ -93,17 +220,37 @@ def test_loss_falls_on_real_faces_and_every_output_is_written(faces_run):
     result = json.load(open(os.path.join(faces_run, "eval.json")))
     assert len(result["mmd_heldout_unbiased"]) == 4 and len(result["effect_score"]) == 4
     assert 0 < result["recon_l1_per_element"] < 1 and result["heldout_images"] == 40
+    assert result["bn_stats_images"] == 160 and result["probe_train_images"] == 100  # all 160 training faces
+    assert all(0 <= n <= 10 for n in result["active_units"]) and len(result["active_units"]) == 4
+    assert set(result["probe_accuracy"]) == set(vlae.PROBE_ATTRIBUTES)
+    assert all(len(a) == 4 and all(0 <= v <= 1 for v in a) for a in result["probe_accuracy"].values())
+    assert result["mmd_train_biased"] == [rows[-1][f"mmd_{l}"] for l in range(4)]
+    assert result["mmd_train_biased_at_q_eq_p"] == [pytest.approx(common.biased_mmd_floor(16, 100, 10))] * 4
     config = json.load(open(os.path.join(faces_run, "config.json")))
     assert config["latent_dim"] == 10 and config["steps"] == 40
+
+
+def test_heldout_error_matches_training_error_with_recomputed_batchnorm(faces_run, tmp_path):
+    """40 steps at the reference's BatchNorm momentum (0.001): the running statistics are still
+    near their initial values, so evaluating with them (--bn-images 0) reconstructs far worse than
+    training did; the population statistics bring the held-out error back near the training one."""
+    train_l1 = np.mean([r["recon"] for r in common.read_jsonl(os.path.join(faces_run, "metrics.jsonl"))[-3:]])
+    recomputed = json.load(open(os.path.join(faces_run, "eval.json")))["recon_l1_per_element"]
+    assert abs(recomputed - train_l1) < 0.15 * train_l1
+    ckpt = os.path.join(faces_run, "checkpoint.pt")
+    vlae.main(["eval", "--checkpoint", ckpt, "--out", str(tmp_path), "--bn-images", "0", "--probe-images", "0"])
+    running = json.load(open(tmp_path / "eval.json"))
+    assert running["bn_stats_images"] == 0 and running["recon_l1_per_element"] > 1.3 * train_l1
 
 
 def test_sample_figures_and_eval_need_only_the_checkpoint(faces_run, tmp_path, capsys):
     ckpt = os.path.join(faces_run, "checkpoint.pt")
     vlae.main(["sample", "--checkpoint", ckpt, "--out", str(tmp_path)])
     assert os.path.exists(tmp_path / "figures" / "samples.png")
-    vlae.main(["eval", "--checkpoint", ckpt, "--out", str(tmp_path), "--eval-images", "20"])
+    vlae.main(["eval", "--checkpoint", ckpt, "--out", str(tmp_path), "--eval-images", "20", "--probe-images", "0"])
     result = json.load(open(tmp_path / "eval.json"))
     assert result["heldout_images"] == 20 and len(result["mmd_heldout_unbiased"]) == 4
+    assert "probe_accuracy" not in result and len(result["active_units"]) == 4
     vlae.main(["figures", "--checkpoint", ckpt, "--out", str(tmp_path)])
     assert os.path.exists(tmp_path / "figures" / "fig3_layers.png")
     with pytest.raises(SystemExit) as e:
@@ -112,7 +259,8 @@ def test_sample_figures_and_eval_need_only_the_checkpoint(faces_run, tmp_path, c
 
 
 def test_resume_is_exact_to_the_bit(mnist_dir, tmp_path):
-    common_args = ["--data-dir", mnist_dir, "--log-every", "1", "--ckpt-every", "100"] + FAST_MNIST
+    # --denoise too: its noise and the reparameterisation's both come from the checkpointed RNG
+    common_args = ["--data-dir", mnist_dir, "--log-every", "1", "--ckpt-every", "100", "--denoise"] + FAST_MNIST
     vlae.main(common_args + ["--out", str(tmp_path / "straight"), "--steps", "6"])
     vlae.main(common_args + ["--out", str(tmp_path / "resumed"), "--steps", "3"])
     vlae.main(common_args + ["--out", str(tmp_path / "resumed"), "--steps", "6"])
@@ -210,3 +358,4 @@ def test_torchrun_two_cpu_processes_train_and_save_once(mnist_dir, tmp_path):
     assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])  # per-rank seeds
     assert [r["step"] for r in common.read_jsonl(str(tmp_path / "metrics.jsonl"))] == [2, 4]  # rank 0 alone
     assert output.count("step 4/4") == 1 and "2 process(es)" in output
+    assert "global batch 16 (8 per process x 1 micro-batches x 2 processes): 4 steps are 0.1 epochs" in output
