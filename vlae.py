@@ -86,7 +86,7 @@ import data
 
 SCRIPT = "vlae"
 MODES = ("train", "sample", "figures", "eval")
-LOSS_SCALE = 100.0  # the reference's global rescale of the MMD loss (note sec. 1)
+LOSS_SCALE = 100.0  # the reference's global rescale of the MMD loss (vladder.py)
 CELEBA_CROP = (55, 35, 108, 108)  # top, left, height, width: the reference's centre crop 108
 # Fig. 4 triplets (a, b, c) -> decode(z_a - z_b + z_c), picked by CelebA attribute values
 ARITHMETIC = {
@@ -197,7 +197,7 @@ class Reshape(nn.Module):
 
 class GaussianHead(nn.Module):
     """e_l: features of h_l, then q(z_l|x) = N(mu, sigma^2) with mu linear and
-    sigma = sigmoid(linear) + 0.001 (note sec. 1). Returns (mu, logvar), each (B, D)."""
+    sigma = sigmoid(linear) + 0.001 (paper sec. 2.2; reference vladder_large.py). Returns (mu, logvar), each (B, D)."""
 
     def __init__(self, features: nn.Module, in_features: int, dim: int, relu_quirk: bool = False):
         super().__init__()
@@ -276,7 +276,7 @@ class VLAE(nn.Module):
 
 
 def celeba_ladder(size: int, dim: int, m: float, relu_quirk: bool) -> VLAE:
-    """The reference's LargeLayers (note sec. 2): cs = 3, 64, 128, 256, 512, 1024; L = 4."""
+    """The reference's LargeLayers (vladder_large.py; paper sec. 2.2): cs = 3, 64, 128, 256, 512, 1024; L = 4."""
     s2, s8, s16 = size // 2, size // 8, size // 16
 
     def trunk_blocks():  # g_0..g_2; each head e_l is a second copy with its own weights
@@ -468,7 +468,7 @@ def pick_by_attributes(dataset: data.ImageSet, wanted: dict, n: int) -> np.ndarr
 
 @torch.no_grad()
 def effect_scores(model: VLAE, g: torch.Generator, device, bases: int = 8, resamples: int = 64) -> list:
-    """Per-layer effect score (note sec. 5d): the per-pixel std over `resamples` redraws of
+    """Per-layer effect score (Fig. 3 in one number; the paper reports none): the per-pixel std over `resamples` redraws of
     layer l with the others fixed, averaged over pixels and `bases` draws of the others.
     [-1, 1] pixel units; a layer the decoder ignores scores 0."""
     scores = []
