@@ -143,28 +143,41 @@ def fit_linear_probe(codes: torch.Tensor, labels: torch.Tensor, n_classes: int, 
     """A linear softmax classifier fitted on `codes` (N, D) and `labels` (N,) int64 in
     0..n_classes-1: full-batch Adam (lr 1e-2, weight decay 1e-4, `steps` steps) on codes
     standardised with their own mean and std. Returns predict(codes (M, D)) -> (M,) int64 classes."""
-    mean, std = codes.float().mean(0), codes.float().std(0) + 1e-6
-    a = (codes.float() - mean) / std
-    probe = nn.Linear(a.shape[1], n_classes).to(a.device)
-    opt = torch.optim.Adam(probe.parameters(), lr=1e-2, weight_decay=1e-4)
+    return fit_linear_probes([codes], labels, n_classes, steps)[0]
+
+
+def fit_linear_probes(code_sets: Sequence[torch.Tensor], labels: torch.Tensor, n_classes: int, steps: int = 500):
+    """`fit_linear_probe` on each of several code sets (each (N, D_i)) for the same labels, fitted
+    together for speed: the probes share no parameter and their losses add, so each one's Adam
+    steps are those of a fit on its own. Returns one predict function per code set."""
+    stats = [(c.float().mean(0), c.float().std(0) + 1e-6) for c in code_sets]
+    inputs = [(c.float() - m) / s for c, (m, s) in zip(code_sets, stats)]
+    probes = nn.ModuleList(nn.Linear(a.shape[1], n_classes) for a in inputs).to(labels.device)
+    opt = torch.optim.Adam(probes.parameters(), lr=1e-2, weight_decay=1e-4)
     with torch.enable_grad():
         for _ in range(steps):
             opt.zero_grad()
-            F.cross_entropy(probe(a), labels).backward()
+            sum(F.cross_entropy(p(a), labels) for p, a in zip(probes, inputs)).backward()
             opt.step()
 
-    @torch.no_grad()
-    def predict(x: torch.Tensor) -> torch.Tensor:
-        return probe((x.float() - mean) / std).argmax(1)
-    return predict
+    def predictor(probe: nn.Module, mean: torch.Tensor, std: torch.Tensor):
+        @torch.no_grad()
+        def predict(x: torch.Tensor) -> torch.Tensor:
+            return probe((x.float() - mean) / std).argmax(1)
+        return predict
+    return [predictor(p, m, s) for p, (m, s) in zip(probes, stats)]
 
 
-def probe_accuracy(train_codes: torch.Tensor, train_labels: torch.Tensor, test_codes: torch.Tensor,
-                   test_labels: torch.Tensor, n_classes: int, steps: int = 500) -> float:
+def probe_accuracy(train_codes, train_labels: torch.Tensor, test_codes, test_labels: torch.Tensor,
+                   n_classes: int, steps: int = 500):
     """Held-out accuracy in [0, 1] of a linear probe (`fit_linear_probe`) fitted on the training
-    codes: how much of a label a code carries, read linearly. Codes (N, D), labels (N,) int64."""
-    predict = fit_linear_probe(train_codes, train_labels, n_classes, steps)
-    return (predict(test_codes) == test_labels).float().mean().item()
+    codes: how much of a label a code carries, read linearly. Codes (N, D), labels (N,) int64.
+    Given lists of code sets (e.g. one per latent layer), one independent probe each, fitted
+    together (`fit_linear_probes`), and a list of accuracies."""
+    if isinstance(train_codes, torch.Tensor):
+        return probe_accuracy([train_codes], train_labels, [test_codes], test_labels, n_classes, steps)[0]
+    predicts = fit_linear_probes(train_codes, train_labels, n_classes, steps)
+    return [(predict(b) == test_labels).float().mean().item() for predict, b in zip(predicts, test_codes)]
 
 
 @torch.no_grad()

@@ -702,8 +702,7 @@ def layer_probes(cfg: Config, model: VLAE, held: data.ImageSet, held_mus: list, 
     for name, (y_train, classes) in train_targets.items():
         y_held = held_targets[name][0]
         y_train_t, y_held_t = torch.from_numpy(y_train).to(device), torch.from_numpy(y_held).to(device)
-        accuracy[name] = [common.probe_accuracy(a, y_train_t, b, y_held_t, classes)
-                          for a, b in zip(train_mus, held_mus)]
+        accuracy[name] = common.probe_accuracy(train_mus, y_train_t, held_mus, y_held_t, classes)  # one probe per layer
         majority[name] = float(np.bincount(y_held, minlength=classes).max() / len(y_held))
     return {"probe_accuracy": accuracy, "probe_majority_accuracy": majority, "probe_train_images": len(pick)}
 

@@ -128,6 +128,10 @@ def test_eval_figures_and_edit_over_the_three_checkpoints(three_runs, tmp_path, 
     assert {"elbo_nats_per_face", "elbo_no_constants_nats_per_face", "parzen_test_nats_per_face",
             "is_log_p_x_given_y_nats_per_face"} <= set(result)
     assert "elbo_nats_per_face" not in json.load(open(three_runs / "cgan" / "eval.json"))
+    assert len(result["parzen_grid"]) == 21 and result["parzen_sigma"] == result["parzen_grid"][result["parzen_sigma_index"]]
+    assert result["parzen_sigma_at_grid_edge"] == (result["parzen_sigma_index"] in (0, 20))
+    assert "this run: CelebA test" in printed and "4 test faces, 4 validation faces, K = 8" in printed
+    assert "the paper's, on LFW" in printed
     cmma.main(["figures", "--checkpoint", ckpts, "--out", str(tmp_path)])
     assert {"fig4_compare.png", "fig6_compare.png", "fig7_compare.png"} <= set(os.listdir(tmp_path / "figures"))
     face = os.path.join(CELEBA, "img_align_celeba", "000002.jpg")
@@ -165,3 +169,80 @@ def test_default_lr_trains_without_the_early_log_variance_spike():
                                 cfg, device)
         losses.append(terms["loss"].item())
     assert max(losses) <= losses[0] and losses[-1] < losses[0], losses
+
+
+def test_parzen_grid_flag_reaches_below_the_papers_window_and_refuses_bad_grids():
+    sigmas = cmma.parzen_sigmas("0.01,1,21")
+    assert len(sigmas) == 21 and sigmas[0].item() == pytest.approx(0.01) and sigmas[-1].item() == pytest.approx(1.0)
+    assert torch.allclose(sigmas[1:] / sigmas[:-1], torch.full((20,), 10 ** 0.1), rtol=1e-5)  # log-spaced
+    for bad in ("0.1,0.01,5", "0,1,5", "0.01,1", "a,b,c", "0.01,1,1"):
+        with pytest.raises(ValueError, match="--parzen-grid"):
+            cmma.parzen_sigmas(bad)
+
+
+def normal(mu, logvar):
+    return torch.distributions.Normal(mu.double(), (0.5 * logvar.double()).exp())
+
+
+def test_kl_is_q_against_the_learned_prior_as_torch_distributions():
+    """KL(q_h(z|x) || p_f(z|y)) on the model's own posterior and prior (not KL(p || q), not
+    without its -1): torch.distributions as the independent value."""
+    _, model = small_model()
+    x, y = torch.rand(3, 3, 64, 64), torch.randint(0, 2, (3, 40)).float()
+    with torch.no_grad():
+        terms = model(x, y)
+        q, p = normal(*model.posterior(x, y)), normal(*model.prior(y))
+    expected = torch.distributions.kl_divergence(q, p).sum(-1)
+    assert torch.allclose(terms["kl"].double(), expected, rtol=1e-4)
+    assert not torch.allclose(expected, torch.distributions.kl_divergence(p, q).sum(-1), rtol=1e-2)
+
+
+def test_log_px_uses_the_decoders_learned_variance(monkeypatch):
+    """With z = mu (no noise) and g's log-variance head fixed at -2, log p(x|z) is the Gaussian
+    density with variance e^-2 per pixel, not a unit-variance one."""
+    _, model = small_model()
+    torch.nn.init.zeros_(model.g.logvar.weight)
+    torch.nn.init.constant_(model.g.logvar.bias, -2.0)
+    monkeypatch.setattr(common, "reparameterize", lambda mu, logvar: mu)
+    x, y = torch.rand(2, 3, 64, 64), torch.randint(0, 2, (2, 40)).float()
+    with torch.no_grad():
+        terms = model(x, y)
+        g_mu, _ = model.decode(model.posterior(x, y)[0], y)
+    expected = normal(g_mu, torch.full_like(g_mu, -2.0)).log_prob(x.double()).flatten(1).sum(1)
+    assert torch.allclose(terms["log_px"].double(), expected, rtol=1e-5)
+
+
+def test_importance_estimate_is_the_weight_formula_whatever_the_chunk(monkeypatch):
+    """With z = mu every weight is log p(x|mu) + log p(mu|y) - log q(mu|x), so the estimate equals
+    it exactly, decoded in chunks of 3 or all 7 at once."""
+    _, model = small_model()
+    monkeypatch.setattr(common, "reparameterize", lambda mu, logvar: mu)
+    x, y = torch.rand(2, 3, 64, 64), torch.randint(0, 2, (2, 40)).float()
+    with torch.no_grad():
+        mu, logvar = model.posterior(x, y)
+        g_mu, g_logvar = model.decode(mu, y)
+        expected = (normal(g_mu, g_logvar).log_prob(x.double()).flatten(1).sum(1)
+                    + normal(*model.prior(y)).log_prob(mu.double()).sum(1) - normal(mu, logvar).log_prob(mu.double()).sum(1))
+    for chunk in (3, 250):
+        got = cmma.importance_log_likelihood(model, x, y, 7, chunk=chunk)
+        assert torch.allclose(got, expected, rtol=1e-6)
+
+
+def test_a_training_step_moves_the_prior_network_f():
+    cfg, model = small_model()
+    model.train()
+    before = [p.detach().clone() for p in model.f.parameters()]
+    optimizers = cmma.make_optimizers(model, cfg)
+    x, y = torch.rand(4, 3, 64, 64), torch.randint(0, 2, (4, 40)).float()
+    cmma.train_step(model, optimizers, common.make_grad_scaler(torch.device("cpu"), False), [(x, y)], cfg,
+                    torch.device("cpu"))
+    assert all(not torch.equal(b, p) for b, p in zip(before, model.f.parameters())), "f did not learn"
+
+
+def test_cmma_generates_from_its_prior_network_not_from_n01():
+    _, model = small_model()
+    y = torch.randint(0, 2, (3, 40)).float()
+    with torch.no_grad():
+        expected = model.g(model.f(y)[0])[0]
+        assert torch.allclose(model.generate(y, noise=0.0), expected, atol=1e-6)
+        assert not torch.allclose(model.generate(y, noise=0.0), model.g(torch.zeros(3, 500))[0], atol=1e-3)

@@ -213,3 +213,17 @@ def test_recompute_batchnorm_gives_the_population_statistics():
     assert torch.allclose(bn.running_var, torch.stack([b.var(0) for b in batches]).mean(0), atol=1e-4)
     assert bn.momentum == 0.001 and not model.training
     assert common.recompute_batchnorm(torch.nn.Linear(2, 2), [torch.zeros(1, 2)]) == 0
+
+
+def test_probes_fitted_together_equal_probes_fitted_alone():
+    torch.manual_seed(0)
+    y = torch.randint(3, (300,))
+    sets = [torch.randn(300, 2) + y[:, None].float(), torch.randn(300, 5)]
+    torch.manual_seed(1)
+    together = common.probe_accuracy(sets, y, sets, y, 3, steps=100)
+    alone = []
+    for s in sets:
+        torch.manual_seed(1)
+        alone.append(common.probe_accuracy(s, y, s, y, 3, steps=100))
+    assert together[0] > 0.6 and together[1] < 0.6
+    assert together == pytest.approx(alone, abs=0.01)
