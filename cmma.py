@@ -2,7 +2,7 @@
 
 Gaurav Pandey & Ambedkar Dukkipati, "Variational methods for conditional multimodal learning:
 Generating human faces from attributes", arXiv:1603.01801 (2016). No public code; settings the
-paper leaves out follow notes/cmma.md.
+paper leaves out are our choices, each named below or in a flag's help.
 
 The model (paper sec. 2, Table 1). x: a 64x64 RGB face, pixels in [0, 1]; y: its attributes
 (CelebA's 40 in {0, 1}, or LFW's 73 real-valued scores); z in R^500.
@@ -17,7 +17,7 @@ Every *_sigma is a log-variance. The bound maximised (eq. 6):
     (eq. 8)  log p_g(x|z) = -1/2 sum_l [(x_l - g_mu,l)^2 exp(-g_sig,l) + g_sig,l + log 2 pi]
     (eq. 10) z = h_mu + eps * exp(h_sig / 2),  eps ~ N(0, I)
 Eq. 7 as printed drops the -1 and eq. 8 prints exp(g_sigma) for g_sigma and drops log 2 pi;
-eq. 10 prints h_sigma for the standard deviation. The exact forms above are used (note sec. 6.1)
+eq. 10 prints h_sigma for the standard deviation. The exact forms above are used (misprints of eq. 7, 8 and 10 corrected)
 and the test bound is reported with and without the constants.
 To generate from attributes, h is replaced by f (Fig. 5): z = f_mu(y), x = g_mu(z) at noise 0.
 
@@ -28,7 +28,7 @@ Baselines in this file, with the same networks (`--model`):
           discriminator shaped like h with y joined to its features.
 
 Deviations (named): g's log-variance is clamped to [--logvar-min, --logvar-max] = [-9, 3] so the
-learned pixel variance cannot collapse (note sec. 2); "500 iterations" is read as epochs and
+learned pixel variance cannot collapse; "500 iterations" is read as epochs and
 matched on CelebA by a 50k-step budget at batch 100; CelebA faces are centre-cropped to 140 px.
 
 Usage:
@@ -82,12 +82,12 @@ class Config(common.RunConfig):
     model: str = common.arg("cmma", "cmma (the paper), cvae or cgan (its baselines)", choices=("cmma", "cvae", "cgan"))
     checkpoint: str = common.arg("", "checkpoint(s) for sample/figures/eval/edit, comma-separated to compare "
                                      "models (default: OUT/checkpoint.pt)")
-    steps: int = common.arg(50_000, "training steps; '500 iterations' read as epochs (note sec. 3)")
-    batch_size: int = common.arg(100, "images per step per process (not stated; note: 100)")
+    steps: int = common.arg(50_000, "training steps; the paper's '500 iterations' (sec. 4) read as epochs")
+    batch_size: int = common.arg(100, "images per step per process (not stated in the paper)")
     # Adagrad's first steps move every weight by about lr, and g's log-variance conv sums 4,800
     # inputs: at 1e-3 its output falls to the -9 clamp within two steps (loss x400 at step 2), and
     # Adagrad's sum of squares keeps that gradient for the rest of the run, slowing it
-    lr: float = common.arg(3e-4, "Adagrad learning rate (not stated; the note's 1e-2 diverges at step 1, "
+    lr: float = common.arg(3e-4, "Adagrad learning rate (not stated in the paper; 1e-2 diverges at step 1, "
                                  "1e-3 spikes at step 2 and ends worse than 3e-4)")
     lr_d: float = common.arg(0.0, "cgan: discriminator Adagrad learning rate (0: same as --lr)")
     image_size: int = common.arg(64, "image side in pixels (the architecture needs 64)")
@@ -286,7 +286,8 @@ class CVAE(nn.Module):
 
     @torch.no_grad()
     def edit(self, x, y_orig, y_new):
-        """The note's choice for CVAE: z = mean of q(z|x, y_orig), x' = g_mu(z, y_new)."""
+        """Our choice for the CVAE (the paper edits only with CMMA, sec. 4.5.2): z = mean of q(z|x, y_orig),
+        x' = g_mu(z, y_new)."""
         return self.decode(self.posterior(x, y_orig)[0], y_new)[0]
 
 
@@ -314,7 +315,7 @@ class CGAN(nn.Module):
 
 
 def build_model(cfg: Config, attributes: int) -> nn.Module:
-    """The --model network, with PyTorch's default init (close to Torch7's, note sec. 2)."""
+    """The --model network, with PyTorch's default init (close to Torch7's, the paper's framework)."""
     return {"cmma": CMMA, "cvae": CVAE, "cgan": CGAN}[cfg.model](cfg, attributes)
 
 
@@ -456,7 +457,7 @@ def attribute_index(cfg: Config, names: list, name: str) -> int:
 
 def attribute_levels(cfg: Config, train_attributes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(base, off, on) vectors: CelebA 0 / 0 / 1; LFW the training mean / mean - 2 std / mean + 2 std
-    (its attributes are classifier scores; note sec. 6.8)."""
+    (its attributes are classifier scores, Kumar et al.)."""
     if cfg.dataset == "celeba":
         zeros = np.zeros(train_attributes.shape[1], np.float32)
         return zeros, zeros, np.ones_like(zeros)

@@ -1,9 +1,8 @@
 """Lr-LiVAE: a VAE whose latent space splits into label-relevant and label-irrelevant codes.
 
 Zhilin Zheng & Li Sun, "Disentangling Latent Space for VAE by Label Relevant/Irrelevant
-Dimensions", CVPR 2019 (arXiv:1812.09502). The extracted paper lost its equations; they are
-rebuilt from the official TF code (ZhilZheng/Lr-LiVAE) in notes/disentangled_vae.md, whose
-section numbers the comments below cite.
+Dimensions", CVPR 2019 (arXiv:1812.09502). Equations are numbered as in the paper; where it is
+silent, the official TF code (ZhilZheng/Lr-LiVAE) decides, and the comments say "code".
 
 The model. Data (x, c), c in 1..K. Two encoders and one decoder:
     E_s: x -> z_s               deterministic, label-relevant (q(z_s|x) is a point mass)
@@ -26,7 +25,7 @@ discriminator Dis(x, c) with the hinge loss on reconstructions x_hat and prior s
 x_tilde = G(z~_s, z~_u), z~_s ~ N(mu_c~, Sigma_c~), z~_u ~ N(0, I), c~ uniform:
               L_Dis = E relu(1 - Dis(x, c)) + E relu(1 + Dis(x_hat, c)) + E relu(1 + Dis(x_tilde, c~))
               L_GD  = -E Dis(x_hat, c) - E Dis(x_tilde, c~)
-Each network minimises its own objective (note sec. 1; the code's weights, means not sums):
+Each network minimises its own objective (sec. 3.5; the code's weights, means not sums):
     E_u: 10 L_rec + L_KL + L_adv     G: 10 L_rec + L_GD       Dis: L_Dis      C: L_C
     E_s: 10 L_rec + L_lkd            (stage 2; mu_k, Sigma_k fixed there)
 Training alternates two stages EVERY iteration (paper sec. 3.5): n_gm = 3 steps of L_GM on
@@ -36,7 +35,7 @@ The cVAE-GAN baseline (`--model cvae-gan`, Bao et al. 2017, the paper's comparis
 E_u, G, Dis and losses, but z_s is a learned embedding of the label (no E_s, no mixture prior,
 no adversarial classifier), so G(embed(c), z_u) is a conditional VAE-GAN.
 
-Choices where the paper is silent (note sec. 5): no margin (alpha = 0, `--margin 0.1` for
+Choices where the paper is silent: no margin (alpha = 0, `--margin 0.1` for
 L-GM's), hinge GAN, Sigma parametrised by a clamped log-variance, Sigma's learning rate cut
 10x every 10 epochs (code; `--sigma-lr paper` cuts it 100x after 2 epochs), BatchNorm in eval
 mode for figures and eval (the code keeps training mode), an epoch counted in outer iterations.
@@ -154,7 +153,7 @@ def parse_crop(cfg: Config) -> tuple[int, int, int, int] | None:
 
 
 # ----------------------------------------------------------------------------------------------
-# --- paper: networks (note sec. 2) ---
+# --- paper: networks (sec. 4.1 and the supplement; VGG16-BN encoders as the code) ---
 # ----------------------------------------------------------------------------------------------
 def bn_relu(layer: nn.Module, channels: int, m: float, dims: int = 2) -> nn.Sequential:
     """layer -> BatchNorm (TF's eps 1e-3) -> ReLU, the block of every encoder and decoder."""
@@ -272,7 +271,7 @@ class GaussianMixturePrior(nn.Module):
     """p(z_s) = 1/K sum_k N(z_s; mu_k, diag exp(logvar_k)), one component per class (eq. 6).
 
     mu (K, D) Xavier-uniform as the code; logvar (K, D) starts at 0 (the code's precision
-    softplus(0.54) ~ 1) and is clamped to +-LOGVAR_RANGE when used (note sec. 5)."""
+    softplus(0.54) ~ 1) and is clamped to +-LOGVAR_RANGE when used (our choice)."""
 
     def __init__(self, n_classes: int, dim: int):
         super().__init__()
@@ -337,7 +336,7 @@ class DisentangledVAE(nn.Module):
         return self.decoder(torch.cat([z_s, z_u], dim=1))
 
     def groups(self) -> dict:
-        """The parameter groups that each take their own objective and Adam (note sec. 1)."""
+        """The parameter groups that each take their own objective and Adam (sec. 3.5, as the code)."""
         g = {"encoder_u": list(self.encoder_u.parameters()), "decoder": list(self.decoder.parameters())}
         if self.kind == "lr-livae":
             g["encoder_s"] = list(self.encoder_s.parameters())
@@ -410,7 +409,7 @@ def stage2_losses(model: DisentangledVAE, x: torch.Tensor, c: torch.Tensor, cfg:
         x_tilde = model.decode(model.sample_s(c_tilde), torch.randn_like(z_u))
         scores = model.discriminator(torch.cat([x, x_hat, x_tilde]), torch.cat([c, c, c_tilde])).float()
         t["L_Dis"], t["L_GD"] = hinge_losses(*scores.chunk(3))
-    # the objectives, each minimised w.r.t. its own networks only (note sec. 1)
+    # the objectives, each minimised w.r.t. its own networks only (sec. 3.5, as the code)
     t["encoders_and_decoder"] = (cfg.rec_weight * t["L_rec"] + cfg.kl_weight * t["L_KL"]
                                  + cfg.adv_weight * t["L_adv"] + cfg.lkd_weight * t["L_lkd"])
     return t

@@ -2,8 +2,8 @@
 
 Salman Khan, Munawar Hayat & Nick Barnes, "Adversarial Training of Variational Auto-encoders
 for High Fidelity Image Generation", WACV 2018 (arXiv:1804.10323). No public code; the gaps are
-filled as in notes/vae_began.md (which also maps the paper's symbols: its eta is BEGAN's gamma,
-its gamma only weights L_e).
+filled from BEGAN (Berthelot et al. 2017) and named below. Symbols: the paper's eta is BEGAN's
+gamma, its gamma only weights L_e.
 
 The model. A VAE (encoder E -> mu, logvar; decoder G) generates x_v = G(z_v), z_v ~ q(z|x), and
 x_g = G(z_g), z_g ~ N(0, I). The discriminator D is an auto-encoder (Enc_D, Dec_D, BEGAN's):
@@ -26,7 +26,7 @@ Ablations: --no-vae (BEGAN* + LSM: G from z_g only, L_s matches batch-mean bottl
 and generated images), --no-lsm (beta = 0), --controller p (BEGAN's proportional k update);
 all three together give plain BEGAN.
 
-Filled gaps (note sec. 3, 5): Adam betas (0.5, 0.999), batch 16, n = 128 filters, N = 64 latent
+Filled gaps (sec. 4 leaves them out; BEGAN's values where it has them): Adam betas (0.5, 0.999), batch 16, n = 128 filters, N = 64 latent
 dims, lr halved every 100k steps down to 2e-5, k_0 = 0, KL averaged over dims and batch
 (--kl-weight), CelebA crop 128 at (top 50, left 25). Gradients are routed by hand (one forward,
 three gradient computations), so multi-GPU averages them with one all-reduce per step instead
@@ -112,7 +112,7 @@ def gains(cfg: Config) -> tuple[float, float, float]:
 
 
 # ----------------------------------------------------------------------------------------------
-# --- paper: the BEGAN backbone (sec. 4; note sec. 2) ---
+# --- paper: the BEGAN backbone (sec. 4; Berthelot et al. 2017) ---
 # ----------------------------------------------------------------------------------------------
 def conv_elu(cin: int, cout: int, stride: int = 1) -> nn.Module:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.ELU())
