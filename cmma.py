@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -77,8 +78,9 @@ ALIASES = {"celeba": {"Asian": "Pale_Skin"},
 # ----------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class Config(common.RunConfig):
-    dataset: str = common.arg("celeba", "celeba (40 binary attributes) or lfw (73 real-valued, the paper's)",
-                              choices=("celeba", "lfw"))
+    dataset: str = common.arg("celeba", "celeba (40 binary attributes), lfw (73 real-valued, the paper's) or "
+                                        "mnist (the class as 10 one-hot attributes: a laptop-scale stand-in)",
+                              choices=("celeba", "lfw", "mnist"))
     model: str = common.arg("cmma", "cmma (the paper), cvae or cgan (its baselines)", choices=("cmma", "cvae", "cgan"))
     checkpoint: str = common.arg("", "checkpoint(s) for sample/figures/eval/edit, comma-separated to compare "
                                      "models (default: OUT/checkpoint.pt)")
@@ -90,7 +92,15 @@ class Config(common.RunConfig):
     lr: float = common.arg(3e-4, "Adagrad learning rate (not stated in the paper; 1e-2 diverges at step 1, "
                                  "1e-3 spikes at step 2 and ends worse than 3e-4)")
     lr_d: float = common.arg(0.0, "cgan: discriminator Adagrad learning rate (0: same as --lr)")
-    image_size: int = common.arg(64, "image side in pixels (the architecture needs 64)")
+    init_std: float = common.arg(0.0, "cgan: weights drawn from N(0, init_std^2), biases 0 (0: PyTorch's default init)")
+    tune: str = common.arg("", "cgan: choose lr, lr_d and init_std as the paper did (sec. 4.4), by the validation "
+                               "Parzen log-likelihood after --tune-steps, e.g. 'lr=1e-4,1e-3;lr_d=1e-4,1e-3;init_std=0,0.02'; "
+                               "every combination is tried, the winner trained for --steps and reported")
+    tune_steps: int = common.arg(0, "cgan --tune: steps per candidate (0: a tenth of --steps)")
+    image_size: int = common.arg(64, "image side in pixels, a multiple of 8 from 32 (64: the paper's layer sizes)")
+    width: float = common.arg(1.0, "channel multiplier of every convolution (1: the paper's 192/96/48; "
+                                   "smaller for laptop-scale runs)")
+    channels: int = common.arg(0, "image channels; set from the data (3, or 1 for MNIST)")
     latent_dim: int = common.arg(500, "J, the size of z (paper: 500)")
     hidden: int = common.arg(800, "softplus units of f (paper: 800)")
     h_sees_attributes: bool = common.arg(False, "feed y to h too (the paper found no gain and did not)")
@@ -106,19 +116,24 @@ class Config(common.RunConfig):
 
 
 # the flags that may differ from the checkpoint a run resumes or evaluates
-RUN_FIELDS = common.RUN_FIELDS | {"eval_images", "valid_images", "parzen_samples", "parzen_grid", "is_samples"}
+RUN_FIELDS = common.RUN_FIELDS | {"eval_images", "valid_images", "parzen_samples", "parzen_grid", "is_samples",
+                                   "tune", "tune_steps"}
 
 
 def resolve_defaults(cfg: Config) -> Config:
     cfg = dataclasses.replace(cfg, data_dir=cfg.data_dir or os.path.join("data", cfg.dataset),
                               out=cfg.out or os.path.join("runs", f"cmma-{cfg.dataset}-{cfg.model}"),
-                              lr_d=cfg.lr_d or cfg.lr)
+                              lr_d=cfg.lr_d or cfg.lr, channels=cfg.channels or (1 if cfg.dataset == "mnist" else 3))
     common.check_run_config(cfg)
-    checks = [(cfg.image_size == 64, f"--image-size must be 64 (the paper's layer sizes), got {cfg.image_size}"),
+    checks = [(cfg.image_size >= 32 and cfg.image_size % 8 == 0,
+               f"--image-size must be a multiple of 8 from 32 (64 is the paper's), got {cfg.image_size}"),
+              (cfg.init_std >= 0 and cfg.tune_steps >= 0, "--init-std and --tune-steps must be >= 0"),
+              (0 < cfg.width <= 4, f"--width must be in (0, 4], got {cfg.width}"),
               (cfg.logvar_min < cfg.logvar_max, "--logvar-min must be below --logvar-max"),
               (cfg.parzen_samples >= 1 and cfg.is_samples >= 1, "--parzen-samples and --is-samples must be >= 1")]
     common.require(checks)
     parzen_sigmas(cfg.parzen_grid)
+    tune_grid(cfg.tune)
     return cfg
 
 
@@ -141,27 +156,54 @@ def crop_for(cfg: Config):
 # ----------------------------------------------------------------------------------------------
 # --- paper: networks (sec. 4.1) ---
 # ----------------------------------------------------------------------------------------------
+def feature_side(size: int) -> int:
+    """Side of h's last feature map for a size x size image (64 -> 10, 32 -> 2)."""
+    return ((size - 4) // 2 - 4) // 2 - 3
+
+
+def conv_widths(width: float) -> tuple[int, int, int]:
+    """The three convolution widths, the paper's (192, 96, 48) times `width`."""
+    return tuple(max(1, round(c * width)) for c in (192, 96, 48))
+
+
+def decoder_side(size: int) -> int:
+    """Side of g's first feature map so that its three x2 upsamplings and unpadded convs end at
+    `size` (64 -> 10, 32 -> 6): 8 s - 16 = size."""
+    return (size + 16) // 8
+
+
 class ConvFeatures(nn.Module):
-    """h's convolutional stack: 3x64x64 -> conv5 192 -> pool -> relu -> conv5 96 -> pool -> relu
-    -> conv4 48 -> relu -> 4800 features (unpadded convs, as Torch7's default)."""
+    """h's convolutional stack: CxSxS -> conv5 192 -> pool -> relu -> conv5 96 -> pool -> relu
+    -> conv4 48 -> relu -> 48 * feature_side(S)^2 features (4,800 at 64 px; unpadded convs, as
+    Torch7's default). With `condition` = A, y (B, A) enters the first convolution as A tiled
+    constant maps: with unpadded convolutions that is exactly a learned linear map of y added to
+    each of conv1's 192 output maps, which is how it is computed (the CGAN's discriminator)."""
 
-    def __init__(self):
+    def __init__(self, channels: int, size: int, width: float = 1.0, condition: int = 0):
         super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(3, 192, 5), nn.MaxPool2d(2), nn.ReLU(),    # 60 -> 30
-                                 nn.Conv2d(192, 96, 5), nn.MaxPool2d(2), nn.ReLU(),   # 26 -> 13
-                                 nn.Conv2d(96, 48, 4), nn.ReLU(), nn.Flatten())       # 10x10x48
+        c1, c2, c3 = conv_widths(width)
+        self.conv1 = nn.Conv2d(channels, c1, 5)                                        # 64 -> 60
+        self.tiled_y = nn.Linear(condition, c1, bias=False) if condition else None
+        self.rest = nn.Sequential(nn.MaxPool2d(2), nn.ReLU(),                          # 60 -> 30
+                                  nn.Conv2d(c1, c2, 5), nn.MaxPool2d(2), nn.ReLU(),    # 26 -> 13
+                                  nn.Conv2d(c2, c3, 4), nn.ReLU(), nn.Flatten())       # 10x10x48
+        self.out_features = c3 * feature_side(size) ** 2
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        t = self.conv1(x)
+        if self.tiled_y is not None:
+            t = t + self.tiled_y(y)[:, :, None, None]
+        return self.rest(t)
 
 
 class GaussianEncoder(nn.Module):
-    """h: image (B, 3, 64, 64) in [0, 1] (and y (B, A) with `extra`=A) -> (mu, logvar), (B, J)."""
+    """h: image (B, C, S, S) in [0, 1] (and y (B, A) with `extra`=A) -> (mu, logvar), (B, J)."""
 
-    def __init__(self, latent_dim: int, extra: int = 0):
+    def __init__(self, latent_dim: int, channels: int, size: int, width: float = 1.0, extra: int = 0):
         super().__init__()
-        self.features = ConvFeatures()
-        self.mu, self.logvar = nn.Linear(4800 + extra, latent_dim), nn.Linear(4800 + extra, latent_dim)
+        self.features = ConvFeatures(channels, size, width)
+        n = self.features.out_features + extra
+        self.mu, self.logvar = nn.Linear(n, latent_dim), nn.Linear(n, latent_dim)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None):
         f = self.features(x)
@@ -184,35 +226,44 @@ class AttributeEncoder(nn.Module):
 
 
 class GaussianDecoder(nn.Module):
-    """g: code (B, J [+ A]) -> p_g(x|z) as (mean in [0, 1], log-variance clamped), (B, 3, 64, 64).
+    """g: code (B, J [+ A]) -> p_g(x|z) as (mean in [0, 1], log-variance), each (B, C, S, S).
 
-    Linear -> 48x10x10 -> up2, conv3 96, relu -> up2, conv3 192, relu -> up2 -> two parallel
-    conv5 to 3 channels: the mean (sigmoid) and the log-variance (linear, clamped)."""
+    Linear -> 48 x s x s (s = 10 at 64 px) -> up2, conv3 96, relu -> up2, conv3 192, relu -> up2
+    -> two parallel conv5 to C channels: the mean (sigmoid) and the log-variance, squashed into
+    logvar_range by lo + (hi - lo) * sigmoid(.) (deviation: the paper leaves it unbounded)."""
 
-    def __init__(self, in_features: int, logvar_range: tuple[float, float]):
+    def __init__(self, in_features: int, channels: int, size: int, logvar_range: tuple[float, float],
+                 width: float = 1.0):
         super().__init__()
-        self.fc = nn.Linear(in_features, 4800)
+        c1, c2, c3 = conv_widths(width)
+        self.side, self.c3 = decoder_side(size), c3
+        self.fc = nn.Linear(in_features, c3 * self.side ** 2)
         up = nn.Upsample(scale_factor=2, mode="nearest")
-        self.body = nn.Sequential(up, nn.Conv2d(48, 96, 3), nn.ReLU(),         # 20 -> 18
-                                  up, nn.Conv2d(96, 192, 3), nn.ReLU(), up)     # 36 -> 34 -> 68
-        self.mean, self.logvar = nn.Conv2d(192, 3, 5), nn.Conv2d(192, 3, 5)     # 68 -> 64
+        self.body = nn.Sequential(up, nn.Conv2d(c3, c2, 3), nn.ReLU(),          # 20 -> 18
+                                  up, nn.Conv2d(c2, c1, 3), nn.ReLU(), up)      # 36 -> 34 -> 68
+        self.mean, self.logvar = nn.Conv2d(c1, channels, 5), nn.Conv2d(c1, channels, 5)   # 68 -> 64
         self.logvar_range = logvar_range
 
     def forward(self, code: torch.Tensor):
-        t = self.body(self.fc(code).view(-1, 48, 10, 10))
-        return torch.sigmoid(self.mean(t)), self.logvar(t).clamp(*self.logvar_range)
+        t = self.body(self.fc(code).view(-1, self.c3, self.side, self.side))
+        # A smooth bound, not a clamp: Adagrad's first steps move each of the log-variance conv's
+        # 4,800 weights by about lr, so an unbounded or clamped head ran to -9 by step 2 at lr 1e-3
+        # and its gradient, 0 at a clamp, could not bring it back; the squash keeps it alive
+        lo, hi = self.logvar_range
+        return torch.sigmoid(self.mean(t)), lo + (hi - lo) * torch.sigmoid(self.logvar(t))
 
 
 class Discriminator(nn.Module):
-    """CGAN's D, shaped like h: conv features of x joined with y -> one logit (B,)."""
+    """CGAN's D, shaped like h: y tiled into the first convolution (see ConvFeatures) and joined
+    again to the conv features -> one logit (B,). x (B, C, S, S) in [0, 1]."""
 
-    def __init__(self, attributes: int):
+    def __init__(self, channels: int, size: int, attributes: int, width: float = 1.0):
         super().__init__()
-        self.features = ConvFeatures()
-        self.out = nn.Linear(4800 + attributes, 1)
+        self.features = ConvFeatures(channels, size, width, condition=attributes)
+        self.out = nn.Linear(self.features.out_features + attributes, 1)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.out(torch.cat([self.features(x), y], dim=1)).squeeze(1)
+        return self.out(torch.cat([self.features(x, y), y], dim=1)).squeeze(1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -224,8 +275,10 @@ class CMMA(nn.Module):
     def __init__(self, cfg: Config, attributes: int):
         super().__init__()
         self.f = AttributeEncoder(attributes, cfg.hidden, cfg.latent_dim)
-        self.h = GaussianEncoder(cfg.latent_dim, attributes if cfg.h_sees_attributes else 0)
-        self.g = GaussianDecoder(cfg.latent_dim, (cfg.logvar_min, cfg.logvar_max))
+        self.h = GaussianEncoder(cfg.latent_dim, cfg.channels, cfg.image_size, cfg.width,
+                                 attributes if cfg.h_sees_attributes else 0)
+        self.g = GaussianDecoder(cfg.latent_dim, cfg.channels, cfg.image_size, (cfg.logvar_min, cfg.logvar_max),
+                                 cfg.width)
         self.h_sees_attributes = cfg.h_sees_attributes
 
     def forward(self, x, y) -> dict:
@@ -262,8 +315,9 @@ class CVAE(nn.Module):
 
     def __init__(self, cfg: Config, attributes: int):
         super().__init__()
-        self.h = GaussianEncoder(cfg.latent_dim, attributes)
-        self.g = GaussianDecoder(cfg.latent_dim + attributes, (cfg.logvar_min, cfg.logvar_max))
+        self.h = GaussianEncoder(cfg.latent_dim, cfg.channels, cfg.image_size, cfg.width, attributes)
+        self.g = GaussianDecoder(cfg.latent_dim + attributes, cfg.channels, cfg.image_size,
+                                 (cfg.logvar_min, cfg.logvar_max), cfg.width)
         self.latent_dim = cfg.latent_dim
 
     def forward(self, x, y) -> dict:
@@ -296,8 +350,15 @@ class CGAN(nn.Module):
 
     def __init__(self, cfg: Config, attributes: int):
         super().__init__()
-        self.generator = GaussianDecoder(cfg.latent_dim + attributes, (cfg.logvar_min, cfg.logvar_max))
-        self.discriminator = Discriminator(attributes)
+        self.generator = GaussianDecoder(cfg.latent_dim + attributes, cfg.channels, cfg.image_size,
+                                         (cfg.logvar_min, cfg.logvar_max), cfg.width)
+        self.discriminator = Discriminator(cfg.channels, cfg.image_size, attributes, cfg.width)
+        if cfg.init_std > 0:  # the paper tunes "the variance of weights" of its CGAN (sec. 4.4)
+            for m in self.modules():
+                if isinstance(m, (nn.Linear, nn.Conv2d)):
+                    nn.init.normal_(m.weight, 0.0, cfg.init_std)
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
         self.latent_dim = cfg.latent_dim
 
     def forward(self, x, y, part: str) -> torch.Tensor:
@@ -413,13 +474,17 @@ def parzen_log_likelihood(x: torch.Tensor, samples: torch.Tensor, sigmas: torch.
 
 @torch.no_grad()
 def parzen_scores(model, x: torch.Tensor, y: torch.Tensor, k: int, sigmas: torch.Tensor, chunk: int = 250):
-    """Mean Parzen log-likelihood (nats per face) over faces x (N, 3, 64, 64) in [0, 1], each
-    against k samples generated from its own attributes; one value per window: (S,)."""
+    """Mean Parzen log-likelihood (nats per face) over faces x (N, C, S, S) in [0, 1], each
+    against k samples generated from its own attributes y (N, A); one value per window: (S,).
+    Faces with identical attribute vectors (every MNIST digit of a class) share one set of k
+    samples: each face's estimate is the same, only the faces' errors are correlated."""
     total = torch.zeros(len(sigmas), dtype=torch.float64)
-    for xi, yi in zip(x, y):
-        samples = torch.cat([model.generate(yi.expand(min(chunk, k - s), -1)).float()
+    unique, which = torch.unique(y, dim=0, return_inverse=True)
+    for u, yu in enumerate(unique):
+        samples = torch.cat([model.generate(yu.expand(min(chunk, k - s), -1)).float()
                              for s in range(0, k, chunk)])
-        total += parzen_log_likelihood(xi, samples, sigmas).cpu()
+        for xi in x[which == u]:
+            total += parzen_log_likelihood(xi, samples, sigmas).cpu()
     return total / len(x)
 
 
@@ -456,11 +521,12 @@ def attribute_index(cfg: Config, names: list, name: str) -> int:
 
 
 def attribute_levels(cfg: Config, train_attributes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(base, off, on) vectors: CelebA 0 / 0 / 1; LFW the training mean / mean - 2 std / mean + 2 std
-    (its attributes are classifier scores, Kumar et al.)."""
-    if cfg.dataset == "celeba":
-        zeros = np.zeros(train_attributes.shape[1], np.float32)
-        return zeros, zeros, np.ones_like(zeros)
+    """(base, off, on) vectors (A,). CelebA and MNIST: the training set's per-attribute mode / 0 / 1
+    (an all-zero CelebA vector means bearded, old, unattractive, which no face has); LFW: the
+    training mean / mean - 2 std / mean + 2 std (its attributes are classifier scores, Kumar et al.)."""
+    if cfg.dataset != "lfw":
+        mode = (train_attributes.mean(0) > 0.5).astype(np.float32)
+        return mode, np.zeros_like(mode), np.ones_like(mode)
     mean, std = train_attributes.mean(0), train_attributes.std(0)
     return mean, mean - 2 * std, mean + 2 * std
 
@@ -500,16 +566,39 @@ def fig6_edits(model, cfg: Config, x: torch.Tensor, y: torch.Tensor, names: list
     return torch.cat(out)
 
 
+@torch.no_grad()
+def fig4_from_classes(model, device, draws: int = 7) -> torch.Tensor:
+    """Fig. 4 on MNIST: a row per class 0..9, its mean image (noise 0) then `draws` samples.
+    Returns (10 * (draws + 1), C, S, S) in [0, 1]."""
+    classes = torch.eye(10, device=device)
+    means = model.generate(classes, noise=0.0)
+    samples = model.generate(classes.repeat_interleave(draws, 0)).view(10, draws, *means.shape[1:])
+    return torch.cat([means[:, None], samples], 1).flatten(0, 1)
+
+
+@torch.no_grad()
+def fig6_class_edits(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Fig. 6 on MNIST: each digit x (N, ...) edited to every class 0..9 (sec. 4.5.2), a row per
+    class. Returns (10 * N, C, S, S) in [0, 1]."""
+    return torch.cat([model.edit(x, y, torch.eye(10, device=x.device)[c].expand_as(y)) for c in range(10)])
+
+
 # ----------------------------------------------------------------------------------------------
 # --- plumbing: data, checkpoints, training loop ---
 # ----------------------------------------------------------------------------------------------
 def load_split(cfg: Config, split: str, verbose: bool = True) -> data.ImageSet:
-    return data.load_dataset(cfg.dataset, cfg.data_dir, split, cfg.image_size, crop_for(cfg),
-                             cfg.cache_dir or None, verbose)
+    """The split with labels['attributes'] (N, A): CelebA's 40, LFW's 73, or MNIST's class as a
+    one-hot vector of 10 (names '0'..'9')."""
+    dataset = data.load_dataset(cfg.dataset, cfg.data_dir, split, cfg.image_size, crop_for(cfg),
+                                cfg.cache_dir or None, verbose)
+    if cfg.dataset == "mnist":
+        dataset.labels["attributes"] = np.eye(10, dtype=np.float32)[dataset.labels["class"]]
+        dataset.names["attributes"] = dataset.names["class"]
+    return dataset
 
 
 def faces_and_attributes(dataset: data.ImageSet, index, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (N, 3, 64, 64) in [0, 1] and attributes (N, A) float32 for `index`."""
+    """Images (N, C, S, S) in [0, 1] and attributes (N, A) float32 for `index`."""
     x = data.to_float_images(torch.from_numpy(np.array(dataset.images[index])).to(device))
     y = torch.from_numpy(np.asarray(dataset.labels["attributes"][index], dtype=np.float32)).to(device)
     return (x + 1) / 2, y
@@ -534,7 +623,11 @@ def curve_keys(cfg: Config) -> list:
     return ["loss", "d_loss", "g_loss", "images_per_s"] if cfg.model == "cgan" else ["loss", "log_px", "kl", "images_per_s"]
 
 
-def train(cfg: Config, explicit: set) -> None:
+def train(cfg: Config, explicit: set, figures: bool = True) -> nn.Module:
+    """Train cfg.model for cfg.steps (resuming OUT/checkpoint.pt), then draw its figures; returns
+    the trained model. A cgan with --tune first chooses its lr, lr_d and init_std (`tune_cgan`)."""
+    if cfg.tune and cfg.model == "cgan":
+        cfg = tune_cgan(cfg, explicit)
     rank, world, local_rank = common.init_distributed()
     device = common.pick_device(cfg.device, local_rank)
     train_set = load_split(cfg, "train", verbose=common.is_main())
@@ -552,9 +645,82 @@ def train(cfg: Config, explicit: set) -> None:
     net = torch.compile(net) if cfg.compile else net
     run_loop(cfg, net, optimizers, scaler, batches, start, device, earlier)
     common.cleanup_distributed()
-    if rank == 0:
-        model.eval()
+    model.eval()
+    if rank == 0 and figures:
         draw_figures([(cfg, model)], cfg.out, device)
+    return model
+
+
+TUNABLE = ("lr", "lr_d", "init_std")
+
+
+def tune_grid(text: str) -> list[dict]:
+    """--tune 'lr=a,b;lr_d=c;init_std=d,e' -> every combination as a dict of floats. Raises
+    ValueError naming the flag for an unknown name or a value that is not a number."""
+    axes = {}
+    for part in (p for p in text.split(";") if p.strip()):
+        name, _, values = part.partition("=")
+        name = name.strip()
+        if name not in TUNABLE:
+            raise ValueError(f"--tune: unknown setting {name!r}; tunable are {', '.join(TUNABLE)} "
+                             f"(e.g. 'lr=1e-4,1e-3;lr_d=1e-4,1e-3;init_std=0,0.02')")
+        try:
+            axes[name] = [float(v) for v in values.split(",")]
+        except ValueError:
+            raise ValueError(f"--tune: {part!r} must be NAME=number,number,...") from None
+    return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+
+
+def tune_cgan(cfg: Config, explicit: set) -> Config:
+    """Sec. 4.4: "For CGAN, we selected the learning rate of generator and discriminator and the
+    variance of weights by verifying the conditional log-likelihood on the validation set." Each
+    --tune combination trains --tune-steps steps into OUT/tune/candidate-i and is scored by the best
+    Parzen log-likelihood over --parzen-grid on the validation faces (`eval_subsets`); the winner's
+    values are returned in cfg, and every score goes to OUT/tune.json (reused when it exists)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("--tune runs in one process; tune first, then pass the chosen --lr, --lr-d and "
+                         "--init-std (OUT/tune.json) to torchrun")
+    steps, path = cfg.tune_steps or max(1, cfg.steps // 10), os.path.join(cfg.out, "tune.json")
+    if os.path.exists(path) and not cfg.fresh:
+        with open(path) as f:
+            saved = json.load(f)
+        if saved["grid"] == cfg.tune and saved["tune_steps"] == steps:
+            common.print0(f"--tune: reusing {path}: {saved['chosen']}")
+            return dataclasses.replace(cfg, **saved["chosen"])
+    device, results = common.pick_device(cfg.device), []
+    for i, candidate in enumerate(tune_grid(cfg.tune)):
+        if "lr" in candidate and "lr_d" not in candidate and "lr_d" not in explicit:
+            candidate["lr_d"] = candidate["lr"]  # --lr-d's default: the same as --lr
+        trial = dataclasses.replace(cfg, tune="", steps=steps, out=os.path.join(cfg.out, "tune", f"candidate-{i}"),
+                                    **candidate)
+        model = train(trial, explicit, figures=False)
+        results.append({**candidate, "valid_parzen_nats_per_face": validation_parzen(trial, model, device)})
+        common.print0(f"--tune: {candidate} -> {results[-1]['valid_parzen_nats_per_face']:,.1f} nats per face")
+    best = max(results, key=lambda r: r["valid_parzen_nats_per_face"])
+    chosen = {k: best[k] for k in TUNABLE if k in best}
+    os.makedirs(cfg.out, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"grid": cfg.tune, "tune_steps": steps, "valid_faces": cfg.valid_images,
+                   "parzen_samples": cfg.parzen_samples, "candidates": results, "chosen": chosen}, f, indent=2)
+    common.print0(f"--tune: chose {chosen}")
+    return dataclasses.replace(cfg, **chosen)
+
+
+def read_tuning(out: str) -> dict | None:
+    """OUT/tune.json (the candidates and the choice) when the run was tuned, else None."""
+    path = os.path.join(out, "tune.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def validation_parzen(cfg: Config, model: nn.Module, device) -> float:
+    """The best Parzen log-likelihood over --parzen-grid on the validation faces, nats per face."""
+    test, valid = load_split(cfg, "test", verbose=False), load_split(cfg, "valid", verbose=False)
+    x, y = faces_and_attributes(valid, eval_subsets(cfg, test, valid)[1], device)
+    torch.manual_seed(cfg.seed)
+    return parzen_scores(model, x, y, cfg.parzen_samples, parzen_sigmas(cfg.parzen_grid)).max().item()
 
 
 def run_loop(cfg: Config, net, optimizers, scaler, batches, start: int, device, earlier: float) -> None:
@@ -599,8 +765,14 @@ def draw_figures(runs: list, out: str, device) -> list:
     six_plain, six_glasses = pick_faces(cfg0, train_set, names)
     for cfg, model in runs:
         torch.manual_seed(cfg.seed)
-        grids = {"fig4": (fig4_from_attributes(model, cfg, names, levels, device), 7)}
-        if cfg.model != "cgan":
+        if cfg.dataset == "mnist":
+            grids = {"fig4": (fig4_from_classes(model, device), 8)}
+            if cfg.model != "cgan":
+                x, y = faces_and_attributes(train_set, six_plain, device)
+                grids["fig6"] = (torch.cat([x, fig6_class_edits(model, x, y)]), len(six_plain))
+        else:
+            grids = {"fig4": (fig4_from_attributes(model, cfg, names, levels, device), 7)}
+        if cfg.model != "cgan" and cfg.dataset != "mnist":
             x, y = faces_and_attributes(train_set, six_plain, device)
             grids["fig6"] = (torch.cat([x, fig6_edits(model, cfg, x, y, names, levels[2])]), len(six_plain))
             x, y = faces_and_attributes(train_set, six_glasses, device)
@@ -620,10 +792,16 @@ def draw_figures(runs: list, out: str, device) -> list:
 
 
 def pick_faces(cfg: Config, dataset: data.ImageSet, names: list, n: int = 6):
-    """Training faces for Fig. 6 (none of its attributes present) and Fig. 7 (with eyeglasses)."""
+    """Training faces for Fig. 6 (men, so that its Mustache row means something, with none of its
+    attributes present) and Fig. 7 (with eyeglasses); on MNIST, the first digit of classes 0..n-1."""
+    if cfg.dataset == "mnist":
+        first = [np.flatnonzero(dataset.labels["class"] == c)[:1] for c in range(10)]
+        return np.concatenate(first)[:n], None
     attrs = dataset.labels["attributes"]
     present = lambda name: attrs[:, attribute_index(cfg, names, name)] > (0.5 if cfg.dataset == "celeba" else 0.0)
     plain = ~np.any([present(r) for r in FIG6_ROWS if r], axis=0)
+    if (plain & present("Male")).sum() >= n:
+        plain &= present("Male")
     plain_idx, glasses_idx = np.flatnonzero(plain)[:n], np.flatnonzero(present("Eyeglasses"))[:n]
     return (plain_idx if len(plain_idx) else np.arange(n)), (glasses_idx if len(glasses_idx) else np.arange(n))
 
@@ -632,8 +810,9 @@ def evaluate(runs: list, out: str, device) -> dict:
     """Tables 2 and 3 (plus the IS estimate) for each run; each eval.json, and the table printed."""
     cfg0 = runs[0][0]
     test, valid = load_split(cfg0, "test", verbose=False), load_split(cfg0, "valid", verbose=False)
-    x_test, y_test = faces_and_attributes(test, np.arange(min(cfg0.eval_images, len(test))), device)
-    x_val, y_val = faces_and_attributes(valid, np.arange(min(cfg0.valid_images, len(valid))), device)
+    test_index, valid_index = eval_subsets(cfg0, test, valid)
+    x_test, y_test = faces_and_attributes(test, test_index, device)
+    x_val, y_val = faces_and_attributes(valid, valid_index, device)
     sigmas = parzen_sigmas(cfg0.parzen_grid)
     table = {}
     for cfg, model in runs:
@@ -645,13 +824,17 @@ def evaluate(runs: list, out: str, device) -> dict:
                   f"{'low' if best == 0 else 'high'} end of --parzen-grid {cfg0.parzen_grid}: the score is cut by "
                   f"the grid; widen it", file=sys.stderr)
         result = {"model": cfg.model, "data": test.description, "test_faces": len(x_test), "valid_faces": len(x_val),
+                  "subsets": "seeded random subsets of the test and validation splits, disjoint"
+                             + (" halves of the one held-out split" if test.files == valid.files else ""),
                   "parzen_samples": cfg.parzen_samples,
                   "parzen_sigma": sigmas[best].item(), "parzen_sigma_index": best,
                   "parzen_grid": [s.item() for s in sigmas], "parzen_sigma_at_grid_edge": best in (0, len(sigmas) - 1),
                   "parzen_valid_nats_per_face": val_scores.tolist(),
                   "parzen_test_nats_per_face": parzen_scores(model, x_test, y_test, cfg.parzen_samples,
                                                              sigmas[best:best + 1]).item()}
-        if cfg.model != "cgan":
+        if cfg.model == "cgan":
+            result.update(lr_g=cfg.lr, lr_d=cfg.lr_d, init_std=cfg.init_std, tuned=read_tuning(cfg.out))
+        else:
             with torch.no_grad():
                 terms = [elbo_terms(model, xb, yb) for xb, yb in zip(x_test.split(250), y_test.split(250))]
             for key in ("elbo", "elbo_no_constants", "log_px", "kl"):
@@ -669,6 +852,20 @@ def evaluate(runs: list, out: str, device) -> dict:
     return table
 
 
+def eval_subsets(cfg: Config, test: data.ImageSet, valid: data.ImageSet) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded random indices of --eval-images test and --valid-images validation faces (not the
+    first N: files are sorted by name, MNIST's and folder sets by class). When the data set has one
+    held-out split for both (MNIST's t10k-only sample), they are disjoint parts of it, so the
+    Parzen window is never chosen on the faces it is scored on."""
+    rng = np.random.default_rng(cfg.seed)
+    if test.files != valid.files:
+        return (np.sort(rng.permutation(len(test))[:cfg.eval_images]),
+                np.sort(rng.permutation(len(valid))[:cfg.valid_images]))
+    order = rng.permutation(len(test))
+    n_valid = min(cfg.valid_images, len(test) // 2)
+    return np.sort(order[n_valid:][:cfg.eval_images]), np.sort(order[:n_valid])
+
+
 def print_tables(table: dict) -> None:
     r0 = next(iter(table.values()))
     print(f"this run: {r0['data']}; {r0['test_faces']} test faces, {r0['valid_faces']} validation faces, "
@@ -683,6 +880,10 @@ def print_tables(table: dict) -> None:
     for name, r in table.items():
         edge = "  AT THE GRID'S EDGE" if r["parzen_sigma_at_grid_edge"] else ""
         print(f"  {name:5s} {r['parzen_test_nats_per_face']:12,.1f}   (sigma {r['parzen_sigma']:.4f}{edge})")
+        if name == "cgan":
+            how = (f"chosen by --tune over {len(r['tuned']['candidates'])} candidates" if r["tuned"]
+                   else "not tuned (--tune)")
+            print(f"        lr_G {r['lr_g']:.3g}, lr_D {r['lr_d']:.3g}, init_std {r['init_std'] or 'PyTorch default'}: {how}")
     for name, r in table.items():
         if "is_log_p_x_given_y_nats_per_face" in r:
             print(f"  extra, importance-sampled log p(x|y): {name} {r['is_log_p_x_given_y_nats_per_face']:,.1f}")
@@ -701,15 +902,30 @@ def sample(runs: list, out: str, device) -> None:
         print(f"wrote {path}")
 
 
+def own_attributes(cfg: Config, image: str) -> np.ndarray | None:
+    """The CelebA attributes (A,) of `image` when its file name is listed in the data set's
+    list_attr_celeba.txt, else None (LFW, MNIST and photos from elsewhere)."""
+    path = os.path.join(cfg.data_dir, "list_attr_celeba.txt")
+    if cfg.dataset != "celeba" or not os.path.isfile(path):
+        return None
+    return data.read_celeba_attributes(path)[1].get(os.path.basename(image))
+
+
 def edit_user_image(runs: list, cfg: Config, image: str, changes: list, has: str, device) -> str:
     """`edit`: crop and resize the user's aligned face like the training data, set attributes,
-    and write [input, reconstruction, edited] side by side for each model."""
+    and write [input, reconstruction, edited] side by side for each model. The original
+    attributes are the face's own when the data set lists it, else the training set's base
+    (`attribute_levels`) with --has switched on. On MNIST `--set D=1` asks for digit D."""
     if not image or not os.path.isfile(image):
         raise FileNotFoundError(f"--image {image!r} not found: pass an aligned face photo (CelebA-style)")
     train_set = load_split(runs[0][0], "train", verbose=False)
     names = train_set.names["attributes"]
     base, _, on = attribute_levels(cfg, train_set.labels["attributes"])
-    y_orig = base.copy()
+    listed = own_attributes(cfg, image)
+    y_orig = base.copy() if listed is None else listed.astype(np.float32)
+    if listed is not None:
+        print(f"{os.path.basename(image)}'s own attributes from the data set: "
+              + ", ".join(n for n, v in zip(names, listed) if v))
     for name in (n for n in has.split(",") if n):
         y_orig[attribute_index(cfg, names, name.strip())] = on[attribute_index(cfg, names, name.strip())]
     y_new = y_orig.copy()
@@ -718,10 +934,13 @@ def edit_user_image(runs: list, cfg: Config, image: str, changes: list, has: str
         if value not in ("0", "1"):
             raise ValueError(f"--set takes NAME=0 or NAME=1, got {change!r}")
         i = attribute_index(cfg, names, name)
-        y_new[i] = on[i] if value == "1" else (0.0 if cfg.dataset == "celeba" else base[i] - (on[i] - base[i]))
+        if cfg.dataset == "mnist":  # one class at a time
+            y_new[:] = 0.0
+        y_new[i] = on[i] if value == "1" else (0.0 if cfg.dataset != "lfw" else base[i] - (on[i] - base[i]))
     with Image.open(image) as im:
         crop = crop_for(cfg) if im.size == (178, 218) else None
-    x = torch.from_numpy(data.decode_image(image, crop, 64)).permute(2, 0, 1)[None].float().div(255).to(device)
+    x = torch.from_numpy(data.decode_image(image, crop, cfg.image_size)).permute(2, 0, 1)[None].float().div(255)
+    x = (x.mean(1, keepdim=True) if cfg.channels == 1 else x).to(device)
     yo, yn = (torch.tensor(v, device=device)[None] for v in (y_orig, y_new))
     rows = [torch.cat([x, m.edit(x, yo, yo), m.edit(x, yo, yn)]) for c, m in runs if c.model != "cgan"]
     path = os.path.join(cfg.out, "figures", f"edit_{os.path.splitext(os.path.basename(image))[0]}.png")
