@@ -27,3 +27,20 @@ def test_vlae_claims_write_a_table_of_rows_and_the_figures_it_cites(tmp_path):
     cited = [l[l.index("](") + 2:-1] for l in lines if l.startswith("![")]
     assert len(cited) == 7 and all(os.path.exists(out / c) for c in cited)
     assert "Machine:" in text and "this invocation took" in text
+
+
+def test_cmma_claims_write_four_rows_with_the_judge_and_the_compared_figures(tmp_path):
+    out, work = tmp_path / "docs", tmp_path / "runs"
+    claims.main(["cmma", "--scale", "tiny", "--data-dir", os.path.join(ROOT, "tests", "data"),
+                 "--out", str(out), "--work", str(work), "--no-readme"])
+    text = (out / "cmma.md").read_text()
+    lines = text.splitlines()
+    header = lines.index("| claim | where in the paper | what we measured | holds? |")
+    rows = [l for l in lines[header + 2:] if l.startswith("| ")]
+    assert [r.split(" | ")[0][2:9] for r in rows] == ["Table 2", "Table 3", "Fig. 4:", "Fig. 6:"]
+    assert all(r.split(" | ")[3].split(":")[0] in ("**yes**", "**no**", "**mixed**") for r in rows)
+    assert "Judge: a small CNN trained on the 200 held-out digits" in text
+    assert "chosen from 2 by validation Parzen LL" in text  # the CGAN was tuned
+    cited = [l[l.index("](") + 2:-1] for l in lines if l.startswith("![")]
+    assert len(cited) == 2 and all(os.path.exists(out / c) for c in cited)
+    assert len([f for f in os.listdir(work) if f.startswith("judge-")]) == 1  # cached for the other papers

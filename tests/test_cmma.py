@@ -255,3 +255,55 @@ def test_cmma_generates_from_its_prior_network_not_from_n01():
         expected = model.g(model.f(y)[0])[0]
         assert torch.allclose(model.generate(y, noise=0.0), expected, atol=1e-6)
         assert not torch.allclose(model.generate(y, noise=0.0), model.g(torch.zeros(3, 500))[0], atol=1e-3)
+
+
+def test_discriminator_tiles_y_into_its_first_convolution():
+    """D's first layer equals one unpadded convolution over [x, y tiled as constant maps], with
+    the y kernels spreading each tiled weight evenly over the 5x5 window."""
+    torch.manual_seed(0)
+    features = cmma.ConvFeatures(3, 32, width=0.25, condition=4)
+    x, y = torch.rand(2, 3, 32, 32), torch.rand(2, 4)
+    conv = torch.nn.Conv2d(7, features.conv1.out_channels, 5)
+    with torch.no_grad():
+        conv.weight[:, :3] = features.conv1.weight
+        conv.weight[:, 3:] = features.tiled_y.weight[:, :, None, None] / 25
+        conv.bias.copy_(features.conv1.bias)
+        tiled = torch.cat([x, y[:, :, None, None].expand(-1, -1, 32, 32)], 1)
+        assert torch.allclose(features(x, y), features.rest(conv(tiled)), atol=1e-5)
+        assert not torch.allclose(features(x, y), features(x, torch.zeros_like(y)))
+
+
+def test_eval_subsets_are_seeded_and_disjoint_when_one_split_serves_both():
+    cfg = cmma.resolve_defaults(cmma.Config(dataset="mnist", data_dir=os.path.join(ROOT, "tests", "data", "mnist"),
+                                            image_size=32, eval_images=150, valid_images=60))
+    test, valid = cmma.load_split(cfg, "test", verbose=False), cmma.load_split(cfg, "valid", verbose=False)
+    assert test.files == valid.files and test.labels["attributes"].shape == (len(test), 10)
+    assert (test.labels["attributes"].argmax(1) == test.labels["class"]).all()
+    t, v = cmma.eval_subsets(cfg, test, valid)
+    assert len(v) == 60 and len(t) == min(150, len(test) - 60) and not set(t) & set(v)
+    assert len(set(test.labels["class"][v])) >= 8  # not the first 60 of a class-sorted list
+    again = cmma.eval_subsets(cfg, test, valid)
+    assert np.array_equal(t, again[0]) and np.array_equal(v, again[1])
+
+
+def test_figure_base_is_the_training_mode_and_edit_reads_the_faces_own_attributes():
+    cfg = cmma.resolve_defaults(cmma.Config(data_dir=CELEBA))
+    names, attributes = data.read_celeba_attributes(os.path.join(CELEBA, "list_attr_celeba.txt"))
+    train = cmma.load_split(cfg, "train", verbose=False)
+    base, off, on = cmma.attribute_levels(cfg, train.labels["attributes"])
+    expected = (train.labels["attributes"].mean(0) > 0.5).astype(np.float32)
+    assert np.array_equal(base, expected) and base[names.index("No_Beard")] == 1 and base[names.index("Young")] == 1
+    assert (off == 0).all() and (on == 1).all()
+    face = os.path.join(CELEBA, "img_align_celeba", "000002.jpg")
+    assert np.array_equal(cmma.own_attributes(cfg, face), attributes["000002.jpg"])
+    assert cmma.own_attributes(cfg, "elsewhere/me.jpg") is None
+
+
+def test_tune_grid_lists_every_combination_and_refuses_unknown_settings():
+    grid = cmma.tune_grid("lr=1e-4,1e-3;init_std=0,0.02")
+    assert grid == [{"lr": 1e-4, "init_std": 0.0}, {"lr": 1e-4, "init_std": 0.02},
+                    {"lr": 1e-3, "init_std": 0.0}, {"lr": 1e-3, "init_std": 0.02}]
+    with pytest.raises(ValueError, match="unknown setting 'beta'"):
+        cmma.tune_grid("beta=1,2")
+    with pytest.raises(ValueError, match="NAME=number"):
+        cmma.tune_grid("lr=fast")
