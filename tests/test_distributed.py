@@ -50,7 +50,7 @@ def test_two_ranks_at_b_equal_one_process_at_2b_and_resume_on_one_rank(tmp_path)
 
 DATA = os.path.join(ROOT, "tests", "data")
 # vlae.py's two-rank run is test_vlae.py's torchrun test
-SMOKE = {"cmma": ["--data-dir", CELEBA, "--eval-images", "4", "--valid-images", "4", "--parzen-samples", "8",
+SMOKE = {"cmma": ["--data-dir", CELEBA, "--width", "0.5", "--eval-images", "4", "--valid-images", "4", "--parzen-samples", "8",
                   "--is-samples", "4"],
          "disentangled_vae": ["--dataset", "mnist", "--data-dir", os.path.join(DATA, "mnist"), "--z-s-dim", "4",
                               "--z-u-dim", "6", "--eval-images", "50", "--diversity-classes", "2",
