@@ -299,6 +299,10 @@ def test_figure_base_is_the_training_mode_and_edit_reads_the_faces_own_attribute
     expected = (train.labels["attributes"].mean(0) > 0.5).astype(np.float32)
     assert np.array_equal(base, expected) and base[names.index("No_Beard")] == 1 and base[names.index("Young")] == 1
     assert (off == 0).all() and (on == 1).all()
+    plain, _ = cmma.pick_faces(cfg, train, names)  # Fig. 6 edits men (its Mustache row), none with a row attribute
+    rows = [names.index(n) for n in cmma.FIG6_ROWS if n]
+    assert len(plain) == 6 and (train.labels["attributes"][plain, names.index("Male")] == 1).all()
+    assert (train.labels["attributes"][plain][:, rows] == 0).all()
     face = os.path.join(CELEBA, "img_align_celeba", "000002.jpg")
     assert np.array_equal(cmma.own_attributes(cfg, face), attributes["000002.jpg"])
     assert cmma.own_attributes(cfg, "elsewhere/me.jpg") is None
