@@ -42,3 +42,16 @@ def test_cmma_claims_write_four_rows_with_the_judge_and_the_compared_figures(tmp
     assert "chosen from 2 by validation Parzen LL" in text  # the CGAN was tuned
     assert len(cited) == 2
     assert len([f for f in os.listdir(tmp_path / "runs") if f.startswith("judge-")]) == 1  # cached for the other papers
+
+
+def test_data_dir_may_be_any_idx_set_itself_or_the_folder_holding_mnist(tmp_path):
+    data_root = os.path.join(ROOT, "tests", "data")
+    assert claims.data_folder(data_root, "mnist", "digits") == os.path.join(data_root, "mnist")
+    idx = os.path.join(data_root, "mnist")  # e.g. a Fashion-MNIST folder passed as --data-dir
+    assert claims.data_folder(idx, "mnist", "digits") == idx
+    try:
+        claims.data_folder(str(tmp_path), "mnist", "MNIST's gzipped IDX files")
+    except FileNotFoundError as e:
+        assert "MNIST's gzipped IDX files" in str(e) and "--data-dir" in str(e)
+    else:
+        raise AssertionError("an empty folder was accepted")
