@@ -521,6 +521,11 @@ def make_optimizers(model: DisentangledVAE, cfg: Config, device) -> dict:
 # ----------------------------------------------------------------------------------------------
 # --- paper: MS-SSIM, the diversity metric (Wang et al. 2003) ---
 # ----------------------------------------------------------------------------------------------
+# Wang, Simoncelli & Bovik 2003's five scale weights. Within-class MS-SSIM as a diversity measure
+# is Odena et al. 2017 (AC-GAN, sec. 4.2), used by Bao et al. 2017 and by the paper's Tables 2 and
+# 6. A scale is used while the image at that scale still holds the 11x11 window, and the weights
+# of the scales used are renormalised: 64 px uses 3 scales (64, 32, 16), weights 0.0711, 0.4530,
+# 0.4760; 32 px uses 2 (0.1356, 0.8644); 28 px (MNIST) 2; 128 px 4.
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 
 
@@ -534,8 +539,8 @@ def gaussian_filter(x: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
 
 
 def ssim_terms(a: torch.Tensor, b: torch.Tensor, data_range: float, window: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per image (B,): mean SSIM map and mean contrast-structure map, 11x11 window of sd 1.5
-    (shrunk with the image below 11 pixels), K1 = 0.01, K2 = 0.03."""
+    """Per image and channel (B, C): mean SSIM map and mean contrast-structure map, 11x11 window
+    of sd 1.5 (shrunk with the image below 11 pixels), K1 = 0.01, K2 = 0.03."""
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     sigma = 1.5 * window / 11
     mu_a, mu_b = gaussian_filter(a, window, sigma), gaussian_filter(b, window, sigma)
@@ -544,15 +549,17 @@ def ssim_terms(a: torch.Tensor, b: torch.Tensor, data_range: float, window: int)
     cov = gaussian_filter(a * b, window, sigma) - mu_a * mu_b
     cs = (2 * cov + c2) / (var_a + var_b + c2)
     luminance = (2 * mu_a * mu_b + c1) / (mu_a ** 2 + mu_b ** 2 + c1)
-    return (luminance * cs).flatten(1).mean(1), cs.flatten(1).mean(1)
+    return (luminance * cs).flatten(2).mean(2), cs.flatten(2).mean(2)
 
 
-def ms_ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:
-    """Multi-scale SSIM (Wang, Simoncelli & Bovik 2003) of image pairs a, b (B, C, H, W) -> (B,)
-    in [0, 1] (1: identical). data_range 2 for pixels in [-1, 1]. Uses as many of the 5 scales
-    as keep the coarsest at least 11 pixels (64x64: 3, 28x28: 2), their weights renormalised;
-    negative contrast terms are clipped at 0 (as pytorch-msssim). Raises ValueError on shape
-    mismatch."""
+def ms_ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Multi-scale SSIM (Wang, Simoncelli & Bovik 2003) of image pairs a, b (B, C, H, W) with
+    pixels in [0, data_range] -> (B,) in [0, 1] (1: identical). SSIM's luminance term assumes
+    non-negative intensities, so [-1, 1] images must be mapped to [0, 1] first. Per channel, as
+    tf.image.ssim_multiscale and pytorch-msssim: the contrast-structure terms of the finer
+    scales and the SSIM of the coarsest are clipped at 0, raised to their weights and
+    multiplied; then the channels are averaged. Scales: see MS_SSIM_WEIGHTS. Raises ValueError
+    on shape mismatch."""
     if a.shape != b.shape or a.dim() != 4:
         raise ValueError(f"ms_ssim needs two (B, C, H, W) batches of one shape, got {tuple(a.shape)}, {tuple(b.shape)}")
     a, b = a.double(), b.double()
@@ -566,11 +573,12 @@ def ms_ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0) -> torch.
         factors.append(F.relu(ssim if level == levels - 1 else cs))
         if level < levels - 1:
             a, b = F.avg_pool2d(a, 2), F.avg_pool2d(b, 2)
-    return torch.prod(torch.stack(factors, 1) ** weights, dim=1).float()
+    per_channel = torch.prod(torch.stack(factors, -1) ** weights, dim=-1)     # (B, C)
+    return per_channel.mean(1).float()
 
 
 def pairwise_ms_ssim(images: torch.Tensor) -> torch.Tensor:
-    """Mean MS-SSIM over all unordered pairs of images (N, C, H, W), N >= 2 -> scalar."""
+    """Mean MS-SSIM over all unordered pairs of images (N, C, H, W) in [0, 1], N >= 2 -> scalar."""
     i, j = zip(*itertools.combinations(range(len(images)), 2))
     return ms_ssim(images[list(i)], images[list(j)]).mean()
 
@@ -902,7 +910,7 @@ def diversity(model: DisentangledVAE, cfg: Config, device) -> float:
     """Tables 2 and 6: mean MS-SSIM over all pairs of --diversity-samples generated images of a
     class, averaged over the first --diversity-classes classes (lower = more diverse)."""
     g = torch.Generator().manual_seed(cfg.seed + 2)
-    scores = [pairwise_ms_ssim(class_samples(model, [k], cfg.diversity_samples, g, device)).item()
+    scores = [pairwise_ms_ssim((class_samples(model, [k], cfg.diversity_samples, g, device) + 1) / 2).item()
               for k in range(min(cfg.diversity_classes, model.n_classes))]
     return float(np.mean(scores))
 
