@@ -141,23 +141,78 @@ def test_inpainting_keeps_the_visible_pixels():
     assert torch.equal(out[:, 1, :, 14:], torch.zeros_like(x[:, :, 14:]))  # hidden half shown grey
 
 
-def test_stage2_routes_each_objective_to_its_own_networks():
+class NoStep:
+    def step(self):
+        pass
+
+
+def test_stage2_step_routes_each_objective_to_its_own_networks(monkeypatch):
+    """stage2_step itself, on a tiny model with z_u = mu_u (no noise): each group's .grad must be
+    the gradient of its own objective, written out here from the paper's equations:
+    E_u: 10 L_rec + L_KL (eq. 3, averaged over dims) + L_adv (eq. 5, C fooled: uniform target);
+    E_s: 10 L_rec + L_lkd; G: 10 L_rec + L_GD; C: L_C on detached z_u; Dis: L_Dis."""
     cfg, model = tiny()
     model.train()
+    monkeypatch.setattr(common, "reparameterize", lambda mu, logvar: mu)
     x, c = torch.rand(4, 1, 28, 28) * 2 - 1, torch.tensor([0, 1, 2, 3])
-    torch.manual_seed(1)
-    t = dv.stage2_losses(model, x, c, cfg)
+    captured = {}
+
+    def forward(model_, x_, c_, cfg_):
+        captured.update(dv.stage2_losses(model_, x_, c_, cfg_))
+        return captured
     groups = model.groups()
-    dv.set_grads(t["encoders_and_decoder"], groups["encoder_u"] + groups["decoder"] + groups["encoder_s"])
-    dv.set_grads(t["L_GD"], groups["decoder"], add=True)
-    # E_u's gradient is that of 10 L_rec + L_KL + L_adv alone: L_GD never reaches the encoders
-    want = torch.autograd.grad(10 * t["L_rec"] + t["L_KL"] + t["L_adv"], groups["encoder_u"], retain_graph=True)
-    assert all(torch.allclose(p.grad, w, atol=1e-6) for p, w in zip(groups["encoder_u"], want))
-    # G takes 10 L_rec + L_GD
-    want = torch.autograd.grad(10 * t["L_rec"] + t["L_GD"], groups["decoder"], retain_graph=True)
-    assert all(torch.allclose(p.grad, w, atol=1e-6) for p, w in zip(groups["decoder"], want))
-    # the mixture is fixed in stage 2
-    assert torch.autograd.grad(t["encoders_and_decoder"], [model.prior.mu], retain_graph=True, allow_unused=True)[0] is None
+    dv.stage2_step(model, {name: NoStep() for name in groups}, [(x, c)], cfg, torch.device("cpu"), forward)
+    got = {name: [p.grad.clone() for p in ps] for name, ps in groups.items()}
+
+    mu_u, logvar_u = model.encode_u(x)
+    z_s = model.encoder_s(x)
+    l_rec = (model.decode(z_s, mu_u) - x).pow(2).mean()
+    l_kl = (0.5 * (mu_u ** 2 + logvar_u.exp() - 1 - logvar_u).sum(1)).mean() / cfg.z_u_dim
+    l_adv = -torch.log_softmax(model.classifier(mu_u), 1).mean()           # CE against 1/K
+    l_c = torch.nn.functional.cross_entropy(model.classifier(mu_u.detach()), c)
+    mu, logvar = model.prior.mu.detach(), model.prior.logvar.detach()
+    l_lkd = (0.5 * ((z_s - mu[c]) ** 2 / logvar[c].exp()).sum(1) + 0.5 * logvar[c].sum(1)).mean()
+
+    def check(name, loss):
+        want = torch.autograd.grad(loss, groups[name], retain_graph=True, allow_unused=True)
+        for g, w in zip(got[name], want):
+            w = torch.zeros_like(g) if w is None else w
+            assert torch.allclose(g, w, atol=1e-5, rtol=1e-4), name
+    check("encoder_u", 10 * l_rec + l_kl + l_adv)
+    check("encoder_s", 10 * l_rec + l_lkd)
+    check("classifier", l_c)
+    # G and Dis see prior samples drawn inside the step: their objectives are the step's own
+    # L_GD and L_Dis, and G's gradient must hold L_GD on top of the reconstruction
+    check("decoder", 10 * captured["L_rec"] + captured["L_GD"])
+    check("discriminator", captured["L_Dis"])
+    assert torch.allclose(captured["L_rec"], l_rec) and torch.allclose(captured["L_KL"], l_kl)
+
+
+def test_uniform_cross_entropy_is_log_k_for_equal_logits_and_kl_is_per_dimension():
+    assert dv.uniform_cross_entropy(torch.zeros(3, 7)).item() == pytest.approx(math.log(7))
+    logits = torch.tensor([[2.0, 0.0, -1.0]])
+    expected = -np.mean(np.log(np.exp([2.0, 0.0, -1.0]) / np.exp([2.0, 0.0, -1.0]).sum()))
+    assert dv.uniform_cross_entropy(logits).item() == pytest.approx(expected, rel=1e-6)
+    cfg, model = tiny()
+    mu_u = torch.tensor([[1.0, 0.0, 0.0, 0.0, 0.0, 2.0]])
+    logvar_u = torch.tensor([[0.0, math.log(2.0), 0.0, 0.0, 0.0, 0.0]])
+    # KL(N(mu, var) || N(0, 1)) = 1/2 (mu^2 + var - 1 - log var): 0.5 + 0.5 (1 - log 2) + 2, over 6 dims
+    expected_kl = (0.5 + 0.5 * (1 - math.log(2.0)) + 2.0) / 6
+    model.encode_u = lambda x: (mu_u, logvar_u)
+    t = dv.stage2_losses(model, torch.zeros(1, 1, 28, 28), torch.tensor([0]), cfg)
+    assert t["L_KL"].item() == pytest.approx(expected_kl, rel=1e-5)
+
+
+def test_class_samples_draw_z_s_with_the_class_covariance():
+    _, model = tiny()
+    with torch.no_grad():
+        model.prior.logvar[2] = torch.tensor([-1.0, 0.0, 0.5, 1.0])
+    seen = {}
+    model.decode = lambda z_s, z_u: seen.update(z_s=z_s, z_u=z_u) or z_s
+    dv.class_samples(model, [2], 20_000, torch.Generator().manual_seed(0), "cpu")
+    assert torch.allclose(seen["z_s"].mean(0), model.prior.mu[2].detach(), atol=0.05)
+    assert torch.allclose(seen["z_s"].var(0), torch.tensor([-1.0, 0.0, 0.5, 1.0]).exp(), rtol=0.05)
+    assert torch.allclose(seen["z_u"].var(0), torch.ones(6), rtol=0.05)
 
 
 def test_celeba_identities_reader_keeps_frequent_identities(tmp_path):
