@@ -227,3 +227,25 @@ def test_probes_fitted_together_equal_probes_fitted_alone():
         alone.append(common.probe_accuracy(s, y, s, y, 3, steps=100))
     assert together[0] > 0.6 and together[1] < 0.6
     assert together == pytest.approx(alone, abs=0.01)
+
+
+def test_stratified_subset_covers_every_class_of_a_class_sorted_split():
+    labels = np.repeat(np.arange(10), 50)            # stored class by class, as split_per_class does
+    index = common.stratified_subset(labels, 30, seed=0)
+    assert len(index) == 30 and (np.diff(index) > 0).all()
+    assert (np.bincount(labels[index], minlength=10) == 3).all()
+    assert np.array_equal(index, common.stratified_subset(labels, 30, seed=0))
+    assert not np.array_equal(index, common.stratified_subset(labels, 30, seed=1))
+    assert len(common.stratified_subset(labels, 10_000, seed=0)) == 500
+    uneven = np.array([0] * 5 + [1] * 100)
+    assert np.bincount(uneven[common.stratified_subset(uneven, 20, seed=0)]).tolist() == [5, 15]
+
+
+def test_mlp_probe_reads_a_label_that_a_linear_probe_cannot():
+    g = torch.Generator().manual_seed(0)
+    codes = torch.rand(1200, 2, generator=g) * 2 - 1
+    labels = ((codes[:, 0] > 0) ^ (codes[:, 1] > 0)).long()      # XOR: no line separates it
+    train, test = slice(0, 1000), slice(1000, None)
+    linear = common.probe_accuracy(codes[train], labels[train], codes[test], labels[test], 2)
+    mlp = common.mlp_probe_accuracy(codes[train], labels[train], codes[test], labels[test], 2)
+    assert linear < 0.7 and mlp > 0.9, (linear, mlp)
