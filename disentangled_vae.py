@@ -48,6 +48,11 @@ Usage:
     python disentangled_vae.py --dataset mnist --model cvae-gan               # the baseline
     python disentangled_vae.py eval --checkpoint runs/dvae-mnist-lr-livae/checkpoint.pt,runs/dvae-mnist-cvae-gan/checkpoint.pt
     python disentangled_vae.py figures --checkpoint runs/dvae-mnist-lr-livae/checkpoint.pt
+    python disentangled_vae.py --dataset mnist --out runs/unseen --unseen-classes 7,8,9   # no labels of 7, 8, 9
+    python disentangled_vae.py finetune --checkpoint runs/unseen/checkpoint.pt              # sec. 3.6 on them
+
+Fig. 6 (`figures`) swaps codes of held-out images of the classes seen in training; sec. 3.6's
+experiment on classes never seen with labels is `finetune` (its figures: OUT/finetune/figures).
 """
 from __future__ import annotations
 
@@ -69,7 +74,7 @@ import common
 import data
 
 SCRIPT = "disentangled_vae"
-MODES = ("train", "sample", "figures", "eval")
+MODES = ("train", "sample", "figures", "eval", "finetune")
 CELEBA_CROP = (50, 25, 128, 128)  # top, left, height, width: a face-centred crop of aligned CelebA
 LOGVAR_RANGE = 8.0  # |log Sigma_k| is clamped: the paper (B.4) reports |Sigma| shrinking unstably
 # Fig. 7's corruptions as boxes (top, bottom, left, right) in fractions of a face-centred image
@@ -118,9 +123,14 @@ class Config(common.RunConfig):
     eval_images: int = common.arg(2000, "held-out images for eval")
     diversity_classes: int = common.arg(20, "classes sampled for the intra-class diversity (MS-SSIM)")
     diversity_samples: int = common.arg(20, "generated images per class for the diversity (all pairs)")
+    unseen_classes: str = common.arg("", "class names held out of labelled training, comma-separated (e.g. 7,8,9 "
+                                         "on MNIST, identity ids, folder names): train, eval and figures never see "
+                                         "them; `finetune` learns them from unlabelled images (sec. 3.6)")
+    finetune_steps: int = common.arg(500, "finetune: steps on the unseen classes' unlabelled training images")
 
 
-RUN_FIELDS = common.RUN_FIELDS | {"eval_images", "bn_images", "diversity_classes", "diversity_samples"}
+RUN_FIELDS = common.RUN_FIELDS | {"eval_images", "bn_images", "diversity_classes", "diversity_samples",
+                                   "finetune_steps"}
 
 
 def resolve_defaults(cfg: Config) -> Config:
@@ -262,9 +272,11 @@ class ProjectionDiscriminator(nn.Module):
         self.linear = sn(nn.Linear(width, 1))
         self.embed = sn(nn.Embedding(n_classes, width))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        """Scores (B,); c None drops the projection term (unlabelled images, sec. 3.6)."""
         h = self.features(x)
-        return self.linear(h).squeeze(1) + (self.embed(c) * h).sum(1)
+        score = self.linear(h).squeeze(1)
+        return score if c is None else score + (self.embed(c) * h).sum(1)
 
 
 class GaussianMixturePrior(nn.Module):
@@ -495,6 +507,53 @@ def train_step(model: DisentangledVAE, optimizers: dict, batch_at, step: int, cf
     return {"loss": loss, "L_GM": gm["L_GM"], "acc_z_s": gm["accuracy"], **{k_: t[k_] for k_ in keep}}
 
 
+# ----------------------------------------------------------------------------------------------
+# --- paper: sec. 3.6, generation for classes never seen with labels ---
+# ----------------------------------------------------------------------------------------------
+def mixture_moments(prior: GaussianMixturePrior) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mixture's total Gaussian, the prior of an image whose class is unknown (sec. 3.6):
+    mu_bar = mean_k mu_k, sigma_bar^2 = mean_k (sigma_k^2 + mu_k^2) - mu_bar^2, each (D,), detached."""
+    mu, logvar = prior.params(detach=True)
+    mu_bar = mu.mean(0)
+    return mu_bar, (logvar.exp() + mu ** 2).mean(0) - mu_bar ** 2
+
+
+def finetune_losses(model: DisentangledVAE, x: torch.Tensor, cfg: Config, mu_bar: torch.Tensor,
+                    var_bar: torch.Tensor) -> dict:
+    """Stage 2 on unlabelled images (sec. 3.6): L_rec and L_KL as before, L_lkd against the total
+    Gaussian (mu_bar, var_bar) instead of the class's component, no L_cls, L_C or L_adv (no label),
+    and Dis without its projection term; prior samples z~_s ~ N(mu_bar, var_bar)."""
+    mu_u, logvar_u = model.encode_u(x)
+    z_u = common.reparameterize(mu_u, logvar_u)
+    z_s = model.encoder_s(x)
+    x_hat = model.decode(z_s, z_u)
+    t = {"L_rec": (x_hat.float() - x.float()).pow(2).mean(),
+         "L_KL": common.kl_normal_std(mu_u.float(), logvar_u.float()).mean() / cfg.z_u_dim,
+         "L_lkd": (0.5 * (z_s.float() - mu_bar) ** 2 / var_bar).sum(1).mean() + 0.5 * var_bar.log().sum()}
+    t["L_Dis"] = t["L_GD"] = torch.zeros((), device=x.device)
+    if model.discriminator is not None:
+        x_tilde = model.decode(mu_bar + var_bar.sqrt() * torch.randn_like(z_s), torch.randn_like(z_u))
+        t["L_Dis"], t["L_GD"] = hinge_losses(*model.discriminator(torch.cat([x, x_hat, x_tilde]), None).float().chunk(3))
+    t["encoders_and_decoder"] = cfg.rec_weight * t["L_rec"] + cfg.kl_weight * t["L_KL"] + cfg.lkd_weight * t["L_lkd"]
+    return t
+
+
+def finetune_step(model: DisentangledVAE, optimizers: dict, x: torch.Tensor, cfg: Config, moments) -> dict:
+    """One Adam step of `finetune_losses`: E_s, E_u and G take the encoders' objective (+ L_GD for
+    G), Dis takes L_Dis; the mixture and C stay as trained."""
+    t = finetune_losses(model, x, cfg, *moments)
+    groups = model.groups()
+    shared = groups["encoder_u"] + groups["decoder"] + groups["encoder_s"]
+    set_grads(t["encoders_and_decoder"], shared)
+    if "discriminator" in groups:
+        set_grads(t["L_GD"], groups["decoder"], add=True)
+        set_grads(t["L_Dis"], groups["discriminator"])
+    for name in ("encoder_u", "decoder", "encoder_s", "discriminator"):
+        if name in optimizers:
+            optimizers[name].step()
+    return {k: v.detach() for k, v in t.items()}
+
+
 def sigma_learning_rate(cfg: Config, step: int, steps_per_epoch: int) -> float:
     """Sigma's own rule: code, lr * 0.1^floor(step / (10 epochs)); paper B.4, lr * 0.01 after
     2 epochs; fixed (the code's toy runs), lr. An epoch is steps_per_epoch outer iterations, as
@@ -696,8 +755,35 @@ class ToyBatches(data.Batches):
                 {k: v[idx].to(self.device, non_blocking=True) for k, v in self.labels.items()})
 
 
-def load_split(cfg: Config, split: str, verbose: bool = True) -> data.ImageSet:
-    """The ImageSet of `split` with a 'class' label (toy: the points, 80/20 cut per class)."""
+def load_split(cfg: Config, split: str, verbose: bool = True, which: str = "seen") -> data.ImageSet:
+    """The ImageSet of `split` with a 'class' label (toy: the points, 80/20 cut per class),
+    restricted to the seen classes (or with which='unseen' to --unseen-classes)."""
+    return select_classes(load_all_classes(cfg, split, verbose), cfg.unseen_classes, which)
+
+
+def select_classes(dataset: data.ImageSet, unseen: str, which: str) -> data.ImageSet:
+    """Only the classes not in `unseen` (which='seen') or only those in it (which='unseen'),
+    labels renumbered 0..K'-1 in the data set's class order. Raises ValueError naming any
+    unseen class the data set does not have."""
+    wanted = [u.strip() for u in unseen.split(",") if u.strip()]
+    if not wanted:
+        return dataset
+    names = list(dataset.names["class"])
+    missing = [u for u in wanted if u not in names]
+    if missing:
+        raise ValueError(f"--unseen-classes {', '.join(missing)}: not classes of this data set "
+                         f"(it has {len(names)}: {', '.join(names[:12])}{', ...' if len(names) > 12 else ''})")
+    kept = [n for n in names if (n in wanted) == (which == "unseen")]
+    renumber = np.full(len(names), -1)
+    renumber[[names.index(n) for n in kept]] = np.arange(len(kept))
+    labels = renumber[dataset.labels["class"]]
+    keep = np.flatnonzero(labels >= 0)
+    files = [dataset.files[i] for i in keep] if dataset.files else []
+    return data.ImageSet(dataset.images[keep], {"class": labels[keep]}, {"class": kept}, files,
+                         f"{dataset.description}; {which} classes only: {len(kept)} classes, {len(keep)} images")
+
+
+def load_all_classes(cfg: Config, split: str, verbose: bool = True) -> data.ImageSet:
     if cfg.dataset == "toy":
         points, labels = toy_data(cfg.toy_points, cfg.seed)
         keep = toy_split(cfg.toy_points, split)
@@ -812,6 +898,63 @@ def train(cfg: Config, explicit: set) -> None:
         evaluate([(cfg, model, names)], device)
 
 
+def finetune(cfg: Config, explicit: set) -> str:
+    """`finetune` (sec. 3.6): load a run trained with --unseen-classes, train it --finetune-steps
+    steps on the unseen classes' training images without their labels (`finetune_step`), write
+    OUT/finetune/checkpoint.pt, and draw the swap and z_s interpolation on held-out images of the
+    unseen classes (`draw_unseen_figures`). Returns the folder. Raises ValueError for a run
+    without unseen classes or a baseline (it has no E_s)."""
+    device = common.pick_device(cfg.device)
+    run_cfg, model, names = load_models(cfg, explicit, device)[0]
+    if not run_cfg.unseen_classes or model.kind != "lr-livae":
+        raise ValueError("finetune needs an lr-livae run trained with --unseen-classes (e.g. --dataset mnist "
+                         "--unseen-classes 7,8,9), so that some classes were never seen with labels")
+    unseen = load_split(run_cfg, "train", verbose=False, which="unseen")
+    out = os.path.join(run_cfg.out, "finetune")
+    common.seed_everything(run_cfg.seed)
+    batch_at = batch_reader(run_cfg, make_batches(run_cfg, unseen, device, 0, 1))
+    optimizers, moments = make_optimizers(model, run_cfg, device), mixture_moments(model.prior)
+    model.train()
+    print(f"finetune: {unseen.description}; {cfg.finetune_steps} steps, labels unused")
+    for step in range(cfg.finetune_steps):
+        t = finetune_step(model, optimizers, batch_at(step)[0], run_cfg, moments)
+        if (step + 1) % run_cfg.log_every == 0 or step + 1 == cfg.finetune_steps:
+            print(f"finetune step {step + 1}/{cfg.finetune_steps} | "
+                  + " ".join(f"{k} {t[k].item():.4g}" for k in ("L_rec", "L_KL", "L_lkd", "L_Dis", "L_GD")))
+    refresh_batchnorm(run_cfg, model, device)
+    model.eval()
+    common.save_checkpoint(os.path.join(out, "checkpoint.pt"), SCRIPT, step=cfg.finetune_steps,
+                           config=dataclasses.asdict(dataclasses.replace(run_cfg, out=out)),
+                           models={"model": model.state_dict()},
+                           extra={"n_classes": model.n_classes, "class_names": names,
+                                  "finetuned_on": unseen.names["class"]})
+    draw_unseen_figures(dataclasses.replace(run_cfg, out=out), model, device)
+    return out
+
+
+@torch.no_grad()
+def draw_unseen_figures(cfg: Config, model: DisentangledVAE, device) -> list:
+    """Sec. 3.6's figure on held-out images of the unseen classes: the swap grid (z_s from the
+    rows, z_u from the columns) and z_s interpolated between two of them (z_u of the first)."""
+    held = load_split(cfg, "test", verbose=False, which="unseen")
+    index = common.stratified_subset(held.labels["class"], 400, cfg.seed)
+    x = model_inputs(cfg, held.images[index], device)
+    c = torch.from_numpy(held.labels["class"][index]).to(device)
+    if cfg.dataset == "toy":  # points, not images
+        return []
+    rows, cols = distinct_classes(c, 8), distinct_classes(c, 8, skip=1)
+    fig_dir = os.path.join(cfg.out, "figures")
+    written = [os.path.join(fig_dir, "unseen_swap.png"), os.path.join(fig_dir, "unseen_interpolate_z_s.png")]
+    common.save_grid(swap_grid(model, (x[rows], c[rows]), (x[cols], c[cols])), written[0], len(cols) + 1)
+    a, b = x[rows], x[cols]
+    z_a, z_b, z_u = model.encoder_s(a), model.encoder_s(b), model.encode_u(a)[0]
+    steps = torch.linspace(0, 1, 8, device=device)
+    z_s = torch.stack([(1 - w) * z_a + w * z_b for w in steps], 1).flatten(0, 1)
+    common.save_grid(model.decode(z_s, z_u.repeat_interleave(len(steps), 0)), written[1], len(steps))
+    print("figures: " + ", ".join(written))
+    return written
+
+
 def run_loop(cfg: Config, model, optimizers, scaler, batches, names, start, device, earlier) -> None:
     """Steps start..cfg.steps; the monitor logs, checks for NaN, checkpoints and handles signals.
     Toy runs also keep generated points every 10 epochs for Fig. 2."""
@@ -845,10 +988,11 @@ def save_toy_snapshot(cfg: Config, model: DisentangledVAE, epoch: int, device, n
     was_training = model.training
     model.eval()
     g = torch.Generator().manual_seed(cfg.seed + 5)
-    points = class_samples(model, [0, 1, 2], n, g, device).cpu().numpy()
+    points = class_samples(model, list(range(model.n_classes)), n, g, device).cpu().numpy()
     model.train(was_training)
     os.makedirs(os.path.join(cfg.out, "toy"), exist_ok=True)
-    np.savez(os.path.join(cfg.out, "toy", f"epoch_{epoch:03d}.npz"), points=points, labels=np.repeat(np.arange(3), n))
+    np.savez(os.path.join(cfg.out, "toy", f"epoch_{epoch:03d}.npz"), points=points,
+             labels=np.repeat(np.arange(model.n_classes), n))
 
 
 def draw_figures(cfg: Config, model: DisentangledVAE, names: list, device) -> list:
@@ -868,6 +1012,7 @@ def draw_figures(cfg: Config, model: DisentangledVAE, names: list, device) -> li
     save("fig4b_interpolate_z_u.png", interpolate_z_u(model, classes, 10, g, device), 10)
     x, c, _ = heldout(cfg, device, 4000)
     rows, cols = distinct_classes(c, 8), distinct_classes(c, 8, skip=1)
+    # held-out images of seen classes; classes never seen with labels: `finetune` (sec. 3.6)
     save("fig6_swap.png", swap_grid(model, (x[rows], c[rows]), (x[cols], c[cols])), len(cols) + 1)
     masks = list(FACE_MASKS) if cfg.dataset != "mnist" else ["right_half", "bottom_half"]
     save("fig7_inpainting.png", inpaint(model, x[rows], c[rows], masks), 1 + 2 * len(masks))
@@ -990,12 +1135,16 @@ def load_models(cfg: Config, explicit: set, device) -> list:
 def main(argv: list | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     mode = argv.pop(0) if argv and argv[0] in MODES else "train"
-    usage = (__doc__.split("\n")[0] + "\n\nsubcommands: train (the default), sample, figures, eval; the last "
-             "three need only --checkpoint (or --out); eval takes several, comma-separated, to compare.")
+    usage = (__doc__.split("\n")[0] + "\n\nsubcommands: train (the default), sample, figures, eval, finetune; "
+             "the others need only --checkpoint (or --out); eval takes several, comma-separated, to compare; "
+             "finetune (sec. 3.6) a run trained with --unseen-classes.")
     cfg, explicit = common.parse_config(Config, argv, usage, prog="disentangled_vae.py")
     with common.user_errors():
         if mode == "train":
             return train(resolve_defaults(cfg), explicit)
+        if mode == "finetune":
+            finetune(cfg, explicit)
+            return
         device = common.pick_device(cfg.device)
         runs = load_models(cfg, explicit, device)
         if mode == "eval":
@@ -1009,7 +1158,7 @@ def main(argv: list | None = None) -> None:
                                        torch.Generator().manual_seed(run_cfg.seed), device)
                 path = os.path.join(run_cfg.out, "figures", "samples_per_class.png")
                 if run_cfg.dataset == "toy":
-                    common.save_png(scatter_panel(images.cpu().numpy(), np.repeat(np.arange(3), 10), run_cfg.model), path)
+                    common.save_png(scatter_panel(images.cpu().numpy(), np.repeat(np.arange(min(10, model.n_classes)), 10), run_cfg.model), path)
                 else:
                     common.save_grid(images, path, 10)
                 print(f"wrote {path}")

@@ -284,3 +284,48 @@ def test_bad_flags_are_named():
         dv.resolve_defaults(dv.Config(dataset="mnist", image_size=32))
     with pytest.raises(ValueError, match="multiple of 32"):
         dv.resolve_defaults(dv.Config(dataset="folder", image_size=48))
+
+
+def test_mixture_moments_are_the_mean_and_variance_of_the_whole_mixture():
+    torch.manual_seed(0)
+    prior = dv.GaussianMixturePrior(3, 2)
+    with torch.no_grad():
+        prior.logvar.copy_(torch.tensor([[0.0, -2.0], [1.0, 0.5], [-1.0, 0.0]]))
+    mu_bar, var_bar = dv.mixture_moments(prior)
+    k = torch.randint(3, (300_000,))          # draw from the mixture: a component, then its Gaussian
+    z = prior.sample(k)
+    assert torch.allclose(mu_bar, z.mean(0), atol=0.01) and torch.allclose(var_bar, z.var(0), rtol=0.02)
+
+
+def test_unseen_classes_are_held_out_of_training_then_finetuned_without_labels(tmp_path, capsys):
+    toy = ["--dataset", "toy", "--toy-points", "100", "--batch-size", "16", "--log-every", "5", "--eval-images", "30"]
+    out = str(tmp_path / "toy")
+    dv.main(toy + ["--out", out, "--steps", "8", "--unseen-classes", "right"])
+    trained = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)
+    assert trained["extra"]["class_names"] == ["left", "middle"] and trained["extra"]["n_classes"] == 2
+    dv.main(["finetune", "--checkpoint", os.path.join(out, "checkpoint.pt"), "--finetune-steps", "6"])
+    tuned = torch.load(os.path.join(out, "finetune", "checkpoint.pt"), weights_only=False)
+    assert tuned["extra"]["finetuned_on"] == ["right"]
+    before, after = trained["models"]["model"], tuned["models"]["model"]
+    for k in before:   # the mixture and C keep their training; E_s, E_u and G learn the new class
+        same = torch.equal(before[k], after[k])
+        if k.startswith(("prior.", "classifier.")):
+            assert same, k
+    assert not all(torch.equal(before[k], after[k]) for k in before if k.startswith("encoder_s."))
+    cfg = dv.resolve_defaults(dv.Config(dataset="toy", toy_points=100, unseen_classes="right"))
+    seen, unseen = dv.load_split(cfg, "train"), dv.load_split(cfg, "train", which="unseen")
+    assert set(seen.labels["class"]) == {0, 1} and set(unseen.labels["class"]) == {0}
+    assert len(seen) + len(unseen) == len(dv.load_split(dv.resolve_defaults(dv.Config(dataset="toy", toy_points=100)),
+                                                         "train"))
+    with pytest.raises(ValueError, match="--unseen-classes up: not classes of this data set"):
+        dv.load_split(dataclasses_replace(cfg, unseen_classes="up"), "train")
+    plain = str(tmp_path / "plain")   # a run without unseen classes has nothing to finetune on
+    dv.main(toy + ["--out", plain, "--steps", "2"])
+    with pytest.raises(SystemExit):
+        dv.main(["finetune", "--checkpoint", os.path.join(plain, "checkpoint.pt")])
+    assert "--unseen-classes" in capsys.readouterr().err
+
+
+def dataclasses_replace(cfg, **kw):
+    import dataclasses
+    return dataclasses.replace(cfg, **kw)
