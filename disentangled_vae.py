@@ -78,8 +78,11 @@ MODES = ("train", "sample", "figures", "eval", "finetune")
 CELEBA_CROP = (50, 25, 128, 128)  # top, left, height, width: a face-centred crop of aligned CelebA
 LOGVAR_RANGE = 8.0  # |log Sigma_k| is clamped: the paper (B.4) reports |Sigma| shrinking unstably
 # Fig. 7's corruptions as boxes (top, bottom, left, right) in fractions of a face-centred image
-FACE_MASKS = {"right_half": (0.0, 1.0, 0.5, 1.0), "eyes": (0.36, 0.58, 0.12, 0.88),
-              "nose_mouth": (0.58, 0.9, 0.25, 0.75), "bottom_half": (0.5, 1.0, 0.0, 1.0)}
+# Fig. 7's masks, (top, bottom, left, right): the halves as fractions of the image; the face parts
+# in pixels of the aligned 178x218 CelebA source, mapped through the crop in use (`mask_for`)
+FACE_MASKS = {"right_half": (0.0, 1.0, 0.5, 1.0), "eyes": (96, 124, 40, 138),
+              "nose_mouth": (124, 165, 57, 121), "bottom_half": (0.5, 1.0, 0.0, 1.0)}
+FACE_PARTS = ("eyes", "nose_mouth")
 TOY_CENTRES = (-2.2, 0.0, 2.2)  # three half unit circles (paper B.1), noise sd 0.15 (code)
 
 
@@ -691,22 +694,35 @@ def interpolate_z_u(model: DisentangledVAE, classes: list, steps: int, g: torch.
     return model.decode(z_s, (t * u1 + (1 - t) * u2).repeat(len(classes), 1))
 
 
-def mask_for(name: str, shape: tuple, device) -> torch.Tensor:
-    """M (1, 1, H, W): 1 on kept pixels, 0 inside the FACE_MASKS box `name`."""
-    h, w = shape[-2:]
+def mask_box(name: str, crop: tuple[int, int, int, int] | None) -> tuple[float, float, float, float]:
+    """The FACE_MASKS box `name` as (top, bottom, left, right) fractions of the model's image. A
+    face part is mapped from source pixels through `crop` (top, left, height, width); without a
+    crop (images not from aligned CelebA) it is placed as in the default CelebA crop."""
     top, bottom, left, right = FACE_MASKS[name]
+    if name not in FACE_PARTS:
+        return top, bottom, left, right
+    ct, cl, ch, cw = crop or CELEBA_CROP
+    clip = lambda v: min(max(v, 0.0), 1.0)
+    return clip((top - ct) / ch), clip((bottom - ct) / ch), clip((left - cl) / cw), clip((right - cl) / cw)
+
+
+def mask_for(name: str, shape: tuple, device, crop: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+    """M (1, 1, H, W): 1 on kept pixels, 0 inside the box `name` (`mask_box`)."""
+    h, w = shape[-2:]
+    top, bottom, left, right = mask_box(name, crop)
     m = torch.ones(1, 1, h, w, device=device)
     m[..., round(top * h):round(bottom * h), round(left * w):round(right * w)] = 0
     return m
 
 
 @torch.no_grad()
-def inpaint(model: DisentangledVAE, x: torch.Tensor, c: torch.Tensor, masks: list) -> torch.Tensor:
+def inpaint(model: DisentangledVAE, x: torch.Tensor, c: torch.Tensor, masks: list,
+            crop: tuple[int, int, int, int] | None = None) -> torch.Tensor:
     """Fig. 7: x_m = M x (hidden pixels 0, mid-grey), x_out = M x + (1 - M) G(E_s(x_m), mu_u(x_m)).
     Lr-LiVAE needs no label; the baseline uses c. Rows per image: x, then (x_m, x_out) per mask."""
     columns = [x]
     for name in masks:
-        m = mask_for(name, x.shape, x.device)
+        m = mask_for(name, x.shape, x.device, crop)
         x_m = x * m
         x_hat = model.decode(model.code_s(x_m, c), model.encode_u(x_m)[0])
         columns += [x_m, m * x + (1 - m) * x_hat]
@@ -1015,7 +1031,7 @@ def draw_figures(cfg: Config, model: DisentangledVAE, names: list, device) -> li
     # held-out images of seen classes; classes never seen with labels: `finetune` (sec. 3.6)
     save("fig6_swap.png", swap_grid(model, (x[rows], c[rows]), (x[cols], c[cols])), len(cols) + 1)
     masks = list(FACE_MASKS) if cfg.dataset != "mnist" else ["right_half", "bottom_half"]
-    save("fig7_inpainting.png", inpaint(model, x[rows], c[rows], masks), 1 + 2 * len(masks))
+    save("fig7_inpainting.png", inpaint(model, x[rows], c[rows], masks, parse_crop(cfg)), 1 + 2 * len(masks))
     common.plot_curves(os.path.join(cfg.out, "metrics.jsonl"), os.path.join(fig_dir, "curves.png"), curve_keys(cfg))
     common.print0("figures: " + ", ".join(os.path.relpath(p, cfg.out) for p in written) + ", curves.png")
     return written

@@ -329,3 +329,16 @@ def test_unseen_classes_are_held_out_of_training_then_finetuned_without_labels(t
 def dataclasses_replace(cfg, **kw):
     import dataclasses
     return dataclasses.replace(cfg, **kw)
+
+
+def test_face_part_masks_follow_the_crop_in_use():
+    # at the default crop (50, 25, 128, 128) the eyes box is rows 96-124, columns 40-138 of the source
+    top, bottom, left, right = dv.mask_box("eyes", dv.CELEBA_CROP)
+    assert (top, bottom) == pytest.approx(((96 - 50) / 128, (124 - 50) / 128))
+    assert (left, right) == pytest.approx(((40 - 25) / 128, (138 - 25) / 128))
+    # a looser crop puts the same source pixels at other fractions of the image
+    top2, bottom2, left2, right2 = dv.mask_box("eyes", (40, 19, 140, 140))
+    assert top2 == pytest.approx((96 - 40) / 140) and left2 == pytest.approx((40 - 19) / 140)
+    assert dv.mask_box("right_half", (40, 19, 140, 140)) == (0.0, 1.0, 0.5, 1.0)   # halves stay halves
+    m = dv.mask_for("eyes", (1, 3, 128, 128), "cpu", dv.CELEBA_CROP)
+    assert m[0, 0, 96 - 50, 40 - 25] == 0 and m[0, 0, 96 - 50 - 1, 40 - 25] == 1 and m.sum() == 128 * 128 - 28 * 98
