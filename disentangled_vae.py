@@ -31,14 +31,17 @@ Each network minimises its own objective (sec. 3.5; the code's weights, means no
 Training alternates two stages EVERY iteration (paper sec. 3.5): n_gm = 3 steps of L_GM on
 three fresh batches (E_s, mu_k, Sigma_k), then one joint step of all networks on the last batch.
 
-The cVAE-GAN baseline (`--model cvae-gan`, Bao et al. 2017, the paper's comparison): the same
-E_u, G, Dis and losses, but z_s is a learned embedding of the label (no E_s, no mixture prior,
-no adversarial classifier), so G(embed(c), z_u) is a conditional VAE-GAN.
+The baseline (`--model cvae-gan`): the same E_u, G, Dis and losses, but z_s is a learned
+embedding of the label (no E_s, no mixture prior, no adversarial classifier), so G(embed(c), z_u)
+is a conditional VAE-GAN. It is in the spirit of Bao et al. 2017's CVAE-GAN, the paper's
+comparison, but not that model: its encoder does not see the label, and it has neither the
+auxiliary classifier nor the mean feature-matching losses of Bao et al.
 
 Choices where the paper is silent: no margin (alpha = 0, `--margin 0.1` for
 L-GM's), hinge GAN, Sigma parametrised by a clamped log-variance, Sigma's learning rate cut
 10x every 10 epochs (code; `--sigma-lr paper` cuts it 100x after 2 epochs), BatchNorm in eval
-mode for figures and eval (the code keeps training mode), an epoch counted in outer iterations.
+mode for figures and eval with population statistics recomputed over --bn-images training images
+(`--eval-bn batch`: the code's training-mode BatchNorm), an epoch counted in outer iterations.
 
 Usage:
     python disentangled_vae.py --dataset mnist --data-dir data/mnist
@@ -93,7 +96,8 @@ TOY_CENTRES = (-2.2, 0.0, 2.2)  # three half unit circles (paper B.1), noise sd 
 class Config(common.RunConfig):
     dataset: str = common.arg("celeba", "celeba (identities as classes), mnist, folder (one sub-folder per "
                                         "class) or toy (Fig. 2)", choices=("celeba", "mnist", "folder", "toy"))
-    model: str = common.arg("lr-livae", "lr-livae (the paper) or cvae-gan (its baseline)",
+    model: str = common.arg("lr-livae", "lr-livae (the paper) or cvae-gan (its baseline, a conditional VAE-GAN "
+                                        "without Bao et al.'s label-aware encoder, classifier and feature matching)",
                             choices=("lr-livae", "cvae-gan"))
     steps: int = common.arg(0, "outer iterations (0: 52,000, the code's released checkpoint; toy: 50 epochs)")
     batch_size: int = common.arg(96, "images per step per process (code: 96)")
@@ -122,6 +126,11 @@ class Config(common.RunConfig):
     bn_momentum: float = common.arg(0.001, "BatchNorm running-stat momentum while training (TF's decay 0.999)")
     bn_images: int = common.arg(2000, "training images whose population BatchNorm statistics replace the "
                                       "running ones before eval, figures and sample (0: keep the running ones)")
+    eval_bn: str = common.arg("population", "BatchNorm at eval, figures and sample: population (statistics of "
+                                            "--bn-images training images) or batch (the official code: BatchNorm "
+                                            "left in training mode, each batch normalised by its own statistics; "
+                                            "to match the code's numbers, with batches as large and as mixed as "
+                                            "training ones - not for a few images)", choices=("population", "batch"))
     toy_points: int = common.arg(3000, "--dataset toy: points per class (80 percent train)")
     eval_images: int = common.arg(2000, "held-out images for eval")
     diversity_classes: int = common.arg(20, "classes sampled for the intra-class diversity (MS-SSIM)")
@@ -132,7 +141,7 @@ class Config(common.RunConfig):
     finetune_steps: int = common.arg(500, "finetune: steps on the unseen classes' unlabelled training images")
 
 
-RUN_FIELDS = common.RUN_FIELDS | {"eval_images", "bn_images", "diversity_classes", "diversity_samples",
+RUN_FIELDS = common.RUN_FIELDS | {"eval_images", "bn_images", "eval_bn", "diversity_classes", "diversity_samples",
                                    "finetune_steps"}
 
 
@@ -851,8 +860,9 @@ def model_inputs(cfg: Config, images: np.ndarray, device) -> torch.Tensor:
 
 def refresh_batchnorm(cfg: Config, model: DisentangledVAE, device) -> int:
     """Population BatchNorm statistics over --bn-images training images (a seeded subset), each
-    reconstructed through (E_s, E_u, G) in train mode; sets and returns model.bn_stats_images."""
-    if cfg.bn_images > 0:
+    reconstructed through (E_s, E_u, G) in train mode; sets and returns model.bn_stats_images.
+    Skipped with --eval-bn batch, which uses each batch's own statistics instead."""
+    if cfg.bn_images > 0 and cfg.eval_bn == "population":
         train_set = load_split(cfg, "train", verbose=False)
         pick = np.sort(np.random.default_rng(cfg.seed).permutation(len(train_set))[:cfg.bn_images])
         x = model_inputs(cfg, train_set.images[pick], device)
@@ -865,6 +875,19 @@ def refresh_batchnorm(cfg: Config, model: DisentangledVAE, device) -> int:
         model.bn_stats_images = common.recompute_batchnorm(
             model, zip(x.split(cfg.batch_size), c.split(cfg.batch_size)), reconstruct)
     return getattr(model, "bn_stats_images", 0)
+
+
+def evaluation_mode(cfg: Config, model: DisentangledVAE) -> DisentangledVAE:
+    """model.eval(); with --eval-bn batch, BatchNorm layers stay in training mode (batch
+    statistics, as the official code evaluates) with momentum 0, so their running statistics
+    are left as they are."""
+    model.eval()
+    if cfg.eval_bn == "batch":
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.train()
+                m.momentum = 0.0
+    return model
 
 
 def curve_keys(cfg: Config) -> list:
@@ -909,7 +932,7 @@ def train(cfg: Config, explicit: set) -> None:
     common.cleanup_distributed()
     if rank == 0:  # after the last checkpoint, so a resumed run still continues exactly
         refresh_batchnorm(cfg, model, device)
-        model.eval()
+        evaluation_mode(cfg, model)
         draw_figures(cfg, model, names, device)
         evaluate([(cfg, model, names)], device)
 
@@ -938,7 +961,7 @@ def finetune(cfg: Config, explicit: set) -> str:
             print(f"finetune step {step + 1}/{cfg.finetune_steps} | "
                   + " ".join(f"{k} {t[k].item():.4g}" for k in ("L_rec", "L_KL", "L_lkd", "L_Dis", "L_GD")))
     refresh_batchnorm(run_cfg, model, device)
-    model.eval()
+    evaluation_mode(run_cfg, model)
     common.save_checkpoint(os.path.join(out, "checkpoint.pt"), SCRIPT, step=cfg.finetune_steps,
                            config=dataclasses.asdict(dataclasses.replace(run_cfg, out=out)),
                            models={"model": model.state_dict()},
@@ -1144,7 +1167,7 @@ def load_models(cfg: Config, explicit: set, device) -> list:
         model.load_state_dict(state["models"]["model"])
         model.to(device)
         refresh_batchnorm(saved, model, device)
-        runs.append((saved, model.eval(), state["extra"]["class_names"]))
+        runs.append((saved, evaluation_mode(saved, model), state["extra"]["class_names"]))
     return runs
 
 

@@ -342,3 +342,18 @@ def test_face_part_masks_follow_the_crop_in_use():
     assert dv.mask_box("right_half", (40, 19, 140, 140)) == (0.0, 1.0, 0.5, 1.0)   # halves stay halves
     m = dv.mask_for("eyes", (1, 3, 128, 128), "cpu", dv.CELEBA_CROP)
     assert m[0, 0, 96 - 50, 40 - 25] == 0 and m[0, 0, 96 - 50 - 1, 40 - 25] == 1 and m.sum() == 128 * 128 - 28 * 98
+
+
+def test_eval_bn_batch_keeps_the_codes_batchnorm_in_training_mode_without_touching_its_statistics():
+    x = torch.rand(6, 1, 28, 28) * 2 - 1
+    for mode in ("population", "batch"):
+        cfg, model = tiny(eval_bn=mode)
+        model.train()
+        dv.evaluation_mode(cfg, model)
+        norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        before = [m.running_mean.clone() for m in norms]
+        with torch.no_grad():
+            alone, together = model.encode_u(x[:2])[0], model.encode_u(x)[0][:2]
+        assert all(torch.equal(b, m.running_mean) for b, m in zip(before, norms))
+        # population statistics: an image's code does not depend on its batch; batch statistics: it does
+        assert torch.allclose(alone, together, atol=1e-5) == (mode == "population"), mode
