@@ -703,6 +703,37 @@ def interpolate_z_u(model: DisentangledVAE, classes: list, steps: int, g: torch.
     return model.decode(z_s, (t * u1 + (1 - t) * u2).repeat(len(classes), 1))
 
 
+@torch.no_grad()
+def z_u_effects(model: DisentangledVAE, x: torch.Tensor, c: torch.Tensor, span: float = 2.0) -> torch.Tensor:
+    """Sec. 4.3: how much each z_u dimension changes the image, (z_u_dim,): the mean absolute pixel
+    change ([-1, 1] units) between setting that dimension of mu_u(x) to -span and to +span, the
+    others and z_s kept, over the images x (B, ...)."""
+    z_s, mu_u = model.code_s(x, c), model.encode_u(x)[0]
+    effects = []
+    for d in range(model.z_u_dim):
+        lo, hi = mu_u.clone(), mu_u.clone()
+        lo[:, d], hi[:, d] = -span, span
+        effects.append((model.decode(z_s, hi) - model.decode(z_s, lo)).abs().mean())
+    return torch.stack(effects)
+
+
+@torch.no_grad()
+def traverse_z_u(model: DisentangledVAE, x: torch.Tensor, c: torch.Tensor, top: int = 6, steps: int = 9,
+                 span: float = 2.0) -> tuple[torch.Tensor, list]:
+    """Sec. 4.3's traversal: the `top` z_u dimensions by `z_u_effects` (over x), each swept from
+    -span to +span on the first image of x, a row per dimension. Returns the images
+    (top * steps, C, H, W) and the dimensions, strongest first."""
+    dims = z_u_effects(model, x, c, span).argsort(descending=True)[:top].tolist()
+    z_s, mu_u = model.code_s(x[:1], c[:1]), model.encode_u(x[:1])[0]
+    values = torch.linspace(-span, span, steps, device=x.device)
+    rows = []
+    for d in dims:
+        z_u = mu_u.repeat(steps, 1)
+        z_u[:, d] = values
+        rows.append(model.decode(z_s.expand(steps, -1), z_u))
+    return torch.cat(rows), dims
+
+
 def mask_box(name: str, crop: tuple[int, int, int, int] | None) -> tuple[float, float, float, float]:
     """The FACE_MASKS box `name` as (top, bottom, left, right) fractions of the model's image. A
     face part is mapped from source pixels through `crop` (top, left, height, width); without a
@@ -1053,6 +1084,9 @@ def draw_figures(cfg: Config, model: DisentangledVAE, names: list, device) -> li
     rows, cols = distinct_classes(c, 8), distinct_classes(c, 8, skip=1)
     # held-out images of seen classes; classes never seen with labels: `finetune` (sec. 3.6)
     save("fig6_swap.png", swap_grid(model, (x[rows], c[rows]), (x[cols], c[cols])), len(cols) + 1)
+    traversal, dims = traverse_z_u(model, x[rows], c[rows])
+    save("sec4_3_traverse_z_u.png", traversal, 9)   # rows: the z_u dimensions that change the image most
+    common.print0(f"sec. 4.3 traversal: z_u dimensions {dims}, strongest first")
     masks = list(FACE_MASKS) if cfg.dataset != "mnist" else ["right_half", "bottom_half"]
     save("fig7_inpainting.png", inpaint(model, x[rows], c[rows], masks, parse_crop(cfg)), 1 + 2 * len(masks))
     common.plot_curves(os.path.join(cfg.out, "metrics.jsonl"), os.path.join(fig_dir, "curves.png"), curve_keys(cfg))

@@ -357,3 +357,18 @@ def test_eval_bn_batch_keeps_the_codes_batchnorm_in_training_mode_without_touchi
         assert all(torch.equal(b, m.running_mean) for b, m in zip(before, norms))
         # population statistics: an image's code does not depend on its batch; batch statistics: it does
         assert torch.allclose(alone, together, atol=1e-5) == (mode == "population"), mode
+
+
+def test_traversal_ranks_z_u_dimensions_by_their_effect():
+    cfg, model = tiny()
+    x, c = torch.rand(3, 1, 28, 28) * 2 - 1, torch.tensor([1, 2, 3])
+    with torch.no_grad():   # make z_u dim 4 the only one the decoder reads, then dim 1 weakly
+        first = next(m for m in model.decoder.modules() if isinstance(m, torch.nn.Linear))
+        first.weight[:, cfg.z_s_dim:] = 0
+        first.weight[:, cfg.z_s_dim + 4] = 1.0
+        first.weight[:, cfg.z_s_dim + 1] = 0.1
+    effects = dv.z_u_effects(model, x, c)
+    assert effects.argmax().item() == 4 and effects[1] > effects[0] == 0
+    images, dims = dv.traverse_z_u(model, x, c, top=2, steps=5)
+    assert dims == [4, 1] and images.shape == (10, 1, 28, 28)
+    assert not torch.allclose(images[0], images[4])     # the sweep changes the image
