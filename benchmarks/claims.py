@@ -3,6 +3,8 @@
     python benchmarks/claims.py vlae                     # MNIST + faces, small scale (~30 min on 2 CPU cores)
     python benchmarks/claims.py vlae --skip-faces        # MNIST only (~20 min)
     python benchmarks/claims.py vlae --scale paper       # the paper's settings (a GPU job)
+    python benchmarks/claims.py cmma                     # MNIST stand-in for faces from attributes (~19 min)
+    python benchmarks/claims.py disentangled             # Lr-LiVAE on MNIST and the toy data (~22 min)
 
 Each subcommand trains the runs it needs through the script's own public functions (its `main`,
 `load_model`, encoder and decoder), then tests one claim per function. A claim function's
