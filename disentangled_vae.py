@@ -413,15 +413,20 @@ def hinge_losses(d_real: torch.Tensor, d_rec: torch.Tensor, d_gen: torch.Tensor)
     return l_dis, -d_rec.mean() - d_gen.mean()
 
 
-def stage2_losses(model: DisentangledVAE, x: torch.Tensor, c: torch.Tensor, cfg: Config) -> dict:
-    """One forward of the joint step and every loss (scalars). The mixture prior is held fixed
-    (detached) here; `train_step` routes each objective to its own networks."""
+def reconstruction_terms(model: DisentangledVAE, x: torch.Tensor, c: torch.Tensor | None, cfg: Config):
+    """z_s, z_u ~ q(z_u|x), x_hat = G(z_s, z_u) and {L_rec (eq. 2), L_KL (eq. 3)}, batch means."""
     mu_u, logvar_u = model.encode_u(x)
     z_u = common.reparameterize(mu_u, logvar_u)
     z_s = model.code_s(x, c)
     x_hat = model.decode(z_s, z_u)
-    t = {"L_rec": (x_hat.float() - x.float()).pow(2).mean(),                                  # eq. 2
-         "L_KL": common.kl_normal_std(mu_u.float(), logvar_u.float()).mean() / cfg.z_u_dim}   # eq. 3
+    return z_s, z_u, x_hat, {"L_rec": (x_hat.float() - x.float()).pow(2).mean(),                        # eq. 2
+                             "L_KL": common.kl_normal_std(mu_u.float(), logvar_u.float()).mean() / cfg.z_u_dim}  # eq. 3
+
+
+def stage2_losses(model: DisentangledVAE, x: torch.Tensor, c: torch.Tensor, cfg: Config) -> dict:
+    """One forward of the joint step and every loss (scalars). The mixture prior is held fixed
+    (detached) here; `train_step` routes each objective to its own networks."""
+    z_s, z_u, x_hat, t = reconstruction_terms(model, x, c, cfg)
     zero = torch.zeros((), device=x.device)
     t["L_lkd"] = t["L_adv"] = t["L_C"] = t["L_Dis"] = t["L_GD"] = zero
     if model.kind == "lr-livae":
@@ -490,7 +495,7 @@ def stage2_step(model: DisentangledVAE, optimizers: dict, batches: list, cfg: Co
         if "discriminator" in groups:
             set_grads(t["L_GD"] / n, groups["decoder"], add=True)
             set_grads(t["L_Dis"] / n, groups["discriminator"], add=True)
-        if "classifier" in groups:
+        if "classifier" in groups and "L_C" in t:   # finetune's objectives have no L_C (no label)
             set_grads(t["L_C"] / n, groups["classifier"], add=True)
         totals = {k: totals.get(k, 0.0) + v.detach() / n for k, v in t.items()}
     common.average_gradients(every)
@@ -535,35 +540,14 @@ def finetune_losses(model: DisentangledVAE, x: torch.Tensor, cfg: Config, mu_bar
     """Stage 2 on unlabelled images (sec. 3.6): L_rec and L_KL as before, L_lkd against the total
     Gaussian (mu_bar, var_bar) instead of the class's component, no L_cls, L_C or L_adv (no label),
     and Dis without its projection term; prior samples z~_s ~ N(mu_bar, var_bar)."""
-    mu_u, logvar_u = model.encode_u(x)
-    z_u = common.reparameterize(mu_u, logvar_u)
-    z_s = model.encoder_s(x)
-    x_hat = model.decode(z_s, z_u)
-    t = {"L_rec": (x_hat.float() - x.float()).pow(2).mean(),
-         "L_KL": common.kl_normal_std(mu_u.float(), logvar_u.float()).mean() / cfg.z_u_dim,
-         "L_lkd": (0.5 * (z_s.float() - mu_bar) ** 2 / var_bar).sum(1).mean() + 0.5 * var_bar.log().sum()}
+    z_s, z_u, x_hat, t = reconstruction_terms(model, x, None, cfg)
+    t["L_lkd"] = (0.5 * (z_s.float() - mu_bar) ** 2 / var_bar).sum(1).mean() + 0.5 * var_bar.log().sum()
     t["L_Dis"] = t["L_GD"] = torch.zeros((), device=x.device)
     if model.discriminator is not None:
         x_tilde = model.decode(mu_bar + var_bar.sqrt() * torch.randn_like(z_s), torch.randn_like(z_u))
         t["L_Dis"], t["L_GD"] = hinge_losses(*model.discriminator(torch.cat([x, x_hat, x_tilde]), None).float().chunk(3))
     t["encoders_and_decoder"] = cfg.rec_weight * t["L_rec"] + cfg.kl_weight * t["L_KL"] + cfg.lkd_weight * t["L_lkd"]
     return t
-
-
-def finetune_step(model: DisentangledVAE, optimizers: dict, x: torch.Tensor, cfg: Config, moments) -> dict:
-    """One Adam step of `finetune_losses`: E_s, E_u and G take the encoders' objective (+ L_GD for
-    G), Dis takes L_Dis; the mixture and C stay as trained."""
-    t = finetune_losses(model, x, cfg, *moments)
-    groups = model.groups()
-    shared = groups["encoder_u"] + groups["decoder"] + groups["encoder_s"]
-    set_grads(t["encoders_and_decoder"], shared)
-    if "discriminator" in groups:
-        set_grads(t["L_GD"], groups["decoder"], add=True)
-        set_grads(t["L_Dis"], groups["discriminator"])
-    for name in ("encoder_u", "decoder", "encoder_s", "discriminator"):
-        if name in optimizers:
-            optimizers[name].step()
-    return {k: v.detach() for k, v in t.items()}
 
 
 def sigma_learning_rate(cfg: Config, step: int, steps_per_epoch: int) -> float:
@@ -873,11 +857,12 @@ def batch_reader(cfg: Config, batches: data.Batches):
     return batch_at
 
 
-def heldout(cfg: Config, device, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor, data.ImageSet]:
-    """n (default --eval-images) held-out images (or toy points) with labels: a seeded subset
-    stratified by class (the splits are stored class by class, so the first n would hold only the
-    first few classes)."""
-    held = load_split(cfg, "test", verbose=False)
+def heldout(cfg: Config, device, n: int | None = None,
+            which: str = "seen") -> tuple[torch.Tensor, torch.Tensor, data.ImageSet]:
+    """n (default --eval-images) held-out images (or toy points) of the seen (or unseen) classes
+    with labels: a seeded subset stratified by class (the splits are stored class by class, so the
+    first n would hold only the first few classes)."""
+    held = load_split(cfg, "test", verbose=False, which=which)
     index = common.stratified_subset(held.labels["class"], n or cfg.eval_images, cfg.seed)
     return model_inputs(cfg, held.images[index], device), torch.from_numpy(held.labels["class"][index]).to(device), held
 
@@ -970,7 +955,8 @@ def train(cfg: Config, explicit: set) -> None:
 
 def finetune(cfg: Config, explicit: set) -> str:
     """`finetune` (sec. 3.6): load a run trained with --unseen-classes, train it --finetune-steps
-    steps on the unseen classes' training images without their labels (`finetune_step`), write
+    steps on the unseen classes' training images without their labels (`finetune_losses` through
+    `stage2_step`), write
     OUT/finetune/checkpoint.pt, and draw the swap and z_s interpolation on held-out images of the
     unseen classes (`draw_unseen_figures`). Returns the folder. Raises ValueError for a run
     without unseen classes or a baseline (it has no E_s)."""
@@ -986,8 +972,10 @@ def finetune(cfg: Config, explicit: set) -> str:
     optimizers, moments = make_optimizers(model, run_cfg, device), mixture_moments(model.prior)
     model.train()
     print(f"finetune: {unseen.description}; {cfg.finetune_steps} steps, labels unused")
+    # stage 2's step and routing, with the unlabelled objectives (E_s, E_u, G, Dis learn; C and the mixture do not)
+    forward = lambda model_, x, c, cfg_: finetune_losses(model_, x, cfg_, *moments)
     for step in range(cfg.finetune_steps):
-        t = finetune_step(model, optimizers, batch_at(step)[0], run_cfg, moments)
+        t = stage2_step(model, optimizers, [batch_at(step)], run_cfg, device, forward)
         if (step + 1) % run_cfg.log_every == 0 or step + 1 == cfg.finetune_steps:
             print(f"finetune step {step + 1}/{cfg.finetune_steps} | "
                   + " ".join(f"{k} {t[k].item():.4g}" for k in ("L_rec", "L_KL", "L_lkd", "L_Dis", "L_GD")))
@@ -1006,12 +994,9 @@ def finetune(cfg: Config, explicit: set) -> str:
 def draw_unseen_figures(cfg: Config, model: DisentangledVAE, device) -> list:
     """Sec. 3.6's figure on held-out images of the unseen classes: the swap grid (z_s from the
     rows, z_u from the columns) and z_s interpolated between two of them (z_u of the first)."""
-    held = load_split(cfg, "test", verbose=False, which="unseen")
-    index = common.stratified_subset(held.labels["class"], 400, cfg.seed)
-    x = model_inputs(cfg, held.images[index], device)
-    c = torch.from_numpy(held.labels["class"][index]).to(device)
     if cfg.dataset == "toy":  # points, not images
         return []
+    x, c, _ = heldout(cfg, device, 400, which="unseen")
     rows, cols = distinct_classes(c, 8), distinct_classes(c, 8, skip=1)
     fig_dir = os.path.join(cfg.out, "figures")
     written = [os.path.join(fig_dir, "unseen_swap.png"), os.path.join(fig_dir, "unseen_interpolate_z_s.png")]
