@@ -738,8 +738,7 @@ def read_tuning(out: str) -> dict | None:
 
 def validation_parzen(cfg: Config, model: nn.Module, device) -> float:
     """The best Parzen log-likelihood over --parzen-grid on the validation faces, nats per face."""
-    test, valid = load_split(cfg, "test", verbose=False), load_split(cfg, "valid", verbose=False)
-    x, y = faces_and_attributes(valid, eval_subsets(cfg, test, valid)[1], device)
+    _, (x, y), _ = eval_faces(cfg, device)
     torch.manual_seed(cfg.seed)
     return parzen_scores(model, x, y, cfg.parzen_samples, parzen_sigmas(cfg.parzen_grid)).max().item()
 
@@ -830,10 +829,7 @@ def pick_faces(cfg: Config, dataset: data.ImageSet, names: list, n: int = 6):
 def evaluate(runs: list, out: str, device) -> dict:
     """Tables 2 and 3 (plus the IS estimate) for each run; each eval.json, and the table printed."""
     cfg0 = runs[0][0]
-    test, valid = load_split(cfg0, "test", verbose=False), load_split(cfg0, "valid", verbose=False)
-    test_index, valid_index = eval_subsets(cfg0, test, valid)
-    x_test, y_test = faces_and_attributes(test, test_index, device)
-    x_val, y_val = faces_and_attributes(valid, valid_index, device)
+    (x_test, y_test), (x_val, y_val), (test, valid) = eval_faces(cfg0, device)
     sigmas = parzen_sigmas(cfg0.parzen_grid)
     table = {}
     for cfg, model in runs:
@@ -872,6 +868,14 @@ def evaluate(runs: list, out: str, device) -> dict:
         table[cfg.model] = result
     print_tables(table)
     return table
+
+
+def eval_faces(cfg: Config, device) -> tuple:
+    """((x, y) test, (x, y) validation, (test, valid) ImageSets): the `eval_subsets` faces in [0, 1]."""
+    test, valid = load_split(cfg, "test", verbose=False), load_split(cfg, "valid", verbose=False)
+    test_index, valid_index = eval_subsets(cfg, test, valid)
+    return (faces_and_attributes(test, test_index, device), faces_and_attributes(valid, valid_index, device),
+            (test, valid))
 
 
 def eval_subsets(cfg: Config, test: data.ImageSet, valid: data.ImageSet) -> tuple[np.ndarray, np.ndarray]:

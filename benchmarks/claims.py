@@ -625,15 +625,20 @@ def claim_cmma_parzen(runs: dict) -> Row:
                holds, f"sigma at the grid's edge for {', '.join(edge)}" if edge else f"measured {order}", note)
 
 
+def load_cmma_models(runs: dict, device) -> dict:
+    """name -> (config, model in eval mode) for each cmma run, loaded once for every claim."""
+    return {name: cmma.load_models(cmma.Config(checkpoint=os.path.join(run.out, "checkpoint.pt")), set(), device)[0]
+            for name, run in runs.items()}
+
+
 @torch.no_grad()
-def claim_cmma_generation(runs: dict, judge_: Judge, per_class: int, device) -> Row:
+def claim_cmma_generation(runs: dict, models: dict, judge_: Judge, per_class: int, device) -> Row:
     """Fig. 4: faces generated from attributes show those attributes (sec. 4.5.1), read here as:
     digits generated from a class are judged that class. Holds if CMMA's judge accuracy on
     `per_class` samples per class (z ~ p(z|y), noise 1) is at least 0.9 and at least each
     baseline's ('mixed' if one of the two)."""
     accuracy, per = {}, {}
-    for name, run in runs.items():
-        model = cmma.load_models(cmma.Config(checkpoint=os.path.join(run.out, "checkpoint.pt")), set(), device)[0][1]
+    for name, (_, model) in models.items():
         torch.manual_seed(0)
         y = torch.arange(10).repeat_interleave(per_class)
         images = torch.cat([model.generate(torch.eye(10, device=device)[b]).cpu() for b in y.split(500)])
@@ -661,18 +666,16 @@ def claim_cmma_generation(runs: dict, judge_: Judge, per_class: int, device) -> 
 
 
 @torch.no_grad()
-def claim_cmma_edit(runs: dict, judge_: Judge, args, device, n: int = 500) -> Row:
+def claim_cmma_edit(models: dict, judge_: Judge, args, device, n: int = 500) -> Row:
     """Fig. 6: editing changes the attribute and keeps the rest of the face (sec. 4.5.2), read here
     as: a test digit edited to another class (z' = h_mu(x) + f_mu(y') - f_mu(y)) is judged that
     class, and stays closer in pixels (RMS, [0, 1]) to the original than a random real digit of the
     new class and than the model's own sample of the new class. Holds if CMMA's judge accuracy is
     at least 0.8 and its edit is closer than both ('mixed' if one of the two). The CVAE's edit
     (our choice: the posterior mean decoded with y') is measured beside it."""
-    measured = {}
+    measured, test = {}, cmma.load_split(models["cmma"][0], "test", verbose=False)
     for name in ("cmma", "cvae"):
-        cfg, model = cmma.load_models(cmma.Config(checkpoint=os.path.join(runs[name].out, "checkpoint.pt")),
-                                      set(), device)[0]
-        test = cmma.load_split(cfg, "test", verbose=False)
+        model = models[name][1]
         g = np.random.default_rng(args.seed)
         index = np.sort(g.permutation(len(test))[:n])
         x, y = cmma.faces_and_attributes(test, index, device)
@@ -703,8 +706,10 @@ def claims_cmma(args, device) -> None:
     scale, t0 = CMMA_SCALES[args.scale], time.time()
     runs = cmma_runs(args, scale)
     judge_ = judge(args, device)
-    rows = [claim_cmma_bound(runs), claim_cmma_parzen(runs),
-            claim_cmma_generation(runs, judge_, scale["per_class"], device), claim_cmma_edit(runs, judge_, args, device)]
+    models = load_cmma_models(runs, device)
+    rows = [claim_cmma_bound(runs), claim_cmma_parzen(runs), claim_cmma_generation(runs, models, judge_, scale["per_class"],
+                                                                                     device),
+            claim_cmma_edit(models, judge_, args, device)]
     compare = os.path.join(args.work, "cmma-compare", "figures")
     os.makedirs(os.path.join(args.out, "cmma"), exist_ok=True)
     figures = []
