@@ -119,10 +119,9 @@ def fmt(values, digits: int = 3) -> str:
 def pixel_probe(train: data.ImageSet, test: data.ImageSet, device):
     """A linear classifier on raw pixels (common.fit_linear_probe), fitted on the training split:
     it reads the digit class of generated images. Returns (predict, held-out accuracy)."""
-    x = torch.from_numpy(np.array(train.images)).flatten(1).float().to(device) / 255.0
-    predict = common.fit_linear_probe(x, torch.from_numpy(train.labels["class"]).to(device), 10)
-    x_test = torch.from_numpy(np.array(test.images)).flatten(1).float().to(device) / 255.0
-    accuracy = (predict(x_test).cpu() == torch.from_numpy(test.labels["class"])).float().mean().item()
+    (x, y), (x_test, y_test) = digits(train), digits(test)
+    predict = common.fit_linear_probe(x.flatten(1).to(device), y.to(device), 10)
+    accuracy = (predict(x_test.flatten(1).to(device)).cpu() == y_test).float().mean().item()
     return predict, accuracy
 
 
@@ -143,7 +142,7 @@ def judge_net() -> nn.Module:
 
 
 def digits(dataset: data.ImageSet) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, 1, 28, 28) float in [0, 1] and (N,) int64 classes."""
+    """(N, 1, S, S) float in [0, 1] and (N,) int64 classes of a digit set."""
     x = torch.from_numpy(np.array(dataset.images)).permute(0, 3, 1, 2).float() / 255.0
     return x, torch.from_numpy(dataset.labels["class"])
 
