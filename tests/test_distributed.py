@@ -53,7 +53,7 @@ DATA = os.path.join(ROOT, "tests", "data")
 SMOKE = {"cmma": ["--data-dir", CELEBA, "--width", "0.5", "--eval-images", "4", "--valid-images", "4", "--parzen-samples", "8",
                   "--is-samples", "4"],
          "disentangled_vae": ["--dataset", "mnist", "--data-dir", os.path.join(DATA, "mnist"), "--z-s-dim", "4",
-                              "--z-u-dim", "6", "--eval-images", "50", "--diversity-classes", "2",
+                              "--z-u-dim", "6", "--eval-images", "50", "--bn-images", "64", "--diversity-classes", "2",
                               "--diversity-samples", "3"]}
 
 

@@ -202,16 +202,16 @@ def test_face_arithmetic_with_b_equal_to_a_reconstructs_c():
 
 @pytest.fixture(scope="module")
 def faces_run(tmp_path_factory):
-    """30 steps on the bundled real faces at 32x32, with figures and eval at the end."""
+    """20 steps on the bundled real faces at 32x32, with figures and eval at the end."""
     out = str(tmp_path_factory.mktemp("faces"))
     vlae.main(["--dataset", "celeba", "--data-dir", os.path.join(ROOT, "tests", "data", "celeba"), "--out", out,
-               "--steps", "30", "--log-every", "5", "--ckpt-every", "15"] + FAST_FACES)
+               "--steps", "20", "--log-every", "5", "--ckpt-every", "10"] + FAST_FACES)
     return out
 
 
 def test_loss_falls_on_real_faces_and_every_output_is_written(faces_run):
     rows = common.read_jsonl(os.path.join(faces_run, "metrics.jsonl"))
-    assert [r["step"] for r in rows] == list(range(5, 31, 5))
+    assert [r["step"] for r in rows] == list(range(5, 21, 5))
     assert {"loss", "recon", "mmd_0", "mmd_3", "images_per_s", "seconds"} <= set(rows[0])
     assert rows[-1]["loss"] < 0.7 * rows[0]["loss"] and rows[-1]["recon"] < rows[0]["recon"]
     figures = set(os.listdir(os.path.join(faces_run, "figures")))
@@ -227,7 +227,7 @@ def test_loss_falls_on_real_faces_and_every_output_is_written(faces_run):
     assert result["mmd_train_biased"] == [rows[-1][f"mmd_{l}"] for l in range(4)]
     assert result["mmd_train_biased_at_q_eq_p"] == [pytest.approx(common.biased_mmd_floor(16, 100, 10))] * 4
     config = json.load(open(os.path.join(faces_run, "config.json")))
-    assert config["latent_dim"] == 10 and config["steps"] == 30
+    assert config["latent_dim"] == 10 and config["steps"] == 20
 
 
 def test_heldout_error_matches_training_error_with_recomputed_batchnorm(faces_run):
