@@ -33,9 +33,13 @@ three fresh batches (E_s, mu_k, Sigma_k), then one joint step of all networks on
 
 The baseline (`--model cvae-gan`): the same E_u, G, Dis and losses, but z_s is a learned
 embedding of the label (no E_s, no mixture prior, no adversarial classifier), so G(embed(c), z_u)
-is a conditional VAE-GAN. It is in the spirit of Bao et al. 2017's CVAE-GAN, the paper's
+is a conditional VAE-GAN. Alone it is in the spirit of Bao et al. 2017's CVAE-GAN, the paper's
 comparison, but not that model: its encoder does not see the label, and it has neither the
-auxiliary classifier nor the mean feature-matching losses of Bao et al.
+auxiliary classifier nor the feature-matching losses. `--bao` adds those three pieces: E_u(x, c)
+(the one-hot label into its last layer), an image classifier trained on real images, G trained by
+mean feature matching on Dis' features and, per class, on the classifier's (in place of L_GD),
+and E_u and G by pairwise feature matching of x and x_hat. Still ours: the hinge projection Dis
+(the same for both models) and Bao's loss weights replaced by means over features, weight 1.
 
 Choices where the paper is silent: no margin (alpha = 0, `--margin 0.1` for
 L-GM's), hinge GAN, Sigma parametrised by a clamped log-variance, Sigma's learning rate cut
@@ -49,6 +53,7 @@ Usage:
     python disentangled_vae.py --dataset folder --data-dir data/facescrub     # one folder per class
     python disentangled_vae.py --dataset toy                                  # Fig. 2, 2-D
     python disentangled_vae.py --dataset mnist --model cvae-gan               # the baseline
+    python disentangled_vae.py --dataset mnist --model cvae-gan --bao         # with Bao et al.'s pieces
     python disentangled_vae.py eval --checkpoint runs/dvae-mnist-lr-livae/checkpoint.pt,runs/dvae-mnist-cvae-gan/checkpoint.pt
     python disentangled_vae.py figures --checkpoint runs/dvae-mnist-lr-livae/checkpoint.pt
     python disentangled_vae.py --dataset mnist --out runs/unseen --unseen-classes 7,8,9   # no labels of 7, 8, 9
@@ -96,9 +101,12 @@ TOY_CENTRES = (-2.2, 0.0, 2.2)  # three half unit circles (paper B.1), noise sd 
 class Config(common.RunConfig):
     dataset: str = common.arg("celeba", "celeba (identities as classes), mnist, folder (one sub-folder per "
                                         "class) or toy (Fig. 2)", choices=("celeba", "mnist", "folder", "toy"))
-    model: str = common.arg("lr-livae", "lr-livae (the paper) or cvae-gan (its baseline, a conditional VAE-GAN "
-                                        "without Bao et al.'s label-aware encoder, classifier and feature matching)",
+    model: str = common.arg("lr-livae", "lr-livae (the paper) or cvae-gan (its baseline, a conditional VAE-GAN; "
+                                        "add --bao for Bao et al.'s label-aware encoder, classifier and feature matching)",
                             choices=("lr-livae", "cvae-gan"))
+    bao: bool = common.arg(False, "--model cvae-gan: Bao et al. 2017's CVAE-GAN pieces - E_u sees the label, an "
+                                  "auxiliary image classifier, and mean feature matching for G (on Dis' and the "
+                                  "classifier's features) in place of its hinge loss")
     steps: int = common.arg(0, "outer iterations (0: 52,000, the code's released checkpoint; toy: 50 epochs)")
     batch_size: int = common.arg(96, "images per step per process (code: 96)")
     lr: float = common.arg(5e-4, "Adam learning rate of every network (code: 5e-4, betas 0 / 0.9)")
@@ -164,7 +172,10 @@ def resolve_defaults(cfg: Config) -> Config:
                f"--arch {cfg.arch} needs --image-size a multiple of {multiple}, got {cfg.image_size}"),
               (cfg.n_gm >= 1, "--n-gm must be >= 1"), (cfg.margin >= 0, "--margin must be >= 0"),
               (cfg.z_s_dim >= 1 and cfg.z_u_dim >= 1, "--z-s-dim and --z-u-dim must be >= 1"),
-              (cfg.diversity_samples >= 2, "--diversity-samples must be >= 2")]
+              (cfg.diversity_samples >= 2, "--diversity-samples must be >= 2"),
+              (not cfg.bao or cfg.model == "cvae-gan", "--bao adds Bao et al.'s pieces to the baseline: use it with "
+                                                       "--model cvae-gan"),
+              (not cfg.bao or cfg.gan, "--bao's feature matching needs the discriminator: drop --no-gan")]
     common.require(checks)
     parse_crop(cfg)
     return cfg
@@ -284,11 +295,13 @@ class ProjectionDiscriminator(nn.Module):
         self.linear = sn(nn.Linear(width, 1))
         self.embed = sn(nn.Embedding(n_classes, width))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
-        """Scores (B,); c None drops the projection term (unlabelled images, sec. 3.6)."""
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None, with_features: bool = False):
+        """Scores (B,); c None drops the projection term (unlabelled images, sec. 3.6). With
+        with_features, also h (B, width), the features Bao et al.'s feature matching reads."""
         h = self.features(x)
         score = self.linear(h).squeeze(1)
-        return score if c is None else score + (self.embed(c) * h).sum(1)
+        score = score if c is None else score + (self.embed(c) * h).sum(1)
+        return (score, h) if with_features else score
 
 
 class GaussianMixturePrior(nn.Module):
@@ -324,16 +337,49 @@ class LatentClassifier(nn.Module):
         return self.net(z_u)
 
 
+class LabelAwareEncoder(nn.Module):
+    """Bao et al. 2017's encoder E(x, c): the trunk's features (B, F) and the one-hot label
+    (B, K) into the (mu, logvar) head (B, 2 z_u_dim). The label enters at the last layer (our
+    choice, cheap for many classes)."""
+
+    def __init__(self, trunk: nn.Module, width: int, n_classes: int, z_dim: int):
+        super().__init__()
+        self.trunk, self.n_classes = trunk, n_classes
+        self.head = nn.Linear(width + n_classes, 2 * z_dim)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        h = self.trunk(x)
+        return self.head(torch.cat([h, F.one_hot(c, self.n_classes).to(h.dtype)], dim=1))
+
+
+class ImageClassifier(nn.Module):
+    """Bao et al.'s auxiliary classifier C(x) -> class logits (B, K), the encoders' trunk plus a
+    linear layer; `features` (B, F) is the last hidden layer its feature matching reads."""
+
+    def __init__(self, trunk: nn.Module, width: int, n_classes: int):
+        super().__init__()
+        self.trunk, self.linear = trunk, nn.Linear(width, n_classes)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (B, K), features (B, F))."""
+        h = self.trunk(x)
+        return self.linear(h), h
+
+
 class DisentangledVAE(nn.Module):
     """Lr-LiVAE (E_s, E_u, G, the mixture prior, C, Dis) or the cVAE-GAN baseline (a label
-    embedding in place of E_s and the prior; no C)."""
+    embedding in place of E_s and the prior; no C; with --bao, E_u(x, c) and an image classifier)."""
 
     def __init__(self, cfg: Config, n_classes: int):
         super().__init__()
         channels = 1 if cfg.dataset == "mnist" else 3
         self.n_classes, self.z_s_dim, self.z_u_dim, self.kind = n_classes, cfg.z_s_dim, cfg.z_u_dim, cfg.model
+        self.bao = cfg.bao
         trunk_u, width = encoder_trunk(cfg, channels)
-        self.encoder_u = nn.Sequential(trunk_u, nn.Linear(width, 2 * cfg.z_u_dim))
+        self.encoder_u = (LabelAwareEncoder(trunk_u, width, n_classes, cfg.z_u_dim) if cfg.bao else
+                          nn.Sequential(trunk_u, nn.Linear(width, 2 * cfg.z_u_dim)))
+        if cfg.bao:
+            self.image_classifier = ImageClassifier(*encoder_trunk(cfg, channels), n_classes)
         self.decoder = decoder_net(cfg, channels)
         if cfg.model == "lr-livae":
             trunk_s, width = encoder_trunk(cfg, channels)
@@ -344,9 +390,13 @@ class DisentangledVAE(nn.Module):
             self.label_embedding = nn.Embedding(n_classes, cfg.z_s_dim)
         self.discriminator = ProjectionDiscriminator(cfg, channels, n_classes) if cfg.gan else None
 
-    def encode_u(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """q(z_u|x) as (mu, logvar), each (B, z_u_dim)."""
-        return self.encoder_u(x).chunk(2, dim=1)
+    def encode_u(self, x: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """q(z_u|x) as (mu, logvar), each (B, z_u_dim); with --bao q(z_u|x, c), and c (B,) is required."""
+        if not self.bao:
+            return self.encoder_u(x).chunk(2, dim=1)
+        if c is None:
+            raise ValueError("the --bao encoder reads the label: pass c to encode_u")
+        return self.encoder_u(x, c).chunk(2, dim=1)
 
     def code_s(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """z_s of images x: E_s(x); the baseline has none and embeds the label c instead."""
@@ -369,6 +419,8 @@ class DisentangledVAE(nn.Module):
             g["decoder"] += list(self.label_embedding.parameters())  # learned with G
         if self.discriminator is not None:
             g["discriminator"] = list(self.discriminator.parameters())
+        if self.bao:
+            g["image_classifier"] = list(self.image_classifier.parameters())
         return g
 
 
@@ -415,7 +467,7 @@ def hinge_losses(d_real: torch.Tensor, d_rec: torch.Tensor, d_gen: torch.Tensor)
 
 def reconstruction_terms(model: DisentangledVAE, x: torch.Tensor, c: torch.Tensor | None, cfg: Config):
     """z_s, z_u ~ q(z_u|x), x_hat = G(z_s, z_u) and {L_rec (eq. 2), L_KL (eq. 3)}, batch means."""
-    mu_u, logvar_u = model.encode_u(x)
+    mu_u, logvar_u = model.encode_u(x, c)
     z_u = common.reparameterize(mu_u, logvar_u)
     z_s = model.code_s(x, c)
     x_hat = model.decode(z_s, z_u)
@@ -423,24 +475,54 @@ def reconstruction_terms(model: DisentangledVAE, x: torch.Tensor, c: torch.Tenso
                              "L_KL": common.kl_normal_std(mu_u.float(), logvar_u.float()).mean() / cfg.z_u_dim}  # eq. 3
 
 
+def feature_matching(f_real: torch.Tensor, f_fake: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+    """Bao et al. 2017's mean feature matching (per class when labels c (B,) are given): the
+    squared distance between the batch means of features (B, F) of real and generated
+    images, averaged over the F features (Bao: summed) and over the classes present."""
+    if c is None:
+        return (f_real.float().mean(0) - f_fake.float().mean(0)).pow(2).mean()
+    return torch.stack([feature_matching(f_real[c == k], f_fake[c == k]) for k in c.unique()]).mean()
+
+
+def bao_terms(model: DisentangledVAE, x: torch.Tensor, x_hat: torch.Tensor, c: torch.Tensor, z_u: torch.Tensor) -> dict:
+    """--bao: Bao et al. 2017's losses (sec. 3) on real images x, reconstructions x_hat and samples
+    x_tilde of the batch's own classes c (so the per-class matching compares like with like).
+    L_Dis stays our hinge (eq. 10-11, the same Dis for both models); L_GD becomes G's mean feature
+    matching on Dis' features and, per class, on the classifier's; L_pair is the pairwise feature
+    matching of x and x_hat (E_u and G); L_aux the classifier's cross-entropy on real images. The
+    classifier sees real and generated images in separate forwards (its BatchNorm statistics)."""
+    x_tilde = model.decode(model.sample_s(c), torch.randn_like(z_u))
+    scores, f_d = model.discriminator(torch.cat([x, x_hat, x_tilde]), torch.cat([c, c, c]), with_features=True)
+    logits, f_c_x = model.image_classifier(x)
+    f_c_rec, f_c_gen = model.image_classifier(torch.cat([x_hat, x_tilde]))[1].float().chunk(2)
+    f_d_x, f_d_rec, f_d_gen = f_d.float().chunk(3)
+    f_c_x = f_c_x.float()
+    l_dis, _ = hinge_losses(*scores.float().chunk(3))
+    return {"L_Dis": l_dis, "L_GD": feature_matching(f_d_x, f_d_gen) + feature_matching(f_c_x, f_c_gen, c),
+            "L_pair": (f_d_x - f_d_rec).pow(2).mean() + (f_c_x - f_c_rec).pow(2).mean(),
+            "L_aux": F.cross_entropy(logits.float(), c)}
+
+
 def stage2_losses(model: DisentangledVAE, x: torch.Tensor, c: torch.Tensor, cfg: Config) -> dict:
     """One forward of the joint step and every loss (scalars). The mixture prior is held fixed
     (detached) here; `train_step` routes each objective to its own networks."""
     z_s, z_u, x_hat, t = reconstruction_terms(model, x, c, cfg)
     zero = torch.zeros((), device=x.device)
-    t["L_lkd"] = t["L_adv"] = t["L_C"] = t["L_Dis"] = t["L_GD"] = zero
+    t["L_lkd"] = t["L_adv"] = t["L_C"] = t["L_Dis"] = t["L_GD"] = t["L_pair"] = t["L_aux"] = zero
     if model.kind == "lr-livae":
         t["L_lkd"] = lgm_loss(z_s, c, *model.prior.params(detach=True))["L_lkd"]             # eq. 7
         t["L_adv"] = uniform_cross_entropy(model.classifier(z_u))                             # eq. 5
         t["L_C"] = F.cross_entropy(model.classifier(z_u.detach()).float(), c)                 # eq. 4
-    if model.discriminator is not None:                                                       # eq. 10-11
+    if model.bao:
+        t.update(bao_terms(model, x, x_hat, c, z_u))
+    elif model.discriminator is not None:                                                     # eq. 10-11
         c_tilde = torch.randint(model.n_classes, c.shape, device=c.device)
         x_tilde = model.decode(model.sample_s(c_tilde), torch.randn_like(z_u))
         scores = model.discriminator(torch.cat([x, x_hat, x_tilde]), torch.cat([c, c, c_tilde])).float()
         t["L_Dis"], t["L_GD"] = hinge_losses(*scores.chunk(3))
     # the objectives, each minimised w.r.t. its own networks only (sec. 3.5, as the code)
     t["encoders_and_decoder"] = (cfg.rec_weight * t["L_rec"] + cfg.kl_weight * t["L_KL"]
-                                 + cfg.adv_weight * t["L_adv"] + cfg.lkd_weight * t["L_lkd"])
+                                 + cfg.adv_weight * t["L_adv"] + cfg.lkd_weight * t["L_lkd"] + t["L_pair"])
     return t
 
 
@@ -497,6 +579,8 @@ def stage2_step(model: DisentangledVAE, optimizers: dict, batches: list, cfg: Co
             set_grads(t["L_Dis"] / n, groups["discriminator"], add=True)
         if "classifier" in groups and "L_C" in t:   # finetune's objectives have no L_C (no label)
             set_grads(t["L_C"] / n, groups["classifier"], add=True)
+        if "image_classifier" in groups:
+            set_grads(t["L_aux"] / n, groups["image_classifier"], add=True)
         totals = {k: totals.get(k, 0.0) + v.detach() / n for k, v in t.items()}
     common.average_gradients(every)
     for name in groups:
@@ -519,8 +603,8 @@ def train_step(model: DisentangledVAE, optimizers: dict, batch_at, step: int, cf
         batches = micro(step)
         gm = {"L_GM": torch.zeros((), device=device), "accuracy": torch.zeros((), device=device)}
     t = stage2_step(model, optimizers, batches, cfg, device, forward)
-    keep = ("L_rec", "L_KL", "L_lkd", "L_adv", "L_C", "L_Dis", "L_GD")
-    loss = t["encoders_and_decoder"] + t["L_GD"] + t["L_Dis"] + t["L_C"] + gm["L_GM"]
+    keep = ("L_rec", "L_KL", "L_lkd", "L_adv", "L_C", "L_Dis", "L_GD") + (("L_pair", "L_aux") if model.bao else ())
+    loss = t["encoders_and_decoder"] + t["L_GD"] + t["L_Dis"] + t["L_C"] + t.get("L_aux", 0.0) + gm["L_GM"]
     return {"loss": loss, "L_GM": gm["L_GM"], "acc_z_s": gm["accuracy"], **{k_: t[k_] for k_ in keep}}
 
 
@@ -658,8 +742,8 @@ def swap_grid(model: DisentangledVAE, rows: tuple, cols: tuple) -> torch.Tensor:
     """Fig. 6: cell (i, j) = G(z_s of row image i, z_u = mu_u of column image j). rows/cols are
     (images (R, C, H, W), labels (R,)). Returns ((R + 1) * (C + 1), ...): the first row shows
     the column images, the first column the row images, the corner is white."""
-    (xr, cr), (xc, _) = rows, cols
-    z_s, z_u = model.code_s(xr, cr), model.encode_u(xc)[0]
+    (xr, cr), (xc, cc) = rows, cols
+    z_s, z_u = model.code_s(xr, cr), model.encode_u(xc, cc)[0]
     cells = model.decode(z_s.repeat_interleave(len(xc), 0), z_u.repeat(len(xr), 1)).view(len(xr), len(xc), *xr.shape[1:])
     top = torch.cat([torch.ones_like(xr[:1]), xc])[None]
     body = torch.cat([xr[:, None], cells], dim=1)
@@ -692,7 +776,7 @@ def z_u_effects(model: DisentangledVAE, x: torch.Tensor, c: torch.Tensor, span: 
     """Sec. 4.3: how much each z_u dimension changes the image, (z_u_dim,): the mean absolute pixel
     change ([-1, 1] units) between setting that dimension of mu_u(x) to -span and to +span, the
     others and z_s kept, over the images x (B, ...)."""
-    z_s, mu_u = model.code_s(x, c), model.encode_u(x)[0]
+    z_s, mu_u = model.code_s(x, c), model.encode_u(x, c)[0]
     effects = []
     for d in range(model.z_u_dim):
         lo, hi = mu_u.clone(), mu_u.clone()
@@ -708,7 +792,7 @@ def traverse_z_u(model: DisentangledVAE, x: torch.Tensor, c: torch.Tensor, top: 
     -span to +span on the first image of x, a row per dimension. Returns the images
     (top * steps, C, H, W) and the dimensions, strongest first."""
     dims = z_u_effects(model, x, c, span).argsort(descending=True)[:top].tolist()
-    z_s, mu_u = model.code_s(x[:1], c[:1]), model.encode_u(x[:1])[0]
+    z_s, mu_u = model.code_s(x[:1], c[:1]), model.encode_u(x[:1], c[:1])[0]
     values = torch.linspace(-span, span, steps, device=x.device)
     rows = []
     for d in dims:
@@ -748,7 +832,7 @@ def inpaint(model: DisentangledVAE, x: torch.Tensor, c: torch.Tensor, masks: lis
     for name in masks:
         m = mask_for(name, x.shape, x.device, crop)
         x_m = x * m
-        x_hat = model.decode(model.code_s(x_m, c), model.encode_u(x_m)[0])
+        x_hat = model.decode(model.code_s(x_m, c), model.encode_u(x_m, c)[0])
         columns += [x_m, m * x + (1 - m) * x_hat]
     return torch.stack(columns, dim=1).flatten(0, 1)
 
@@ -885,7 +969,7 @@ def refresh_batchnorm(cfg: Config, model: DisentangledVAE, device) -> int:
         c = torch.from_numpy(train_set.labels["class"][pick]).to(device)
 
         def reconstruct(xb: torch.Tensor, cb: torch.Tensor) -> torch.Tensor:
-            mu_u, logvar_u = model.encode_u(xb)
+            mu_u, logvar_u = model.encode_u(xb, cb)
             return model.decode(model.code_s(xb, cb), common.reparameterize(mu_u, logvar_u))
 
         model.bn_stats_images = common.recompute_batchnorm(
@@ -909,7 +993,7 @@ def evaluation_mode(cfg: Config, model: DisentangledVAE) -> DisentangledVAE:
 def curve_keys(cfg: Config) -> list:
     keys = ["L_rec", "L_KL"]
     keys += ["L_GM", "acc_z_s", "L_lkd", "L_adv", "L_C"] if cfg.model == "lr-livae" else []
-    return keys + (["L_Dis", "L_GD"] if cfg.gan else []) + ["images_per_s"]
+    return keys + (["L_Dis", "L_GD"] if cfg.gan else []) + (["L_pair", "L_aux"] if cfg.bao else []) + ["images_per_s"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1106,7 +1190,7 @@ def draw_toy_figure(cfg: Config, fig_dir: str) -> list:
 @torch.no_grad()
 def encode_all(model: DisentangledVAE, x: torch.Tensor, c: torch.Tensor, chunk: int = 250):
     """(z_s, mu_u, logvar_u) of every image, in chunks."""
-    out = [(model.code_s(xb, cb), *model.encode_u(xb)) for xb, cb in zip(x.split(chunk), c.split(chunk))]
+    out = [(model.code_s(xb, cb), *model.encode_u(xb, cb)) for xb, cb in zip(x.split(chunk), c.split(chunk))]
     return [torch.cat(parts).float() for parts in zip(*out)]
 
 
@@ -1135,7 +1219,7 @@ def evaluate(runs: list, device) -> list:
         _, mu_train, _ = encode_all(model, x_train, c_train)
         x_hat = torch.cat([model.decode(a, b) for a, b in zip(z_s.split(250), mu_u.split(250))])
         kl_dims = (0.5 * (mu_u ** 2 + logvar_u.exp() - 1 - logvar_u)).mean(0)
-        r = {"model": cfg.model, "heldout": len(x), "classes": model.n_classes, "split": held.description,
+        r = {"model": cfg.model + (" --bao" if cfg.bao else ""), "heldout": len(x), "classes": model.n_classes, "split": held.description,
              "classes_present": int(len(c.unique())),
              "chance_accuracy": 1.0 / len(c.unique()),
              "majority_accuracy": float(np.bincount(c.cpu().numpy()).max() / len(c)),

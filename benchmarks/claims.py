@@ -839,8 +839,8 @@ def swap_reading(run_out: str, judge_: Judge, which: str, n: int, seed: int, dev
     keep = digit[a] != digit[b]
     a, b = a[keep], b[keep]
     x_a, x_b = (disentangled_vae.model_inputs(cfg, held.images[i], device) for i in (a, b))
-    c_a = torch.from_numpy(held.labels["class"][a]).to(device)
-    images = model.decode(model.code_s(x_a, c_a), model.encode_u(x_b)[0])
+    c_a, c_b = (torch.from_numpy(held.labels["class"][i]).to(device) for i in (a, b))
+    images = model.decode(model.code_s(x_a, c_a), model.encode_u(x_b, c_b)[0])
     read = judge_.predict(((images.float() + 1) / 2).clamp(0, 1).cpu()).numpy()
     return float((read == digit[a]).mean()), float((read == digit[b]).mean())
 

@@ -188,6 +188,48 @@ def test_stage2_step_routes_each_objective_to_its_own_networks(monkeypatch):
     assert torch.allclose(captured["L_rec"], l_rec) and torch.allclose(captured["L_KL"], l_kl)
 
 
+def test_feature_matching_is_the_squared_distance_of_batch_means_per_class():
+    real = torch.tensor([[1.0, 2.0], [3.0, 4.0], [10.0, 0.0], [0.0, 0.0]])
+    fake = torch.tensor([[0.0, 0.0], [0.0, 2.0], [4.0, 4.0], [6.0, 0.0]])
+    # all four: means (3.5, 1.5) vs (2.5, 1.5) -> ((1)^2 + 0^2) / 2
+    assert dv.feature_matching(real, fake).item() == pytest.approx(0.5)
+    # class 0 = rows 0, 1: (2, 3) vs (0, 1) -> (4 + 4) / 2 = 4; class 1 = rows 2, 3: (5, 0) vs (5, 2) -> 2
+    assert dv.feature_matching(real, fake, torch.tensor([0, 0, 1, 1])).item() == pytest.approx(3.0)
+
+
+def test_bao_baseline_encoder_reads_the_label_and_each_loss_reaches_its_own_networks():
+    """--bao: E_u(x, c); the image classifier learns only L_aux (its cross-entropy on real
+    images); E_u takes 10 L_rec + L_KL + L_pair, G that plus the feature matching L_GD, Dis L_Dis."""
+    cfg, model = tiny(model="cvae-gan", bao=True)
+    x, c = torch.rand(4, 1, 28, 28) * 2 - 1, torch.tensor([0, 1, 1, 3])
+    with pytest.raises(ValueError, match="pass c"):
+        model.encode_u(x)
+    assert not torch.allclose(model.encode_u(x, c)[0], model.encode_u(x, (c + 1) % 10)[0])
+    model.train()
+    captured = {}
+
+    def forward(model_, x_, c_, cfg_):
+        captured.update(dv.stage2_losses(model_, x_, c_, cfg_))
+        return captured
+    groups = model.groups()
+    assert set(groups) == {"encoder_u", "decoder", "discriminator", "image_classifier"}
+    dv.stage2_step(model, {name: NoStep() for name in groups}, [(x, c)], cfg, torch.device("cpu"), forward)
+    got = {name: [p.grad.clone() for p in ps] for name, ps in groups.items()}
+
+    def check(name, loss):
+        want = torch.autograd.grad(loss, groups[name], retain_graph=True, allow_unused=True)
+        for g, w in zip(got[name], want):
+            assert torch.allclose(g, torch.zeros_like(g) if w is None else w, atol=1e-5, rtol=1e-4), name
+    l_aux = torch.nn.functional.cross_entropy(model.image_classifier(x)[0], c)
+    assert torch.allclose(captured["L_aux"], l_aux)
+    check("image_classifier", l_aux)
+    check("encoder_u", 10 * captured["L_rec"] + captured["L_KL"] + captured["L_pair"])
+    check("decoder", 10 * captured["L_rec"] + captured["L_pair"] + captured["L_GD"])
+    check("discriminator", captured["L_Dis"])
+    with pytest.raises(ValueError, match="--model cvae-gan"):
+        dv.resolve_defaults(dv.Config(dataset="mnist", bao=True))
+
+
 def test_uniform_cross_entropy_is_log_k_for_equal_logits_and_kl_is_per_dimension():
     assert dv.uniform_cross_entropy(torch.zeros(3, 7)).item() == pytest.approx(math.log(7))
     logits = torch.tensor([[2.0, 0.0, -1.0]])
