@@ -2,8 +2,11 @@
 
 Only what at least two of `vlae.py`, `cmma.py`, `disentangled_vae.py` and `vae_began.py` use:
 
-* math      - reparameterisation, KL divergences, Gaussian log-likelihood, kernel MMD
-* layers    - TF-'SAME' 4x4 convolutions (the reference code is TensorFlow), N(0, 0.02) init
+* math      - reparameterisation, KL divergences, Gaussian log-likelihood, kernel MMD, the
+              linear and MLP probes, stratified subsets, BatchNorm population statistics
+* MS-SSIM   - the within-class diversity metric (Lr-LiVAE's Tables 2 and 6)
+* layers    - TF-'SAME' 4x4 convolutions (the reference code is TensorFlow), N(0, 0.02) init,
+              BatchNorm-ReLU blocks, TF-'SAME' transposed convolutions, Reshape
 * images    - [-1, 1] / [0, 1] tensors to uint8 grids and PNG files (PIL, no torchvision)
 * plumbing  - config dataclass -> argparse, device / seed / autocast / torch.distributed helpers,
               atomic checkpoints holding every RNG state, JSONL metrics, a PIL loss-curve plot,
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import itertools
 import json
 import math
 import os
@@ -247,6 +251,71 @@ def recompute_batchnorm(model: nn.Module, batches, forward=None) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
+# MS-SSIM (Wang, Simoncelli & Bovik 2003), the within-class diversity metric
+# ----------------------------------------------------------------------------------------------
+# Wang, Simoncelli & Bovik 2003's five scale weights. Within-class MS-SSIM as a diversity measure
+# is Odena et al. 2017 (AC-GAN, sec. 4.2), used by Bao et al. 2017 and by Zheng & Sun 2019's
+# Tables 2 and 6. A scale is used while the image at that scale still holds the 11x11 window, and the weights
+# of the scales used are renormalised: 64 px uses 3 scales (64, 32, 16), weights 0.0711, 0.4530,
+# 0.4760; 32 px uses 2 (0.1356, 0.8644); 28 px (MNIST) 2; 128 px 4.
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+def gaussian_filter(x: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
+    """Separable 'valid' Gaussian blur of x (B, C, H, W)."""
+    t = torch.arange(size, dtype=x.dtype, device=x.device) - (size - 1) / 2
+    w = torch.exp(-t ** 2 / (2 * sigma ** 2))
+    w = (w / w.sum()).repeat(x.shape[1], 1)
+    x = F.conv2d(x, w[:, None, None, :], groups=x.shape[1])
+    return F.conv2d(x, w[:, None, :, None], groups=x.shape[1])
+
+
+def ssim_terms(a: torch.Tensor, b: torch.Tensor, data_range: float, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image and channel (B, C): mean SSIM map and mean contrast-structure map, 11x11 window
+    of sd 1.5 (shrunk with the image below 11 pixels), K1 = 0.01, K2 = 0.03."""
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    sigma = 1.5 * window / 11
+    mu_a, mu_b = gaussian_filter(a, window, sigma), gaussian_filter(b, window, sigma)
+    var_a = gaussian_filter(a * a, window, sigma) - mu_a ** 2
+    var_b = gaussian_filter(b * b, window, sigma) - mu_b ** 2
+    cov = gaussian_filter(a * b, window, sigma) - mu_a * mu_b
+    cs = (2 * cov + c2) / (var_a + var_b + c2)
+    luminance = (2 * mu_a * mu_b + c1) / (mu_a ** 2 + mu_b ** 2 + c1)
+    return (luminance * cs).flatten(2).mean(2), cs.flatten(2).mean(2)
+
+
+def ms_ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Multi-scale SSIM (Wang, Simoncelli & Bovik 2003) of image pairs a, b (B, C, H, W) with
+    pixels in [0, data_range] -> (B,) in [0, 1] (1: identical). SSIM's luminance term assumes
+    non-negative intensities, so [-1, 1] images must be mapped to [0, 1] first. Per channel, as
+    tf.image.ssim_multiscale and pytorch-msssim: the contrast-structure terms of the finer
+    scales and the SSIM of the coarsest are clipped at 0, raised to their weights and
+    multiplied; then the channels are averaged. Scales: see MS_SSIM_WEIGHTS. Raises ValueError
+    on shape mismatch."""
+    if a.shape != b.shape or a.dim() != 4:
+        raise ValueError(f"ms_ssim needs two (B, C, H, W) batches of one shape, got {tuple(a.shape)}, {tuple(b.shape)}")
+    a, b = a.double(), b.double()
+    side = min(a.shape[-2:])
+    levels = max(1, min(5, 1 + int(math.floor(math.log2(side / 11))) if side >= 11 else 1))
+    weights = torch.tensor(MS_SSIM_WEIGHTS[:levels], dtype=a.dtype, device=a.device)
+    weights = weights / weights.sum()
+    factors = []
+    for level in range(levels):
+        ssim, cs = ssim_terms(a, b, data_range, min(11, side >> level))
+        factors.append(F.relu(ssim if level == levels - 1 else cs))
+        if level < levels - 1:
+            a, b = F.avg_pool2d(a, 2), F.avg_pool2d(b, 2)
+    per_channel = torch.prod(torch.stack(factors, -1) ** weights, dim=-1)     # (B, C)
+    return per_channel.mean(1).float()
+
+
+def pairwise_ms_ssim(images: torch.Tensor) -> torch.Tensor:
+    """Mean MS-SSIM over all unordered pairs of images (N, C, H, W) in [0, 1], N >= 2 -> scalar."""
+    i, j = zip(*itertools.combinations(range(len(images)), 2))
+    return ms_ssim(images[list(i)], images[list(j)]).mean()
+
+
+# ----------------------------------------------------------------------------------------------
 # layers
 # ----------------------------------------------------------------------------------------------
 def conv_same(in_ch: int, out_ch: int, stride: int, kernel: int = 4) -> nn.Module:
@@ -288,6 +357,32 @@ class _CroppedConvTranspose(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(x)
         return y[..., self.lo:y.shape[-2] - self.hi, self.lo:y.shape[-1] - self.hi]
+
+
+def bn_relu(layer: nn.Module, channels: int, m: float, dims: int = 2) -> nn.Sequential:
+    """layer -> BatchNorm (TF's eps 1e-3, momentum m) -> ReLU; dims 2 for conv, 1 for linear layers."""
+    bn = (nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d)(channels, eps=1e-3, momentum=m)
+    return nn.Sequential(layer, bn, nn.ReLU())
+
+
+def lrelu() -> nn.Module:
+    return nn.LeakyReLU(0.1)
+
+
+def deconv(cin: int, cout: int, k: int, stride: int) -> nn.ConvTranspose2d:
+    """TF 'SAME' transposed convolution: out = in * stride for odd k."""
+    return nn.ConvTranspose2d(cin, cout, k, stride, k // 2, output_padding=stride - 1)
+
+
+class Reshape(nn.Module):
+    """(B, ...) -> (B, *shape): a flat fc output into feature maps."""
+
+    def __init__(self, *shape: int):
+        super().__init__()
+        self.shape = shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], *self.shape)
 
 
 def init_normal_(module: nn.Module, std: float = 0.02) -> None:

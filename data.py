@@ -13,6 +13,7 @@ Three readers, each returning an `ImageSet` (uint8 images (N, H, W, C) plus name
                    real-valued attributes of Kumar et al. (`lfw_attributes.txt`), CMMA's data.
                    Labels: `attributes` (N, 73) float32.
 * `load_cifar10` - CIFAR-10's python pickles (`cifar-10-batches-py/`), 32x32. Labels: `class`.
+* `toy_data`     - Lr-LiVAE's 2-D toy points (three noisy half circles, Fig. 2), generated.
 
 JPEGs are decoded, cropped and resized once, in parallel over all cores, into a uint8 `.npy`
 cache keyed by the file list, file sizes, crop box and output size; later runs memory-map it.
@@ -701,3 +702,46 @@ class Batches:
             u8 = u8.pin_memory().to(self.device, non_blocking=True)
         labels = {k: v[idx].to(self.device, non_blocking=True) for k, v in self.labels.items()}
         return to_float_images(u8, self.channels_last), labels
+
+
+# ----------------------------------------------------------------------------------------------
+# the 2-D toy data of Lr-LiVAE's Fig. 2
+# ----------------------------------------------------------------------------------------------
+TOY_CENTRES = (-2.2, 0.0, 2.2)  # three half unit circles (Zheng & Sun 2019, B.1), noise sd 0.15 (their code)
+
+
+def toy_data(points_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Paper B.1: three half unit circles centred at x = -2.2, 0, 2.2 (y = sin t - 0.5, t in
+    [0, pi]) plus N(0, 0.15^2) noise. Returns points (3n, 2) float32 and labels (3n,) int64."""
+    rng = np.random.default_rng(seed)
+    t = rng.uniform(0, np.pi, (3, points_per_class))
+    centres = np.array(TOY_CENTRES)[:, None]
+    xy = np.stack([centres + np.cos(t), np.sin(t) - 0.5], -1) + rng.normal(0, 0.15, (3, points_per_class, 2))
+    return xy.reshape(-1, 2).astype(np.float32), np.repeat(np.arange(3), points_per_class)
+
+
+def toy_split(points_per_class: int, split: str) -> np.ndarray:
+    """Indices of `split` in `toy_data`'s points: per class the first 80% train, the rest test."""
+    within = np.arange(3 * points_per_class) % points_per_class
+    return np.flatnonzero((within < int(0.8 * points_per_class)) == (split == "train"))
+
+
+class ToyBatches(Batches):
+    """`Batches` over the 2-D toy points: the same shuffling and sharding, float points."""
+
+    def get(self, step: int) -> tuple[torch.Tensor, dict]:
+        idx = self.indices(step)
+        return (torch.from_numpy(self.images[idx.numpy()]).to(self.device, non_blocking=True),
+                {k: v[idx].to(self.device, non_blocking=True) for k, v in self.labels.items()})
+
+
+def toy_curve_coordinates(points: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where 2-D points (N, 2) lie relative to their class's half circle (labels (N,) in 0..2):
+    the angle t in radians around the circle's centre (the curve spans t in [0, pi]: the
+    label-irrelevant coordinate; t in (-pi/2, 3 pi/2], so noise below either end of the curve
+    stays next to it) and the radial offset r - 1 (0 on the curve; the data's noise has sd 0.15).
+    Returns (t, offset), each (N,)."""
+    dx = points[:, 0] - np.asarray(TOY_CENTRES)[labels]
+    dy = points[:, 1] + 0.5
+    t = np.arctan2(dy, dx)
+    return np.where(t < -np.pi / 2, t + 2 * np.pi, t), np.hypot(dx, dy) - 1.0

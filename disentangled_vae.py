@@ -65,9 +65,7 @@ experiment on classes never seen with labels is `finetune` (its figures: OUT/fin
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
-import math
 import os
 import sys
 
@@ -91,7 +89,6 @@ LOGVAR_RANGE = 8.0  # |log Sigma_k| is clamped: the paper (B.4) reports |Sigma| 
 FACE_MASKS = {"right_half": (0.0, 1.0, 0.5, 1.0), "eyes": (96, 124, 40, 138),
               "nose_mouth": (124, 165, 57, 121), "bottom_half": (0.5, 1.0, 0.0, 1.0)}
 FACE_PARTS = ("eyes", "nose_mouth")
-TOY_CENTRES = (-2.2, 0.0, 2.2)  # three half unit circles (paper B.1), noise sd 0.15 (code)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -157,7 +154,7 @@ def resolve_defaults(cfg: Config) -> Config:
     """Fill the dataset-dependent defaults (0 / '' fields) and check the values."""
     faces = cfg.dataset in ("celeba", "folder")
     dims = {"mnist": (32, 100), "toy": (2, 2)}.get(cfg.dataset, (512, 512))
-    toy_epoch = len(toy_split(cfg.toy_points, "train")) // cfg.batch_size
+    toy_epoch = len(data.toy_split(cfg.toy_points, "train")) // cfg.batch_size
     steps = cfg.steps or (50 * toy_epoch if cfg.dataset == "toy" else 52_000)
     cfg = dataclasses.replace(
         cfg, data_dir=cfg.data_dir or os.path.join("data", cfg.dataset),
@@ -188,81 +185,57 @@ def parse_crop(cfg: Config) -> tuple[int, int, int, int] | None:
 # ----------------------------------------------------------------------------------------------
 # --- paper: networks (sec. 4.1 and the supplement; VGG16-BN encoders as the code) ---
 # ----------------------------------------------------------------------------------------------
-def bn_relu(layer: nn.Module, channels: int, m: float, dims: int = 2) -> nn.Sequential:
-    """layer -> BatchNorm (TF's eps 1e-3) -> ReLU, the block of every encoder and decoder."""
-    bn = (nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d)(channels, eps=1e-3, momentum=m)
-    return nn.Sequential(layer, bn, nn.ReLU())
-
-
-def lrelu() -> nn.Module:
-    return nn.LeakyReLU(0.1)
-
-
-def deconv(cin: int, cout: int, k: int, stride: int) -> nn.ConvTranspose2d:
-    """TF 'SAME' transposed convolution: out = in * stride for odd k."""
-    return nn.ConvTranspose2d(cin, cout, k, stride, k // 2, output_padding=stride - 1)
-
-
-class Reshape(nn.Module):
-    def __init__(self, *shape: int):
-        super().__init__()
-        self.shape = shape
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(x.shape[0], *self.shape)
-
-
 def encoder_trunk(cfg: Config, channels: int) -> tuple[nn.Module, int]:
     """x -> features (B, F): the shared body of E_s and E_u (each has its own copy)."""
     m, s = cfg.bn_momentum, cfg.image_size
     if cfg.dataset == "toy":  # MLP 32-64-64, lrelu
-        return nn.Sequential(nn.Linear(2, 32), lrelu(), nn.Linear(32, 64), lrelu(), nn.Linear(64, 64), lrelu()), 64
+        return nn.Sequential(nn.Linear(2, 32), common.lrelu(), nn.Linear(32, 64), common.lrelu(), nn.Linear(64, 64), common.lrelu()), 64
     if cfg.dataset == "mnist":  # conv5 s2: 28 -> 14 -> 7 -> 4
-        convs = [bn_relu(nn.Conv2d(a, b, 5, 2, 2), b, m) for a, b in ((1, 64), (64, 128), (128, 256))]
-        return nn.Sequential(*convs, nn.Flatten(), bn_relu(nn.Linear(256 * 16, 1024), 1024, m, 1)), 1024
+        convs = [common.bn_relu(nn.Conv2d(a, b, 5, 2, 2), b, m) for a, b in ((1, 64), (64, 128), (128, 256))]
+        return nn.Sequential(*convs, nn.Flatten(), common.bn_relu(nn.Linear(256 * 16, 1024), 1024, m, 1)), 1024
     if cfg.arch == "dcgan":
         f, layers, c = cfg.filters, [], channels
         for width in (cfg.filters, 2 * f, 4 * f, 8 * f):
-            layers.append(bn_relu(nn.Conv2d(c, width, 4, 2, 1), width, m))
+            layers.append(common.bn_relu(nn.Conv2d(c, width, 4, 2, 1), width, m))
             c = width
-        return nn.Sequential(*layers, nn.Flatten(), bn_relu(nn.Linear(c * (s // 16) ** 2, 1024), 1024, m, 1)), 1024
+        return nn.Sequential(*layers, nn.Flatten(), common.bn_relu(nn.Linear(c * (s // 16) ** 2, 1024), 1024, m, 1)), 1024
     # VGG16-BN conv stack, the 5th max-pool replaced by a 2x2 average pool (paper B.2)
     layers, c = [], channels
     for block, (width, repeat) in enumerate(((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))):
         for _ in range(repeat):
-            layers.append(bn_relu(nn.Conv2d(c, width, 3, 1, 1), width, m))
+            layers.append(common.bn_relu(nn.Conv2d(c, width, 3, 1, 1), width, m))
             c = width
         layers.append(nn.MaxPool2d(2) if block < 4 else nn.AvgPool2d(2))
-    return nn.Sequential(*layers, nn.Flatten(), bn_relu(nn.Linear(512 * (s // 32) ** 2, 1024), 1024, m, 1)), 1024
+    return nn.Sequential(*layers, nn.Flatten(), common.bn_relu(nn.Linear(512 * (s // 32) ** 2, 1024), 1024, m, 1)), 1024
 
 
 def decoder_net(cfg: Config, channels: int) -> nn.Module:
     """G: [z_s, z_u] (B, z_s_dim + z_u_dim) -> x_hat (B, C, H, W) in [-1, 1] (toy: (B, 2))."""
     m, s, z = cfg.bn_momentum, cfg.image_size, cfg.z_s_dim + cfg.z_u_dim
     if cfg.dataset == "toy":
-        return nn.Sequential(nn.Linear(z, 32), lrelu(), nn.Linear(32, 64), lrelu(), nn.Linear(64, 64), lrelu(),
+        return nn.Sequential(nn.Linear(z, 32), common.lrelu(), nn.Linear(32, 64), common.lrelu(), nn.Linear(64, 64), common.lrelu(),
                              nn.Linear(64, 2))
     if cfg.dataset == "mnist":  # fc 1024 = 256x2x2 -> 7 -> 14 -> 28
-        return nn.Sequential(bn_relu(nn.Linear(z, 1024), 1024, m, 1), Reshape(256, 2, 2),
-                             bn_relu(nn.ConvTranspose2d(256, 256, 5, 2, 0), 256, m),
-                             bn_relu(nn.ConvTranspose2d(256, 128, 5, 2, 2, output_padding=1), 128, m),
-                             bn_relu(nn.ConvTranspose2d(128, 32, 5, 2, 2, output_padding=1), 32, m),
+        return nn.Sequential(common.bn_relu(nn.Linear(z, 1024), 1024, m, 1), common.Reshape(256, 2, 2),
+                             common.bn_relu(nn.ConvTranspose2d(256, 256, 5, 2, 0), 256, m),
+                             common.bn_relu(nn.ConvTranspose2d(256, 128, 5, 2, 2, output_padding=1), 128, m),
+                             common.bn_relu(nn.ConvTranspose2d(128, 32, 5, 2, 2, output_padding=1), 32, m),
                              nn.ConvTranspose2d(32, channels, 5, 1, 2), nn.Tanh())
     if cfg.arch == "dcgan":
         f, s0 = cfg.filters, s // 16
-        layers = [bn_relu(nn.Linear(z, 8 * f * s0 * s0), 8 * f * s0 * s0, m, 1), Reshape(8 * f, s0, s0)]
+        layers = [common.bn_relu(nn.Linear(z, 8 * f * s0 * s0), 8 * f * s0 * s0, m, 1), common.Reshape(8 * f, s0, s0)]
         for a, b in ((8 * f, 4 * f), (4 * f, 2 * f), (2 * f, f)):
-            layers.append(bn_relu(nn.ConvTranspose2d(a, b, 4, 2, 1), b, m))
+            layers.append(common.bn_relu(nn.ConvTranspose2d(a, b, 4, 2, 1), b, m))
         return nn.Sequential(*layers, nn.ConvTranspose2d(f, channels, 4, 2, 1), nn.Tanh())
     s0 = s // 32  # paper Tab. 4: fc1024 -> fc 2x2x512 -> thirteen 3x3 deconvolutions
-    layers = [bn_relu(nn.Linear(z, 1024), 1024, m, 1), bn_relu(nn.Linear(1024, 512 * s0 * s0), 512 * s0 * s0, m, 1),
-              Reshape(512, s0, s0)]
+    layers = [common.bn_relu(nn.Linear(z, 1024), 1024, m, 1), common.bn_relu(nn.Linear(1024, 512 * s0 * s0), 512 * s0 * s0, m, 1),
+              common.Reshape(512, s0, s0)]
     c = 512
     for width, stride in ((512, 2), (512, 1), (512, 1), (512, 2), (512, 1), (256, 1), (256, 2), (256, 1),
                           (128, 1), (128, 2), (64, 1), (64, 2)):
-        layers.append(bn_relu(deconv(c, width, 3, stride), width, m))
+        layers.append(common.bn_relu(common.deconv(c, width, 3, stride), width, m))
         c = width
-    return nn.Sequential(*layers, deconv(c, channels, 3, 1), nn.Tanh())
+    return nn.Sequential(*layers, common.deconv(c, channels, 3, 1), nn.Tanh())
 
 
 class ProjectionDiscriminator(nn.Module):
@@ -274,23 +247,23 @@ class ProjectionDiscriminator(nn.Module):
         super().__init__()
         sn = spectral_norm
         if cfg.dataset == "toy":
-            layers, width = [sn(nn.Linear(2, 32)), lrelu(), sn(nn.Linear(32, 64)), lrelu(), sn(nn.Linear(64, 64)), lrelu()], 64
+            layers, width = [sn(nn.Linear(2, 32)), common.lrelu(), sn(nn.Linear(32, 64)), common.lrelu(), sn(nn.Linear(64, 64)), common.lrelu()], 64
         elif cfg.dataset == "mnist":  # conv5 32 s1, 128 s2, 256 s2, 256 s2 (4x4) -> fc512
             layers, c = [], channels
             for width, stride in ((32, 1), (128, 2), (256, 2), (256, 2)):
-                layers += [sn(nn.Conv2d(c, width, 5, stride, 2)), lrelu()]
+                layers += [sn(nn.Conv2d(c, width, 5, stride, 2)), common.lrelu()]
                 c = width
-            layers += [nn.Flatten(), sn(nn.Linear(256 * 16, 512)), lrelu()]
+            layers += [nn.Flatten(), sn(nn.Linear(256 * 16, 512)), common.lrelu()]
             width = 512
         else:
             plan = ([(cfg.filters * k, 2) for k in (1, 2, 4, 8)] if cfg.arch == "dcgan" else
                     [(64, 2), (128, 2), (256, 1), (256, 2), (512, 1), (512, 2), (512, 2)])
             layers, c = [], channels
             for width, stride in plan:
-                layers += [sn(nn.Conv2d(c, width, 4 if cfg.arch == "dcgan" else 3, stride, 1)), lrelu()]
+                layers += [sn(nn.Conv2d(c, width, 4 if cfg.arch == "dcgan" else 3, stride, 1)), common.lrelu()]
                 c = width
             width = 1024  # global average pool -> fc1024 (paper Tab. 4)
-            layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), sn(nn.Linear(c, width)), lrelu()]
+            layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), sn(nn.Linear(c, width)), common.lrelu()]
         self.features = nn.Sequential(*layers)
         self.linear = sn(nn.Linear(width, 1))
         self.embed = sn(nn.Embedding(n_classes, width))
@@ -658,71 +631,6 @@ def make_optimizers(model: DisentangledVAE, cfg: Config, device) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
-# --- paper: MS-SSIM, the diversity metric (Wang et al. 2003) ---
-# ----------------------------------------------------------------------------------------------
-# Wang, Simoncelli & Bovik 2003's five scale weights. Within-class MS-SSIM as a diversity measure
-# is Odena et al. 2017 (AC-GAN, sec. 4.2), used by Bao et al. 2017 and by the paper's Tables 2 and
-# 6. A scale is used while the image at that scale still holds the 11x11 window, and the weights
-# of the scales used are renormalised: 64 px uses 3 scales (64, 32, 16), weights 0.0711, 0.4530,
-# 0.4760; 32 px uses 2 (0.1356, 0.8644); 28 px (MNIST) 2; 128 px 4.
-MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
-
-
-def gaussian_filter(x: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
-    """Separable 'valid' Gaussian blur of x (B, C, H, W)."""
-    t = torch.arange(size, dtype=x.dtype, device=x.device) - (size - 1) / 2
-    w = torch.exp(-t ** 2 / (2 * sigma ** 2))
-    w = (w / w.sum()).repeat(x.shape[1], 1)
-    x = F.conv2d(x, w[:, None, None, :], groups=x.shape[1])
-    return F.conv2d(x, w[:, None, :, None], groups=x.shape[1])
-
-
-def ssim_terms(a: torch.Tensor, b: torch.Tensor, data_range: float, window: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per image and channel (B, C): mean SSIM map and mean contrast-structure map, 11x11 window
-    of sd 1.5 (shrunk with the image below 11 pixels), K1 = 0.01, K2 = 0.03."""
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    sigma = 1.5 * window / 11
-    mu_a, mu_b = gaussian_filter(a, window, sigma), gaussian_filter(b, window, sigma)
-    var_a = gaussian_filter(a * a, window, sigma) - mu_a ** 2
-    var_b = gaussian_filter(b * b, window, sigma) - mu_b ** 2
-    cov = gaussian_filter(a * b, window, sigma) - mu_a * mu_b
-    cs = (2 * cov + c2) / (var_a + var_b + c2)
-    luminance = (2 * mu_a * mu_b + c1) / (mu_a ** 2 + mu_b ** 2 + c1)
-    return (luminance * cs).flatten(2).mean(2), cs.flatten(2).mean(2)
-
-
-def ms_ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    """Multi-scale SSIM (Wang, Simoncelli & Bovik 2003) of image pairs a, b (B, C, H, W) with
-    pixels in [0, data_range] -> (B,) in [0, 1] (1: identical). SSIM's luminance term assumes
-    non-negative intensities, so [-1, 1] images must be mapped to [0, 1] first. Per channel, as
-    tf.image.ssim_multiscale and pytorch-msssim: the contrast-structure terms of the finer
-    scales and the SSIM of the coarsest are clipped at 0, raised to their weights and
-    multiplied; then the channels are averaged. Scales: see MS_SSIM_WEIGHTS. Raises ValueError
-    on shape mismatch."""
-    if a.shape != b.shape or a.dim() != 4:
-        raise ValueError(f"ms_ssim needs two (B, C, H, W) batches of one shape, got {tuple(a.shape)}, {tuple(b.shape)}")
-    a, b = a.double(), b.double()
-    side = min(a.shape[-2:])
-    levels = max(1, min(5, 1 + int(math.floor(math.log2(side / 11))) if side >= 11 else 1))
-    weights = torch.tensor(MS_SSIM_WEIGHTS[:levels], dtype=a.dtype, device=a.device)
-    weights = weights / weights.sum()
-    factors = []
-    for level in range(levels):
-        ssim, cs = ssim_terms(a, b, data_range, min(11, side >> level))
-        factors.append(F.relu(ssim if level == levels - 1 else cs))
-        if level < levels - 1:
-            a, b = F.avg_pool2d(a, 2), F.avg_pool2d(b, 2)
-    per_channel = torch.prod(torch.stack(factors, -1) ** weights, dim=-1)     # (B, C)
-    return per_channel.mean(1).float()
-
-
-def pairwise_ms_ssim(images: torch.Tensor) -> torch.Tensor:
-    """Mean MS-SSIM over all unordered pairs of images (N, C, H, W) in [0, 1], N >= 2 -> scalar."""
-    i, j = zip(*itertools.combinations(range(len(images)), 2))
-    return ms_ssim(images[list(i)], images[list(j)]).mean()
-
-
-# ----------------------------------------------------------------------------------------------
 # --- paper: figures (return images; the caller saves them) ---
 # ----------------------------------------------------------------------------------------------
 def noise(n: int, dim: int, g: torch.Generator, device) -> torch.Tensor:
@@ -837,22 +745,6 @@ def inpaint(model: DisentangledVAE, x: torch.Tensor, c: torch.Tensor, masks: lis
     return torch.stack(columns, dim=1).flatten(0, 1)
 
 
-def toy_data(points_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Paper B.1: three half unit circles centred at x = -2.2, 0, 2.2 (y = sin t - 0.5, t in
-    [0, pi]) plus N(0, 0.15^2) noise. Returns points (3n, 2) float32 and labels (3n,) int64."""
-    rng = np.random.default_rng(seed)
-    t = rng.uniform(0, np.pi, (3, points_per_class))
-    centres = np.array(TOY_CENTRES)[:, None]
-    xy = np.stack([centres + np.cos(t), np.sin(t) - 0.5], -1) + rng.normal(0, 0.15, (3, points_per_class, 2))
-    return xy.reshape(-1, 2).astype(np.float32), np.repeat(np.arange(3), points_per_class)
-
-
-def toy_split(points_per_class: int, split: str) -> np.ndarray:
-    """Indices of `split` in `toy_data`'s points: per class the first 80% train, the rest test."""
-    within = np.arange(3 * points_per_class) % points_per_class
-    return np.flatnonzero((within < int(0.8 * points_per_class)) == (split == "train"))
-
-
 TOY_COLOURS = ((40, 160, 40), (200, 40, 40), (40, 70, 200))  # green, red, blue as the paper
 
 
@@ -870,15 +762,6 @@ def scatter_panel(points: np.ndarray, labels: np.ndarray, title: str, size: int 
 # ----------------------------------------------------------------------------------------------
 # --- plumbing: data ---
 # ----------------------------------------------------------------------------------------------
-class ToyBatches(data.Batches):
-    """`Batches` over the 2-D toy points: the same shuffling and sharding, float points."""
-
-    def get(self, step: int) -> tuple[torch.Tensor, dict]:
-        idx = self.indices(step)
-        return (torch.from_numpy(self.images[idx.numpy()]).to(self.device, non_blocking=True),
-                {k: v[idx].to(self.device, non_blocking=True) for k, v in self.labels.items()})
-
-
 def load_split(cfg: Config, split: str, verbose: bool = True, which: str = "seen") -> data.ImageSet:
     """The ImageSet of `split` with a 'class' label (toy: the points, 80/20 cut per class),
     restricted to the seen classes (or with which='unseen' to --unseen-classes)."""
@@ -909,8 +792,8 @@ def select_classes(dataset: data.ImageSet, unseen: str, which: str) -> data.Imag
 
 def load_all_classes(cfg: Config, split: str, verbose: bool = True) -> data.ImageSet:
     if cfg.dataset == "toy":
-        points, labels = toy_data(cfg.toy_points, cfg.seed)
-        keep = toy_split(cfg.toy_points, split)
+        points, labels = data.toy_data(cfg.toy_points, cfg.seed)
+        keep = data.toy_split(cfg.toy_points, split)
         return data.ImageSet(points[keep], {"class": labels[keep]}, {"class": ["left", "middle", "right"]}, [],
                              f"toy {split}: {len(keep)} points on three half circles")
     if cfg.dataset == "celeba":
@@ -921,7 +804,7 @@ def load_all_classes(cfg: Config, split: str, verbose: bool = True) -> data.Imag
 
 
 def make_batches(cfg: Config, train_set: data.ImageSet, device, rank: int, world: int) -> data.Batches:
-    kind = ToyBatches if cfg.dataset == "toy" else data.Batches
+    kind = data.ToyBatches if cfg.dataset == "toy" else data.Batches
     return kind(train_set, cfg.batch_size, cfg.seed, device, rank, world, label_keys=("class",),
                 on_device=False if cfg.dataset == "toy" else None, channels_last=device.type == "cuda")
 
@@ -1175,7 +1058,7 @@ def distinct_classes(c: torch.Tensor, n: int, skip: int = 0) -> torch.Tensor:
 
 def draw_toy_figure(cfg: Config, fig_dir: str) -> list:
     """Fig. 2: the real points, then the generated ones at each saved epoch, side by side."""
-    points, labels = toy_data(cfg.toy_points, cfg.seed)
+    points, labels = data.toy_data(cfg.toy_points, cfg.seed)
     panels = [scatter_panel(points, labels, "real")]
     toy_dir = os.path.join(cfg.out, "toy")
     for name in sorted(os.listdir(toy_dir)) if os.path.isdir(toy_dir) else []:
@@ -1199,7 +1082,7 @@ def diversity(model: DisentangledVAE, cfg: Config, device) -> float:
     """Tables 2 and 6: mean MS-SSIM over all pairs of --diversity-samples generated images of a
     class, averaged over the first --diversity-classes classes (lower = more diverse)."""
     g = torch.Generator().manual_seed(cfg.seed + 2)
-    scores = [pairwise_ms_ssim((class_samples(model, [k], cfg.diversity_samples, g, device) + 1) / 2).item()
+    scores = [common.pairwise_ms_ssim((class_samples(model, [k], cfg.diversity_samples, g, device) + 1) / 2).item()
               for k in range(min(cfg.diversity_classes, model.n_classes))]
     return float(np.mean(scores))
 

@@ -186,15 +186,6 @@ def fc_block(cin: int, cout: int, m: float, act: str = "relu") -> nn.Module:
                          nn.ReLU() if act == "relu" else nn.LeakyReLU(0.1))
 
 
-class Reshape(nn.Module):
-    def __init__(self, *shape: int):
-        super().__init__()
-        self.shape = shape
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(x.shape[0], *self.shape)
-
-
 class GaussianHead(nn.Module):
     """e_l: features of h_l, then q(z_l|x) = N(mu, sigma^2) with mu linear and
     sigma = sigmoid(linear) + 0.001 (paper sec. 2.2; reference vladder_large.py). Returns (mu, logvar), each (B, D)."""
@@ -291,7 +282,7 @@ def celeba_ladder(size: int, dim: int, m: float, relu_quirk: bool) -> VLAE:
                                                     fc_block(1024, 1024, m, "lrelu"))]
     widths = [64 * s2 * s2, 256 * s8 * s8, 512 * s16 * s16, 1024]
     heads = [GaussianHead(f, w, dim, relu_quirk and l == 3) for l, (f, w) in enumerate(zip(head_features, widths))]
-    ladders = [nn.Sequential(fc_block(dim, c * s * s, m), Reshape(c, s, s))
+    ladders = [nn.Sequential(fc_block(dim, c * s * s, m), common.Reshape(c, s, s))
                for c, s in ((64, s2), (256, s8), (512, s16))]
     decoders = [nn.Sequential(deconv_block(128, 64, 2, m), common.conv_transpose_same(64, 3, 1)),   # -> 3 x s
                 nn.Sequential(deconv_block(512, 128, 2, m), deconv_block(128, 128, 1, m),
@@ -299,7 +290,7 @@ def celeba_ladder(size: int, dim: int, m: float, relu_quirk: bool) -> VLAE:
                 nn.Sequential(deconv_block(1024, 512, 1, m), deconv_block(512, 256, 2, m),
                               deconv_block(256, 256, 1, m)),                                        # -> 256 x s/8
                 nn.Sequential(fc_block(dim, 1024, m), fc_block(1024, 1024, m),
-                              fc_block(1024, 512 * s16 * s16, m), Reshape(512, s16, s16))]         # -> 512 x s/16
+                              fc_block(1024, 512 * s16 * s16, m), common.Reshape(512, s16, s16))]         # -> 512 x s/16
     return VLAE(trunk, heads, ladders, [ConcatCombine() for _ in ladders], decoders)
 
 
@@ -318,7 +309,7 @@ def mnist_ladder(size: int, dim: int, m: float, relu_quirk: bool) -> VLAE:
     heads = [GaussianHead(convs(), 128 * s4 * s4, dim), GaussianHead(tower(1024), 1024, dim),
              GaussianHead(tower(1024), 1024, dim, relu_quirk)]
     ladders = [fc_block(dim, 1024, m, "lrelu"), fc_block(dim, 1024, m)]
-    decoders = [nn.Sequential(fc_block(1024, 128 * s4 * s4, m), Reshape(128, s4, s4),
+    decoders = [nn.Sequential(fc_block(1024, 128 * s4 * s4, m), common.Reshape(128, s4, s4),
                               deconv_block(128, 64, 2, m), common.conv_transpose_same(64, 1, 2)),
                 nn.Sequential(fc_block(1024, 1024, m), fc_block(1024, 1024, m), nn.Linear(1024, 1024)),
                 nn.Sequential(fc_block(dim, 1024, m), fc_block(1024, 1024, m), nn.Linear(1024, 1024))]

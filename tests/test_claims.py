@@ -3,6 +3,9 @@ run is a benchmark: python benchmarks/claims.py vlae)."""
 import os
 import sys
 
+import numpy as np
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
@@ -55,3 +58,21 @@ def test_data_dir_may_be_any_idx_set_itself_or_the_folder_holding_mnist(tmp_path
         assert "MNIST's gzipped IDX files" in str(e) and "--data-dir" in str(e)
     else:
         raise AssertionError("an empty folder was accepted")
+
+
+def test_toy_spread_is_measured_along_each_curve_and_ignores_points_off_it():
+    t = np.linspace(0, np.pi, 301)
+    on_curve = lambda k, angles: np.stack([claims.data.TOY_CENTRES[k] + np.cos(angles), np.sin(angles) - 0.5], 1)
+    labels = np.repeat([0, 1, 2], len(t))
+    spread = np.vstack([on_curve(k, t) for k in range(3)])
+    assert claims.along_curve_spread(spread, labels) == pytest.approx((np.pi / np.sqrt(12), 1.0), rel=1e-2)
+    collapsed = np.vstack([on_curve(k, np.full_like(t, 1.0)) for k in range(3)])  # one point per class
+    assert claims.along_curve_spread(collapsed, labels) == pytest.approx((0.0, 1.0), abs=1e-9)
+    # a cloud that spreads widely but off the curves does not count as spread along them
+    far = np.vstack([2.0 * (on_curve(k, t) - [claims.data.TOY_CENTRES[k], -0.5]) + [claims.data.TOY_CENTRES[k], -0.5]
+                     for k in range(3)])  # radius 2
+    assert claims.along_curve_spread(far, labels) == (0.0, 0.0)
+    # the angle runs along the curve: the top of class 2's circle is at pi / 2, radius offset 0
+    angle, offset = claims.data.toy_curve_coordinates(np.array([[2.2, 0.5], [1.2, -0.6]]), np.array([2, 2]))
+    assert angle[0] == pytest.approx(np.pi / 2) and offset[0] == pytest.approx(0.0, abs=1e-12)
+    assert angle[1] > np.pi  # just below the left end stays next to it, not at -pi
