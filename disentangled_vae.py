@@ -510,10 +510,17 @@ def set_grads(loss: torch.Tensor, params: list, add: bool = False) -> None:
         p.grad = p.grad + g if add and p.grad is not None else g
 
 
-def stage1_step(model: DisentangledVAE, optimizers: dict, batches: list, cfg: Config, device) -> dict:
+def no_scaler(device) -> torch.amp.GradScaler:
+    return torch.amp.GradScaler(torch.device(device).type, enabled=False)
+
+
+def stage1_step(model: DisentangledVAE, optimizers: dict, batches: list, cfg: Config, device,
+                scaler: torch.amp.GradScaler | None = None) -> dict:
     """Stage 1: one Adam step of L_GM on E_s and the mixture's mu (optimizer 'gm') and
     Sigma (optimizer 'sigma', its own learning rate). `batches` holds the (x, c) micro-batches
-    of the step (one unless --grad-accum); their gradients are averaged."""
+    of the step (one unless --grad-accum); their gradients are averaged. `scaler`: fp16's loss
+    scaling (a step whose gradients hold an inf is skipped)."""
+    scaler = scaler or no_scaler(device)
     params = list(model.encoder_s.parameters()) + [model.prior.mu, model.prior.logvar]
     for p in params:
         p.grad = None
@@ -522,21 +529,22 @@ def stage1_step(model: DisentangledVAE, optimizers: dict, batches: list, cfg: Co
         with common.autocast(device, cfg.amp):
             z_s = model.encoder_s(x)
         t = lgm_loss(z_s, c, *model.prior.params(), cfg.margin, cfg.lambda_lkd)              # eq. 8-9
-        set_grads(t["L_GM"] / len(batches), params, add=True)
+        set_grads(scaler.scale(t["L_GM"] / len(batches)), params, add=True)
         totals = {k: totals.get(k, 0.0) + v.detach() / len(batches) for k, v in t.items()}
-    common.average_gradients(params)
-    optimizers["gm"].step()
-    optimizers["sigma"].step()
+    common.average_gradients(params)  # scaled: an inf on any rank reaches all, and all skip alike
+    scaler.step(optimizers["gm"])
+    scaler.step(optimizers["sigma"])
+    scaler.update()
     return totals
 
 
 def stage2_step(model: DisentangledVAE, optimizers: dict, batches: list, cfg: Config, device,
-                forward=None) -> dict:
+                forward=None, scaler: torch.amp.GradScaler | None = None) -> dict:
     """Stage 2: per micro-batch one forward, each objective's gradient w.r.t. its own networks;
     then simultaneous Adam steps. E_u, E_s and G share 10 L_rec (+ L_KL + L_adv for E_u, L_lkd
     for E_s: each term reaches only its own encoder); G alone takes L_GD, Dis alone L_Dis, C
-    alone L_C."""
-    groups = model.groups()
+    alone L_C. `scaler` as in `stage1_step`."""
+    scaler, groups = scaler or no_scaler(device), model.groups()
     every = [p for ps in groups.values() for p in ps]
     for p in every:
         p.grad = None
@@ -545,24 +553,26 @@ def stage2_step(model: DisentangledVAE, optimizers: dict, batches: list, cfg: Co
     for x, c in batches:
         with common.autocast(device, cfg.amp):
             t = (forward or stage2_losses)(model, x, c, cfg)
-        n = len(batches)
-        set_grads(t["encoders_and_decoder"] / n, shared, add=True)
+        scaled = lambda name: scaler.scale(t[name] / len(batches))
+        set_grads(scaled("encoders_and_decoder"), shared, add=True)
         if "discriminator" in groups:
-            set_grads(t["L_GD"] / n, groups["decoder"], add=True)
-            set_grads(t["L_Dis"] / n, groups["discriminator"], add=True)
+            set_grads(scaled("L_GD"), groups["decoder"], add=True)
+            set_grads(scaled("L_Dis"), groups["discriminator"], add=True)
         if "classifier" in groups and "L_C" in t:   # finetune's objectives have no L_C (no label)
-            set_grads(t["L_C"] / n, groups["classifier"], add=True)
+            set_grads(scaled("L_C"), groups["classifier"], add=True)
         if "image_classifier" in groups:
-            set_grads(t["L_aux"] / n, groups["image_classifier"], add=True)
+            set_grads(scaled("L_aux"), groups["image_classifier"], add=True)
+        n = len(batches)
         totals = {k: totals.get(k, 0.0) + v.detach() / n for k, v in t.items()}
     common.average_gradients(every)
     for name in groups:
-        optimizers[name].step()
+        scaler.step(optimizers[name])
+    scaler.update()
     return totals
 
 
 def train_step(model: DisentangledVAE, optimizers: dict, batch_at, step: int, cfg: Config, device,
-               forward=None) -> dict:
+               forward=None, scaler: torch.amp.GradScaler | None = None) -> dict:
     """One outer iteration: n_gm stage-1 steps on fresh batches, then the joint stage-2 step on
     the last of them (the baseline has no stage 1). `batch_at(i)` is batch i of the run; a step
     takes --grad-accum consecutive ones."""
@@ -571,11 +581,11 @@ def train_step(model: DisentangledVAE, optimizers: dict, batch_at, step: int, cf
     if model.kind == "lr-livae":
         for i in range(cfg.n_gm):
             batches = micro(step * cfg.n_gm + i)
-            gm = stage1_step(model, optimizers, batches, cfg, device)
+            gm = stage1_step(model, optimizers, batches, cfg, device, scaler)
     else:
         batches = micro(step)
         gm = {"L_GM": torch.zeros((), device=device), "accuracy": torch.zeros((), device=device)}
-    t = stage2_step(model, optimizers, batches, cfg, device, forward)
+    t = stage2_step(model, optimizers, batches, cfg, device, forward, scaler)
     keep = ("L_rec", "L_KL", "L_lkd", "L_adv", "L_C", "L_Dis", "L_GD") + (("L_pair", "L_aux") if model.bao else ())
     loss = t["encoders_and_decoder"] + t["L_GD"] + t["L_Dis"] + t["L_C"] + t.get("L_aux", 0.0) + gm["L_GM"]
     return {"loss": loss, "L_GM": gm["L_GM"], "acc_z_s": gm["accuracy"], **{k_: t[k_] for k_ in keep}}
@@ -889,7 +899,7 @@ def setup_run(cfg: Config, state: dict | None, n_classes: int, device, rank: int
     model = DisentangledVAE(cfg, n_classes).to(device)
     if device.type == "cuda" and cfg.dataset != "toy":
         model = model.to(memory_format=torch.channels_last)
-    optimizers, scaler = make_optimizers(model, cfg, device), common.make_grad_scaler(device, False)
+    optimizers, scaler = make_optimizers(model, cfg, device), common.make_grad_scaler(device, cfg.amp)
     common.seed_everything(cfg.seed, rank)
     start = 0
     if state is not None:
@@ -937,12 +947,13 @@ def finetune(cfg: Config, explicit: set) -> str:
     common.seed_everything(run_cfg.seed)
     batch_at = batch_reader(run_cfg, make_batches(run_cfg, unseen, device, 0, 1))
     optimizers, moments = make_optimizers(model, run_cfg, device), mixture_moments(model.prior)
+    scaler = common.make_grad_scaler(device, run_cfg.amp)
     model.train()
     print(f"finetune: {unseen.description}; {cfg.finetune_steps} steps, labels unused")
     # stage 2's step and routing, with the unlabelled objectives (E_s, E_u, G, Dis learn; C and the mixture do not)
     forward = lambda model_, x, c, cfg_: finetune_losses(model_, x, cfg_, *moments)
     for step in range(cfg.finetune_steps):
-        t = stage2_step(model, optimizers, [batch_at(step)], run_cfg, device, forward)
+        t = stage2_step(model, optimizers, [batch_at(step)], run_cfg, device, forward, scaler)
         if (step + 1) % run_cfg.log_every == 0 or step + 1 == cfg.finetune_steps:
             print(f"finetune step {step + 1}/{cfg.finetune_steps} | "
                   + " ".join(f"{k} {t[k].item():.4g}" for k in ("L_rec", "L_KL", "L_lkd", "L_Dis", "L_GD")))
@@ -996,7 +1007,7 @@ def run_loop(cfg: Config, model, optimizers, scaler, batches, names, start, devi
                     group["lr"] = sigma_learning_rate(cfg, step, batches.steps_per_epoch)
             if cfg.dataset == "toy" and step % (10 * batches.steps_per_epoch) == 0 and common.is_main():
                 save_toy_snapshot(cfg, model, step // batches.steps_per_epoch, device)
-            terms = train_step(model, optimizers, batch_at, step, cfg, device, forward)
+            terms = train_step(model, optimizers, batch_at, step, cfg, device, forward, scaler)
             monitor.after_step(step + 1, terms)
     if cfg.dataset == "toy" and common.is_main():
         save_toy_snapshot(cfg, model, cfg.steps // batches.steps_per_epoch, device)

@@ -267,12 +267,14 @@ OBJECTIVES = {"encoder": "L_enc", "generator": "L_gen", "discriminator": "L_dis"
 
 
 def train_step(model: VAEBEGAN, optimizers: dict, controller: Controller, xs: list,
-               cfg: Config, device, forward=None) -> dict:
+               cfg: Config, device, forward=None, scaler: torch.amp.GradScaler | None = None) -> dict:
     """Alg. 1 on the micro-batches xs (one unless --grad-accum), each in [-1, 1]: per micro-batch
     one forward, each objective's gradient taken w.r.t. its own network only (eq. 13-15; D's
     gradients never reach E or G and vice versa), summed over micro-batches with weight 1/len(xs);
     ranks average the gradients; three Adam steps; then k_t from the mean detached losses.
-    `forward` may be a compiled `losses`."""
+    `forward` may be a compiled `losses`. `scaler` (fp16 autocast): one GradScaler for the three
+    objectives; each network's step is skipped when its gradients hold an inf or NaN."""
+    scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
     nets = model.networks()
     every = [p for net in nets.values() for p in net.parameters()]
     for p in every:
@@ -284,15 +286,20 @@ def train_step(model: VAEBEGAN, optimizers: dict, controller: Controller, xs: li
             t = (forward or losses)(model, x, controller.k.float(), cfg)
         for name, net in nets.items():
             params = list(net.parameters())
-            grads = torch.autograd.grad(t[OBJECTIVES[name]] / len(xs), params, retain_graph=True, allow_unused=True)
+            loss = scaler.scale(t[OBJECTIVES[name]] / len(xs))   # fp16: small gradients would underflow to 0
+            grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
             for p, g in zip(params, grads):
                 if g is not None:
                     p.grad = g if p.grad is None else p.grad + g
         for k_ in keep:
             totals[k_] = totals[k_] + t[k_].detach() / len(xs)
+    # the scaled gradients are averaged first, so an inf on any rank reaches every rank and all skip
+    # the same steps; scaler.step then unscales each network's gradients and steps it unless they
+    # hold an inf (the whole scale is shared, as its update)
     common.average_gradients(every)
     for name in nets:
-        optimizers[name].step()
+        scaler.step(optimizers[name])
+    scaler.update()
     error = cfg.eta * totals["L_d"] - (totals["L_g"] + cfg.alpha * totals["L_v"])      # eq. 11
     k = controller.update(common.all_reduce_mean(error))                               # eq. 12
     loss = totals.pop("L_dis") + totals.pop("L_gen")
@@ -401,7 +408,7 @@ def setup_run(cfg: Config, explicit: set, device, rank: int, world: int):
     model = VAEBEGAN(cfg).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    optimizers, scaler = make_optimizers(model, cfg, device), common.make_grad_scaler(device, False)
+    optimizers, scaler = make_optimizers(model, cfg, device), common.make_grad_scaler(device, cfg.amp)
     controller = Controller.start(gains(cfg), device)
     common.seed_everything(cfg.seed, rank)
     start = 0
@@ -444,7 +451,7 @@ def run_loop(cfg: Config, model, optimizers, controller, scaler, batches, start,
                 for group in opt.param_groups:
                     group["lr"] = learning_rate(cfg, step)
             xs = [batches.get(step * cfg.grad_accum + i)[0] for i in range(cfg.grad_accum)]
-            terms = train_step(model, optimizers, controller, xs, cfg, device, forward)
+            terms = train_step(model, optimizers, controller, xs, cfg, device, forward, scaler)
             monitor.after_step(step + 1, terms)
 
 

@@ -135,3 +135,78 @@ def test_cifar10_reader(tmp_path):
     (folder / "data_batch_3").write_bytes(b"junk")
     with pytest.raises(ValueError, match="data_batch_3: not a CIFAR-10 python batch"):
         data.load_dataset("cifar10", str(tmp_path), "train")
+
+
+def test_each_loss_is_its_formula_replayed_from_the_same_draws():
+    """Eq. 2, 3, 7 and 9 written out here, on the same z_g and eps as `losses` draws: catches the
+    eq. 7 misprint (|x - D(x_g)|), a summed KL, and L_s against the wrong code (D's code of x_g)."""
+    cfg, model = tiny_model()
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    torch.manual_seed(3)
+    t = vae_began.losses(model, x, torch.tensor(0.25), cfg)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        x_g = model.generator(torch.randn(4, 16))                         # the draws in losses' order
+        h_x, _ = model.discriminator(x)
+        _, x_gd = model.discriminator(x_g)
+        mu, logvar = model.encoder(x).chunk(2, dim=1)
+        x_v = model.generator(mu + torch.exp(0.5 * logvar) * torch.randn(4, 16))
+        h_v, x_vd = model.discriminator(x_v)
+    mean_abs = lambda a, b: (a - b).abs().mean().item()
+    assert t["L_g"].item() == pytest.approx(mean_abs(x_g, x_gd), rel=1e-5)          # eq. 7, |x_g - D(x_g)|
+    assert t["L_v"].item() == pytest.approx(mean_abs(x_v, x_vd), rel=1e-5)          # eq. 7
+    assert t["L_e"].item() == pytest.approx(mean_abs(x, x_v), rel=1e-5)             # eq. 2
+    assert t["L_s"].item() == pytest.approx(mean_abs(h_x, h_v), rel=1e-5)           # eq. 9, Enc_D(x) vs Enc_D(x_v)
+    # eq. 3: KL(N(mu, var) || N(0, I)) per image, averaged over the N = 16 dims and the batch
+    kl = 0.5 * (mu ** 2 + logvar.exp() - 1 - logvar).sum(1)
+    assert t["L_n"].item() == pytest.approx(kl.mean().item() / 16, rel=1e-5)
+
+
+def test_controller_error_is_eta_l_d_minus_l_g_minus_alpha_l_v():
+    """Eq. 11 with the misprinted sign fixed: e = eta L_d - (L_g + alpha L_v), so with k_0 = 0.5
+    and l1 = 0.1 the step's k_t is 0.5 + 0.1 e from the step's own losses."""
+    cfg, model = tiny_model()
+    opts = vae_began.make_optimizers(model, cfg, torch.device("cpu"))
+    controller = vae_began.Controller.start((0.1, 0.0, 0.0), "cpu")
+    controller.k = torch.tensor(0.5, dtype=torch.float64)
+    torch.manual_seed(4)
+    out = vae_began.train_step(model, opts, controller, [torch.rand(4, 3, 32, 32) * 2 - 1], cfg, torch.device("cpu"))
+    assert out["L_v"].item() > 0.01
+    e = 0.5 * out["L_d"].item() - (out["L_g"].item() + 0.3 * out["L_v"].item())
+    assert out["k_t"].item() == pytest.approx(0.5 + 0.1 * e, abs=1e-6)
+
+
+def test_loss_scaling_gives_the_unscaled_step_and_skips_a_network_whose_gradients_overflow(tmp_path):
+    """fp16's GradScaler in the hand-routed step (run here on CPU): with a finite loss the step
+    equals the unscaled one; an inf in L_gen skips G's step only and halves the scale."""
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    results = []
+    for scaler in (None, torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)):
+        cfg, model = tiny_model()
+        opts = vae_began.make_optimizers(model, cfg, torch.device("cpu"))
+        torch.manual_seed(5)
+        vae_began.train_step(model, opts, vae_began.Controller.start((1e-3, 0, 0), "cpu"), [x], cfg,
+                             torch.device("cpu"), scaler=scaler)
+        results.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*results))
+
+    cfg, model = tiny_model()
+    opts = vae_began.make_optimizers(model, cfg, torch.device("cpu"))
+    before = {k: [p.detach().clone() for p in n.parameters()] for k, n in model.networks().items()}
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+
+    def overflow(*args):
+        t = vae_began.losses(*args)
+        return {**t, "L_gen": t["L_gen"] * float("inf")}
+    vae_began.train_step(model, opts, vae_began.Controller.start((1e-3, 0, 0), "cpu"), [x], cfg,
+                         torch.device("cpu"), forward=overflow, scaler=scaler)
+    changed = {k: any(not torch.equal(a, b) for a, b in zip(before[k], n.parameters()))
+               for k, n in model.networks().items()}
+    assert changed == {"encoder": True, "generator": False, "discriminator": True}
+    assert scaler.get_scale() == 2.0 ** 9
+    # the scale is part of the training state a checkpoint keeps and a resume restores
+    common.save_training_state(str(tmp_path), "vae_began", 1, {}, {"model": model}, opts, scaler, [])
+    restored = torch.amp.GradScaler("cpu", init_scale=1.0)
+    common.restore_training_state(common.load_checkpoint(str(tmp_path), "vae_began"), {"model": model}, opts,
+                                  restored, 0, 1, 0)
+    assert restored.get_scale() == 2.0 ** 9
