@@ -963,8 +963,14 @@ def edit_user_image(runs: list, cfg: Config, image: str, changes: list, has: str
         if cfg.dataset == "mnist":  # one class at a time
             y_new[:] = 0.0
         y_new[i] = on[i] if value == "1" else (0.0 if cfg.dataset != "lfw" else base[i] - (on[i] - base[i]))
-    with Image.open(image) as im:
-        crop = crop_for(cfg) if im.size == (178, 218) else None
+    try:
+        with Image.open(image) as im:
+            crop = crop_for(cfg) if im.size == (178, 218) else None
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--image {image}: no such file") from None
+    except (OSError, SyntaxError) as e:  # PIL's UnidentifiedImageError is an OSError
+        raise ValueError(f"--image {image}: cannot decode it as an image ({type(e).__name__}); give a JPEG or PNG "
+                         f"face") from None
     x = torch.from_numpy(data.decode_image(image, crop, cfg.image_size)).permute(2, 0, 1)[None].float().div(255)
     x = (x.mean(1, keepdim=True) if cfg.channels == 1 else x).to(device)
     yo, yn = (torch.tensor(v, device=device)[None] for v in (y_orig, y_new))

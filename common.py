@@ -546,14 +546,17 @@ def build_parser(config_cls: type, description: str, prog: str | None = None,
 # runtime: device, seeds, autocast, distributed
 # ----------------------------------------------------------------------------------------------
 def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """'auto' -> cuda:<local_rank> when CUDA is present, else cpu. Raises ValueError when 'cuda'
-    is asked for on a machine without it."""
+    """'auto' -> cuda:<local_rank> when CUDA is present, else cpu; 'cpu', 'cuda', 'cuda:N'.
+    Raises ValueError for any other name, and when CUDA is asked for on a machine without it."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    index = name.split(":", 1)[1] if name.startswith("cuda:") else "0"
+    if name not in ("cpu", "cuda") and not (name.startswith("cuda:") and index.isdigit()):
+        raise ValueError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N (N a GPU index)")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError("--device cuda was given but no CUDA GPU is visible; use --device cpu")
-        return torch.device("cuda", local_rank if name == "cuda" else int(name.split(":")[1]))
+            raise ValueError(f"--device {name} was given but no CUDA GPU is visible; use --device cpu")
+        return torch.device("cuda", local_rank if name == "cuda" else int(index))
     return torch.device(name)
 
 
@@ -852,6 +855,9 @@ def user_errors():
         yield
     except (ValueError, FileNotFoundError, NonFiniteLoss) as e:
         fail(str(e))
+    except (PermissionError, NotADirectoryError, IsADirectoryError) as e:  # e.g. --out under a file, or in /sys
+        fail(f"cannot write to {e.filename or 'a path'} ({e.strerror}): if it is under --out or --cache-dir, "
+             f"pass a folder you can write to")
     finally:
         cleanup_distributed()
 
@@ -930,6 +936,9 @@ def start_run_folder(cfg: Any, data_description: str, model: nn.Module, start: i
     out, world = cfg.out, dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     if is_main():
         os.makedirs(os.path.join(out, "figures"), exist_ok=True)
+        for stale in sorted(f for f in os.listdir(out) if f.startswith(".checkpoint-") and f.endswith(".tmp")):
+            os.remove(os.path.join(out, stale))  # a checkpoint write killed mid-way (kill -9): never the good one
+            print0(f"removed {os.path.join(out, stale)}, left by an interrupted checkpoint write")
         with open(os.path.join(out, "config.json"), "w") as f:
             json.dump({**dataclasses.asdict(cfg), "data": data_description, "world_size": world}, f, indent=2)
         truncate_jsonl(os.path.join(out, "metrics.jsonl"), start)

@@ -29,9 +29,11 @@ import gzip
 import hashlib
 import json
 import os
+import signal
 import socket
 import struct
 import sys
+import threading
 import time
 
 import numpy as np
@@ -173,8 +175,10 @@ def read_celeba_attributes(path: str) -> tuple[list[str], dict[str, np.ndarray]]
 
 def read_two_column(path: str) -> dict[str, int]:
     """Parse `file integer` rows (identity_CelebA.txt, list_eval_partition.txt, or their
-    Kaggle .csv with a header). Raises ValueError naming the file and line of a bad row."""
+    Kaggle .csv with a header). Raises ValueError naming the file and line of a bad row, or of
+    a file listed twice (which row would be meant is unknowable)."""
     out: dict[str, int] = {}
+    seen: dict[str, int] = {}
     with open(path, newline="") as f:
         lines = f.read().splitlines()
     start = 1 if path.endswith(".csv") else 0
@@ -184,7 +188,9 @@ def read_two_column(path: str) -> dict[str, int]:
             continue
         if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
             raise ValueError(f"{path} line {i}: expected `filename integer`, got {line!r}")
-        out[parts[0]] = int(parts[1])
+        if parts[0] in seen:
+            raise ValueError(f"{path} lists {parts[0]} twice (lines {seen[parts[0]]} and {i}); keep one row per file")
+        out[parts[0]], seen[parts[0]] = int(parts[1]), i
     return out
 
 
@@ -383,9 +389,17 @@ def load_folder(root: str, split: str = "train", image_size: int = 64,
     if not os.path.isdir(root):
         raise FileNotFoundError(f"data folder {os.path.abspath(root)} does not exist; --dataset folder "
                                 f"expects one sub-folder of images per class, e.g. {root}/alice/001.jpg")
-    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
-    groups = {name: sorted(f for f in os.listdir(os.path.join(root, name)) if f.lower().endswith(IMAGE_EXTENSIONS))
-              for name in classes}
+    # hidden folders (.ipynb_checkpoints, .git) are not classes; neither are folders without images
+    folders = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
+    groups = {name: sorted(f for f in os.listdir(os.path.join(root, name))
+                           if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+              for name in folders}
+    empty = [name for name in folders if not groups[name]]
+    if empty and verbose:
+        print(f"{root}: skipping {len(empty)} sub-folder(s) without images: {', '.join(empty[:5])}"
+              + (" ..." if len(empty) > 5 else ""), file=sys.stderr)
+    groups = {name: files for name, files in groups.items() if files}
+    classes = sorted(groups)
     chosen, labels = split_per_class(groups, split)
     paths = [os.path.join(root, name, f) for name, f in chosen]
     if not paths:
@@ -613,10 +627,41 @@ def cached_decode(paths: list[str], crop, size: int, cache_dir: str | None, labe
     return np.load(path, mmap_mode="r")
 
 
+def _raise_exit(signum, frame):
+    raise SystemExit("stopped by SIGTERM while building the image cache; the partial file was removed, "
+                     "run the same command to build it again")
+
+
+def remove_stale_cache_files(path: str) -> None:
+    """Delete this host's half-built copies of the cache `path` (`path.<host>.<pid>.tmp`) whose
+    process is gone (a kill -9 or a crash mid-build; full CelebA at 64 px leaves 2.5 GB)."""
+    host = socket.gethostname()
+    folder, name = os.path.split(path)
+    for f in os.listdir(folder):
+        pid = f[len(name) + len(host) + 2:-4]
+        if f.startswith(f"{name}.{host}.") and f.endswith(".tmp") and pid.isdigit() and not _alive(int(pid)):
+            os.remove(os.path.join(folder, f))
+            print(f"removed {os.path.join(folder, f)}, left by an interrupted cache build", file=sys.stderr)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _build_cache(path: str, paths: list[str], crop, size: int, key: str, label: str, verbose: bool) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    remove_stale_cache_files(path)
     tmp = f"{path}.{socket.gethostname()}.{os.getpid()}.tmp"  # unique across the nodes of a shared folder
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
+    # SIGTERM mid-build would end the process without running the clean-up below: make it raise
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_exit) if main_thread else None
     try:
         decode_all(paths, crop, size, out, verbose, label)
         out.flush()
@@ -626,6 +671,9 @@ def _build_cache(path: str, paths: list[str], crop, size: int, key: str, label: 
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     with open(path[:-4] + ".json", "w") as f:
         json.dump({"key": key, "crop": crop, "size": size, "count": len(paths),
                    "first": paths[0], "last": paths[-1]}, f)

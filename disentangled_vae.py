@@ -154,7 +154,7 @@ def resolve_defaults(cfg: Config) -> Config:
     """Fill the dataset-dependent defaults (0 / '' fields) and check the values."""
     faces = cfg.dataset in ("celeba", "folder")
     dims = {"mnist": (32, 100), "toy": (2, 2)}.get(cfg.dataset, (512, 512))
-    toy_epoch = len(data.toy_split(cfg.toy_points, "train")) // cfg.batch_size
+    toy_epoch = len(data.toy_split(cfg.toy_points, "train")) // max(cfg.batch_size, 1)  # checked below
     steps = cfg.steps or (50 * toy_epoch if cfg.dataset == "toy" else 52_000)
     cfg = dataclasses.replace(
         cfg, data_dir=cfg.data_dir or os.path.join("data", cfg.dataset),
@@ -809,8 +809,13 @@ def load_all_classes(cfg: Config, split: str, verbose: bool = True) -> data.Imag
     if cfg.dataset == "celeba":
         return data.load_celeba_identities(cfg.data_dir, split, cfg.image_size, parse_crop(cfg), cfg.cache_dir or None,
                                            cfg.min_class_images, verbose)
-    return data.load_dataset(cfg.dataset, cfg.data_dir, split, cfg.image_size, parse_crop(cfg),
-                             cfg.cache_dir or None, verbose)
+    dataset = data.load_dataset(cfg.dataset, cfg.data_dir, split, cfg.image_size, parse_crop(cfg),
+                                cfg.cache_dir or None, verbose)
+    if len(dataset.names["class"]) < 2:  # e.g. a CelebA folder given as --dataset folder
+        raise ValueError(f"{cfg.data_dir} holds {len(dataset.names['class'])} class folder(s) "
+                         f"({', '.join(dataset.names['class'])}); a label-conditioned model needs at least 2, one "
+                         f"sub-folder of images per class (CelebA's own layout is --dataset celeba)")
+    return dataset
 
 
 def make_batches(cfg: Config, train_set: data.ImageSet, device, rank: int, world: int) -> data.Batches:

@@ -22,15 +22,31 @@ The equilibrium controller (eq. 10-12) keeps eta L_d = L_g + alpha L_v:
 With l2 = l3 = 0 this is BEGAN's k update. Convergence: M_global = L_d + |eta L_d - L_g - alpha L_v|.
 alpha, beta, gamma, eta = 0.3, 0.1, 0.1, 0.5; gains 1e-3, 1e-5, 1e-5; Adam 5e-5; 300k steps.
 
-Ablations: --no-vae (BEGAN* + LSM: G from z_g only, L_s matches batch-mean bottleneck codes of real
-and generated images), --no-lsm (beta = 0), --controller p (BEGAN's proportional k update);
-all three together give plain BEGAN.
+Ablations (Table 1 and sec. 5): --no-vae (BEGAN* + LSM: G from z_g only), --no-lsm (beta = 0),
+--controller p (BEGAN's proportional k update), --no-gan (the VAE alone, the blurry VAE the paper
+argues against: L_e and L_n only). Plain BEGAN at its authors' settings: --no-vae --no-lsm
+--controller p --noise uniform --lr 1e-4 (U(-1, 1) noise; Berthelot et al.'s learning rate).
 
-Filled gaps (sec. 4 leaves them out; BEGAN's values where it has them): Adam betas (0.5, 0.999), batch 16, n = 128 filters, N = 64 latent
-dims, lr halved every 100k steps down to 2e-5, k_0 = 0, KL averaged over dims and batch
-(--kl-weight), CelebA crop 128 at (top 50, left 25). Gradients are routed by hand (one forward,
-three gradient computations), so multi-GPU averages them with one all-reduce per step instead
-of DDP's hooks.
+Choices the paper leaves open (sec. 4), each a flag, with the reference's value:
+- L_n's weight (--kl-weight). The paper gives none. L_e is a pixel mean (weight gamma) and L_n a
+  mean over the N latent dims, so weight w means beta = w 3 S^2 / (gamma N) against the summed L1:
+  w = 1 is beta 480 / 1920 / 7680 at 32 / 64 / 128 px, and the encoder collapses to the prior
+  (no active units; Fig. 6 and 8 then show nothing). The default is beta = 1, w = gamma N / (3 S^2),
+  the ratio of a unit-scale Laplace decoder's ELBO. Training logs the active units and warns once
+  if they reach 0; eval.json has them with the KL per dim.
+- Adam betas (0.5, 0.999) as carpedm20's BEGAN port (--adam-beta1; Adam's default 0.9 elsewhere).
+- No skip connections, as the paper (--skips: BEGAN's h0 into every decoder scale).
+- PyTorch's default init (--init xavier: BEGAN's TF code).
+- Conv pairs: the paper's "three pairs" fit 32 px; at 64 and 128 px BEGAN's R = 4 and 5 scales.
+- Data: CelebA's official train split (162,770 faces); the paper trains on all 202,599.
+- Batch 16, n = 128 filters, N = 64 latent dims, lr halved every 100k steps down to 2e-5, k_0 = 0,
+  z_g ~ N(0, I) (--noise uniform: BEGAN's U(-1, 1)), CelebA crop 128 at (top 50, left 25):
+  BEGAN's values where it has them.
+- L_s in --no-vae mode is our construction (x_v does not exist): the batch-mean bottleneck codes
+  of real and generated images are matched.
+Gradients are routed by hand (one forward, three gradient computations), so multi-GPU averages
+them with one all-reduce per step instead of DDP's hooks, and fp16 autocast scales the three
+objectives with one GradScaler.
 
 Usage:
     python vae_began.py --dataset celeba --data-dir data/celeba                    # 64x64
@@ -50,6 +66,7 @@ import sys
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import common
 import data
@@ -78,11 +95,22 @@ class Config(common.RunConfig):
     beta: float = common.arg(0.1, "weight of L_s, the learned similarity metric (paper: 0.1)")
     gamma: float = common.arg(0.1, "weight of L_e, the VAE's reconstruction (paper: 0.1)")
     eta: float = common.arg(0.5, "diversity ratio, BEGAN's gamma (paper: 0.5)")
-    kl_weight: float = common.arg(1.0, "weight of L_n, the KL averaged over dims and batch")
+    kl_weight: float = common.arg(0.0, "weight of L_n, the KL averaged over dims and batch (0: gamma N / (3 S^2), "
+                                       "beta = 1 against the summed L1 of L_e; 1 collapses the encoder, see the docstring)")
     gains: str = common.arg("1e-3,1e-5,1e-5", "controller gains l1,l2,l3 of eq. 12 (paper)")
     controller: str = common.arg("pid", "pid (eq. 12) or p (BEGAN's update: l2 = l3 = 0)", choices=("pid", "p"))
     vae: bool = common.arg(True, "the VAE generator; --no-vae is BEGAN* (G from noise only)")
+    gan: bool = common.arg(True, "the BEGAN discriminator; --no-gan trains the VAE alone (the blurry VAE of sec. 5)")
+    noise: str = common.arg("normal", "the prior of z_g: normal, N(0, I) (sec. 3.1), or uniform, U(-1, 1) (BEGAN's "
+                                      "code; plain BEGAN: --no-vae --no-lsm --controller p --noise uniform --lr 1e-4)",
+                            choices=("normal", "uniform"))
     lsm: bool = common.arg(True, "the learned similarity metric L_s; --no-lsm sets beta = 0")
+    skips: bool = common.arg(False, "BEGAN's skip connections (its sec. 3.5): h0 into every decoder scale; "
+                                    "the paper does not use them")
+    init: str = common.arg("default", "weight init: default (PyTorch's Kaiming-uniform) or xavier (BEGAN's TF "
+                                      "code: Xavier-uniform, zero biases)", choices=("default", "xavier"))
+    adam_beta1: float = common.arg(0.5, "Adam beta1 (carpedm20's BEGAN port: 0.5; Adam's default, used by "
+                                        "other BEGAN code: 0.9); beta2 0.999")
     eval_images: int = common.arg(1000, "held-out images (and as many samples) for eval")
 
 
@@ -96,10 +124,29 @@ def resolve_defaults(cfg: Config) -> Config:
     common.check_run_config(cfg)
     checks = [(cfg.image_size in (32, 64, 128), f"--image-size must be 32, 64 or 128, got {cfg.image_size}"),
               (cfg.dataset != "cifar10" or cfg.image_size == 32, "CIFAR-10 images are 32x32: pass --image-size 32"),
-              (cfg.filters >= 1 and cfg.latent_dim >= 1, "--filters and --latent-dim must be >= 1")]
+              (cfg.filters >= 1 and cfg.latent_dim >= 1, "--filters and --latent-dim must be >= 1"),
+              (cfg.vae or cfg.gan, "--no-vae --no-gan leaves nothing to train: drop one of them"),
+              (cfg.kl_weight >= 0, "--kl-weight must be >= 0 (0: beta = 1)")]
     common.require(checks)
     gains(cfg)
     return cfg
+
+
+def kl_weight(cfg: Config) -> float:
+    """L_n's weight in L_enc (eq. 15). The paper gives none. L_e is the L1 averaged over the
+    P = 3 S^2 pixels with weight gamma and L_n the KL averaged over the N latent dims, so weight w
+    is beta = w P / (gamma N) against the summed L1 (a unit-scale Laplace decoder's ELBO has
+    beta = 1): w = 1 is beta = 480 / 1920 / 7680 at 32 / 64 / 128 px, and the encoder collapses to
+    the prior (no active units). The default (--kl-weight 0) is beta = 1: w = gamma N / P."""
+    return cfg.kl_weight or cfg.gamma * cfg.latent_dim / (3 * cfg.image_size ** 2)
+
+
+def prior_noise(n: int, cfg: Config, device, g: torch.Generator | None = None) -> torch.Tensor:
+    """z_g (n, N) from p(z): N(0, I) (sec. 3.1) or, with --noise uniform, U(-1, 1) (BEGAN). Drawn
+    on the device from its RNG, or on the CPU from `g` (figures and eval: the same draws anywhere)."""
+    on = dict(device=device) if g is None else dict(generator=g)
+    z = torch.rand(n, cfg.latent_dim, **on) * 2 - 1 if cfg.noise == "uniform" else torch.randn(n, cfg.latent_dim, **on)
+    return z.to(device)
 
 
 def gains(cfg: Config) -> tuple[float, float, float]:
@@ -139,31 +186,37 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """h (B, N) -> image (B, 3, S, S): linear FC to 8x8xn, conv + ELU pairs with nearest x2
-    upsampling between the R scales, a linear 3x3 conv to RGB (no squashing, as BEGAN)."""
+    """h (B, N) -> image (B, 3, S, S): linear FC to h0 (8x8xn), conv + ELU pairs with nearest x2
+    upsampling between the R scales, a linear 3x3 conv to RGB (no squashing, as BEGAN). With
+    skips (BEGAN sec. 3.5's optional skip connections), h0 upsampled to each scale is
+    concatenated to that scale's input."""
 
-    def __init__(self, size: int, n: int, latent_dim: int):
+    def __init__(self, size: int, n: int, latent_dim: int, skips: bool = False):
         super().__init__()
         scales = int(math.log2(size)) - 2
         self.fc = nn.Linear(latent_dim, 8 * 8 * n)
-        layers = []
-        for s in range(1, scales + 1):
-            layers += [conv_elu(n, n), conv_elu(n, n)]
-            if s < scales:
-                layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
-        self.body = nn.Sequential(*layers, nn.Conv2d(n, 3, 3, 1, 1))
-        self.n = n
+        self.blocks = nn.ModuleList(nn.Sequential(conv_elu(2 * n if skips and s else n, n), conv_elu(n, n))
+                                    for s in range(scales))
+        self.to_rgb = nn.Conv2d(n, 3, 3, 1, 1)
+        self.n, self.skips = n, skips
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.body(self.fc(h).view(-1, self.n, 8, 8))
+        h0 = x = self.fc(h).view(-1, self.n, 8, 8)
+        for s, block in enumerate(self.blocks):
+            if s:
+                x = F.interpolate(x, scale_factor=2, mode="nearest")
+                if self.skips:
+                    x = torch.cat([x, F.interpolate(h0, size=x.shape[-2:], mode="nearest")], dim=1)
+            x = block(x)
+        return self.to_rgb(x)
 
 
 class AutoEncoder(nn.Module):
     """BEGAN's discriminator D = Dec_D(Enc_D(.)); `forward` returns (bottleneck, reconstruction)."""
 
-    def __init__(self, size: int, n: int, latent_dim: int):
+    def __init__(self, size: int, n: int, latent_dim: int, skips: bool = False):
         super().__init__()
-        self.encoder, self.decoder = Encoder(size, n, latent_dim), Decoder(size, n, latent_dim)
+        self.encoder, self.decoder = Encoder(size, n, latent_dim), Decoder(size, n, latent_dim, skips)
 
     def forward(self, x: torch.Tensor):
         h = self.encoder(x)
@@ -177,17 +230,22 @@ class VAEBEGAN(nn.Module):
         super().__init__()
         s, n, dim = cfg.image_size, cfg.filters, cfg.latent_dim
         self.encoder = Encoder(s, n, dim, heads=2) if cfg.vae else None
-        self.generator = Decoder(s, n, dim)
-        self.discriminator = AutoEncoder(s, n, dim)
+        self.generator = Decoder(s, n, dim, cfg.skips)
+        self.discriminator = AutoEncoder(s, n, dim, cfg.skips) if cfg.gan else None
         self.latent_dim = dim
+        if cfg.init == "xavier":  # BEGAN's TF code: Xavier-uniform weights, zero biases
+            for m in self.modules():
+                if isinstance(m, (nn.Conv2d, nn.Linear)):
+                    nn.init.xavier_uniform_(m.weight)
+                    nn.init.zeros_(m.bias)
 
     def encode(self, x: torch.Tensor):
         """q(z|x) as (mu, logvar), each (B, N)."""
         return self.encoder(x).chunk(2, dim=1)
 
     def networks(self) -> dict:
-        nets = {"generator": self.generator, "discriminator": self.discriminator}
-        return {"encoder": self.encoder, **nets} if self.encoder is not None else nets
+        nets = {"encoder": self.encoder, "generator": self.generator, "discriminator": self.discriminator}
+        return {name: net for name, net in nets.items() if net is not None}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -202,8 +260,10 @@ def losses(model: VAEBEGAN, x: torch.Tensor, k: torch.Tensor, cfg: Config) -> di
     """One forward of Alg. 1 and every loss of eq. 2-15 (scalars) for a batch x in [-1, 1].
 
     L_dis uses k_{t-1} = k. The three objectives share this graph; `train_step` routes each to
-    its own network's parameters."""
-    z_g = torch.randn(x.shape[0], cfg.latent_dim, device=x.device)
+    its own network's parameters. Also 'active_units', the dims of mu with batch variance > 0.01."""
+    if not cfg.gan:
+        return vae_losses(model, x, cfg)
+    z_g = prior_noise(x.shape[0], cfg, x.device)
     x_g = model.generator(z_g)
     z_d, x_d = model.discriminator(x)
     z_gd, x_gd = model.discriminator(x_g)
@@ -216,15 +276,31 @@ def losses(model: VAEBEGAN, x: torch.Tensor, k: torch.Tensor, cfg: Config) -> di
         t["L_e"] = l1(x, x_v)                                                       # eq. 2
         t["L_n"] = common.kl_normal_std(mu.float(), logvar.float()).mean() / cfg.latent_dim   # eq. 3
         t["L_s"] = l1(z_d.detach(), z_vd)                                           # eq. 9
+        t["active_units"] = (mu.detach().float().var(0) > 0.01).sum().float()
     else:  # BEGAN* + LSM: match the batch-mean bottleneck codes of real and generated images
         t["L_v"] = t["L_e"] = t["L_n"] = torch.zeros((), device=x.device)
         t["L_s"] = l1(z_d.detach().mean(0), z_gd.mean(0))
+        t["active_units"] = torch.zeros((), device=x.device)
     beta = cfg.beta if cfg.lsm else 0.0
     fake = t["L_g"] + cfg.alpha * t["L_v"]
     t["L_dis"] = t["L_d"] - k * fake                                                # eq. 13
     t["L_gen"] = fake + beta * t["L_s"] + cfg.gamma * t["L_e"]                      # eq. 14
-    t["L_enc"] = cfg.kl_weight * t["L_n"] + beta * t["L_s"] + cfg.gamma * t["L_e"]  # eq. 15
+    t["L_enc"] = kl_weight(cfg) * t["L_n"] + beta * t["L_s"] + cfg.gamma * t["L_e"]  # eq. 15
     t["m_global"] = (t["L_d"] + (cfg.eta * t["L_d"] - fake).abs()).detach()         # convergence
+    return t
+
+
+def vae_losses(model: VAEBEGAN, x: torch.Tensor, cfg: Config) -> dict:
+    """--no-gan: the VAE alone, L_e (eq. 2) and L_n (eq. 3) with the weights of eq. 14-15 (no D,
+    so no L_d, L_g, L_v, L_s and k_t stays 0)."""
+    mu, logvar = model.encode(x)
+    x_v = model.generator(common.reparameterize(mu, logvar))
+    zero = torch.zeros((), device=x.device)
+    t = {"L_d": zero, "L_g": zero, "L_v": zero, "L_s": zero, "L_dis": zero, "m_global": zero,
+         "L_e": l1(x, x_v), "L_n": common.kl_normal_std(mu.float(), logvar.float()).mean() / cfg.latent_dim,
+         "active_units": (mu.detach().float().var(0) > 0.01).sum().float()}
+    t["L_gen"] = cfg.gamma * t["L_e"]
+    t["L_enc"] = kl_weight(cfg) * t["L_n"] + cfg.gamma * t["L_e"]
     return t
 
 
@@ -279,7 +355,7 @@ def train_step(model: VAEBEGAN, optimizers: dict, controller: Controller, xs: li
     every = [p for net in nets.values() for p in net.parameters()]
     for p in every:
         p.grad = None
-    keep = ("L_d", "L_g", "L_v", "L_e", "L_n", "L_s", "m_global", "L_dis", "L_gen")
+    keep = ("L_d", "L_g", "L_v", "L_e", "L_n", "L_s", "active_units", "m_global", "L_dis", "L_gen")
     totals = dict.fromkeys(keep, 0.0)
     for x in xs:
         with common.autocast(device, cfg.amp):
@@ -301,7 +377,7 @@ def train_step(model: VAEBEGAN, optimizers: dict, controller: Controller, xs: li
         scaler.step(optimizers[name])
     scaler.update()
     error = cfg.eta * totals["L_d"] - (totals["L_g"] + cfg.alpha * totals["L_v"])      # eq. 11
-    k = controller.update(common.all_reduce_mean(error))                               # eq. 12
+    k = controller.update(common.all_reduce_mean(error)) if cfg.gan else controller.k  # eq. 12
     loss = totals.pop("L_dis") + totals.pop("L_gen")
     return {"loss": loss, **totals, "k_t": k.float()}
 
@@ -315,9 +391,9 @@ def learning_rate(cfg: Config, step: int) -> float:
 # --- paper: figures and evaluation ---
 # ----------------------------------------------------------------------------------------------
 @torch.no_grad()
-def fig4_reconstructions(model: VAEBEGAN, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+def fig4_reconstructions(model: VAEBEGAN, x: torch.Tensor, cfg: Config, g: torch.Generator) -> torch.Tensor:
     """Fig. 4 rows: (a) fakes, (b) their D reconstructions, (c) reals, (d) theirs. (4B, 3, S, S)."""
-    fake = model.generator(torch.randn(len(x), model.latent_dim, generator=g).to(x.device))
+    fake = model.generator(prior_noise(len(x), cfg, x.device, g))
     return torch.cat([fake, model.discriminator(fake)[1], x, model.discriminator(x)[1]])
 
 
@@ -331,12 +407,12 @@ def fig6_interpolation(model: VAEBEGAN, a: torch.Tensor, b: torch.Tensor, steps:
 
 
 @torch.no_grad()
-def fig8_attribute_vectors(model: VAEBEGAN, x: torch.Tensor, attrs: np.ndarray, names: list,
+def fig8_attribute_vectors(model: VAEBEGAN, x: torch.Tensor, attrs: np.ndarray, names: list, cfg: Config,
                            g: torch.Generator, n: int = 6, scales=(0.0, 0.5, 1.0, 1.5, 2.0)) -> dict:
     """Fig. 8: per attribute, v = mean mu(x) of faces with it - mean of faces without; added at
     `scales` to n generated codes. Returns name -> (n * len(scales), 3, S, S)."""
     mu = torch.cat([model.encode(chunk)[0] for chunk in x.split(250)])
-    base = torch.randn(n, model.latent_dim, generator=g).to(x.device)
+    base = prior_noise(n, cfg, x.device, g)
     out = {}
     for name in FIG8_ATTRIBUTES:
         has = torch.from_numpy(attrs[:, names.index(name)] > 0).to(x.device)
@@ -350,24 +426,31 @@ def fig8_attribute_vectors(model: VAEBEGAN, x: torch.Tensor, attrs: np.ndarray, 
 
 @torch.no_grad()
 def evaluate(cfg: Config, model: VAEBEGAN, controller: dict, device) -> dict:
-    """Held-out numbers into OUT/eval.json: D's loss on real vs generated faces, the VAE's
-    reconstruction error, and a sample-quality score: the unbiased kernel MMD between generated
-    and held-out faces in D's bottleneck (k = exp(-||a-b||^2 / N^2)), lower is better."""
+    """Held-out numbers into OUT/eval.json: D's loss on real vs generated faces and, as a training
+    diagnostic only (D's own feature space: not comparable across runs), the unbiased kernel MMD
+    between generated and held-out faces in D's bottleneck (k = exp(-||a-b||^2 / N^2)); the VAE's
+    reconstruction error, KL per dim and active units (Var_x[mu_d] > 0.01)."""
     x, _ = heldout(cfg, device)
     g = torch.Generator().manual_seed(cfg.seed)
-    z = torch.randn(len(x), cfg.latent_dim, generator=g).to(device)
-    fake = torch.cat([model.generator(c) for c in z.split(250)])
-    h_real, rec_real = zip(*(model.discriminator(c) for c in x.split(250)))
-    h_fake, rec_fake = zip(*(model.discriminator(c) for c in fake.split(250)))
-    result = {"heldout_images": len(x), "k_t": controller.get("k", 0.0),
-              "L_d_real": l1(x, torch.cat(rec_real)).item(), "L_d_generated": l1(fake, torch.cat(rec_fake)).item(),
-              "mmd_d_bottleneck": common.mmd(torch.cat(h_real), torch.cat(h_fake), unbiased=True).item()}
-    result["m_global"] = result["L_d_real"] + abs(cfg.eta * result["L_d_real"] - result["L_d_generated"])
+    fake = torch.cat([model.generator(c) for c in prior_noise(len(x), cfg, device, g).split(250)])
+    result = {"heldout_images": len(x), "k_t": controller.get("k", 0.0), "kl_weight": kl_weight(cfg),
+              "kl_beta_per_pixel": kl_weight(cfg) * 3 * cfg.image_size ** 2 / (cfg.gamma * cfg.latent_dim)}
+    if cfg.gan:
+        h_real, rec_real = zip(*(model.discriminator(c) for c in x.split(250)))
+        h_fake, rec_fake = zip(*(model.discriminator(c) for c in fake.split(250)))
+        result.update({"L_d_real": l1(x, torch.cat(rec_real)).item(), "L_d_generated": l1(fake, torch.cat(rec_fake)).item(),
+                       "diagnostic_mmd_d_bottleneck": common.mmd(torch.cat(h_real), torch.cat(h_fake), unbiased=True).item()})
+        result["m_global"] = result["L_d_real"] + abs(cfg.eta * result["L_d_real"] - result["L_d_generated"])
     if cfg.vae:
-        recon = torch.cat([model.generator(model.encode(c)[0]) for c in x.split(250)])
+        mu, logvar = (torch.cat(parts) for parts in zip(*(model.encode(c) for c in x.split(250))))
+        recon = torch.cat([model.generator(m) for m in mu.split(250)])
         result["recon_l1_per_element"] = l1(x, recon).item()
+        result["kl_per_dim_nats"] = (common.kl_normal_std(mu.float(), logvar.float()).mean() / cfg.latent_dim).item()
+        result["active_units"] = common.active_units(mu.float())
     result["units"] = ("pixels in [-1, 1]; L1 = mean absolute error per element; m_global here has no L_v term; "
-                       "MMD: unbiased, Gaussian kernel with sigma^2 = N^2 on D's N-dim bottleneck codes")
+                       "kl_beta_per_pixel: L_n's weight as the beta against the summed L1 of L_e; diagnostic MMD: "
+                       "unbiased, Gaussian kernel with sigma^2 = N^2 on D's N-dim bottleneck codes, a training "
+                       "diagnostic, not a quality score to compare runs")
     with open(os.path.join(cfg.out, "eval.json"), "w") as f:
         json.dump(result, f, indent=2)
     print(json.dumps(result, indent=2))
@@ -393,13 +476,13 @@ def heldout(cfg: Config, device, n: int | None = None) -> tuple[torch.Tensor, da
 
 
 def make_optimizers(model: VAEBEGAN, cfg: Config, device) -> dict:
-    """One Adam per network (betas 0.5, 0.999 as BEGAN), so each objective steps only its own."""
-    return {name: torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.5, 0.999), fused=device.type == "cuda")
+    """One Adam per network (betas --adam-beta1, 0.999), so each objective steps only its own."""
+    return {name: torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, 0.999), fused=device.type == "cuda")
             for name, net in model.networks().items()}
 
 
 def curve_keys(cfg: Config) -> list:
-    return ["k_t", "m_global", "L_d", "L_g", "L_v", "L_e", "L_n", "L_s", "images_per_s"]
+    return ["k_t", "m_global", "L_d", "L_g", "L_v", "L_e", "L_n", "L_s", "active_units", "images_per_s"]
 
 
 def setup_run(cfg: Config, explicit: set, device, rank: int, world: int):
@@ -444,6 +527,7 @@ def run_loop(cfg: Config, model, optimizers, controller, scaler, batches, start,
         common.save_training_state(cfg.out, SCRIPT, step, dataclasses.asdict(cfg), {"model": model}, optimizers,
                                    scaler, curve_keys(cfg), extra={"controller": controller.state_dict()})
 
+    warned = False
     with common.TrainingMonitor(cfg.out, cfg.steps, cfg.log_every, cfg.ckpt_every, start,
                                 cfg.batch_size * cfg.grad_accum * batches.world_size, device, save, earlier) as monitor:
         for step in range(start, cfg.steps):
@@ -453,6 +537,12 @@ def run_loop(cfg: Config, model, optimizers, controller, scaler, batches, start,
             xs = [batches.get(step * cfg.grad_accum + i)[0] for i in range(cfg.grad_accum)]
             terms = train_step(model, optimizers, controller, xs, cfg, device, forward, scaler)
             monitor.after_step(step + 1, terms)
+            if (cfg.vae and (step + 1) % cfg.log_every == 0 and not warned and terms["active_units"].item() == 0
+                    and terms["L_n"].item() < 1e-3):
+                warned = True  # once: the encoder has collapsed to the prior (a fresh one has KL > 0)
+                common.print0(f"warning: no active units at step {step + 1} and KL {terms['L_n'].item():.2g} nats "
+                              f"per dim: q(z|x) has collapsed to the prior, so Fig. 6 and Fig. 8 will show nothing; "
+                              f"lower --kl-weight (now {kl_weight(cfg):.3g})")
 
 
 def draw_figures(cfg: Config, model: VAEBEGAN, device) -> list:
@@ -464,15 +554,17 @@ def draw_figures(cfg: Config, model: VAEBEGAN, device) -> list:
         common.save_grid(images, written[-1], nrow)
 
     with torch.no_grad():
-        save("samples.png", model.generator(torch.randn(64, cfg.latent_dim, generator=g).to(device)), 8)
+        save("samples.png", model.generator(prior_noise(64, cfg, device, g)), 8)
     images, faces = heldout(cfg, device, 2000)  # Fig. 8 averages codes over up to 2,000 faces
     x = images[:64]
-    save("fig4_reconstructions.png", fig4_reconstructions(model, x[:8], g), 8)
-    if cfg.vae:
-        save("fig6_interpolation.png", fig6_interpolation(model, x[:6], x[6:12]), 8)
+    if cfg.gan:
+        save("fig4_reconstructions.png", fig4_reconstructions(model, x[:8], cfg, g), 8)
+    pairs = min(6, len(x) // 2)  # any held-out set the training accepts, down to 2 images
+    if cfg.vae and pairs:
+        save("fig6_interpolation.png", fig6_interpolation(model, x[:pairs], x[pairs:2 * pairs]), 8)
         if cfg.dataset == "celeba":
             grids = fig8_attribute_vectors(model, images, faces.labels["attributes"][:len(images)],
-                                           faces.names["attributes"], g)
+                                           faces.names["attributes"], cfg, g)
             for name, grid in grids.items():
                 save(f"fig8_{name}.png", grid, 5)
     common.plot_curves(os.path.join(cfg.out, "metrics.jsonl"), os.path.join(fig_dir, "curves.png"), curve_keys(cfg))
@@ -511,7 +603,7 @@ def main(argv: list | None = None) -> None:
             draw_figures(cfg, model, device)
         else:
             with torch.no_grad():
-                images = model.generator(torch.randn(64, cfg.latent_dim, generator=torch.Generator().manual_seed(cfg.seed)).to(device))
+                images = model.generator(prior_noise(64, cfg, device, torch.Generator().manual_seed(cfg.seed)))
             common.save_grid(images, os.path.join(cfg.out, "figures", "samples.png"), 8)
             print(f"wrote {os.path.join(cfg.out, 'figures', 'samples.png')}")
 

@@ -749,7 +749,7 @@ def claims_cmma(args, device) -> None:
 # MNIST runs with --unseen-classes held out of labelled training (the same runs serve the seen-class
 # claims and sec. 3.6), the toy runs of Fig. 2, and finetune steps on the unseen digits
 DISENTANGLED_SCALES = {
-    "small": {"steps": 200, "batch": 64, "unseen": "7,8,9", "finetune": 60, "eval": 1000, "div_classes": 7,
+    "small": {"steps": 150, "batch": 64, "unseen": "7,8,9", "finetune": 60, "eval": 1000, "div_classes": 7,
               "div_samples": 10, "toy_steps": 0, "swaps": 500},
     "paper": {"steps": 52_000, "batch": 96, "unseen": "7,8,9", "finetune": 5000, "eval": 2000, "div_classes": 7,
               "div_samples": 20, "toy_steps": 0, "swaps": 2000},

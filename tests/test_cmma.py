@@ -142,6 +142,9 @@ def test_eval_figures_and_edit_over_the_three_checkpoints(three_runs, tmp_path, 
     with pytest.raises(SystemExit):
         cmma.main(["edit", "--checkpoint", ckpts, "--image", face, "--set", "Wings=1"])
     assert "'Wings'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # not an image: one line, no PIL traceback
+        cmma.main(["edit", "--checkpoint", ckpts, "--image", os.path.join(ROOT, "README.md"), "--set", "Eyeglasses=1"])
+    assert "cannot decode it as an image" in capsys.readouterr().err
 
 
 def test_gan_resume_is_exact(tmp_path):

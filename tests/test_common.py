@@ -304,3 +304,18 @@ def test_ms_ssim_of_an_11_pixel_image_is_ssim_computed_by_hand():
     assert ssim2 > 0.5
     assert common.ms_ssim(torch.tensor(a).view(1, 1, 11, 11), torch.tensor(b2).view(1, 1, 11, 11)).item() == \
         pytest.approx(ssim2, rel=1e-5)
+
+
+def test_device_names_are_checked_and_unwritable_paths_give_one_line(capsys, tmp_path):
+    for name in ("gpu", "cuda:x", "tpu"):
+        with pytest.raises(ValueError, match="auto, cpu, cuda or cuda:N"):
+            common.pick_device(name)
+    assert common.pick_device("cpu") == torch.device("cpu")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit) as stop:
+        with common.user_errors():
+            os.makedirs(blocker / "run")  # --out under a regular file
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot write to") and str(blocker) in err and "--out" in err and len(err.splitlines()) == 1

@@ -173,3 +173,19 @@ def test_batches_are_a_pure_function_of_step_and_shards_cover_the_set(celeba_dir
     assert torch.equal(x_resident, x) and x_resident.is_contiguous(memory_format=torch.channels_last)
     with pytest.raises(ValueError, match="needs at least 200 images"):
         data.Batches(train, 100, 0, torch.device("cpu"), world_size=2)
+
+
+def test_folder_classes_skip_hidden_and_empty_folders_and_identity_rows_are_unique(tmp_path, capsys):
+    from PIL import Image
+    for name in ("alice", "bob", ".ipynb_checkpoints", "empty"):
+        (tmp_path / "faces" / name).mkdir(parents=True)
+    for name in ("alice", "bob", ".ipynb_checkpoints"):
+        for i in range(3):
+            Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / "faces" / name / f"{i}.jpg")
+    train = data.load_folder(str(tmp_path / "faces"), "train", 8, cache_dir=str(tmp_path / "cache"))
+    assert train.names["class"] == ["alice", "bob"]
+    assert "skipping 1 sub-folder(s) without images: empty" in capsys.readouterr().err
+    ids = tmp_path / "identity_CelebA.txt"
+    ids.write_text("000001.jpg 7\n000002.jpg 8\n000001.jpg 9\n")
+    with pytest.raises(ValueError, match="lists 000001.jpg twice .lines 1 and 3."):
+        data.read_two_column(str(ids))

@@ -359,3 +359,20 @@ def test_traversal_ranks_z_u_dimensions_by_their_effect():
     images, dims = dv.traverse_z_u(model, x, c, top=2, steps=5)
     assert dims == [4, 1] and images.shape == (10, 1, 28, 28)
     assert not torch.allclose(images[0], images[4])     # the sweep changes the image
+
+
+def test_batch_size_zero_is_a_flag_error_not_a_division():
+    for dataset in ("mnist", "toy"):
+        with pytest.raises(ValueError, match="--batch-size must be >= 1"):
+            dv.resolve_defaults(dv.Config(dataset=dataset, batch_size=0))
+
+
+def test_a_folder_of_one_class_is_refused_for_a_label_conditioned_model(tmp_path):
+    from PIL import Image
+    (tmp_path / "only").mkdir()
+    for i in range(3):
+        Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / "only" / f"{i}.jpg")
+    cfg = dv.resolve_defaults(dv.Config(dataset="folder", data_dir=str(tmp_path), image_size=32, arch="dcgan",
+                                        cache_dir=str(tmp_path / "cache")))
+    with pytest.raises(ValueError, match="needs at least 2"):
+        dv.load_all_classes(cfg, "train", verbose=False)

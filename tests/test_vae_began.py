@@ -44,7 +44,9 @@ def test_backbone_shapes_at_every_size():
         enc, dec = vae_began.Encoder(size, 4, 8), vae_began.Decoder(size, 4, 8)
         h = enc(torch.zeros(2, 3, size, size))
         assert h.shape == (2, 8) and dec(h).shape == (2, 3, size, size)
-        assert sum(isinstance(m, torch.nn.Upsample) for m in dec.modules()) == scales - 1
+        assert len(dec.blocks) == scales  # a conv pair per scale, 8x8 first
+        skip = vae_began.Decoder(size, 4, 8, skips=True)
+        assert skip(h).shape == (2, 3, size, size) and skip.blocks[1][0][0].in_channels == 8  # n + n from h0
 
 
 def test_losses_on_a_tiny_case():
@@ -55,7 +57,8 @@ def test_losses_on_a_tiny_case():
     fake = t["L_g"] + 0.3 * t["L_v"]
     assert t["L_dis"].item() == pytest.approx((t["L_d"] - 0.25 * fake).item(), rel=1e-6)
     assert t["L_gen"].item() == pytest.approx((fake + 0.1 * t["L_s"] + 0.1 * t["L_e"]).item(), rel=1e-6)
-    assert t["L_enc"].item() == pytest.approx((t["L_n"] + 0.1 * t["L_s"] + 0.1 * t["L_e"]).item(), rel=1e-6)
+    w = 0.1 * 16 / (3 * 32 * 32)  # the default KL weight: beta = 1 against the summed L1 of L_e
+    assert t["L_enc"].item() == pytest.approx((w * t["L_n"] + 0.1 * t["L_s"] + 0.1 * t["L_e"]).item(), rel=1e-6)
     assert t["m_global"].item() == pytest.approx((t["L_d"] + (0.5 * t["L_d"] - fake).abs()).item(), rel=1e-6)
     _, x_d = model.discriminator(x)
     assert t["L_d"].item() == pytest.approx((x - x_d).abs().mean().item(), rel=1e-6)
@@ -84,6 +87,19 @@ def test_each_objective_changes_only_its_own_network():
         assert any(not torch.equal(a, b) for a, b in zip(before[name], net.parameters())), name
 
 
+def test_vae_alone_has_no_discriminator_and_trains_its_two_networks_on_l_e_and_l_n():
+    cfg, model = tiny_model(gan=False)
+    assert model.discriminator is None and set(model.networks()) == {"encoder", "generator"}
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    t = vae_began.losses(model, x, torch.tensor(0.0), cfg)
+    assert t["L_d"].item() == t["L_g"].item() == t["L_s"].item() == 0.0
+    assert t["L_gen"].item() == pytest.approx(0.1 * t["L_e"].item())
+    assert t["L_enc"].item() == pytest.approx(vae_began.kl_weight(cfg) * t["L_n"].item() + 0.1 * t["L_e"].item())
+    assert vae_began.kl_weight(cfg) == pytest.approx(0.1 * 16 / (3 * 32 * 32))  # beta = 1 against the summed L1
+    with pytest.raises(ValueError, match="nothing to train"):
+        vae_began.resolve_defaults(vae_began.Config(vae=False, gan=False))
+
+
 def test_no_vae_ablation_has_no_encoder():
     cfg, model = tiny_model(vae=False)
     assert model.encoder is None and set(model.networks()) == {"generator", "discriminator"}
@@ -102,7 +118,11 @@ def test_short_run_on_real_faces_discriminator_learns_and_k_moves(tmp_path):
     assert {"samples.png", "fig4_reconstructions.png", "fig6_interpolation.png", "curves.png"} <= figures
     import json
     result = json.load(open(tmp_path / "eval.json"))
-    assert {"k_t", "m_global", "L_d_real", "L_d_generated", "mmd_d_bottleneck", "recon_l1_per_element"} <= set(result)
+    assert {"k_t", "m_global", "L_d_real", "L_d_generated", "diagnostic_mmd_d_bottleneck",
+            "recon_l1_per_element", "kl_per_dim_nats"} <= set(result)
+    # the default KL weight (beta = 1 per pixel) keeps the encoder informative: it does not collapse
+    assert result["kl_beta_per_pixel"] == pytest.approx(1.0) and result["active_units"] > 0
+    assert rows[-1]["active_units"] > 0
     state = common.load_checkpoint(str(tmp_path), "vae_began")
     assert state["extra"]["controller"]["k"] == pytest.approx(rows[-1]["k_t"], rel=1e-6)
     vae_began.main(["eval", "--checkpoint", str(tmp_path / "checkpoint.pt"), "--eval-images", "10"])
