@@ -501,11 +501,13 @@ def parzen_scores(model, x: torch.Tensor, y: torch.Tensor, k: int, sigmas: torch
     samples: each face's estimate is the same, only the faces' errors are correlated."""
     total = torch.zeros(len(sigmas), dtype=torch.float64)
     unique, which = torch.unique(y, dim=0, return_inverse=True)
+    progress = common.Progress(f"Parzen ({k} samples each, {len(unique)} attribute vectors)", len(x), "faces")
     for u, yu in enumerate(unique):
         samples = torch.cat([model.generate(yu.expand(min(chunk, k - s), -1)).float()
                              for s in range(0, k, chunk)])
         for xi in x[which == u]:
             total += parzen_log_likelihood(xi, samples, sigmas).cpu()
+            progress.update()
     return total / len(x)
 
 
@@ -514,7 +516,7 @@ def importance_log_likelihood(model, x: torch.Tensor, y: torch.Tensor, k: int, c
     """Extra (not in the paper): log p(x|y) ~ logmeanexp_k[log p(x|z_k) + log p(z_k|y)
     - log q(z_k|x, y)], z_k ~ q (JMVAE's estimator). x (N, ...) in [0, 1]; returns (N,) nats.
     The k samples of a face are decoded `chunk` at a time (all 1000 at once: ~4.5 GB at 64x64)."""
-    out = []
+    out, progress = [], common.Progress(f"importance-sampled log p(x|y) ({k} samples each)", len(x), "faces")
     for xi, yi in zip(x, y):
         mu, logvar = model.posterior(xi[None], yi[None])
         p_mu, p_logvar = model.prior(yi[None])
@@ -527,6 +529,7 @@ def importance_log_likelihood(model, x: torch.Tensor, y: torch.Tensor, k: int, c
                          + common.gaussian_log_likelihood(z, p_mu.expand(n, -1), p_logvar.expand(n, -1))
                          - common.gaussian_log_likelihood(z, mu.expand(n, -1), logvar.expand(n, -1)))
         out.append(torch.logsumexp(torch.cat(log_w).double(), 0) - math.log(k))
+        progress.update()
     return torch.stack(out)
 
 

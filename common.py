@@ -24,6 +24,7 @@ import itertools
 import json
 import math
 import os
+import pickle
 import random
 import signal
 import sys
@@ -39,7 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: RNG states as tensors (weights_only loading); 1 still loads
 LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -699,8 +700,12 @@ class StopSignal:
 # checkpoints: atomic, complete, with clear errors
 # ----------------------------------------------------------------------------------------------
 def rng_state() -> dict:
-    """Every RNG this project draws from (python, numpy, torch CPU, torch CUDA)."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG this project draws from (python, numpy, torch CPU, torch CUDA), as tensors and plain
+    values only, so that checkpoints load with torch.load(weights_only=True)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -709,7 +714,9 @@ def rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     """Restore the RNGs saved by `rng_state` (CUDA ones only when the device count matches)."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    s = state["numpy"]
+    np.random.set_state((s["name"], s["keys"].numpy().astype(np.uint32), s["pos"], s["has_gauss"], s["cached_gaussian"])
+                        if isinstance(s, dict) else s)  # a tuple: a checkpoint written before version 2
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -732,10 +739,25 @@ def save_checkpoint(path: str, script: str, **state: Any) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, (RuntimeError, OSError)):  # torch's writer reports a full disk as a RuntimeError
+            first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+            raise CheckpointWriteError(f"could not write the checkpoint {path} ({first}; disk full?); the "
+                                       f"previous checkpoint there, if any, is kept: free space and run the same "
+                                       f"command to resume from it") from None
         raise
+
+
+# Checkpoints written before the RNG state became tensors (version 1) hold numpy's as an ndarray:
+# these rebuild plain arrays only, so they are allowed to the safe unpickler.
+LEGACY_NUMPY_GLOBALS = [(np._core if hasattr(np, "_core") else np.core).multiarray._reconstruct, np.ndarray,
+                        np.dtype, type(np.dtype(np.uint32))]
+
+
+class CheckpointWriteError(ValueError):
+    """A checkpoint could not be written (a full disk, a lost mount); the previous one is intact."""
 
 
 def load_checkpoint(path: str, script: str) -> dict:
@@ -749,8 +771,15 @@ def load_checkpoint(path: str, script: str) -> dict:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path}: train first, or pass --checkpoint "
                                 f"OUT/checkpoint.pt of a finished or interrupted run")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+    try:  # weights_only: a crafted pickle cannot run code; numpy arrays only for older checkpoints' RNG state
+        with torch.serialization.safe_globals(LEGACY_NUMPY_GLOBALS):
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line or "got <class" in line),
+                     "an object that is not a tensor or a plain value")
+        raise ValueError(f"refusing to load {path}: it holds {found[:160]}; a checkpoint of this project holds "
+                         f"only tensors and plain values, and unpickling other objects could run code. Load it "
+                         f"yourself with torch.load(weights_only=False) only if you trust where it came from") from None
     except Exception as e:  # a truncated or foreign file
         raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(payload, dict) or "script" not in payload:
@@ -845,6 +874,32 @@ def format_eta(seconds: float) -> str:
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+class Progress:
+    """Progress of a long job on stderr: `label: done/total unit (rate unit/s, ETA ...)`, printed when
+    the job starts and then at most every `every` seconds and at the end. On a terminal it rewrites
+    one line; into a log file (not a tty) each update is its own line, with no carriage returns.
+    Rank 0 only. Use: p = Progress("Parzen", len(x), "faces"); p.update(n) after each n done."""
+
+    def __init__(self, label: str, total: int, unit: str = "images", every: float = 5.0, enabled: bool = True):
+        self.label, self.total, self.unit, self.every = label, total, unit, every
+        self.enabled, self.tty = enabled and is_main() and total > 0, sys.stderr.isatty()
+        self.t0 = self.last = time.time()
+        self.done = 0
+        if self.enabled:
+            print(f"{label}: {total} {unit}", file=sys.stderr, flush=True)
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        now = time.time()
+        if self.enabled and (now - self.last >= self.every or self.done >= self.total):
+            rate = self.done / max(now - self.t0, 1e-9)
+            line = (f"{self.label}: {self.done}/{self.total} {self.unit} ({rate:.3g} {self.unit}/s, "
+                    f"ETA {format_eta((self.total - self.done) / max(rate, 1e-9))})")
+            end = "\n" if self.done >= self.total or not self.tty else ""
+            print(("\r" if self.tty else "") + line, end=end, file=sys.stderr, flush=True)
+            self.last = now
 
 
 @contextmanager
@@ -1050,7 +1105,7 @@ class TrainingMonitor:
         self.start, self.images_per_step, self.device, self.save = start, images_per_step, device, save
         self.earlier, self.bad = earlier, torch.zeros((), dtype=torch.bool, device=device)
         self.t0 = self.t_log = time.time()
-        self.step_log = start
+        self.step_log = self.saved = start
         self.distributed = dist.is_available() and dist.is_initialized()
         self.signal = StopSignal()
 
@@ -1074,7 +1129,12 @@ class TrainingMonitor:
         if step % self.ckpt_every == 0 or step == self.steps or stopping:
             t_save = time.time()
             check_finite(self.bad, step, self.out)
-            self.save(step)
+            try:
+                self.save(step)
+            except CheckpointWriteError as e:
+                kept = f"the last good one, at step {self.saved}, is kept" if self.saved else "no checkpoint was saved yet"
+                raise CheckpointWriteError(f"{e} [step {step}: {kept}]") from None
+            self.saved = step
             self.t_log += time.time() - t_save  # images/s leaves the save out
         if stopping:
             print0(f"stopped by {self.signal.raised or 'a signal on another rank'} at step {step}; "

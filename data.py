@@ -34,12 +34,13 @@ import socket
 import struct
 import sys
 import threading
-import time
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from PIL import Image
+
+import common
 
 CACHE_VERSION = 1
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".webp")
@@ -570,8 +571,8 @@ def decode_all(paths: list[str], crop, size: int, out: np.ndarray, verbose: bool
     sets, printing a progress line about every 2 s."""
     chunk = 256
     jobs = [(paths[i:i + chunk], crop, size) for i in range(0, len(paths), chunk)]
-    start, last = time.time(), 0.0
     workers = min(os.cpu_count() or 1, len(jobs))
+    progress = common.Progress(f"decoding {label} ({workers} workers)", len(paths), "images", every=2.0, enabled=verbose)
     if workers <= 1 or len(paths) < 2 * chunk:
         results = map(_decode_chunk, jobs)
         pool = None
@@ -583,11 +584,7 @@ def decode_all(paths: list[str], crop, size: int, out: np.ndarray, verbose: bool
         for arr in results:
             out[done:done + len(arr)] = arr
             done += len(arr)
-            if verbose and (time.time() - last > 2.0 or done == len(paths)):
-                rate = done / max(time.time() - start, 1e-9)
-                print(f"\rdecoding {label}: {done}/{len(paths)} ({rate:.0f} images/s, {workers} workers)",
-                      end="\n" if done == len(paths) else "", file=sys.stderr, flush=True)
-                last = time.time()
+            progress.update(len(arr))
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
@@ -615,6 +612,8 @@ def cached_decode(paths: list[str], crop, size: int, cache_dir: str | None, labe
     key = cache_key(paths, crop, size)
     path = os.path.join(cache_dir, f"{label}-{size}px-{key[:16]}.npy")
     if not (dist.is_available() and dist.is_initialized()):
+        if os.path.exists(path) and not _readable_cache(path, len(paths), size):
+            os.remove(path)  # truncated (a disk that filled, a copy cut short): rebuilt below
         if not os.path.exists(path):
             _build_cache(path, paths, crop, size, key, label, verbose)
         return np.load(path, mmap_mode="r")
@@ -624,7 +623,20 @@ def cached_decode(paths: list[str], crop, size: int, cache_dir: str | None, labe
     if int(os.environ.get("LOCAL_RANK", "0")) == 0 and not os.path.exists(path):
         _build_cache(path, paths, crop, size, key, label, verbose=False)
     dist.barrier()
+    if not _readable_cache(path, len(paths), size):
+        raise ValueError(f"the image cache {path} is damaged (truncated?): delete it and run again to rebuild it")
     return np.load(path, mmap_mode="r")
+
+
+def _readable_cache(path: str, n: int, size: int) -> bool:
+    """Whether the cache file maps as the (n, size, size, 3) uint8 array it should be; says so on stderr if not."""
+    try:
+        ok = np.load(path, mmap_mode="r").shape == (n, size, size, 3)
+    except (ValueError, OSError, EOFError):
+        ok = False
+    if not ok:
+        print(f"the image cache {path} is damaged (truncated?): rebuilding it", file=sys.stderr)
+    return ok
 
 
 def _raise_exit(signum, frame):

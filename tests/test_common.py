@@ -319,3 +319,50 @@ def test_device_names_are_checked_and_unwritable_paths_give_one_line(capsys, tmp
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: cannot write to") and str(blocker) in err and "--out" in err and len(err.splitlines()) == 1
+
+
+class _RunsCode:
+    """A pickle payload that would create a marker file when unpickled."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
+    marker, path = tmp_path / "pwned", tmp_path / "checkpoint.pt"
+    torch.save({"script": "vlae", "version": 2, "config": _RunsCode(str(marker))}, path)
+    with pytest.raises(ValueError, match="refusing to load"):
+        common.load_checkpoint(str(path), "vlae")
+    assert not marker.exists()
+    # the project's own checkpoints load with the safe loader, RNG states included
+    common.seed_everything(3)
+    common.save_checkpoint(str(path), "vlae", step=1, rng=[common.rng_state()])
+    expected = np.random.rand()
+    state = common.load_checkpoint(str(path), "vlae")
+    common.set_rng_state(state["rng"][0])
+    assert np.random.rand() == expected
+
+
+def test_progress_prints_the_size_then_rate_and_eta_one_line_per_update_in_a_log(capsys):
+    p = common.Progress("Parzen", 3, "faces", every=0.0)
+    for _ in range(3):
+        p.update()
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "Parzen: 3 faces" and len(lines) == 4 and "\r" not in "".join(lines)  # not a tty
+    assert lines[-1].startswith("Parzen: 3/3 faces (") and "faces/s, ETA 0s)" in lines[-1]
+
+
+def test_a_full_disk_mid_checkpoint_keeps_the_last_good_one_and_says_so(tmp_path, monkeypatch):
+    path = str(tmp_path / "checkpoint.pt")
+    common.save_checkpoint(path, "vlae", step=7)
+
+    def full_disk(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(common.CheckpointWriteError, match="disk full"):
+        common.save_checkpoint(path, "vlae", step=8)
+    assert common.load_checkpoint(path, "vlae")["step"] == 7
+    assert os.listdir(tmp_path) == ["checkpoint.pt"]  # no temp file left

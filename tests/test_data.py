@@ -189,3 +189,14 @@ def test_folder_classes_skip_hidden_and_empty_folders_and_identity_rows_are_uniq
     ids.write_text("000001.jpg 7\n000002.jpg 8\n000001.jpg 9\n")
     with pytest.raises(ValueError, match="lists 000001.jpg twice .lines 1 and 3."):
         data.read_two_column(str(ids))
+
+
+def test_a_truncated_cache_file_is_named_and_rebuilt(tmp_path, capsys):
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "celeba")
+    first = np.array(data.load_celeba(root, "test", 16, None, str(tmp_path), verbose=False).images)  # a copy, not the map
+    (cache,) = [f for f in os.listdir(tmp_path) if f.endswith(".npy")]
+    with open(tmp_path / cache, "r+b") as f:
+        f.truncate(os.path.getsize(tmp_path / cache) // 2)
+    again = data.load_celeba(root, "test", 16, None, str(tmp_path), verbose=False).images
+    assert np.array_equal(first, np.asarray(again))
+    assert f"the image cache {tmp_path / cache} is damaged (truncated?): rebuilding it" in capsys.readouterr().err
