@@ -104,7 +104,8 @@ class Config(common.RunConfig):
     model: str = common.arg("cmma", "cmma (the paper), cvae or cgan (its baselines)", choices=("cmma", "cvae", "cgan"))
     checkpoint: str = common.arg("", "checkpoint(s) for sample/figures/eval/edit, comma-separated to compare "
                                      "models (default: OUT/checkpoint.pt)")
-    steps: int = common.arg(50_000, "training steps; the paper's '500 iterations' (sec. 4) read as epochs")
+    steps: int = common.arg(50_000, "training steps; the paper's '500 iterations' (sec. 4) read as epochs "
+                                    "(0: no training, evaluate the initial or resumed network)")
     batch_size: int = common.arg(100, "images per step per process (not stated in the paper)")
     # Adagrad's first steps move every weight by about lr, and g's log-variance conv sums 4,800
     # inputs: with a clamped head, 1e-3 sent it to -9 at step 2 (loss x700) and Adagrad's sum of

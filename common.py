@@ -514,6 +514,9 @@ def check_run_config(cfg: Any) -> None:
               (cfg.log_every >= 1 and cfg.ckpt_every >= 1, "--log-every and --ckpt-every must be >= 1"),
               (cfg.grad_accum >= 1, f"--grad-accum must be >= 1, got {cfg.grad_accum}")]
     require(checks)
+    if cfg.steps == 0 and is_main():
+        print("note: --steps 0 trains nothing: eval and figures show the network as initialised (or as resumed)",
+              file=sys.stderr)
 
 
 def build_parser(config_cls: type, description: str, prog: str | None = None,

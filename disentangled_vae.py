@@ -104,7 +104,8 @@ class Config(common.RunConfig):
     bao: bool = common.arg(False, "--model cvae-gan: Bao et al. 2017's CVAE-GAN pieces - E_u sees the label, an "
                                   "auxiliary image classifier, and mean feature matching for G (on Dis' and the "
                                   "classifier's features) in place of its hinge loss")
-    steps: int = common.arg(0, "outer iterations (0: 52,000, the code's released checkpoint; toy: 50 epochs)")
+    steps: int = common.arg(-1, "outer iterations (-1: 52,000, the code's released checkpoint; toy: 50 epochs; "
+                                "0: no training, evaluate the initial or resumed network)")
     batch_size: int = common.arg(96, "images per step per process (code: 96)")
     lr: float = common.arg(5e-4, "Adam learning rate of every network (code: 5e-4, betas 0 / 0.9)")
     n_gm: int = common.arg(3, "stage-1 L_GM steps per iteration, each on a fresh batch (paper sec. 3.5)")
@@ -155,7 +156,7 @@ def resolve_defaults(cfg: Config) -> Config:
     faces = cfg.dataset in ("celeba", "folder")
     dims = {"mnist": (32, 100), "toy": (2, 2)}.get(cfg.dataset, (512, 512))
     toy_epoch = len(data.toy_split(cfg.toy_points, "train")) // max(cfg.batch_size, 1)  # checked below
-    steps = cfg.steps or (50 * toy_epoch if cfg.dataset == "toy" else 52_000)
+    steps = cfg.steps if cfg.steps >= 0 else 50 * toy_epoch if cfg.dataset == "toy" else 52_000
     cfg = dataclasses.replace(
         cfg, data_dir=cfg.data_dir or os.path.join("data", cfg.dataset),
         out=cfg.out or os.path.join("runs", f"dvae-{cfg.dataset}-{cfg.model}"), steps=steps,

@@ -83,7 +83,8 @@ FIG8_ATTRIBUTES = ("Bald", "Black_Hair", "Pale_Skin")
 @dataclasses.dataclass
 class Config(common.RunConfig):
     dataset: str = common.arg("celeba", "celeba, cifar10 or folder", choices=("celeba", "cifar10", "folder"))
-    steps: int = common.arg(300_000, "training steps (paper: 300k)")
+    steps: int = common.arg(300_000, "training steps (paper: 300k; 0: no training, evaluate the initial or "
+                                     "resumed network)")
     batch_size: int = common.arg(16, "images per step per process (not stated; BEGAN: 16)")
     lr: float = common.arg(5e-5, "Adam learning rate of E, G and D (paper: 5e-5)")
     lr_halve_every: int = common.arg(100_000, "halve the learning rate every this many steps (BEGAN port)")

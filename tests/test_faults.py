@@ -1,0 +1,59 @@
+"""Faults a new user meets, through each script's main(): one `error:` line (exit status 2, no
+traceback) naming the problem, and nothing left behind."""
+import os
+
+import pytest
+from PIL import Image
+
+import cmma
+import disentangled_vae
+import vae_began
+import vlae
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MNIST = os.path.join(ROOT, "tests", "data", "mnist")
+SCRIPTS = {"vlae": (vlae, ["--dataset", "mnist", "--data-dir", MNIST]),
+           "cmma": (cmma, ["--dataset", "mnist", "--data-dir", MNIST]),
+           "disentangled_vae": (disentangled_vae, ["--dataset", "mnist", "--data-dir", MNIST]),
+           "vae_began": (vae_began, ["--data-dir", os.path.join(ROOT, "tests", "data", "celeba")])}
+
+
+def one_error_line(capsys, run) -> str:
+    with pytest.raises(SystemExit) as stop:
+        run()
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback" not in err
+    lines = [l for l in err.splitlines() if l.startswith("error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("name", list(SCRIPTS))
+def test_an_unknown_device_lists_the_accepted_ones(name, capsys, tmp_path):
+    script, args = SCRIPTS[name]
+    line = one_error_line(capsys, lambda: script.main(args + ["--device", "gpu", "--out", str(tmp_path / "run")]))
+    assert "'gpu'" in line and "auto, cpu, cuda or cuda:N" in line
+
+
+@pytest.mark.parametrize("name", list(SCRIPTS))
+def test_an_out_folder_under_a_file_is_one_line_and_leaves_nothing(name, capsys, tmp_path):
+    script, args = SCRIPTS[name]
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    line = one_error_line(capsys, lambda: script.main(args + ["--steps", "1", "--out", str(blocker / "run"),
+                                                              "--cache-dir", str(tmp_path / "cache")]))
+    assert "cannot write to" in line and "--out" in line
+    assert sorted(os.listdir(tmp_path)) in (["a_file"], ["a_file", "cache"])
+    assert not [f for f in os.listdir(tmp_path / "cache") if f.endswith(".tmp")] if (tmp_path / "cache").exists() else True
+
+
+def test_vae_began_trains_and_draws_on_a_folder_with_few_held_out_images(tmp_path, capsys):
+    for person in ("ann", "bo"):
+        (tmp_path / "faces" / person).mkdir(parents=True)
+        for i in range(5):
+            Image.new("RGB", (40, 40), (i * 50, 90, 160)).save(tmp_path / "faces" / person / f"{i}.jpg")
+    out = tmp_path / "run"
+    vae_began.main(["--dataset", "folder", "--data-dir", str(tmp_path / "faces"), "--out", str(out), "--steps", "2",
+                    "--batch-size", "4", "--image-size", "32", "--filters", "4", "--latent-dim", "8",
+                    "--cache-dir", str(tmp_path / "cache"), "--log-every", "1"])
+    assert (out / "eval.json").exists() and (out / "figures" / "fig6_interpolation.png").exists()  # 2 held-out faces
