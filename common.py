@@ -778,8 +778,9 @@ def load_checkpoint(path: str, script: str) -> dict:
         with torch.serialization.safe_globals(LEGACY_NUMPY_GLOBALS):
             payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        found = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line or "got <class" in line),
-                     "an object that is not a tensor or a plain value")
+        found = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line or "got <class" in line), "")
+        if not found:  # not a pickle of objects at all: a truncated or foreign file
+            raise ValueError(f"{path} is not a readable checkpoint (UnpicklingError)") from None
         raise ValueError(f"refusing to load {path}: it holds {found[:160]}; a checkpoint of this project holds "
                          f"only tensors and plain values, and unpickling other objects could run code. Load it "
                          f"yourself with torch.load(weights_only=False) only if you trust where it came from") from None

@@ -871,8 +871,11 @@ def refresh_batchnorm(cfg: Config, model: DisentangledVAE, device) -> int:
             mu_u, logvar_u = model.encode_u(xb, cb)
             return model.decode(model.code_s(xb, cb), common.reparameterize(mu_u, logvar_u))
 
-        model.bn_stats_images = common.recompute_batchnorm(
-            model, zip(x.split(cfg.batch_size), c.split(cfg.batch_size)), reconstruct)
+        # z_u's draws seeded: the same statistics, hence the same eval numbers, whatever ran before
+        with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
+            torch.manual_seed(cfg.seed)
+            model.bn_stats_images = common.recompute_batchnorm(
+                model, zip(x.split(cfg.batch_size), c.split(cfg.batch_size)), reconstruct)
     return getattr(model, "bn_stats_images", 0)
 
 

@@ -82,7 +82,8 @@ FIG8_ATTRIBUTES = ("Bald", "Black_Hair", "Pale_Skin")
 # ----------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class Config(common.RunConfig):
-    dataset: str = common.arg("celeba", "celeba, cifar10 or folder", choices=("celeba", "cifar10", "folder"))
+    dataset: str = common.arg("celeba", "celeba, cifar10, folder or mnist (greyscale at --image-size 32: the claims' "
+                                        "data anyone has)", choices=("celeba", "cifar10", "folder", "mnist"))
     steps: int = common.arg(300_000, "training steps (paper: 300k; 0: no training, evaluate the initial or "
                                      "resumed network)")
     batch_size: int = common.arg(16, "images per step per process (not stated; BEGAN: 16)")
@@ -125,6 +126,7 @@ def resolve_defaults(cfg: Config) -> Config:
     common.check_run_config(cfg)
     checks = [(cfg.image_size in (32, 64, 128), f"--image-size must be 32, 64 or 128, got {cfg.image_size}"),
               (cfg.dataset != "cifar10" or cfg.image_size == 32, "CIFAR-10 images are 32x32: pass --image-size 32"),
+              (cfg.dataset != "mnist" or cfg.image_size == 32, "MNIST digits are trained at 32x32: pass --image-size 32"),
               (cfg.filters >= 1 and cfg.latent_dim >= 1, "--filters and --latent-dim must be >= 1"),
               (cfg.vae or cfg.gan, "--no-vae --no-gan leaves nothing to train: drop one of them"),
               (cfg.kl_weight >= 0, "--kl-weight must be >= 0 (0: beta = 1)")]
@@ -135,11 +137,15 @@ def resolve_defaults(cfg: Config) -> Config:
 
 def kl_weight(cfg: Config) -> float:
     """L_n's weight in L_enc (eq. 15). The paper gives none. L_e is the L1 averaged over the
-    P = 3 S^2 pixels with weight gamma and L_n the KL averaged over the N latent dims, so weight w
-    is beta = w P / (gamma N) against the summed L1 (a unit-scale Laplace decoder's ELBO has
+    P = C S^2 pixel values (C = 3; 1 for MNIST) with weight gamma and L_n the KL averaged over
+    the N latent dims, so weight w is beta = w P / (gamma N) against the summed L1 (a unit-scale Laplace decoder's ELBO has
     beta = 1): w = 1 is beta = 480 / 1920 / 7680 at 32 / 64 / 128 px, and the encoder collapses to
     the prior (no active units). The default (--kl-weight 0) is beta = 1: w = gamma N / P."""
-    return cfg.kl_weight or cfg.gamma * cfg.latent_dim / (3 * cfg.image_size ** 2)
+    return cfg.kl_weight or cfg.gamma * cfg.latent_dim / (channels(cfg) * cfg.image_size ** 2)
+
+
+def channels(cfg: Config) -> int:
+    return 1 if cfg.dataset == "mnist" else 3
 
 
 def prior_noise(n: int, cfg: Config, device, g: torch.Generator | None = None) -> torch.Tensor:
@@ -167,13 +173,13 @@ def conv_elu(cin: int, cout: int, stride: int = 1) -> nn.Module:
 
 
 class Encoder(nn.Module):
-    """x (B, 3, S, S) in [-1, 1] -> (B, heads * N): conv + ELU pairs at R = log2(S) - 2 scales
+    """x (B, C, S, S) in [-1, 1] -> (B, heads * N): conv + ELU pairs at R = log2(S) - 2 scales
     with n, 2n, .. Rn filters, stride-2 convs between scales, an 8x8 bottleneck, linear FC."""
 
-    def __init__(self, size: int, n: int, latent_dim: int, heads: int = 1):
+    def __init__(self, size: int, n: int, latent_dim: int, heads: int = 1, channels: int = 3):
         super().__init__()
         scales = int(math.log2(size)) - 2
-        layers, c = [conv_elu(3, n)], n
+        layers, c = [conv_elu(channels, n)], n
         for s in range(1, scales + 1):
             layers += [conv_elu(c, s * n), conv_elu(s * n, s * n)]
             c = s * n
@@ -187,18 +193,18 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """h (B, N) -> image (B, 3, S, S): linear FC to h0 (8x8xn), conv + ELU pairs with nearest x2
+    """h (B, N) -> image (B, C, S, S): linear FC to h0 (8x8xn), conv + ELU pairs with nearest x2
     upsampling between the R scales, a linear 3x3 conv to RGB (no squashing, as BEGAN). With
     skips (BEGAN sec. 3.5's optional skip connections), h0 upsampled to each scale is
     concatenated to that scale's input."""
 
-    def __init__(self, size: int, n: int, latent_dim: int, skips: bool = False):
+    def __init__(self, size: int, n: int, latent_dim: int, skips: bool = False, channels: int = 3):
         super().__init__()
         scales = int(math.log2(size)) - 2
         self.fc = nn.Linear(latent_dim, 8 * 8 * n)
         self.blocks = nn.ModuleList(nn.Sequential(conv_elu(2 * n if skips and s else n, n), conv_elu(n, n))
                                     for s in range(scales))
-        self.to_rgb = nn.Conv2d(n, 3, 3, 1, 1)
+        self.to_rgb = nn.Conv2d(n, channels, 3, 1, 1)
         self.n, self.skips = n, skips
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -215,9 +221,10 @@ class Decoder(nn.Module):
 class AutoEncoder(nn.Module):
     """BEGAN's discriminator D = Dec_D(Enc_D(.)); `forward` returns (bottleneck, reconstruction)."""
 
-    def __init__(self, size: int, n: int, latent_dim: int, skips: bool = False):
+    def __init__(self, size: int, n: int, latent_dim: int, skips: bool = False, channels: int = 3):
         super().__init__()
-        self.encoder, self.decoder = Encoder(size, n, latent_dim), Decoder(size, n, latent_dim, skips)
+        self.encoder = Encoder(size, n, latent_dim, channels=channels)
+        self.decoder = Decoder(size, n, latent_dim, skips, channels)
 
     def forward(self, x: torch.Tensor):
         h = self.encoder(x)
@@ -230,9 +237,10 @@ class VAEBEGAN(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
         s, n, dim = cfg.image_size, cfg.filters, cfg.latent_dim
-        self.encoder = Encoder(s, n, dim, heads=2) if cfg.vae else None
-        self.generator = Decoder(s, n, dim, cfg.skips)
-        self.discriminator = AutoEncoder(s, n, dim, cfg.skips) if cfg.gan else None
+        c = channels(cfg)
+        self.encoder = Encoder(s, n, dim, heads=2, channels=c) if cfg.vae else None
+        self.generator = Decoder(s, n, dim, cfg.skips, c)
+        self.discriminator = AutoEncoder(s, n, dim, cfg.skips, c) if cfg.gan else None
         self.latent_dim = dim
         if cfg.init == "xavier":  # BEGAN's TF code: Xavier-uniform weights, zero biases
             for m in self.modules():
@@ -435,7 +443,7 @@ def evaluate(cfg: Config, model: VAEBEGAN, controller: dict, device) -> dict:
     g = torch.Generator().manual_seed(cfg.seed)
     fake = torch.cat([model.generator(c) for c in prior_noise(len(x), cfg, device, g).split(250)])
     result = {"heldout_images": len(x), "k_t": controller.get("k", 0.0), "kl_weight": kl_weight(cfg),
-              "kl_beta_per_pixel": kl_weight(cfg) * 3 * cfg.image_size ** 2 / (cfg.gamma * cfg.latent_dim)}
+              "kl_beta_per_pixel": kl_weight(cfg) * channels(cfg) * cfg.image_size ** 2 / (cfg.gamma * cfg.latent_dim)}
     if cfg.gan:
         h_real, rec_real = zip(*(model.discriminator(c) for c in x.split(250)))
         h_fake, rec_fake = zip(*(model.discriminator(c) for c in fake.split(250)))
