@@ -961,7 +961,7 @@ def claims_disentangled(args, device) -> None:
 # Table 1's variants on MNIST at 32 px (the one data set anyone has with a judge), smaller
 # networks than the paper's n = 128; every run the same steps, batch, lr and seed
 VAE_BEGAN_SCALES = {
-    "small": {"steps": 600, "batch": 32, "filters": 32, "latent": 32, "lr": 2e-4, "samples": 2000},
+    "small": {"steps": 1000, "batch": 32, "filters": 16, "latent": 32, "lr": 2e-4, "samples": 2000},
     "paper": {"steps": 300_000, "batch": 16, "filters": 128, "latent": 64, "lr": 5e-5, "samples": 10_000},
     "tiny": {"steps": 3, "batch": 8, "filters": 4, "latent": 8, "lr": 2e-4, "samples": 64},
 }
