@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
@@ -76,3 +77,18 @@ def test_toy_spread_is_measured_along_each_curve_and_ignores_points_off_it():
     angle, offset = claims.data.toy_curve_coordinates(np.array([[2.2, 0.5], [1.2, -0.6]]), np.array([2, 2]))
     assert angle[0] == pytest.approx(np.pi / 2) and offset[0] == pytest.approx(0.0, abs=1e-12)
     assert angle[1] > np.pi  # just below the left end stays next to it, not at -pi
+
+
+def test_frechet_and_kernel_distances_are_zero_for_one_distribution_and_grow_with_a_shift():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(4000, 3, generator=g), torch.randn(4000, 3, generator=g)
+    # FD of N(m1, I) and N(m2, I) is ||m1 - m2||^2 (equal covariances): 0 here, 3 after a shift of 1 per dim
+    assert claims.frechet_distance(a, b) == pytest.approx(0.0, abs=0.02)
+    assert claims.frechet_distance(a, b + 1) == pytest.approx(3.0, abs=0.1)
+    # FD of N(0, I) and N(0, 4 I): Tr(I + 4 I - 2 (4 I)^(1/2)) = Tr(I) = 3
+    assert claims.frechet_distance(a, 2 * b) == pytest.approx(3.0, rel=0.05)
+    assert abs(claims.kernel_inception_distance(a, b)) < 0.01 < claims.kernel_inception_distance(a, b + 1)
+    # unbiased: two small samples of one distribution average to about 0 (a biased MMD would be > 0)
+    kids = [claims.kernel_inception_distance(torch.randn(20, 3, generator=g), torch.randn(20, 3, generator=g))
+            for _ in range(200)]
+    assert abs(np.mean(kids)) < 0.1 * np.std(kids)
