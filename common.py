@@ -159,11 +159,13 @@ def fit_linear_probes(code_sets: Sequence[torch.Tensor], labels: torch.Tensor, n
     inputs = [(c.float() - m) / s for c, (m, s) in zip(code_sets, stats)]
     probes = nn.ModuleList(nn.Linear(a.shape[1], n_classes) for a in inputs).to(labels.device)
     opt = torch.optim.Adam(probes.parameters(), lr=1e-2, weight_decay=1e-4)
+    progress = Progress(f"linear probes ({len(inputs)} x {len(labels)} codes)", steps, "steps")
     with torch.enable_grad():
         for _ in range(steps):
             opt.zero_grad()
             sum(F.cross_entropy(p(a), labels) for p, a in zip(probes, inputs)).backward()
             opt.step()
+            progress.update()
 
     def predictor(probe: nn.Module, mean: torch.Tensor, std: torch.Tensor):
         @torch.no_grad()
@@ -196,11 +198,13 @@ def mlp_probe_accuracy(train_codes: torch.Tensor, train_labels: torch.Tensor, te
                           nn.Linear(hidden, n_classes)).to(train_labels.device)
     opt = torch.optim.Adam(probe.parameters(), lr=1e-2, weight_decay=1e-4)
     inputs = (train_codes.float() - mean) / std
+    progress = Progress(f"MLP probe ({len(inputs)} codes)", steps, "steps")
     with torch.enable_grad():
         for _ in range(steps):
             opt.zero_grad()
             F.cross_entropy(probe(inputs), train_labels).backward()
             opt.step()
+            progress.update()
     with torch.no_grad():
         predicted = probe((test_codes.float() - mean) / std).argmax(1)
     return (predicted == test_labels).float().mean().item()
@@ -221,12 +225,13 @@ def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def recompute_batchnorm(model: nn.Module, batches, forward=None) -> int:
+def recompute_batchnorm(model: nn.Module, batches, forward=None, total: int = 0) -> int:
     """Replace every BatchNorm's running statistics by their population average over `batches`
     (an iterable of inputs, or of argument tuples for `forward`), as
     `torch.optim.swa_utils.update_bn` does: reset, momentum None (a cumulative mean), one
     forward per batch in train mode. `forward` defaults to `model`. Returns the number of
     inputs seen (the first dim of each batch's first tensor); the model keeps its train/eval mode.
+    `total`, the number of inputs if known, turns on a progress line for a long pass.
 
     Why: with the TF references' momentum of 0.001 the running statistics average over ~1,000
     steps, so a shorter run would evaluate with statistics near their initial values.
@@ -240,11 +245,12 @@ def recompute_batchnorm(model: nn.Module, batches, forward=None) -> int:
         m.momentum = None
     was_training, seen = model.training, 0
     model.train()
-    forward = forward or model
+    forward, progress = forward or model, Progress("BatchNorm statistics", total, "images")
     for batch in batches:
         args = batch if isinstance(batch, (tuple, list)) else (batch,)
         forward(*args)
         seen += len(args[0])
+        progress.update(len(args[0]))
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     model.train(was_training)
@@ -881,29 +887,28 @@ def format_eta(seconds: float) -> str:
 
 
 class Progress:
-    """Progress of a long job on stderr: `label: done/total unit (rate unit/s, ETA ...)`, printed when
-    the job starts and then at most every `every` seconds and at the end. On a terminal it rewrites
-    one line; into a log file (not a tty) each update is its own line, with no carriage returns.
-    Rank 0 only. Use: p = Progress("Parzen", len(x), "faces"); p.update(n) after each n done."""
+    """Progress of a long job on stderr: `label: done/total unit (rate unit/s, ETA ...)`. Silent for
+    a job that ends within `every` seconds; otherwise a line every `every` seconds (the first one
+    gives the job's size and ETA) and one at the end. On a terminal it rewrites one line; into a
+    log file (not a tty) each update is its own line, with no carriage returns. Rank 0 only.
+    Use: p = Progress("Parzen", len(x), "faces"); p.update(n) after each n done."""
 
     def __init__(self, label: str, total: int, unit: str = "images", every: float = 5.0, enabled: bool = True):
         self.label, self.total, self.unit, self.every = label, total, unit, every
         self.enabled, self.tty = enabled and is_main() and total > 0, sys.stderr.isatty()
         self.t0 = self.last = time.time()
-        self.done = 0
-        if self.enabled:
-            print(f"{label}: {total} {unit}", file=sys.stderr, flush=True)
+        self.done, self.shown = 0, False
 
     def update(self, n: int = 1) -> None:
         self.done += n
-        now = time.time()
-        if self.enabled and (now - self.last >= self.every or self.done >= self.total):
+        now, finished = time.time(), self.done >= self.total
+        if self.enabled and (now - self.last >= self.every or (finished and self.shown)):
             rate = self.done / max(now - self.t0, 1e-9)
             line = (f"{self.label}: {self.done}/{self.total} {self.unit} ({rate:.3g} {self.unit}/s, "
                     f"ETA {format_eta((self.total - self.done) / max(rate, 1e-9))})")
-            end = "\n" if self.done >= self.total or not self.tty else ""
+            end = "\n" if finished or not self.tty else ""
             print(("\r" if self.tty else "") + line, end=end, file=sys.stderr, flush=True)
-            self.last = now
+            self.last, self.shown = now, True
 
 
 @contextmanager

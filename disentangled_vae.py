@@ -875,7 +875,7 @@ def refresh_batchnorm(cfg: Config, model: DisentangledVAE, device) -> int:
         with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
             torch.manual_seed(cfg.seed)
             model.bn_stats_images = common.recompute_batchnorm(
-                model, zip(x.split(cfg.batch_size), c.split(cfg.batch_size)), reconstruct)
+                model, zip(x.split(cfg.batch_size), c.split(cfg.batch_size)), reconstruct, total=len(x))
     return getattr(model, "bn_stats_images", 0)
 
 
@@ -1093,7 +1093,10 @@ def draw_toy_figure(cfg: Config, fig_dir: str) -> list:
 @torch.no_grad()
 def encode_all(model: DisentangledVAE, x: torch.Tensor, c: torch.Tensor, chunk: int = 250):
     """(z_s, mu_u, logvar_u) of every image, in chunks."""
-    out = [(model.code_s(xb, cb), *model.encode_u(xb, cb)) for xb, cb in zip(x.split(chunk), c.split(chunk))]
+    progress, out = common.Progress("encoding", len(x), "images"), []
+    for xb, cb in zip(x.split(chunk), c.split(chunk)):
+        out.append((model.code_s(xb, cb), *model.encode_u(xb, cb)))
+        progress.update(len(xb))
     return [torch.cat(parts).float() for parts in zip(*out)]
 
 
@@ -1101,9 +1104,11 @@ def encode_all(model: DisentangledVAE, x: torch.Tensor, c: torch.Tensor, chunk: 
 def diversity(model: DisentangledVAE, cfg: Config, device) -> float:
     """Tables 2 and 6: mean MS-SSIM over all pairs of --diversity-samples generated images of a
     class, averaged over the first --diversity-classes classes (lower = more diverse)."""
-    g = torch.Generator().manual_seed(cfg.seed + 2)
-    scores = [common.pairwise_ms_ssim((class_samples(model, [k], cfg.diversity_samples, g, device) + 1) / 2).item()
-              for k in range(min(cfg.diversity_classes, model.n_classes))]
+    g, classes = torch.Generator().manual_seed(cfg.seed + 2), min(cfg.diversity_classes, model.n_classes)
+    progress, scores = common.Progress("MS-SSIM diversity", classes, "classes"), []
+    for k in range(classes):
+        scores.append(common.pairwise_ms_ssim((class_samples(model, [k], cfg.diversity_samples, g, device) + 1) / 2).item())
+        progress.update()
     return float(np.mean(scores))
 
 

@@ -464,11 +464,13 @@ def effect_scores(model: VLAE, g: torch.Generator, device, bases: int = 8, resam
     [-1, 1] pixel units; a layer the decoder ignores scores 0."""
     scores = []
     base_draws = [prior_draw(model, 1, g, device) for _ in range(bases)]
+    progress = common.Progress("effect scores", len(model.latent_dims) * bases, "bases")
     for layer in range(len(model.latent_dims)):
         total = 0.0
         for base in base_draws:
             images = fig_resample_layer(model, layer, base, g, device, n=int(math.sqrt(resamples)))
             total += images.float().std(dim=0).mean().item()
+            progress.update()
         scores.append(total / bases)
     return scores
 
@@ -499,7 +501,7 @@ def refresh_batchnorm(cfg: Config, model: VLAE, device, train_set: data.ImageSet
                                           cfg.cache_dir or None, verbose=False)
         pick = np.sort(np.random.default_rng(cfg.seed).permutation(len(train_set))[:cfg.bn_images])
         x = as_inputs(train_set.images[pick], device)
-        model.bn_stats_images = common.recompute_batchnorm(model, x.split(BN_CHUNK))
+        model.bn_stats_images = common.recompute_batchnorm(model, x.split(BN_CHUNK), total=len(x))
     return getattr(model, "bn_stats_images", 0)
 
 
@@ -659,7 +661,10 @@ def save_panels(fig_dir: str, name: str, panels: list) -> str:
 @torch.no_grad()
 def encode_means(model: VLAE, x: torch.Tensor, chunk: int = 250) -> tuple[list, list]:
     """Per layer, mu_l (N, D_l) and logvar_l (N, D_l) of images x (N, C, H, W), in chunks."""
-    parts = [model.encode(xb) for xb in x.split(chunk)]
+    progress, parts = common.Progress("encoding", len(x), "images"), []
+    for xb in x.split(chunk):
+        parts.append(model.encode(xb))
+        progress.update(len(xb))
     layers = range(len(model.latent_dims))
     return ([torch.cat([p[0][l] for p in parts]).float() for l in layers],
             [torch.cat([p[1][l] for p in parts]).float() for l in layers])

@@ -346,12 +346,17 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
     assert np.random.rand() == expected
 
 
-def test_progress_prints_the_size_then_rate_and_eta_one_line_per_update_in_a_log(capsys):
+def test_progress_is_silent_for_short_jobs_and_prints_rate_and_eta_one_line_per_update_in_a_log(capsys):
+    quick = common.Progress("probe", 3, "steps")  # ends within 5 s: says nothing
+    for _ in range(3):
+        quick.update()
+    assert capsys.readouterr().err == ""
     p = common.Progress("Parzen", 3, "faces", every=0.0)
     for _ in range(3):
         p.update()
     lines = capsys.readouterr().err.splitlines()
-    assert lines[0] == "Parzen: 3 faces" and len(lines) == 4 and "\r" not in "".join(lines)  # not a tty
+    assert len(lines) == 3 and "\r" not in "".join(lines)  # not a tty: a line per update
+    assert lines[0].startswith("Parzen: 1/3 faces (") and "ETA" in lines[0]
     assert lines[-1].startswith("Parzen: 3/3 faces (") and "faces/s, ETA 0s)" in lines[-1]
 
 
