@@ -92,3 +92,11 @@ def test_frechet_and_kernel_distances_are_zero_for_one_distribution_and_grow_wit
     kids = [claims.kernel_inception_distance(torch.randn(20, 3, generator=g), torch.randn(20, 3, generator=g))
             for _ in range(200)]
     assert abs(np.mean(kids)) < 0.1 * np.std(kids)
+
+
+def test_vae_began_claims_score_every_variant_with_the_judge_and_plot_both_controllers(tmp_path):
+    text, rows, cited = report_rows("vae_began", tmp_path)
+    assert [cells[0][:8] for cells in rows] == ["Table 1:", "Sec. 5: ", "Sec. 3.2"]
+    for name in ("BEGAN", "BEGAN* + LSM", "VAE + BEGAN* + LSM", "VAE alone", "real digits"):
+        assert f"{name}: IS " in rows[0][2]
+    assert len(cited) == 3 and "controller_k_t.png" in " ".join(cited)

@@ -13,8 +13,9 @@ import vlae
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the faces run keeps the reference's BatchNorm momentum (0.001): eval must not depend on it
-FAST_FACES = ["--image-size", "32", "--batch-size", "16", "--eval-images", "40", "--probe-images", "100"]
-FAST_MNIST = ["--dataset", "mnist", "--batch-size", "8", "--bn-momentum", "0.05", "--eval-images", "50"]
+FAST_FACES = ["--image-size", "16", "--batch-size", "16", "--eval-images", "40", "--probe-images", "100"]
+FAST_MNIST = ["--dataset", "mnist", "--batch-size", "8", "--bn-momentum", "0.05", "--eval-images", "50",
+              "--probe-images", "200", "--bn-images", "200"]
 
 
 def small_config(dataset="celeba", **kw):
@@ -202,7 +203,7 @@ def test_face_arithmetic_with_b_equal_to_a_reconstructs_c():
 
 @pytest.fixture(scope="module")
 def faces_run(tmp_path_factory):
-    """20 steps on the bundled real faces at 32x32, with figures and eval at the end."""
+    """20 steps on the bundled real faces at 16x16, with figures and eval at the end."""
     out = str(tmp_path_factory.mktemp("faces"))
     vlae.main(["--dataset", "celeba", "--data-dir", os.path.join(ROOT, "tests", "data", "celeba"), "--out", out,
                "--steps", "20", "--log-every", "5", "--ckpt-every", "10"] + FAST_FACES)
@@ -231,7 +232,7 @@ def test_loss_falls_on_real_faces_and_every_output_is_written(faces_run):
 
 
 def test_heldout_error_matches_training_error_with_recomputed_batchnorm(faces_run):
-    """30 steps at the reference's BatchNorm momentum (0.001): the running statistics are still
+    """20 steps at the reference's BatchNorm momentum (0.001): the running statistics are still
     near their initial values, so evaluating with them (--bn-images 0) reconstructs far worse than
     training did; the population statistics bring the held-out error back near the training one."""
     train_l1 = np.mean([r["recon"] for r in common.read_jsonl(os.path.join(faces_run, "metrics.jsonl"))[-3:]])
@@ -243,7 +244,7 @@ def test_heldout_error_matches_training_error_with_recomputed_batchnorm(faces_ru
         running_l1 = (model.decode(model.encode(x)[0]) - x).abs().mean().item()  # the training-time statistics
         assert vlae.refresh_batchnorm(cfg, model, "cpu") == 160
         refreshed_l1 = (model.decode(model.encode(x)[0]) - x).abs().mean().item()
-    assert running_l1 > 1.3 * train_l1 and refreshed_l1 == pytest.approx(recomputed, rel=1e-3)
+    assert running_l1 > 1.3 * train_l1 and refreshed_l1 == pytest.approx(recomputed, rel=5e-3)
 
 
 def test_sample_figures_and_eval_need_only_the_checkpoint(faces_run, tmp_path, capsys):
