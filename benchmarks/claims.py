@@ -254,6 +254,22 @@ def update_readme(paper: str, report: str, readme: str = os.path.join(ROOT, "REA
     print(f"updated {readme}")
 
 
+def footer(paper: str, runs: dict, t0: float, args) -> list:
+    """The report header's last lines: the machine and wall time (saying when runs were reused) and
+    the command that reproduces it."""
+    reused = " (it reused finished runs, --reuse)" if any(r.reused for r in runs.values()) else ""
+    return [f"Machine: {machine()}; this invocation took {time.time() - t0:.0f} s{reused}",
+            f"Reproduce: `python benchmarks/claims.py {paper} --scale {args.scale}`"]
+
+
+def publish(args, paper: str, title: str, header: list, rows: list, figures: list, shown: tuple) -> None:
+    """Write docs/claims/PAPER.md and, unless --no-readme, its README section with the `shown` figures."""
+    report = os.path.join(args.out, f"{paper}.md")
+    write_report(report, title, header, rows, figures)
+    if args.readme:
+        update_readme(paper, report, figures=shown)
+
+
 def machine() -> str:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
     return f"{device}, torch {torch.__version__}, {platform.system()} {platform.machine()}"
@@ -946,13 +962,9 @@ def claims_disentangled(args, device) -> None:
               "disentangled_vae.py eval --checkpoint runs/dvae-faces/checkpoint.pt` gives the z_s and z_u "
               "accuracies on held-out faces of the seen identities (eval.json: acc_z_s_nearest_component, "
               "acc_z_u_probe, acc_z_u_mlp_probe)",
-              f"Machine: {machine()}; this invocation took {time.time() - t0:.0f} s"
-              + (" (it reused finished runs, --reuse)" if any(r.reused for r in runs.values()) else ""),
-              f"Reproduce: `python benchmarks/claims.py disentangled --scale {args.scale}`"]
-    report = os.path.join(args.out, "disentangled.md")
-    write_report(report, "Lr-LiVAE (Zheng & Sun 2019): the paper's claims, measured", header, rows, figures)
-    if args.readme:
-        update_readme("disentangled", report, figures=("fig2_toy", "fig6_swap", "unseen_swap"))
+              *footer("disentangled", runs, t0, args)]
+    publish(args, "disentangled", "Lr-LiVAE (Zheng & Sun 2019): the paper's claims, measured", header, rows, figures,
+            ("fig2_toy", "fig6_swap", "unseen_swap"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1150,13 +1162,9 @@ def claims_vae_began(args, device) -> None:
               "The paper's Table 1 (Inception score, CIFAR-10, 50,000 samples): BEGAN 5.62, VAE + BEGAN* + LSM "
               "6.80, real images 11.24; a GPU run at --scale paper on CIFAR-10 with the Inception network is "
               "what compares to it",
-              f"Machine: {machine()}; this invocation took {time.time() - t0:.0f} s"
-              + (" (it reused finished runs, --reuse)" if any(r.reused for r in runs.values()) else ""),
-              f"Reproduce: `python benchmarks/claims.py vae_began --scale {args.scale}`"]
-    report = os.path.join(args.out, "vae_began.md")
-    write_report(report, "VAE-BEGAN (Khan et al. 2018): the paper's claims, measured", header, rows, figures)
-    if args.readme:
-        update_readme("vae_began", report, figures=("samples_compare", "controller_k_t"))
+              *footer("vae_began", runs, t0, args)]
+    publish(args, "vae_began", "VAE-BEGAN (Khan et al. 2018): the paper's claims, measured", header, rows, figures,
+            ("samples_compare", "controller_k_t"))
 
 
 # ----------------------------------------------------------------------------------------------
