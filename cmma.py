@@ -502,7 +502,8 @@ def parzen_scores(model, x: torch.Tensor, y: torch.Tensor, k: int, sigmas: torch
     samples: each face's estimate is the same, only the faces' errors are correlated."""
     total = torch.zeros(len(sigmas), dtype=torch.float64)
     unique, which = torch.unique(y, dim=0, return_inverse=True)
-    progress = common.Progress(f"Parzen ({k} samples each, {len(unique)} attribute vectors)", len(x), "faces")
+    progress = common.Progress(f"Parzen ({k} samples each, {len(unique)} attribute vectors)", len(x), "faces",
+                               announce=True)
     for u, yu in enumerate(unique):
         samples = torch.cat([model.generate(yu.expand(min(chunk, k - s), -1)).float()
                              for s in range(0, k, chunk)])
@@ -517,7 +518,8 @@ def importance_log_likelihood(model, x: torch.Tensor, y: torch.Tensor, k: int, c
     """Extra (not in the paper): log p(x|y) ~ logmeanexp_k[log p(x|z_k) + log p(z_k|y)
     - log q(z_k|x, y)], z_k ~ q (JMVAE's estimator). x (N, ...) in [0, 1]; returns (N,) nats.
     The k samples of a face are decoded `chunk` at a time (all 1000 at once: ~4.5 GB at 64x64)."""
-    out, progress = [], common.Progress(f"importance-sampled log p(x|y) ({k} samples each)", len(x), "faces")
+    out, progress = [], common.Progress(f"importance-sampled log p(x|y) ({k} samples each)", len(x), "faces",
+                                        announce=True)
     for xi, yi in zip(x, y):
         mu, logvar = model.posterior(xi[None], yi[None])
         p_mu, p_logvar = model.prior(yi[None])
@@ -787,6 +789,7 @@ def draw_figures(runs: list, out: str, device) -> list:
     train_set, written, panels = load_split(cfg0, "train", verbose=False), [], {"fig4": [], "fig6": [], "fig7": []}
     names, levels = train_set.names["attributes"], attribute_levels(cfg0, train_set.labels["attributes"])
     six_plain, six_glasses = pick_faces(cfg0, train_set, names)
+    progress = common.Progress("figures", len(runs), "models")
     for cfg, model in runs:
         torch.manual_seed(cfg.seed)
         if cfg.dataset == "mnist":
@@ -806,6 +809,7 @@ def draw_figures(runs: list, out: str, device) -> list:
             path = os.path.join(cfg.out, "figures", f"{name}_{cfg.model}.png")
             panels[name].append(common.save_grid(images, path, nrow, value_range=(0.0, 1.0)))
             written.append(path)
+        progress.update()
     if len(runs) > 1:
         for name, grids in panels.items():
             if len(grids) > 1:

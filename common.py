@@ -893,11 +893,15 @@ class Progress:
     log file (not a tty) each update is its own line, with no carriage returns. Rank 0 only.
     Use: p = Progress("Parzen", len(x), "faces"); p.update(n) after each n done."""
 
-    def __init__(self, label: str, total: int, unit: str = "images", every: float = 5.0, enabled: bool = True):
+    def __init__(self, label: str, total: int, unit: str = "images", every: float = 5.0, enabled: bool = True,
+                 announce: bool = False):
         self.label, self.total, self.unit, self.every = label, total, unit, every
         self.enabled, self.tty = enabled and is_main() and total > 0, sys.stderr.isatty()
         self.t0 = self.last = time.time()
         self.done, self.shown = 0, False
+        if announce and self.enabled:  # a job known to be long says its size at once (its ETA follows)
+            print(f"{label}: {total} {unit}", file=sys.stderr, flush=True)
+            self.shown = True
 
     def update(self, n: int = 1) -> None:
         self.done += n

@@ -1040,10 +1040,12 @@ def save_toy_snapshot(cfg: Config, model: DisentangledVAE, epoch: int, device, n
 def draw_figures(cfg: Config, model: DisentangledVAE, names: list, device) -> list:
     """Every figure of the paper this data allows, into OUT/figures; returns the paths."""
     fig_dir, g, written = os.path.join(cfg.out, "figures"), torch.Generator().manual_seed(cfg.seed), []
+    progress = common.Progress("figures", 6 if model.kind == "lr-livae" else 5, "figures")
 
     def save(name: str, images: torch.Tensor, nrow: int) -> None:
         written.append(os.path.join(fig_dir, name))
         common.save_grid(images, written[-1], nrow)
+        progress.update()
 
     if cfg.dataset == "toy":
         return draw_toy_figure(cfg, fig_dir)

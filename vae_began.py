@@ -557,10 +557,13 @@ def run_loop(cfg: Config, model, optimizers, controller, scaler, batches, start,
 def draw_figures(cfg: Config, model: VAEBEGAN, device) -> list:
     """Samples, Fig. 4, Fig. 6 (VAE), Fig. 8 (VAE on CelebA) and the k_t / M_global curves."""
     fig_dir, g, written = os.path.join(cfg.out, "figures"), torch.Generator().manual_seed(cfg.seed), []
+    fig8 = len(FIG8_ATTRIBUTES) if cfg.vae and cfg.dataset == "celeba" else 0
+    progress = common.Progress("figures", 1 + cfg.gan + cfg.vae + fig8, "figures")
 
     def save(name, images, nrow):
         written.append(os.path.join(fig_dir, name))
         common.save_grid(images, written[-1], nrow)
+        progress.update()
 
     with torch.no_grad():
         save("samples.png", model.generator(prior_noise(64, cfg, device, g)), 8)

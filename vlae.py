@@ -599,20 +599,25 @@ def finish(cfg: Config, model: VLAE, device, train_set: data.ImageSet) -> None:
 def draw_figures(cfg: Config, model: VLAE, device) -> list:
     """Figs. 2-4, reconstructions and prior samples into OUT/figures; returns the paths."""
     fig_dir, g = os.path.join(cfg.out, "figures"), torch.Generator().manual_seed(cfg.seed)
+    progress = common.Progress("figures", 4 + (cfg.dataset == "mnist"), "figures")  # Fig. 4's grids count as one
     written = [save(fig_dir, "samples.png", model.decode(prior_draw(model, 100, g, device)), 10)]
     n_layers = len(model.latent_dims)
     if cfg.dataset == "mnist":  # Fig. 2: bottom, middle, top layer left to right
         panels = [common.make_grid(common.to_uint8(fig_manifold(model, l, g, device)), 15) for l in range(n_layers)]
         written.append(save_panels(fig_dir, "fig2_manifold.png", panels))
+    progress.update(1 + (cfg.dataset == "mnist"))
     base = prior_draw(model, 1, g, device)  # one base for every panel, so the panels compare
     panels = [common.make_grid(common.to_uint8(fig_resample_layer(model, l, base, g, device)), 10)
               for l in range(n_layers)]
     written.append(save_panels(fig_dir, "fig3_layers.png", panels))
+    progress.update()
     x, held = heldout_images(cfg, 32, device)
     with torch.no_grad():
         x_hat = model.decode(model.encode(x)[0])
     written.append(save(fig_dir, "reconstructions.png", torch.stack([x, x_hat], 1).flatten(0, 1), 8))
+    progress.update()
     written += fig4_all(cfg, model, device, fig_dir, held)
+    progress.update()
     common.plot_curves(os.path.join(cfg.out, "metrics.jsonl"), os.path.join(fig_dir, "curves.png"), curve_keys(cfg))
     common.print0("figures: " + ", ".join(os.path.relpath(p, cfg.out) for p in written))
     return written

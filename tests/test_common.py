@@ -351,6 +351,11 @@ def test_progress_is_silent_for_short_jobs_and_prints_rate_and_eta_one_line_per_
     for _ in range(3):
         quick.update()
     assert capsys.readouterr().err == ""
+    long = common.Progress("Parzen", 2, "faces", announce=True)  # a job known to be long: its size at once, and the end
+    long.update()
+    long.update()
+    announced = capsys.readouterr().err.splitlines()
+    assert announced[0] == "Parzen: 2 faces" and announced[1].startswith("Parzen: 2/2 faces (") and len(announced) == 2
     p = common.Progress("Parzen", 3, "faces", every=0.0)
     for _ in range(3):
         p.update()
