@@ -138,9 +138,10 @@ def resolve_defaults(cfg: Config) -> Config:
 def kl_weight(cfg: Config) -> float:
     """L_n's weight in L_enc (eq. 15). The paper gives none. L_e is the L1 averaged over the
     P = C S^2 pixel values (C = 3; 1 for MNIST) with weight gamma and L_n the KL averaged over
-    the N latent dims, so weight w is beta = w P / (gamma N) against the summed L1 (a unit-scale Laplace decoder's ELBO has
-    beta = 1): w = 1 is beta = 480 / 1920 / 7680 at 32 / 64 / 128 px, and the encoder collapses to
-    the prior (no active units). The default (--kl-weight 0) is beta = 1: w = gamma N / P."""
+    the N latent dims, so weight w is beta = w P / (gamma N) against the summed L1 (a unit-scale
+    Laplace decoder's ELBO has beta = 1): w = 1 is beta = 480 / 1920 / 7680 at 32 / 64 / 128 px
+    in colour, and the encoder collapses to the prior (no active units). The default
+    (--kl-weight 0) is beta = 1: w = gamma N / P."""
     return cfg.kl_weight or cfg.gamma * cfg.latent_dim / (channels(cfg) * cfg.image_size ** 2)
 
 
