@@ -1154,8 +1154,8 @@ def claims_vae_began(args, device) -> None:
               f"N = {scale['latent']}, Adam lr {scale['lr']} for every variant, the paper's other settings "
               f"(alpha, beta, gamma, eta, gains); one seed ({args.seed}). BEGAN: --no-vae --no-lsm --controller p "
               f"--noise uniform (BEGAN's noise and update; the same lr as the others)",
-              f"Judge: {judge_.description}; it reads every score below (Inception-style score, Frechet "
-              f"distance in its 128 hidden features, class histogram), the same feature space for every run",
+              f"Judge: {judge_.description}; it reads every score below (Inception-style score, Frechet and "
+              f"kernel distances in its 128 hidden features, class histogram), the same feature space for every run",
               *[f"Run `{r.name}` ({VAE_BEGAN_VARIANTS[v][0]}): {r.data}; {r.steps} steps; "
                 + (f"trained in {r.seconds:.0f} s (reused)" if r.reused else f"done in {r.seconds:.0f} s")
                 for v, r in runs.items()],
