@@ -511,17 +511,13 @@ def set_grads(loss: torch.Tensor, params: list, add: bool = False) -> None:
         p.grad = p.grad + g if add and p.grad is not None else g
 
 
-def no_scaler(device) -> torch.amp.GradScaler:
-    return torch.amp.GradScaler(torch.device(device).type, enabled=False)
-
-
 def stage1_step(model: DisentangledVAE, optimizers: dict, batches: list, cfg: Config, device,
                 scaler: torch.amp.GradScaler | None = None) -> dict:
     """Stage 1: one Adam step of L_GM on E_s and the mixture's mu (optimizer 'gm') and
     Sigma (optimizer 'sigma', its own learning rate). `batches` holds the (x, c) micro-batches
     of the step (one unless --grad-accum); their gradients are averaged. `scaler`: fp16's loss
     scaling (a step whose gradients hold an inf is skipped)."""
-    scaler = scaler or no_scaler(device)
+    scaler = scaler or common.make_grad_scaler(torch.device(device), False)
     params = list(model.encoder_s.parameters()) + [model.prior.mu, model.prior.logvar]
     for p in params:
         p.grad = None
@@ -545,7 +541,7 @@ def stage2_step(model: DisentangledVAE, optimizers: dict, batches: list, cfg: Co
     then simultaneous Adam steps. E_u, E_s and G share 10 L_rec (+ L_KL + L_adv for E_u, L_lkd
     for E_s: each term reaches only its own encoder); G alone takes L_GD, Dis alone L_Dis, C
     alone L_C. `scaler` as in `stage1_step`."""
-    scaler, groups = scaler or no_scaler(device), model.groups()
+    scaler, groups = scaler or common.make_grad_scaler(torch.device(device), False), model.groups()
     every = [p for ps in groups.values() for p in ps]
     for p in every:
         p.grad = None

@@ -279,14 +279,9 @@ def losses(model: VAEBEGAN, x: torch.Tensor, k: torch.Tensor, cfg: Config) -> di
     z_gd, x_gd = model.discriminator(x_g)
     t = {"L_d": l1(x, x_d), "L_g": l1(x_g, x_gd)}                                  # eq. 7
     if cfg.vae:
-        mu, logvar = model.encode(x)
-        x_v = model.generator(common.reparameterize(mu, logvar))
+        x_v, vae = vae_terms(model, x, cfg)
         z_vd, x_vd = model.discriminator(x_v)
-        t["L_v"] = l1(x_v, x_vd)                                                    # eq. 7
-        t["L_e"] = l1(x, x_v)                                                       # eq. 2
-        t["L_n"] = common.kl_normal_std(mu.float(), logvar.float()).mean() / cfg.latent_dim   # eq. 3
-        t["L_s"] = l1(z_d.detach(), z_vd)                                           # eq. 9
-        t["active_units"] = (mu.detach().float().var(0) > 0.01).sum().float()
+        t.update(vae, L_v=l1(x_v, x_vd), L_s=l1(z_d.detach(), z_vd))              # eq. 7, eq. 9
     else:  # BEGAN* + LSM: match the batch-mean bottleneck codes of real and generated images
         t["L_v"] = t["L_e"] = t["L_n"] = torch.zeros((), device=x.device)
         t["L_s"] = l1(z_d.detach().mean(0), z_gd.mean(0))
@@ -300,15 +295,21 @@ def losses(model: VAEBEGAN, x: torch.Tensor, k: torch.Tensor, cfg: Config) -> di
     return t
 
 
+def vae_terms(model: VAEBEGAN, x: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, dict]:
+    """x_v = G(z_v), z_v ~ q(z|x), and {L_e (eq. 2), L_n (eq. 3, KL averaged over dims and batch),
+    active_units (dims of mu with batch variance > 0.01)}."""
+    mu, logvar = model.encode(x)
+    x_v = model.generator(common.reparameterize(mu, logvar))
+    return x_v, {"L_e": l1(x, x_v), "L_n": common.kl_normal_std(mu.float(), logvar.float()).mean() / cfg.latent_dim,
+                 "active_units": (mu.detach().float().var(0) > 0.01).sum().float()}
+
+
 def vae_losses(model: VAEBEGAN, x: torch.Tensor, cfg: Config) -> dict:
     """--no-gan: the VAE alone, L_e (eq. 2) and L_n (eq. 3) with the weights of eq. 14-15 (no D,
     so no L_d, L_g, L_v, L_s and k_t stays 0)."""
-    mu, logvar = model.encode(x)
-    x_v = model.generator(common.reparameterize(mu, logvar))
     zero = torch.zeros((), device=x.device)
     t = {"L_d": zero, "L_g": zero, "L_v": zero, "L_s": zero, "L_dis": zero, "m_global": zero,
-         "L_e": l1(x, x_v), "L_n": common.kl_normal_std(mu.float(), logvar.float()).mean() / cfg.latent_dim,
-         "active_units": (mu.detach().float().var(0) > 0.01).sum().float()}
+         **vae_terms(model, x, cfg)[1]}
     t["L_gen"] = cfg.gamma * t["L_e"]
     t["L_enc"] = kl_weight(cfg) * t["L_n"] + cfg.gamma * t["L_e"]
     return t
@@ -360,7 +361,7 @@ def train_step(model: VAEBEGAN, optimizers: dict, controller: Controller, xs: li
     ranks average the gradients; three Adam steps; then k_t from the mean detached losses.
     `forward` may be a compiled `losses`. `scaler` (fp16 autocast): one GradScaler for the three
     objectives; each network's step is skipped when its gradients hold an inf or NaN."""
-    scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
+    scaler = scaler or common.make_grad_scaler(device, False)
     nets = model.networks()
     every = [p for net in nets.values() for p in net.parameters()]
     for p in every:

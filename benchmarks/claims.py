@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from PIL import Image, ImageDraw
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -134,7 +135,7 @@ class Judge:
     predict: object
     accuracy: float
     description: str
-    read: object = None  # images -> (p(y|x) (N, 10), features (N, 128): the last hidden layer)
+    read: object  # images -> (p(y|x) (N, 10), features (N, 128): the last hidden layer)
 
 
 def judge_net() -> nn.Module:
@@ -200,18 +201,12 @@ def judge(args, device, epochs: int = 30) -> Judge:
     net = net.to(device).eval()
 
     @torch.no_grad()
-    def predict(images: torch.Tensor) -> torch.Tensor:
-        if images.shape[-1] != 28:
-            images = F.interpolate(images.float(), size=(28, 28), mode="bilinear", antialias=True)
-        return torch.cat([net(b.to(device)).argmax(1).cpu() for b in images.split(500)])
-
-    @torch.no_grad()
     def read(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if images.shape[-1] != 28:
             images = F.interpolate(images.float(), size=(28, 28), mode="bilinear", antialias=True)
         hidden = [net[:-2](b.to(device)) for b in images.split(500)]  # eval mode: the dropout is off
         return torch.cat([net[-1](h).softmax(1).cpu() for h in hidden]), torch.cat([h.cpu() for h in hidden])
-    return Judge(predict, accuracy, description, read)
+    return Judge(lambda images: read(images)[0].argmax(1), accuracy, description, read)
 
 
 def write_report(path: str, title: str, header: list, rows: list, figures: list) -> None:
@@ -1051,7 +1046,6 @@ def plot_controllers(runs: dict, path: str) -> None:
 
 def plot_series(series: dict, path: str, title: str, size: tuple = (560, 300)) -> None:
     """Several (step, value) curves on one set of axes (shared ranges), a colour and a legend line each."""
-    from PIL import Image, ImageDraw
     points = [p for pts in series.values() for p in pts]
     x_lo, x_hi = min(p[0] for p in points), max(p[0] for p in points)
     y_lo, y_hi = min(p[1] for p in points), max(p[1] for p in points)
