@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import hashlib
 import itertools
 import json
 import math
@@ -323,6 +324,193 @@ def pairwise_ms_ssim(images: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------
+# sample quality: FID, KID and Inception Score through torch-fidelity (the optional metrics extra)
+# ----------------------------------------------------------------------------------------------
+# These numbers move by whole points with the Inception weights, the resize to 299 px, the uint8
+# quantisation and the split protocol, and torchvision's Inception gives other values; so they come
+# from torch-fidelity, whose TF-Inception port matches the reference TF code (Heusel et al. 2017
+# for FID, Salimans et al. 2016 for IS, Binkowski et al. 2018 for KID). Samples reach it as uint8,
+# the bytes a PNG would hold, through its generative-model wrapper (no PNG round trip).
+METRICS_EXTRA = "pip install -r requirements-metrics.txt"
+INCEPTION = "inception-v3-compat"
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch.hub's name: the suffix starts its SHA-256
+INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + INCEPTION_FILE
+INCEPTION_SHA256_PREFIX = "6726825d"
+FIDELITY_BATCH = 128  # images per forward of the feature extractor
+ISC_SPLITS, KID_SUBSETS, KID_SUBSET_SIZE = 10, 100, 1000  # the protocol's values
+
+
+def import_torch_fidelity():
+    """The torch_fidelity module, imported only when a metric is asked for. Raises ValueError with
+    the one pip command to run when it is missing, or when its torchvision was built for another
+    torch (which fails at import with 'operator torchvision::nms does not exist')."""
+    try:
+        import torch_fidelity
+    except ImportError as e:
+        raise ValueError(f"--fid, --kid and --isc need the metrics extra, which is not installed ({e}): run "
+                         f"`{METRICS_EXTRA}`") from None
+    except RuntimeError as e:
+        raise ValueError(f"torchvision does not match torch {torch.__version__} ({e}): run `{METRICS_EXTRA}`, or "
+                         f"install the torchvision built for your torch from the index you took torch from") from None
+    return torch_fidelity
+
+
+def fidelity_requested(cfg: Any) -> bool:
+    return cfg.fid or cfg.kid or cfg.isc
+
+
+def fidelity_split(cfg: Any) -> str:
+    """The real images' split: --fidelity-split, else CIFAR-10's train (its IS / FID protocol), else test."""
+    return cfg.fidelity_split or ("train" if cfg.dataset == "cifar10" else "test")
+
+
+def inception_weights(cfg: Any) -> str | None:
+    """The path of the Inception weights for torch-fidelity (None for another --feature-extractor).
+
+    --inception-weights PATH is checked against the file's SHA-256 prefix. Without it, torch.hub's
+    cache ($TORCH_HOME/hub/checkpoints) is used, downloading the file there first if needed.
+    Raises FileNotFoundError / ValueError naming the file, the URL and the flag when neither works."""
+    if cfg.feature_extractor != INCEPTION:
+        return None
+    get = f"download {INCEPTION_URL} on a machine with network and pass --inception-weights PATH"
+    if cfg.inception_weights:
+        if not os.path.isfile(cfg.inception_weights):
+            raise FileNotFoundError(f"--inception-weights {cfg.inception_weights}: no such file; {get}")
+        sha = hashlib.sha256()
+        with open(cfg.inception_weights, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                sha.update(block)
+        if not sha.hexdigest().startswith(INCEPTION_SHA256_PREFIX):
+            raise ValueError(f"--inception-weights {cfg.inception_weights} is not {INCEPTION_FILE}: its SHA-256 "
+                             f"starts {sha.hexdigest()[:8]}, not {INCEPTION_SHA256_PREFIX}; {get}")
+        return cfg.inception_weights
+    path = os.path.join(torch.hub.get_dir(), "checkpoints", INCEPTION_FILE)
+    if not os.path.isfile(path):
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            torch.hub.download_url_to_file(INCEPTION_URL, path, hash_prefix=INCEPTION_SHA256_PREFIX, progress=False)
+        except Exception as e:  # no route (URLError), a proxy's page (hash mismatch), a read-only home...
+            raise ValueError(f"the Inception weights are not in {os.path.dirname(path)} and could not be downloaded "
+                             f"({type(e).__name__}: {e}); {get}") from None
+    return path
+
+
+class _Uint8Samples(nn.Module):
+    """torch-fidelity's generator: noise (B, z_size) -> (B, 3, H, W) uint8. `generate` maps the noise
+    (on `device`) to images in [-1, 1]; greyscale is replicated to 3 channels."""
+
+    def __init__(self, generate, device: torch.device, progress: "Progress"):
+        super().__init__()
+        self.generate, self.device, self.progress = generate, device, progress
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        images = quantise(self.generate(z.to(self.device)))
+        self.progress.update(len(images))
+        return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+
+
+class _RealImages(torch.utils.data.Dataset):
+    """An ImageSet's (N, H, W, C) uint8 images as the (3, H, W) uint8 tensors torch-fidelity reads."""
+
+    def __init__(self, images: np.ndarray, progress: "Progress"):
+        self.images, self.progress = images, progress
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        self.progress.update()
+        x = torch.from_numpy(np.array(self.images[i])).permute(2, 0, 1)
+        return x.expand(3, -1, -1) if x.shape[0] == 1 else x
+
+
+def real_cache_name(real: Any, dataset: str, split: str) -> str:
+    """torch-fidelity's cache name of a real split: data set, split, size, count and a hash of the
+    file list (so another folder, crop or subset never reads the wrong statistics)."""
+    key = hashlib.sha1("\n".join(map(str, real.files)).encode()).hexdigest()[:10]
+    return f"{dataset}-{split}-{real.images.shape[1]}px-{len(real)}-{key}"
+
+
+def _fidelity(cfg: Any, device: torch.device, cache_root: str, real: Any, split: str, **inputs) -> dict:
+    """torch_fidelity.calculate_metrics with this project's protocol settings, as an eval.json entry:
+    each value (IS and KID with their std over splits / subsets), the real split and its size, the
+    feature extractor, its weights and the torch-fidelity version."""
+    tf, weights = import_torch_fidelity(), inception_weights(cfg)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # torch-fidelity moves its networks with .cuda()
+    metrics = tf.calculate_metrics(**inputs, cuda=device.type == "cuda", batch_size=FIDELITY_BATCH,
+                                   feature_extractor=cfg.feature_extractor, feature_extractor_weights_path=weights,
+                                   isc_splits=ISC_SPLITS, kid_subsets=KID_SUBSETS, cache_root=cache_root,
+                                   rng_seed=cfg.seed, verbose=False,
+                                   save_cpu_ram=True)  # the real images are in memory already: no loader workers
+    out = {"feature_extractor": cfg.feature_extractor, "torch_fidelity": tf.__version__, "weights": weights or "",
+           "real": {"split": split, "images": len(real), "description": real.description}}
+    if "inception_score_mean" in metrics:
+        out["isc"] = {"mean": metrics["inception_score_mean"], "std": metrics["inception_score_std"],
+                      "splits": ISC_SPLITS}
+    if "frechet_inception_distance" in metrics:
+        out["fid"] = metrics["frechet_inception_distance"]
+    if "kernel_inception_distance_mean" in metrics:
+        out["kid"] = {"mean": metrics["kernel_inception_distance_mean"], "std": metrics["kernel_inception_distance_std"],
+                      "subsets": KID_SUBSETS, "subset_size": inputs["kid_subset_size"], "estimator": "unbiased"}
+    if real.images.shape[-1] == 1:
+        out["greyscale"] = "replicated to 3 channels (real and generated) before the feature extractor"
+    return out
+
+
+def sample_quality(cfg: Any, generate, z_size: int, real: Any, dataset: str, device: torch.device,
+                   cache_root: str, labels: str = "", z_type: str = "normal") -> dict:
+    """FID, KID and IS (those of cfg.fid, cfg.kid, cfg.isc that are set) of cfg.fidelity_samples
+    generated images against the real split `real`, through torch-fidelity.
+
+    generate: z -> images. z is (B, z_size) float32 on `device`, drawn by torch-fidelity from
+      `z_type` ('normal': N(0, I); 'uniform_0_1': U(0, 1)) with seed cfg.seed; the images are
+      (B, C, H, W) in [-1, 1], C = 1 or 3, quantised to uint8 as a PNG would be.
+    real: an ImageSet of `dataset`'s fidelity_split(cfg), (N, H, W, C) uint8; its Inception
+      features are cached under `cache_root` per data set, split, size and file list.
+    labels: how a conditional model drew its labels, recorded in the entry.
+    Returns the eval.json entry (see _fidelity, plus the sample count and how they were drawn). FID is in squared feature
+    units; KID likewise (x 1e3 in most tables); IS is exp(nats). Raises ValueError when the extra or
+    the weights are missing (the message says how to get them) or when KID has fewer than 2 images.
+    """
+    tf, n, split = import_torch_fidelity(), cfg.fidelity_samples, fidelity_split(cfg)
+    progress = Progress("fidelity samples", n, "images", announce=True)
+    model = tf.GenerativeModelModuleWrapper(_Uint8Samples(generate, device, progress), z_size, z_type, 0)
+    inputs = dict(input1=model, input1_model_num_samples=n, isc=cfg.isc, fid=cfg.fid, kid=cfg.kid)
+    if cfg.fid or cfg.kid:
+        inputs.update(input2=_RealImages(real.images, Progress(f"fidelity real {split} images", len(real))),
+                      input2_cache_name=real_cache_name(real, dataset, split),
+                      kid_subset_size=min(KID_SUBSET_SIZE, n, len(real)))
+    out = _fidelity(cfg, device, cache_root, real, split, **inputs)
+    out["samples"] = {"images": n, "z": f"{z_type} noise from torch-fidelity, rng_seed {cfg.seed}",
+                      **({"labels": labels} if labels else {})}
+    if n < 50_000 and (cfg.fid or cfg.isc):
+        out["note"] = (f"{n} samples, not the protocol's 50,000: FID is biased upward and IS downward by a "
+                       f"sample-size-dependent amount, so compare only with numbers at the same count")
+    return out
+
+
+def real_image_score(cfg: Any, real: Any, dataset: str, device: torch.device, cache_root: str) -> dict:
+    """The Inception Score of the real split itself (10 splits), written to OUT/eval_real_isc.json:
+    the check that the protocol is wired right (Salimans et al.'s CIFAR-10 train: 11.24). Same
+    units and errors as sample_quality."""
+    split = fidelity_split(cfg)
+    images = _RealImages(real.images, Progress(f"fidelity real {split} images", len(real), announce=True))
+    result = _fidelity(cfg, device, cache_root, real, split, input1=images,
+                       input1_cache_name=real_cache_name(real, dataset, split), isc=True)
+    write_json(os.path.join(cfg.out, "eval_real_isc.json"), result)
+    return result
+
+
+def write_json(path: str, record: dict) -> None:
+    """Write `record` to `path` (creating its folder) and print it: the eval commands' output."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(record, f, indent=2)
+    print(json.dumps(record, indent=2))
+
+
+# ----------------------------------------------------------------------------------------------
 # layers
 # ----------------------------------------------------------------------------------------------
 def conv_same(in_ch: int, out_ch: int, stride: int, kernel: int = 4) -> nn.Module:
@@ -404,12 +592,17 @@ def init_normal_(module: nn.Module, std: float = 0.02) -> None:
 # ----------------------------------------------------------------------------------------------
 # images
 # ----------------------------------------------------------------------------------------------
-def to_uint8(images: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
-    """(B, C, H, W) float images in `value_range` -> (B, H, W, C) uint8, values clipped."""
+def quantise(images: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
+    """(B, C, H, W) float images in `value_range` -> (B, C, H, W) uint8 on the same device, values
+    clipped and rounded to the nearest level: the bytes a PNG of them holds."""
     lo, hi = value_range
-    x = (images.detach().float().cpu() - lo) / (hi - lo)
-    x = (x.clamp(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8)
-    return x.permute(0, 2, 3, 1).numpy()
+    x = (images.detach().float() - lo) / (hi - lo)
+    return (x.clamp(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8)
+
+
+def to_uint8(images: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
+    """(B, C, H, W) float images in `value_range` -> (B, H, W, C) uint8 numpy, values clipped."""
+    return quantise(images, value_range).cpu().permute(0, 2, 3, 1).numpy()
 
 
 def make_grid(images: np.ndarray, nrow: int, padding: int = 2, pad_value: int = 255) -> np.ndarray:
@@ -483,11 +676,26 @@ class RunConfig:
     cache_dir: str = arg("", "decoded-image cache (default: $FACE_VAE_CACHE or ~/.cache/face-vaes)")
     grad_accum: int = arg(1, "micro-batches per optimizer step: the effective batch is batch-size x "
                              "grad-accum x processes")
+    fid: bool = arg(False, "eval: Frechet Inception Distance of --fidelity-samples samples against the real "
+                           "split (the metrics extra: pip install -r requirements-metrics.txt)")
+    kid: bool = arg(False, "eval: Kernel Inception Distance, unbiased (100 subsets of up to 1,000 images)")
+    isc: bool = arg(False, "eval: Inception Score of the samples (10 splits)")
+    real_isc: bool = arg(False, "eval: the Inception Score of the real split's images instead, to check the "
+                                "protocol (CIFAR-10 train: 11.24); needs no checkpoint")
+    fidelity_samples: int = arg(50_000, "eval: samples drawn for --fid/--kid/--isc (the protocol's 50,000; fewer "
+                                        "give a biased FID and a lower IS, see the README)")
+    fidelity_split: str = arg("", "eval: real images for --fid/--kid/--real-isc: train or test (default: train for "
+                                  "CIFAR-10, as its protocol; else the held-out test split)")
+    feature_extractor: str = arg("inception-v3-compat", "eval: torch-fidelity's feature extractor (inception-v3-compat: "
+                                                        "the TF Inception behind the papers' numbers)")
+    inception_weights: str = arg("", "eval: a local copy of weights-inception-2015-12-05-6726825d.pth, for machines "
+                                     "without network (where to get it: README, Evaluation)")
 
 
 # Fields a resumed or evaluated run may set differently from its checkpoint (run control only).
 RUN_FIELDS = frozenset({"data_dir", "out", "checkpoint", "steps", "device", "log_every", "ckpt_every",
-                        "amp", "compile", "fresh", "cache_dir", "grad_accum"})
+                        "amp", "compile", "fresh", "cache_dir", "grad_accum", "fid", "kid", "isc", "real_isc",
+                        "fidelity_samples", "fidelity_split", "feature_extractor", "inception_weights"})
 
 
 def parse_crop(text: str, default: tuple | None) -> tuple[int, int, int, int] | None:
@@ -518,7 +726,10 @@ def check_run_config(cfg: Any) -> None:
               (cfg.steps >= 0, f"--steps must be >= 0, got {cfg.steps}"),
               (cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}"),
               (cfg.log_every >= 1 and cfg.ckpt_every >= 1, "--log-every and --ckpt-every must be >= 1"),
-              (cfg.grad_accum >= 1, f"--grad-accum must be >= 1, got {cfg.grad_accum}")]
+              (cfg.grad_accum >= 1, f"--grad-accum must be >= 1, got {cfg.grad_accum}"),
+              (cfg.fidelity_samples >= 2, f"--fidelity-samples must be >= 2, got {cfg.fidelity_samples}"),
+              (cfg.fidelity_split in ("", "train", "test"),
+               f"--fidelity-split must be train or test, got {cfg.fidelity_split!r}")]
     require(checks)
     if cfg.steps == 0 and is_main():
         print("note: --steps 0 trains nothing: eval and figures show the network as initialised (or as resumed)",

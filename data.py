@@ -90,6 +90,11 @@ def default_cache_dir() -> str:
     return os.environ.get("FACE_VAE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "face-vaes")
 
 
+def metrics_cache_dir(cache_dir: str = "") -> str:
+    """Where torch-fidelity keeps the real images' Inception features: <cache dir>/fidelity."""
+    return os.path.join(cache_dir or default_cache_dir(), "fidelity")
+
+
 def load_dataset(name: str, root: str, split: str = "train", image_size: int = 64,
                  crop: tuple[int, int, int, int] | None = None, cache_dir: str | None = None,
                  verbose: bool = True) -> ImageSet:

@@ -58,7 +58,6 @@ Usage:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -462,10 +461,20 @@ def evaluate(cfg: Config, model: VAEBEGAN, controller: dict, device) -> dict:
                        "kl_beta_per_pixel: L_n's weight as the beta against the summed L1 of L_e; diagnostic MMD: "
                        "unbiased, Gaussian kernel with sigma^2 = N^2 on D's N-dim bottleneck codes, a training "
                        "diagnostic, not a quality score to compare runs")
-    with open(os.path.join(cfg.out, "eval.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    print(json.dumps(result, indent=2))
+    if common.fidelity_requested(cfg):  # Table 1's Inception Score, and FID / KID
+        result["fidelity"] = sample_quality(cfg, model, device)
+    common.write_json(os.path.join(cfg.out, "eval.json"), result)
     return result
+
+
+def sample_quality(cfg: Config, model: VAEBEGAN, device) -> dict:
+    """--isc / --fid / --kid of G(z_g), z_g from the prior (U(-1, 1) as 2u - 1 with --noise
+    uniform), through torch-fidelity; Table 1 is IS on CIFAR-10, 50,000 samples, 10 splits."""
+    real = load_split(cfg, common.fidelity_split(cfg), verbose=False)
+    uniform = cfg.noise == "uniform"
+    generate = (lambda u: model.generator(2 * u - 1)) if uniform else model.generator
+    return common.sample_quality(cfg, generate, cfg.latent_dim, real, cfg.dataset, device,
+                                 data.metrics_cache_dir(cfg.cache_dir), z_type="uniform_0_1" if uniform else "normal")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -610,6 +619,10 @@ def main(argv: list | None = None) -> None:
         if mode == "train":
             return train(resolve_defaults(cfg), explicit)
         device = common.pick_device(cfg.device)
+        if mode == "eval" and cfg.real_isc:  # the protocol check: real images need no checkpoint
+            cfg = resolve_defaults(cfg)
+            real = load_split(cfg, common.fidelity_split(cfg))
+            return common.real_image_score(cfg, real, cfg.dataset, device, data.metrics_cache_dir(cfg.cache_dir))
         model, cfg, controller = load_model(cfg, explicit, device)
         if mode == "eval":
             evaluate(cfg, model, controller, device)
