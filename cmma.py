@@ -320,10 +320,12 @@ class CMMA(nn.Module):
         return self.g(z)
 
     @torch.no_grad()
-    def generate(self, y, noise: float = 1.0):
-        """Faces from attributes (Fig. 5): z = f_mu + noise * eps * f_std, x = g_mu(z)."""
+    def generate(self, y, noise: float = 1.0, eps: torch.Tensor | None = None):
+        """Faces from attributes (Fig. 5): z = f_mu + noise * eps * f_std, x = g_mu(z); eps ~ N(0, I)
+        unless given. Returns (B, C, S, S) in [0, 1]."""
         mu, logvar = self.prior(y)
-        return self.decode(mu + noise * torch.randn_like(mu) * torch.exp(0.5 * logvar), y)[0]
+        eps = torch.randn_like(mu) if eps is None else eps
+        return self.decode(mu + noise * eps * torch.exp(0.5 * logvar), y)[0]
 
     @torch.no_grad()
     def edit(self, x, y_orig, y_new):
@@ -356,9 +358,9 @@ class CVAE(nn.Module):
         return self.g(torch.cat([z, y], dim=1))
 
     @torch.no_grad()
-    def generate(self, y, noise: float = 1.0):
-        z = noise * torch.randn(y.shape[0], self.latent_dim, device=y.device)
-        return self.decode(z, y)[0]
+    def generate(self, y, noise: float = 1.0, eps: torch.Tensor | None = None):
+        eps = torch.randn(y.shape[0], self.latent_dim, device=y.device) if eps is None else eps
+        return self.decode(noise * eps, y)[0]
 
     @torch.no_grad()
     def edit(self, x, y_orig, y_new):
@@ -392,9 +394,9 @@ class CGAN(nn.Module):
         return gan_losses(self.discriminator, x, y, fake)[0 if part == "d" else 1]
 
     @torch.no_grad()
-    def generate(self, y, noise: float = 1.0):
-        z = noise * torch.randn(y.shape[0], self.latent_dim, device=y.device)
-        return self.generator(torch.cat([z, y], dim=1))[0]
+    def generate(self, y, noise: float = 1.0, eps: torch.Tensor | None = None):
+        eps = torch.randn(y.shape[0], self.latent_dim, device=y.device) if eps is None else eps
+        return self.generator(torch.cat([noise * eps, y], dim=1))[0]
 
 
 def build_model(cfg: Config, attributes: int) -> nn.Module:
@@ -871,11 +873,29 @@ def evaluate(runs: list, out: str, device) -> dict:
                            "face; elbo_no_constants drops the log 2pi per pixel and the -1 per latent of eq. 7-8; "
                            "Parzen: K samples per face from its attributes, sigma chosen on the valid faces from "
                            "parzen_grid ([0, 1] pixel units)")
+        if common.fidelity_requested(cfg):
+            result["fidelity"] = sample_quality(cfg, model, device)
         with open(os.path.join(cfg.out, "eval.json"), "w") as f:
             json.dump(result, f, indent=2)
         table[cfg.model] = result
     print_tables(table)
     return table
+
+
+def sample_quality(cfg: Config, model: nn.Module, device) -> dict:
+    """--fid / --kid / --isc of faces generated from attributes drawn as the held-out faces have
+    them (whole rows of the test split's attributes, so their correlations are kept), through
+    torch-fidelity; z's noise eps comes from torch-fidelity."""
+    real = load_split(cfg, common.fidelity_split(cfg), verbose=False)
+    rows = torch.from_numpy(np.asarray(load_split(cfg, "test", verbose=False).labels["attributes"], np.float32))
+    g = torch.Generator().manual_seed(cfg.seed)
+
+    def generate(eps: torch.Tensor) -> torch.Tensor:
+        y = rows[torch.randint(len(rows), (len(eps),), generator=g)].to(eps.device)
+        return model.generate(y, eps=eps) * 2 - 1  # [0, 1] -> [-1, 1]
+
+    labels = f"attribute rows drawn uniformly from the {len(rows)} test faces (the held-out label distribution)"
+    return common.sample_quality(cfg, generate, cfg.latent_dim, real, device, labels=labels)
 
 
 def eval_faces(cfg: Config, device) -> tuple:
@@ -921,6 +941,9 @@ def print_tables(table: dict) -> None:
     for name, r in table.items():
         if "is_log_p_x_given_y_nats_per_face" in r:
             print(f"  extra, importance-sampled log p(x|y): {name} {r['is_log_p_x_given_y_nats_per_face']:,.1f}")
+    for name, r in table.items():
+        if "fidelity" in r:
+            print(f"  {name:5s} {common.fidelity_summary(r['fidelity'])}")
 
 
 def sample(runs: list, out: str, device) -> None:
@@ -1021,6 +1044,8 @@ def main(argv: list | None = None) -> None:
         if mode == "train":
             return train(resolve_defaults(cfg), explicit)
         device = common.pick_device(cfg.device)
+        if mode == "eval" and cfg.real_isc:  # the protocol check: real images need no checkpoint
+            return common.real_image_score(resolve_defaults(cfg), load_split, device)
         runs = load_models(cfg, explicit, device)
         out = cfg.out or runs[0][0].out
         if mode == "edit":

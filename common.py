@@ -355,6 +355,12 @@ def import_torch_fidelity():
     return torch_fidelity
 
 
+def default_cache_dir() -> str:
+    """$FACE_VAE_CACHE, else ~/.cache/face-vaes: the decoded images (data folders are often
+    read-only) and, under fidelity/, the real images' Inception features."""
+    return os.environ.get("FACE_VAE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "face-vaes")
+
+
 def fidelity_requested(cfg: Any) -> bool:
     return cfg.fid or cfg.kid or cfg.isc
 
@@ -413,13 +419,15 @@ class _RealImages(torch.utils.data.Dataset):
     """An ImageSet's (N, H, W, C) uint8 images as the (3, H, W) uint8 tensors torch-fidelity reads."""
 
     def __init__(self, images: np.ndarray, progress: "Progress"):
-        self.images, self.progress = images, progress
+        self.images, self.progress, self.next = images, progress, 0
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        self.progress.update()
+        if i == self.next:  # count each image once (torch-fidelity reads image 0 first to check its type)
+            self.next += 1
+            self.progress.update()
         x = torch.from_numpy(np.array(self.images[i])).permute(2, 0, 1)
         return x.expand(3, -1, -1) if x.shape[0] == 1 else x
 
@@ -431,7 +439,7 @@ def real_cache_name(real: Any, dataset: str, split: str) -> str:
     return f"{dataset}-{split}-{real.images.shape[1]}px-{len(real)}-{key}"
 
 
-def _fidelity(cfg: Any, device: torch.device, cache_root: str, real: Any, split: str, **inputs) -> dict:
+def _fidelity(cfg: Any, device: torch.device, real: Any, split: str, **inputs) -> dict:
     """torch_fidelity.calculate_metrics with this project's protocol settings, as an eval.json entry:
     each value (IS and KID with their std over splits / subsets), the real split and its size, the
     feature extractor, its weights and the torch-fidelity version."""
@@ -440,7 +448,8 @@ def _fidelity(cfg: Any, device: torch.device, cache_root: str, real: Any, split:
         torch.cuda.set_device(device)  # torch-fidelity moves its networks with .cuda()
     metrics = tf.calculate_metrics(**inputs, cuda=device.type == "cuda", batch_size=FIDELITY_BATCH,
                                    feature_extractor=cfg.feature_extractor, feature_extractor_weights_path=weights,
-                                   isc_splits=ISC_SPLITS, kid_subsets=KID_SUBSETS, cache_root=cache_root,
+                                   isc_splits=ISC_SPLITS, kid_subsets=KID_SUBSETS,
+                                   cache_root=os.path.join(cfg.cache_dir or default_cache_dir(), "fidelity"),
                                    rng_seed=cfg.seed, verbose=False,
                                    save_cpu_ram=True)  # the real images are in memory already: no loader workers
     out = {"feature_extractor": cfg.feature_extractor, "torch_fidelity": tf.__version__, "weights": weights or "",
@@ -458,16 +467,16 @@ def _fidelity(cfg: Any, device: torch.device, cache_root: str, real: Any, split:
     return out
 
 
-def sample_quality(cfg: Any, generate, z_size: int, real: Any, dataset: str, device: torch.device,
-                   cache_root: str, labels: str = "", z_type: str = "normal") -> dict:
+def sample_quality(cfg: Any, generate, z_size: int, real: Any, device: torch.device, labels: str = "",
+                   z_type: str = "normal") -> dict:
     """FID, KID and IS (those of cfg.fid, cfg.kid, cfg.isc that are set) of cfg.fidelity_samples
     generated images against the real split `real`, through torch-fidelity.
 
     generate: z -> images. z is (B, z_size) float32 on `device`, drawn by torch-fidelity from
       `z_type` ('normal': N(0, I); 'uniform_0_1': U(0, 1)) with seed cfg.seed; the images are
       (B, C, H, W) in [-1, 1], C = 1 or 3, quantised to uint8 as a PNG would be.
-    real: an ImageSet of `dataset`'s fidelity_split(cfg), (N, H, W, C) uint8; its Inception
-      features are cached under `cache_root` per data set, split, size and file list.
+    real: an ImageSet of cfg.dataset's fidelity_split(cfg), (N, H, W, C) uint8; its Inception
+      features are cached in --cache-dir's fidelity/ per data set, split, size and file list.
     labels: how a conditional model drew its labels, recorded in the entry.
     Returns the eval.json entry (see _fidelity, plus the sample count and how they were drawn). FID is in squared feature
     units; KID likewise (x 1e3 in most tables); IS is exp(nats). Raises ValueError when the extra or
@@ -479,9 +488,9 @@ def sample_quality(cfg: Any, generate, z_size: int, real: Any, dataset: str, dev
     inputs = dict(input1=model, input1_model_num_samples=n, isc=cfg.isc, fid=cfg.fid, kid=cfg.kid)
     if cfg.fid or cfg.kid:
         inputs.update(input2=_RealImages(real.images, Progress(f"fidelity real {split} images", len(real))),
-                      input2_cache_name=real_cache_name(real, dataset, split),
+                      input2_cache_name=real_cache_name(real, cfg.dataset, split),
                       kid_subset_size=min(KID_SUBSET_SIZE, n, len(real)))
-    out = _fidelity(cfg, device, cache_root, real, split, **inputs)
+    out = _fidelity(cfg, device, real, split, **inputs)
     out["samples"] = {"images": n, "z": f"{z_type} noise from torch-fidelity, rng_seed {cfg.seed}",
                       **({"labels": labels} if labels else {})}
     if n < 50_000 and (cfg.fid or cfg.isc):
@@ -490,16 +499,25 @@ def sample_quality(cfg: Any, generate, z_size: int, real: Any, dataset: str, dev
     return out
 
 
-def real_image_score(cfg: Any, real: Any, dataset: str, device: torch.device, cache_root: str) -> dict:
+def real_image_score(cfg: Any, load_split, device: torch.device) -> dict:
     """The Inception Score of the real split itself (10 splits), written to OUT/eval_real_isc.json:
     the check that the protocol is wired right (Salimans et al.'s CIFAR-10 train: 11.24). Same
-    units and errors as sample_quality."""
+    units and errors as sample_quality; load_split(cfg, split) is the script's reader."""
     split = fidelity_split(cfg)
+    real = load_split(cfg, split)
     images = _RealImages(real.images, Progress(f"fidelity real {split} images", len(real), announce=True))
-    result = _fidelity(cfg, device, cache_root, real, split, input1=images,
-                       input1_cache_name=real_cache_name(real, dataset, split), isc=True)
+    result = _fidelity(cfg, device, real, split, input1=images,
+                       input1_cache_name=real_cache_name(real, cfg.dataset, split), isc=True)
     write_json(os.path.join(cfg.out, "eval_real_isc.json"), result)
     return result
+
+
+def fidelity_summary(record: dict) -> str:
+    """One line of a sample_quality entry: 'IS 6.80 +- 0.09, FID 31.2, KID 0.021 +- 0.001 (50000 samples)'."""
+    parts = ([f"IS {record['isc']['mean']:.3f} +- {record['isc']['std']:.3f}"] if "isc" in record else []) \
+        + ([f"FID {record['fid']:.2f}"] if "fid" in record else []) \
+        + ([f"KID {record['kid']['mean']:.4f} +- {record['kid']['std']:.4f}"] if "kid" in record else [])
+    return ", ".join(parts) + f" ({record['samples']['images']} samples, {record['feature_extractor']})"
 
 
 def write_json(path: str, record: dict) -> None:

@@ -85,16 +85,6 @@ class ImageSet:
         return len(self.images)
 
 
-def default_cache_dir() -> str:
-    """$FACE_VAE_CACHE, else ~/.cache/face-vaes (data folders are often read-only)."""
-    return os.environ.get("FACE_VAE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "face-vaes")
-
-
-def metrics_cache_dir(cache_dir: str = "") -> str:
-    """Where torch-fidelity keeps the real images' Inception features: <cache dir>/fidelity."""
-    return os.path.join(cache_dir or default_cache_dir(), "fidelity")
-
-
 def load_dataset(name: str, root: str, split: str = "train", image_size: int = 64,
                  crop: tuple[int, int, int, int] | None = None, cache_dir: str | None = None,
                  verbose: bool = True) -> ImageSet:
@@ -613,7 +603,7 @@ def cached_decode(paths: list[str], crop, size: int, cache_dir: str | None, labe
     Where the cache folder is local to each machine (not shared by the nodes of a multi-node
     run), the first process of each node that does not see rank 0's file builds its own.
     """
-    cache_dir = cache_dir or default_cache_dir()
+    cache_dir = cache_dir or common.default_cache_dir()
     key = cache_key(paths, crop, size)
     path = os.path.join(cache_dir, f"{label}-{size}px-{key[:16]}.npy")
     if not (dist.is_available() and dist.is_initialized()):

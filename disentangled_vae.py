@@ -1148,19 +1148,44 @@ def evaluate(runs: list, device) -> list:
                       "images are seeded subsets stratified by class; chance = 1 / the classes present; "
                       "pixels in [-1, 1], recon decodes (z_s, mu_u); KL in nats per image; active unit: "
                       "Var_x(mu_u) > 0.01; MS-SSIM over pairs of generated images of one class")
+        if common.fidelity_requested(cfg):
+            r["fidelity"] = sample_quality(cfg, model, device)
         with open(os.path.join(cfg.out, "eval.json"), "w") as f:
             json.dump(r, f, indent=2)
         results.append(r)
     if len(results) == 1:
         print(json.dumps(results[0], indent=2))
     else:
-        keys = [k for k in results[0] if k not in ("split", "units")]
-        keys += [k for r in results[1:] for k in r if k not in keys and k not in ("split", "units")]
+        skip = ("split", "units", "fidelity")
+        keys = [k for k in results[0] if k not in skip]
+        keys += [k for r in results[1:] for k in r if k not in keys and k not in skip]
         print(f"{'':28s}" + "".join(f"{r['model']:>14s}" for r in results))
         for k in keys:
             cells = [r.get(k, "-") for r in results]
             print(f"{k:28s}" + "".join(f"{v:>14.4f}" if isinstance(v, float) else f"{str(v):>14s}" for v in cells))
+        for r in results:
+            if "fidelity" in r:
+                print(f"{r['model']}: {common.fidelity_summary(r['fidelity'])}")
     return results
+
+
+def sample_quality(cfg: Config, model: DisentangledVAE, device) -> dict:
+    """--fid / --kid / --isc of G(z~_s, z~_u): each class c drawn as often as the held-out images
+    have it, z~_s ~ p(z_s|c) (the baseline: its label embedding), z~_u ~ N(0, I); one
+    torch-fidelity draw holds eps_s and z_u side by side."""
+    if cfg.dataset == "toy":
+        raise ValueError("--fid, --kid and --isc score images; the toy data set is 2-D points")
+    real = load_split(cfg, common.fidelity_split(cfg), verbose=False)
+    classes = torch.from_numpy(load_split(cfg, "test", verbose=False).labels["class"])
+    g = torch.Generator().manual_seed(cfg.seed)
+
+    def generate(z: torch.Tensor) -> torch.Tensor:
+        c = classes[torch.randint(len(classes), (len(z),), generator=g)].to(z.device)
+        eps_s, z_u = z.split([model.z_s_dim, model.z_u_dim], 1)
+        return model.decode(model.sample_s(c, eps_s), z_u)
+
+    labels = f"classes drawn uniformly from the {len(classes)} held-out images' labels (their class frequencies)"
+    return common.sample_quality(cfg, generate, model.z_s_dim + model.z_u_dim, real, device, labels=labels)
 
 
 def load_models(cfg: Config, explicit: set, device) -> list:
@@ -1194,6 +1219,8 @@ def main(argv: list | None = None) -> None:
             finetune(cfg, explicit)
             return
         device = common.pick_device(cfg.device)
+        if mode == "eval" and cfg.real_isc:  # the protocol check: real images need no checkpoint
+            return common.real_image_score(resolve_defaults(cfg), load_split, device)
         runs = load_models(cfg, explicit, device)
         if mode == "eval":
             evaluate(runs, device)

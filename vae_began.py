@@ -473,8 +473,7 @@ def sample_quality(cfg: Config, model: VAEBEGAN, device) -> dict:
     real = load_split(cfg, common.fidelity_split(cfg), verbose=False)
     uniform = cfg.noise == "uniform"
     generate = (lambda u: model.generator(2 * u - 1)) if uniform else model.generator
-    return common.sample_quality(cfg, generate, cfg.latent_dim, real, cfg.dataset, device,
-                                 data.metrics_cache_dir(cfg.cache_dir), z_type="uniform_0_1" if uniform else "normal")
+    return common.sample_quality(cfg, generate, cfg.latent_dim, real, device, z_type="uniform_0_1" if uniform else "normal")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -620,9 +619,7 @@ def main(argv: list | None = None) -> None:
             return train(resolve_defaults(cfg), explicit)
         device = common.pick_device(cfg.device)
         if mode == "eval" and cfg.real_isc:  # the protocol check: real images need no checkpoint
-            cfg = resolve_defaults(cfg)
-            real = load_split(cfg, common.fidelity_split(cfg))
-            return common.real_image_score(cfg, real, cfg.dataset, device, data.metrics_cache_dir(cfg.cache_dir))
+            return common.real_image_score(resolve_defaults(cfg), load_split, device)
         model, cfg, controller = load_model(cfg, explicit, device)
         if mode == "eval":
             evaluate(cfg, model, controller, device)

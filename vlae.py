@@ -70,7 +70,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -478,10 +477,14 @@ def effect_scores(model: VLAE, g: torch.Generator, device, bases: int = 8, resam
 # ----------------------------------------------------------------------------------------------
 # --- plumbing: run folder, checkpoints ---
 # ----------------------------------------------------------------------------------------------
+def load_split(cfg: Config, split: str, verbose: bool = True) -> data.ImageSet:
+    return data.load_dataset(cfg.dataset, cfg.data_dir, split, cfg.image_size, parse_crop(cfg), cfg.cache_dir or None,
+                             verbose)
+
+
 def heldout_images(cfg: Config, n: int, device, split: str = "test") -> tuple[torch.Tensor, data.ImageSet]:
     """The first n held-out images (B, C, H, W) in [-1, 1] and their ImageSet."""
-    held = data.load_dataset(cfg.dataset, cfg.data_dir, split, cfg.image_size, parse_crop(cfg),
-                             cfg.cache_dir or None)
+    held = load_split(cfg, split)
     return as_inputs(held.images[:n], device), held
 
 
@@ -497,8 +500,7 @@ def refresh_batchnorm(cfg: Config, model: VLAE, device, train_set: data.ImageSet
     model.bn_stats_images."""
     if cfg.bn_images > 0:
         if train_set is None:
-            train_set = data.load_dataset(cfg.dataset, cfg.data_dir, "train", cfg.image_size, parse_crop(cfg),
-                                          cfg.cache_dir or None, verbose=False)
+            train_set = load_split(cfg, "train", verbose=False)
         pick = np.sort(np.random.default_rng(cfg.seed).permutation(len(train_set))[:cfg.bn_images])
         x = as_inputs(train_set.images[pick], device)
         model.bn_stats_images = common.recompute_batchnorm(model, x.split(BN_CHUNK), total=len(x))
@@ -746,10 +748,18 @@ def evaluate(cfg: Config, model: VLAE, device) -> dict:
         "std over 64 redraws of one layer; BatchNorm statistics recomputed on bn_stats_images training images")
     if trained:
         result["train_last"] = dict(trained[-1])
-    with open(os.path.join(cfg.out, "eval.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    print(json.dumps(result, indent=2))
+    if common.fidelity_requested(cfg):
+        result["fidelity"] = sample_quality(cfg, model, device)
+    common.write_json(os.path.join(cfg.out, "eval.json"), result)
     return result
+
+
+def sample_quality(cfg: Config, model: VLAE, device) -> dict:
+    """--fid / --kid / --isc of decode(z_0..z_L), every layer's z_l ~ N(0, I), through torch-fidelity
+    (FID of CelebA 64x64 against its held-out test split)."""
+    real = load_split(cfg, common.fidelity_split(cfg), verbose=False)
+    return common.sample_quality(cfg, lambda z: model.decode(list(z.split(model.latent_dims, 1))),
+                                 sum(model.latent_dims), real, device)
 
 
 def sample(cfg: Config, model: VLAE, device, n: int = 100) -> str:
@@ -773,6 +783,8 @@ def main(argv: list | None = None) -> None:
     with common.user_errors():
         if mode == "train":
             return train(resolve_defaults(cfg), explicit)
+        if mode == "eval" and cfg.real_isc:  # the protocol check: real images need no checkpoint
+            return common.real_image_score(resolve_defaults(cfg), load_split, common.pick_device(cfg.device))
         model, cfg, _ = load_model(cfg, explicit)
         device = common.pick_device(cfg.device)
         model.to(device)

@@ -119,6 +119,24 @@ def test_each_model_learns_on_real_faces(three_runs):
     assert os.path.exists(three_runs / "cgan" / "figures" / "fig4_cgan.png")
 
 
+def test_fidelity_samples_take_attribute_rows_of_the_held_out_faces(three_runs, tiny_extractor, monkeypatch, capsys):
+    drawn = []
+    generate = cmma.CMMA.generate
+    monkeypatch.setattr(cmma.CMMA, "generate", lambda self, y, noise=1.0, eps=None: drawn.append(y) or
+                        generate(self, y, noise, eps))
+    cmma.main(["eval", "--checkpoint", str(three_runs / "cmma" / "checkpoint.pt"), "--fid", "--isc",
+               "--feature-extractor", tiny_extractor, "--fidelity-samples", "400"] + SMALL_EVAL)
+    assert "FID" in capsys.readouterr().out
+    import json
+    fidelity = json.load(open(three_runs / "cmma" / "eval.json"))["fidelity"]
+    assert "test faces" in fidelity["samples"]["labels"] and fidelity["isc"]["mean"] >= 1.0
+    y = torch.cat([d for d in drawn if len(d) != 8]).cpu().numpy()  # the fidelity draws (not sample's 8s)
+    held = cmma.load_split(cmma.resolve_defaults(cmma.Config(data_dir=CELEBA)), "test", verbose=False)
+    rows = {tuple(r) for r in np.asarray(held.labels["attributes"], np.float32)}
+    assert len(y) >= 400 and all(tuple(r) in rows for r in y)  # whole rows: correlations kept
+    assert np.abs(y.mean(0) - np.mean(held.labels["attributes"], 0)).max() < 0.15  # the held-out frequencies
+
+
 def test_eval_figures_and_edit_over_the_three_checkpoints(three_runs, tmp_path, capsys):
     ckpts = ",".join(str(three_runs / k / "checkpoint.pt") for k in ("cmma", "cvae", "cgan"))
     cmma.main(["eval", "--checkpoint", ckpts] + SMALL_EVAL)

@@ -237,7 +237,7 @@ def test_mnist_run_losses_fall_then_eval_and_figures(tmp_path, capsys):
         assert os.path.exists(os.path.join(out, "figures", name + ".png"))
 
 
-def test_identity_folder_run_baseline_and_comparison(tmp_path, capsys):
+def test_identity_folder_run_baseline_and_comparison(tmp_path, capsys, tiny_extractor):
     tiny_faces = ["--dataset", "folder", "--data-dir", IDENTITIES, "--arch", "dcgan", "--filters", "8", "--image-size",
                   "32", "--z-s-dim", "16", "--z-u-dim", "16", "--batch-size", "8", "--log-every", "10",
                   "--bn-momentum", "0.1", "--diversity-classes", "2", "--diversity-samples", "3"]
@@ -248,9 +248,13 @@ def test_identity_folder_run_baseline_and_comparison(tmp_path, capsys):
     assert r[-1]["L_rec"] < r[0]["L_rec"] and r[-1]["L_GM"] < r[0]["L_GM"]
     assert np.mean([row["L_rec"] for row in rows(base)[-3:]]) < rows(base)[0]["L_rec"]
     capsys.readouterr()
-    dv.main(["eval", "--checkpoint", f"{ours}/checkpoint.pt,{base}/checkpoint.pt"])
+    dv.main(["eval", "--checkpoint", f"{ours}/checkpoint.pt,{base}/checkpoint.pt", "--kid", "--feature-extractor",
+             tiny_extractor, "--fidelity-samples", "40"])
     table = capsys.readouterr().out
-    assert "lr-livae" in table and "cvae-gan" in table and "ms_ssim_within_class" in table
+    assert "lr-livae" in table and "cvae-gan" in table and "ms_ssim_within_class" in table and "KID" in table
+    for run in (ours, base):
+        fidelity = json.load(open(os.path.join(run, "eval.json")))["fidelity"]
+        assert "class frequencies" in fidelity["samples"]["labels"] and fidelity["kid"]["subset_size"] == min(40, fidelity["real"]["images"])
     assert os.path.exists(os.path.join(base, "figures", "fig7_inpainting.png"))
 
 

@@ -230,3 +230,32 @@ def test_loss_scaling_gives_the_unscaled_step_and_skips_a_network_whose_gradient
     common.restore_training_state(common.load_checkpoint(str(tmp_path), "vae_began"), {"model": model}, opts,
                                   restored, 0, 1, 0)
     assert restored.get_scale() == 2.0 ** 9
+
+
+def test_eval_scores_samples_with_torch_fidelity_and_real_images_without_a_checkpoint(tmp_path, mnist_dir,
+                                                                                      tiny_extractor, capsys,
+                                                                                      monkeypatch):
+    import json
+    import sys
+    vae_began.main(["--dataset", "mnist", "--data-dir", mnist_dir, "--out", str(tmp_path), "--steps", "1",
+                    "--eval-images", "20", "--noise", "uniform"] + TINY)
+    metrics = ["--fid", "--kid", "--isc", "--feature-extractor", tiny_extractor, "--fidelity-samples", "64"]
+    vae_began.main(["eval", "--checkpoint", str(tmp_path / "checkpoint.pt"), "--eval-images", "20"] + metrics)
+    fidelity = json.load(open(tmp_path / "eval.json"))["fidelity"]
+    assert {"fid", "kid", "isc", "real", "samples", "greyscale", "torch_fidelity", "feature_extractor"} <= set(fidelity)
+    assert fidelity["samples"]["images"] == 64 and fidelity["kid"]["subset_size"] == 64  # min(1000, samples, real)
+    assert fidelity["real"]["split"] == "test" and fidelity["samples"]["z"].startswith("uniform_0_1")
+    assert fidelity["isc"]["mean"] >= 1.0 and fidelity["fid"] > 0
+    capsys.readouterr()
+    # the real images' IS, the protocol check, needs no checkpoint
+    vae_began.main(["eval", "--real-isc", "--dataset", "mnist", "--data-dir", mnist_dir, "--image-size", "32",
+                    "--out", str(tmp_path), "--feature-extractor", tiny_extractor, "--fidelity-split", "train"])
+    real = json.load(open(tmp_path / "eval_real_isc.json"))
+    assert real["real"]["split"] == "train" and real["real"]["images"] == 800 and real["isc"]["mean"] > 1.0
+    assert json.loads(capsys.readouterr().out)["isc"] == real["isc"]
+    # without the extra: one line naming the pip command, exit status 2
+    monkeypatch.setitem(sys.modules, "torch_fidelity", None)
+    with pytest.raises(SystemExit) as e:
+        vae_began.main(["eval", "--checkpoint", str(tmp_path / "checkpoint.pt"), "--isc"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "pip install -r requirements-metrics.txt" in err and len(err.strip().splitlines()) == 1

@@ -262,6 +262,19 @@ def test_sample_figures_and_eval_need_only_the_checkpoint(faces_run, tmp_path, c
     assert e.value.code == 2 and "trained with --latent-dim 10, not 3" in capsys.readouterr().err
 
 
+def test_eval_fid_of_samples_drawn_on_every_layer(faces_run, tmp_path, tiny_extractor, monkeypatch):
+    seen = []
+    decode = vlae.VLAE.decode
+    monkeypatch.setattr(vlae.VLAE, "decode", lambda self, zs: seen.append([z.shape[1] for z in zs]) or decode(self, zs))
+    vlae.main(["eval", "--checkpoint", os.path.join(faces_run, "checkpoint.pt"), "--out", str(tmp_path),
+               "--eval-images", "20", "--probe-images", "0", "--fid", "--feature-extractor", tiny_extractor,
+               "--fidelity-samples", "30"])
+    fidelity = json.load(open(tmp_path / "eval.json"))["fidelity"]
+    assert fidelity["fid"] > 0 and fidelity["samples"]["images"] == 30 and "greyscale" not in fidelity
+    assert fidelity["real"]["split"] == "test" and fidelity["real"]["images"] == 40  # the bundled CelebA test split
+    assert [10, 10, 10, 10] in seen  # the 40-dim draw is cut into the four layers' codes
+
+
 def test_resume_is_exact_to_the_bit(mnist_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(vlae, "finish", lambda *a: None)  # figures and eval come after the last checkpoint
     # --denoise too: its noise and the reparameterisation's both come from the checkpointed RNG
