@@ -416,16 +416,18 @@ class _Uint8Samples(nn.Module):
 
 
 class _RealImages(torch.utils.data.Dataset):
-    """An ImageSet's (N, H, W, C) uint8 images as the (3, H, W) uint8 tensors torch-fidelity reads."""
+    """An ImageSet's (N, H, W, C) uint8 images as the (3, H, W) uint8 tensors torch-fidelity reads;
+    progress (rate, ETA) is shown from the first image read, under `label`."""
 
-    def __init__(self, images: np.ndarray, progress: "Progress"):
-        self.images, self.progress, self.next = images, progress, 0
+    def __init__(self, images: np.ndarray, label: str, announce: bool = False):
+        self.images, self.label, self.announce, self.next, self.progress = images, label, announce, 0, None
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int) -> torch.Tensor:
         if i == self.next:  # count each image once (torch-fidelity reads image 0 first to check its type)
+            self.progress = self.progress or Progress(self.label, len(self.images), announce=self.announce)
             self.next += 1
             self.progress.update()
         x = torch.from_numpy(np.array(self.images[i])).permute(2, 0, 1)
@@ -487,7 +489,7 @@ def sample_quality(cfg: Any, generate, z_size: int, real: Any, device: torch.dev
     model = tf.GenerativeModelModuleWrapper(_Uint8Samples(generate, device, progress), z_size, z_type, 0)
     inputs = dict(input1=model, input1_model_num_samples=n, isc=cfg.isc, fid=cfg.fid, kid=cfg.kid)
     if cfg.fid or cfg.kid:
-        inputs.update(input2=_RealImages(real.images, Progress(f"fidelity real {split} images", len(real))),
+        inputs.update(input2=_RealImages(real.images, f"fidelity real {split} images"),
                       input2_cache_name=real_cache_name(real, cfg.dataset, split),
                       kid_subset_size=min(KID_SUBSET_SIZE, n, len(real)))
     out = _fidelity(cfg, device, real, split, **inputs)
@@ -505,7 +507,7 @@ def real_image_score(cfg: Any, load_split, device: torch.device) -> dict:
     units and errors as sample_quality; load_split(cfg, split) is the script's reader."""
     split = fidelity_split(cfg)
     real = load_split(cfg, split)
-    images = _RealImages(real.images, Progress(f"fidelity real {split} images", len(real), announce=True))
+    images = _RealImages(real.images, f"fidelity real {split} images", announce=True)
     result = _fidelity(cfg, device, real, split, input1=images,
                        input1_cache_name=real_cache_name(real, cfg.dataset, split), isc=True)
     write_json(os.path.join(cfg.out, "eval_real_isc.json"), result)
