@@ -480,9 +480,10 @@ def sample_quality(cfg: Any, generate, z_size: int, real: Any, device: torch.dev
     real: an ImageSet of cfg.dataset's fidelity_split(cfg), (N, H, W, C) uint8; its Inception
       features are cached in --cache-dir's fidelity/ per data set, split, size and file list.
     labels: how a conditional model drew its labels, recorded in the entry.
-    Returns the eval.json entry (see _fidelity, plus the sample count and how they were drawn). FID is in squared feature
-    units; KID likewise (x 1e3 in most tables); IS is exp(nats). Raises ValueError when the extra or
-    the weights are missing (the message says how to get them) or when KID has fewer than 2 images.
+    Returns the eval.json entry (see _fidelity, plus the sample count and how they were drawn).
+    FID is in squared feature units; KID likewise (x 1e3 in most tables); IS is exp(nats). Raises
+    ValueError when the extra or the weights are missing (the message says how to get them) or
+    when KID has fewer than 2 real images.
     """
     tf, n, split = import_torch_fidelity(), cfg.fidelity_samples, fidelity_split(cfg)
     progress = Progress("fidelity samples", n, "images", announce=True)
@@ -747,10 +748,14 @@ def check_run_config(cfg: Any) -> None:
               (cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}"),
               (cfg.log_every >= 1 and cfg.ckpt_every >= 1, "--log-every and --ckpt-every must be >= 1"),
               (cfg.grad_accum >= 1, f"--grad-accum must be >= 1, got {cfg.grad_accum}"),
-              (cfg.fidelity_samples >= 2, f"--fidelity-samples must be >= 2, got {cfg.fidelity_samples}"),
+              (cfg.fidelity_samples >= 10, f"--fidelity-samples must be >= 10 (one per IS split), got "
+                                           f"{cfg.fidelity_samples}"),
               (cfg.fidelity_split in ("", "train", "test"),
                f"--fidelity-split must be train or test, got {cfg.fidelity_split!r}")]
     require(checks)
+    if (fidelity_requested(cfg) or cfg.real_isc) and is_main():
+        import_torch_fidelity()  # fail now, not after hours of training or minutes of eval
+        inception_weights(cfg)
     if cfg.steps == 0 and is_main():
         print("note: --steps 0 trains nothing: eval and figures show the network as initialised (or as resumed)",
               file=sys.stderr)

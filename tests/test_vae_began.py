@@ -139,7 +139,7 @@ def test_resume_is_exact_with_the_controller(tmp_path):
     assert a["extra"]["controller"] == b["extra"]["controller"]
 
 
-def test_cifar10_reader(tmp_path):
+def test_cifar10_reader(tmp_path, tiny_extractor):
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
     rng = np.random.default_rng(0)
@@ -152,6 +152,11 @@ def test_cifar10_reader(tmp_path):
     with open(folder / "data_batch_1", "rb") as f:
         first = pickle.load(f)[b"data"][0]
     assert np.array_equal(train.images[0][..., 0].flatten(), first[:1024])  # red plane first
+    # the real-image IS of CIFAR-10 reads its train split by default, as the protocol does
+    vae_began.main(["eval", "--real-isc", "--dataset", "cifar10", "--data-dir", str(tmp_path), "--image-size", "32",
+                    "--out", str(tmp_path / "out"), "--feature-extractor", tiny_extractor])
+    import json
+    assert json.load(open(tmp_path / "out" / "eval_real_isc.json"))["real"]["images"] == 50
     (folder / "data_batch_3").write_bytes(b"junk")
     with pytest.raises(ValueError, match="data_batch_3: not a CIFAR-10 python batch"):
         data.load_dataset("cifar10", str(tmp_path), "train")
