@@ -56,6 +56,7 @@ Usage:
     python cmma.py --dataset celeba --data-dir data/celeba --model cvae    # baselines
     python cmma.py --dataset celeba --data-dir data/celeba --model cgan
     python cmma.py eval --checkpoint runs/cmma-celeba-cmma/checkpoint.pt,runs/cmma-celeba-cvae/checkpoint.pt,runs/cmma-celeba-cgan/checkpoint.pt
+    python cmma.py eval --checkpoint (the same list) --fid --kid           # + FID / KID (metrics extra)
     python cmma.py figures --checkpoint (the same list)                    # Figs. 4, 6, 7
     python cmma.py edit --checkpoint C --image face.jpg --set Eyeglasses=1 --set Smiling=0
 """

@@ -55,6 +55,7 @@ Usage:
     python disentangled_vae.py --dataset mnist --model cvae-gan               # the baseline
     python disentangled_vae.py --dataset mnist --model cvae-gan --bao         # with Bao et al.'s pieces
     python disentangled_vae.py eval --checkpoint runs/dvae-mnist-lr-livae/checkpoint.pt,runs/dvae-mnist-cvae-gan/checkpoint.pt
+    python disentangled_vae.py eval --checkpoint (the same list) --fid --kid --isc   # + FID / KID / IS (metrics extra)
     python disentangled_vae.py figures --checkpoint runs/dvae-mnist-lr-livae/checkpoint.pt
     python disentangled_vae.py --dataset mnist --out runs/unseen --unseen-classes 7,8,9   # no labels of 7, 8, 9
     python disentangled_vae.py finetune --checkpoint runs/unseen/checkpoint.pt              # sec. 3.6 on them

@@ -53,6 +53,8 @@ Usage:
     python vae_began.py --dataset celeba --data-dir data/celeba --image-size 128
     python vae_began.py --dataset cifar10 --data-dir data/cifar10 --image-size 32
     python vae_began.py eval --checkpoint runs/vae_began-celeba-64/checkpoint.pt
+    python vae_began.py eval --checkpoint runs/vae_began-cifar10-32/checkpoint.pt --isc   # Table 1 (metrics extra)
+    python vae_began.py eval --real-isc --dataset cifar10 --data-dir data/cifar10 --image-size 32   # real: 11.24
     python vae_began.py figures --checkpoint runs/vae_began-celeba-64/checkpoint.pt
 """
 from __future__ import annotations

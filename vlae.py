@@ -60,6 +60,7 @@ Usage:
     python vlae.py sample  --checkpoint runs/vlae-celeba/checkpoint.pt
     python vlae.py figures --checkpoint runs/vlae-celeba/checkpoint.pt   # Figs 2-4, recon, samples
     python vlae.py eval    --checkpoint runs/vlae-celeba/checkpoint.pt   # eval.json
+    python vlae.py eval    --checkpoint runs/vlae-celeba/checkpoint.pt --fid --kid   # + FID / KID (metrics extra)
 The same command resumes an interrupted run. The paper trained about 8 h (CelebA) and 1 h
 (MNIST) on one GTX 1080 Ti; the default budget is 100k steps of batch 100 (~62 epochs of CelebA's
 162,770 training faces on one process; under torchrun --batch-size is per process, and the run
