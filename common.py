@@ -403,15 +403,20 @@ def inception_weights(cfg: Any) -> str | None:
 
 class _Uint8Samples(nn.Module):
     """torch-fidelity's generator: noise (B, z_size) -> (B, 3, H, W) uint8. `generate` maps the noise
-    (on `device`) to images in [-1, 1]; greyscale is replicated to 3 channels."""
+    (on `device`) to images in [-1, 1]; greyscale is replicated to 3 channels. For the progress
+    line a batch counts as done when torch-fidelity asks for the next one (after its features),
+    the last batch when it is drawn."""
 
     def __init__(self, generate, device: torch.device, progress: "Progress"):
         super().__init__()
-        self.generate, self.device, self.progress = generate, device, progress
+        self.generate, self.device, self.progress, self.pending = generate, device, progress, 0
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        self.progress.update(self.pending)
         images = quantise(self.generate(z.to(self.device)))
-        self.progress.update(len(images))
+        self.pending = len(images)
+        if self.progress.done + self.pending >= self.progress.total:
+            self.progress.update(self.pending)
         return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
 
 
@@ -486,8 +491,8 @@ def sample_quality(cfg: Any, generate, z_size: int, real: Any, device: torch.dev
     when KID has fewer than 2 real images.
     """
     tf, n, split = import_torch_fidelity(), cfg.fidelity_samples, fidelity_split(cfg)
-    progress = Progress("fidelity samples", n, "images", announce=True)
-    model = tf.GenerativeModelModuleWrapper(_Uint8Samples(generate, device, progress), z_size, z_type, 0)
+    samples = _Uint8Samples(generate, device, Progress("fidelity samples", n, "images", announce=True))
+    model = tf.GenerativeModelModuleWrapper(samples, z_size, z_type, 0)
     inputs = dict(input1=model, input1_model_num_samples=n, isc=cfg.isc, fid=cfg.fid, kid=cfg.kid)
     if cfg.fid or cfg.kid:
         inputs.update(input2=_RealImages(real.images, f"fidelity real {split} images"),

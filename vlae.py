@@ -479,6 +479,7 @@ def effect_scores(model: VLAE, g: torch.Generator, device, bases: int = 8, resam
 # --- plumbing: run folder, checkpoints ---
 # ----------------------------------------------------------------------------------------------
 def load_split(cfg: Config, split: str, verbose: bool = True) -> data.ImageSet:
+    """`split` of --dataset at --image-size and --crop, through the decoded-image cache."""
     return data.load_dataset(cfg.dataset, cfg.data_dir, split, cfg.image_size, parse_crop(cfg), cfg.cache_dir or None,
                              verbose)
 
@@ -553,8 +554,7 @@ def train(cfg: Config, explicit: set) -> None:
     rank, world, local_rank = common.init_distributed()
     device = common.pick_device(cfg.device, local_rank)
     cfg, model, optimizer, scaler, start = setup_run(cfg, explicit, device, rank, world)
-    train_set = data.load_dataset(cfg.dataset, cfg.data_dir, "train", cfg.image_size, parse_crop(cfg),
-                                  cfg.cache_dir or None, verbose=common.is_main())
+    train_set = load_split(cfg, "train", verbose=common.is_main())
     batches = data.Batches(train_set, cfg.batch_size, cfg.seed, device, rank, world,
                            channels_last=device.type == "cuda")
     earlier = common.start_run_folder(cfg, train_set.description, model, start, device)
@@ -635,8 +635,7 @@ def fig4_all(cfg: Config, model: VLAE, device, fig_dir: str, held: data.ImageSet
 
     def split(name: str) -> data.ImageSet:  # loaded once, and the train split only if needed
         if name not in loaded:
-            loaded[name] = data.load_dataset(cfg.dataset, cfg.data_dir, name, cfg.image_size, parse_crop(cfg),
-                                             cfg.cache_dir or None, verbose=False)
+            loaded[name] = load_split(cfg, name, verbose=False)
         return loaded[name]
 
     written = []
@@ -697,8 +696,7 @@ def layer_probes(cfg: Config, model: VLAE, held: data.ImageSet, held_mus: list, 
     with --probe-images 0."""
     if cfg.probe_images == 0:
         return {}
-    train_set = data.load_dataset(cfg.dataset, cfg.data_dir, "train", cfg.image_size, parse_crop(cfg),
-                                  cfg.cache_dir or None, verbose=False)
+    train_set = load_split(cfg, "train", verbose=False)
     pick = np.sort(np.random.default_rng(cfg.seed).permutation(len(train_set))[:cfg.probe_images])
     train_mus, _ = encode_means(model, as_inputs(train_set.images[pick], device))
     train_targets, held_targets = probe_targets(train_set, pick), probe_targets(held, np.arange(len(held_mus[0])))
