@@ -119,6 +119,17 @@ def test_missing_extra_names_the_pip_command(monkeypatch):
         common.import_torch_fidelity()
 
 
+def test_a_torchvision_built_for_another_torch_is_named(tmp_path, monkeypatch):
+    fake = tmp_path / "torch_fidelity"
+    fake.mkdir()  # fails at import as torchvision does beside a torch it was not built for
+    (fake / "__init__.py").write_text("raise RuntimeError('operator torchvision::nms does not exist')\n")
+    monkeypatch.delitem(sys.modules, "torch_fidelity", raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ValueError, match="torchvision does not match torch") as e:
+        common.import_torch_fidelity()
+    assert "torchvision::nms" in str(e.value) and "requirements-metrics.txt" in str(e.value)
+
+
 def test_missing_or_wrong_inception_weights_say_where_to_get_them(tmp_path, monkeypatch):
     cfg = Cfg(fid=True)
     assert cfg.feature_extractor == common.INCEPTION  # the default is the TF Inception of the papers
