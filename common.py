@@ -361,6 +361,16 @@ def default_cache_dir() -> str:
     return os.environ.get("FACE_VAE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "face-vaes")
 
 
+def check_fidelity_ready(cfg: Any) -> None:
+    """Raise ValueError (one line, with the fix) unless torch-fidelity imports, knows
+    --feature-extractor, and has the Inception weights (see inception_weights)."""
+    known = import_torch_fidelity().registry.FEATURE_EXTRACTORS_REGISTRY
+    if cfg.feature_extractor not in known:
+        raise ValueError(f"--feature-extractor {cfg.feature_extractor}: torch-fidelity has no such extractor; choose "
+                         f"one of {', '.join(sorted(known))}")
+    inception_weights(cfg)
+
+
 def fidelity_requested(cfg: Any) -> bool:
     return cfg.fid or cfg.kid or cfg.isc
 
@@ -759,8 +769,7 @@ def check_run_config(cfg: Any) -> None:
                f"--fidelity-split must be train or test, got {cfg.fidelity_split!r}")]
     require(checks)
     if (fidelity_requested(cfg) or cfg.real_isc) and is_main():
-        import_torch_fidelity()  # fail now, not after hours of training or minutes of eval
-        inception_weights(cfg)
+        check_fidelity_ready(cfg)  # fail now, not after hours of training or minutes of eval
     if cfg.steps == 0 and is_main():
         print("note: --steps 0 trains nothing: eval and figures show the network as initialised (or as resumed)",
               file=sys.stderr)

@@ -119,6 +119,13 @@ def test_missing_extra_names_the_pip_command(monkeypatch):
         common.import_torch_fidelity()
 
 
+def test_an_unknown_feature_extractor_is_refused_with_the_known_ones(tiny_extractor):
+    with pytest.raises(ValueError, match="inception-v3-compat") as e:
+        common.check_fidelity_ready(Cfg(fid=True, feature_extractor="inception-v4"))
+    assert "--feature-extractor inception-v4" in str(e.value) and tiny_extractor in str(e.value)
+    common.check_fidelity_ready(Cfg(fid=True, feature_extractor=tiny_extractor))  # known, and needs no weights
+
+
 def test_a_torchvision_built_for_another_torch_is_named(tmp_path, monkeypatch):
     fake = tmp_path / "torch_fidelity"
     fake.mkdir()  # fails at import as torchvision does beside a torch it was not built for

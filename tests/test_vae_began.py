@@ -264,3 +264,7 @@ def test_eval_scores_samples_with_torch_fidelity_and_real_images_without_a_check
         vae_began.main(["eval", "--checkpoint", str(tmp_path / "checkpoint.pt"), "--isc"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "pip install -r requirements-metrics.txt" in err and len(err.strip().splitlines()) == 1
+    # a training run that asks for a score at its end is refused before it trains, not hours later
+    with pytest.raises(SystemExit):
+        vae_began.main(["--dataset", "mnist", "--data-dir", mnist_dir, "--out", str(tmp_path / "new"), "--fid"] + TINY)
+    assert not os.path.exists(tmp_path / "new")
