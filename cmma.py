@@ -875,7 +875,7 @@ def evaluate(runs: list, out: str, device) -> dict:
                            "Parzen: K samples per face from its attributes, sigma chosen on the valid faces from "
                            "parzen_grid ([0, 1] pixel units)")
         if common.fidelity_requested(cfg):
-            result["fidelity"] = sample_quality(cfg, model, device)
+            result["fidelity"] = sample_quality(cfg, model, test, device)
         with open(os.path.join(cfg.out, "eval.json"), "w") as f:
             json.dump(result, f, indent=2)
         table[cfg.model] = result
@@ -883,12 +883,11 @@ def evaluate(runs: list, out: str, device) -> dict:
     return table
 
 
-def sample_quality(cfg: Config, model: nn.Module, device) -> dict:
+def sample_quality(cfg: Config, model: nn.Module, test: data.ImageSet, device) -> dict:
     """--fid / --kid / --isc of faces generated from attributes drawn as the held-out faces have
     them (whole rows of the test split's attributes, so their correlations are kept), through
     torch-fidelity; z's noise eps comes from torch-fidelity."""
-    real = load_split(cfg, common.fidelity_split(cfg), verbose=False)
-    rows = torch.from_numpy(np.asarray(load_split(cfg, "test", verbose=False).labels["attributes"], np.float32))
+    rows = torch.from_numpy(np.asarray(test.labels["attributes"], np.float32))
     g = torch.Generator().manual_seed(cfg.seed)
 
     def generate(eps: torch.Tensor) -> torch.Tensor:
@@ -896,7 +895,7 @@ def sample_quality(cfg: Config, model: nn.Module, device) -> dict:
         return model.generate(y, eps=eps) * 2 - 1  # [0, 1] -> [-1, 1]
 
     labels = f"attribute rows drawn uniformly from the {len(rows)} test faces (the held-out label distribution)"
-    return common.sample_quality(cfg, generate, cfg.latent_dim, real, device, labels=labels)
+    return common.sample_quality(cfg, generate, cfg.latent_dim, test, device, labels=labels, load_split=load_split)
 
 
 def eval_faces(cfg: Config, device) -> tuple:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
 import hashlib
 import itertools
 import json
@@ -392,13 +393,11 @@ def inception_weights(cfg: Any) -> str | None:
     if cfg.inception_weights:
         if not os.path.isfile(cfg.inception_weights):
             raise FileNotFoundError(f"--inception-weights {cfg.inception_weights}: no such file; {get}")
-        sha = hashlib.sha256()
-        with open(cfg.inception_weights, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                sha.update(block)
-        if not sha.hexdigest().startswith(INCEPTION_SHA256_PREFIX):
+        stat = os.stat(cfg.inception_weights)
+        digest = file_sha256(os.path.abspath(cfg.inception_weights), stat.st_size, stat.st_mtime_ns)
+        if not digest.startswith(INCEPTION_SHA256_PREFIX):
             raise ValueError(f"--inception-weights {cfg.inception_weights} is not {INCEPTION_FILE}: its SHA-256 "
-                             f"starts {sha.hexdigest()[:8]}, not {INCEPTION_SHA256_PREFIX}; {get}")
+                             f"starts {digest[:8]}, not {INCEPTION_SHA256_PREFIX}; {get}")
         return cfg.inception_weights
     path = os.path.join(torch.hub.get_dir(), "checkpoints", INCEPTION_FILE)
     if not os.path.isfile(path):
@@ -409,6 +408,17 @@ def inception_weights(cfg: Any) -> str | None:
             raise ValueError(f"the Inception weights are not in {os.path.dirname(path)} and could not be downloaded "
                              f"({type(e).__name__}: {e}); {get}") from None
     return path
+
+
+@functools.lru_cache(maxsize=4)
+def file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """The SHA-256 of a file, hashed once per (path, size, mtime): the up-front check and each
+    scored run read the weights' 96 MB only once."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
 
 
 class _Uint8Samples(nn.Module):
@@ -484,16 +494,18 @@ def _fidelity(cfg: Any, device: torch.device, real: Any, split: str, **inputs) -
     return out
 
 
-def sample_quality(cfg: Any, generate, z_size: int, real: Any, device: torch.device, labels: str = "",
-                   z_type: str = "normal") -> dict:
+def sample_quality(cfg: Any, generate, z_size: int, held: Any, device: torch.device, labels: str = "",
+                   z_type: str = "normal", load_split=None) -> dict:
     """FID, KID and IS (those of cfg.fid, cfg.kid, cfg.isc that are set) of cfg.fidelity_samples
     generated images against the real split `real`, through torch-fidelity.
 
     generate: z -> images. z is (B, z_size) float32 on `device`, drawn by torch-fidelity from
       `z_type` ('normal': N(0, I); 'uniform_0_1': U(0, 1)) with seed cfg.seed; the images are
       (B, C, H, W) in [-1, 1], C = 1 or 3, quantised to uint8 as a PNG would be.
-    real: an ImageSet of cfg.dataset's fidelity_split(cfg), (N, H, W, C) uint8; its Inception
-      features are cached in --cache-dir's fidelity/ per data set, split, size and file list.
+    held: the held-out (test) ImageSet the caller's eval has loaded already, (N, H, W, C) uint8:
+      the real images, unless --fidelity-split asks for another split, which load_split(cfg,
+      split, verbose=False) (the script's reader) then reads. The real images' Inception features
+      are cached in --cache-dir's fidelity/ per data set, split, size and file list.
     labels: how a conditional model drew its labels, recorded in the entry.
     Returns the eval.json entry (see _fidelity, plus the sample count and how they were drawn).
     FID is in squared feature units; KID likewise (x 1e3 in most tables); IS is exp(nats). Raises
@@ -501,6 +513,7 @@ def sample_quality(cfg: Any, generate, z_size: int, real: Any, device: torch.dev
     when KID has fewer than 2 real images.
     """
     tf, n, split = import_torch_fidelity(), cfg.fidelity_samples, fidelity_split(cfg)
+    real = held if split == "test" else load_split(cfg, split, verbose=False)
     samples = _Uint8Samples(generate, device, Progress("fidelity samples", n, "images", announce=True))
     model = tf.GenerativeModelModuleWrapper(samples, z_size, z_type, 0)
     inputs = dict(input1=model, input1_model_num_samples=n, isc=cfg.isc, fid=cfg.fid, kid=cfg.kid)

@@ -1150,7 +1150,7 @@ def evaluate(runs: list, device) -> list:
                       "pixels in [-1, 1], recon decodes (z_s, mu_u); KL in nats per image; active unit: "
                       "Var_x(mu_u) > 0.01; MS-SSIM over pairs of generated images of one class")
         if common.fidelity_requested(cfg):
-            r["fidelity"] = sample_quality(cfg, model, device)
+            r["fidelity"] = sample_quality(cfg, model, held, device)
         with open(os.path.join(cfg.out, "eval.json"), "w") as f:
             json.dump(r, f, indent=2)
         results.append(r)
@@ -1170,14 +1170,13 @@ def evaluate(runs: list, device) -> list:
     return results
 
 
-def sample_quality(cfg: Config, model: DisentangledVAE, device) -> dict:
+def sample_quality(cfg: Config, model: DisentangledVAE, held: data.ImageSet, device) -> dict:
     """--fid / --kid / --isc of G(z~_s, z~_u): each class c drawn as often as the held-out images
     have it, z~_s ~ p(z_s|c) (the baseline: its label embedding), z~_u ~ N(0, I); one
     torch-fidelity draw holds eps_s and z_u side by side."""
     if cfg.dataset == "toy":
         raise ValueError("--fid, --kid and --isc score images; the toy data set is 2-D points")
-    real = load_split(cfg, common.fidelity_split(cfg), verbose=False)
-    classes = torch.from_numpy(load_split(cfg, "test", verbose=False).labels["class"])
+    classes = torch.from_numpy(held.labels["class"])
     g = torch.Generator().manual_seed(cfg.seed)
 
     def generate(z: torch.Tensor) -> torch.Tensor:
@@ -1186,7 +1185,8 @@ def sample_quality(cfg: Config, model: DisentangledVAE, device) -> dict:
         return model.decode(model.sample_s(c, eps_s), z_u)
 
     labels = f"classes drawn uniformly from the {len(classes)} held-out images' labels (their class frequencies)"
-    return common.sample_quality(cfg, generate, model.z_s_dim + model.z_u_dim, real, device, labels=labels)
+    return common.sample_quality(cfg, generate, model.z_s_dim + model.z_u_dim, held, device, labels=labels,
+                                 load_split=load_split)
 
 
 def load_models(cfg: Config, explicit: set, device) -> list:

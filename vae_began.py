@@ -442,7 +442,7 @@ def evaluate(cfg: Config, model: VAEBEGAN, controller: dict, device) -> dict:
     diagnostic only (D's own feature space: not comparable across runs), the unbiased kernel MMD
     between generated and held-out faces in D's bottleneck (k = exp(-||a-b||^2 / N^2)); the VAE's
     reconstruction error, KL per dim and active units (Var_x[mu_d] > 0.01)."""
-    x, _ = heldout(cfg, device)
+    x, held = heldout(cfg, device)
     g = torch.Generator().manual_seed(cfg.seed)
     fake = torch.cat([model.generator(c) for c in prior_noise(len(x), cfg, device, g).split(250)])
     result = {"heldout_images": len(x), "k_t": controller.get("k", 0.0), "kl_weight": kl_weight(cfg),
@@ -464,18 +464,18 @@ def evaluate(cfg: Config, model: VAEBEGAN, controller: dict, device) -> dict:
                        "unbiased, Gaussian kernel with sigma^2 = N^2 on D's N-dim bottleneck codes, a training "
                        "diagnostic, not a quality score to compare runs")
     if common.fidelity_requested(cfg):  # Table 1's Inception Score, and FID / KID
-        result["fidelity"] = sample_quality(cfg, model, device)
+        result["fidelity"] = sample_quality(cfg, model, held, device)
     common.write_json(os.path.join(cfg.out, "eval.json"), result)
     return result
 
 
-def sample_quality(cfg: Config, model: VAEBEGAN, device) -> dict:
+def sample_quality(cfg: Config, model: VAEBEGAN, held: data.ImageSet, device) -> dict:
     """--isc / --fid / --kid of G(z_g), z_g from the prior (U(-1, 1) as 2u - 1 with --noise
     uniform), through torch-fidelity; Table 1 is IS on CIFAR-10, 50,000 samples, 10 splits."""
-    real = load_split(cfg, common.fidelity_split(cfg), verbose=False)
     uniform = cfg.noise == "uniform"
     generate = (lambda u: model.generator(2 * u - 1)) if uniform else model.generator
-    return common.sample_quality(cfg, generate, cfg.latent_dim, real, device, z_type="uniform_0_1" if uniform else "normal")
+    return common.sample_quality(cfg, generate, cfg.latent_dim, held, device,
+                                 z_type="uniform_0_1" if uniform else "normal", load_split=load_split)
 
 
 # ----------------------------------------------------------------------------------------------

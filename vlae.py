@@ -748,17 +748,16 @@ def evaluate(cfg: Config, model: VLAE, device) -> dict:
     if trained:
         result["train_last"] = dict(trained[-1])
     if common.fidelity_requested(cfg):
-        result["fidelity"] = sample_quality(cfg, model, device)
+        result["fidelity"] = sample_quality(cfg, model, held, device)
     common.write_json(os.path.join(cfg.out, "eval.json"), result)
     return result
 
 
-def sample_quality(cfg: Config, model: VLAE, device) -> dict:
+def sample_quality(cfg: Config, model: VLAE, held: data.ImageSet, device) -> dict:
     """--fid / --kid / --isc of decode(z_0..z_L), every layer's z_l ~ N(0, I), through torch-fidelity
     (FID of CelebA 64x64 against its held-out test split)."""
-    real = load_split(cfg, common.fidelity_split(cfg), verbose=False)
     return common.sample_quality(cfg, lambda z: model.decode(list(z.split(model.latent_dims, 1))),
-                                 sum(model.latent_dims), real, device)
+                                 sum(model.latent_dims), held, device, load_split=load_split)
 
 
 def sample(cfg: Config, model: VLAE, device, n: int = 100) -> str:
