@@ -115,6 +115,8 @@ class Config(common.RunConfig):
     adam_beta1: float = common.arg(0.5, "Adam beta1 (carpedm20's BEGAN port: 0.5; Adam's default, used by "
                                         "other BEGAN code: 0.9); beta2 0.999")
     eval_images: int = common.arg(1000, "held-out images (and as many samples) for eval")
+    crop: str = common.arg("", "crop box top,left,height,width in source pixels (default: BEGAN's 50,25,128,128 "
+                               "for CelebA, none otherwise; e.g. the same box for a folder of aligned CelebA faces)")
 
 
 # the flags that may differ from the checkpoint a run resumes or evaluates
@@ -133,6 +135,7 @@ def resolve_defaults(cfg: Config) -> Config:
               (cfg.kl_weight >= 0, "--kl-weight must be >= 0 (0: beta = 1)")]
     common.require(checks)
     gains(cfg)
+    crop_for(cfg)
     return cfg
 
 
@@ -391,7 +394,9 @@ def train_step(model: VAEBEGAN, optimizers: dict, controller: Controller, xs: li
     error = cfg.eta * totals["L_d"] - (totals["L_g"] + cfg.alpha * totals["L_v"])      # eq. 11
     k = controller.update(common.all_reduce_mean(error)) if cfg.gan else controller.k  # eq. 12
     loss = totals.pop("L_dis") + totals.pop("L_gen")
-    return {"loss": loss, **totals, "k_t": k.float()}
+    # e_t's three terms, logged so a k_t pinned at 0 can be traced to the one that outweighs eta L_d
+    balance = {"e_t": error.float(), "eta_L_d": cfg.eta * totals["L_d"], "alpha_L_v": cfg.alpha * totals["L_v"]}
+    return {"loss": loss, **totals, "k_t": k.float(), **balance}
 
 
 def learning_rate(cfg: Config, step: int) -> float:
@@ -482,7 +487,7 @@ def sample_quality(cfg: Config, model: VAEBEGAN, held: data.ImageSet, device) ->
 # --- plumbing ---
 # ----------------------------------------------------------------------------------------------
 def crop_for(cfg: Config):
-    return CELEBA_CROP if cfg.dataset == "celeba" else None
+    return common.parse_crop(cfg.crop, CELEBA_CROP if cfg.dataset == "celeba" else None)
 
 
 def load_split(cfg: Config, split: str, verbose: bool = True) -> data.ImageSet:
@@ -503,7 +508,8 @@ def make_optimizers(model: VAEBEGAN, cfg: Config, device) -> dict:
 
 
 def curve_keys(cfg: Config) -> list:
-    return ["k_t", "m_global", "L_d", "L_g", "L_v", "L_e", "L_n", "L_s", "active_units", "images_per_s"]
+    return ["k_t", "e_t", "eta_L_d", "L_g", "alpha_L_v", "m_global", "L_d", "L_v", "L_e", "L_n", "L_s",
+            "active_units", "images_per_s"]
 
 
 def setup_run(cfg: Config, explicit: set, device, rank: int, world: int):

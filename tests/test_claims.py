@@ -1,5 +1,5 @@
-"""benchmarks/claims.py at a tiny scale: the report's shape, not its verdicts (the small-scale
-run is a benchmark: python benchmarks/claims.py vlae)."""
+"""benchmarks/claims/ at a tiny scale: the report's shape, not its verdicts (the small-scale
+run is a benchmark: python benchmarks/claims vlae)."""
 import os
 import sys
 
@@ -11,6 +11,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import claims  # noqa: E402
+import data  # noqa: E402
+from claims import shared  # noqa: E402
+from claims.disentangled_claims import along_curve_spread  # noqa: E402
 
 
 def report_rows(paper: str, tmp_path) -> tuple[str, list, list]:
@@ -50,11 +53,11 @@ def test_cmma_claims_write_four_rows_with_the_judge_and_the_compared_figures(tmp
 
 def test_data_dir_may_be_any_idx_set_itself_or_the_folder_holding_mnist(tmp_path):
     data_root = os.path.join(ROOT, "tests", "data")
-    assert claims.data_folder(data_root, "mnist", "digits") == os.path.join(data_root, "mnist")
+    assert shared.data_folder(data_root, "mnist", "digits") == os.path.join(data_root, "mnist")
     idx = os.path.join(data_root, "mnist")  # e.g. a Fashion-MNIST folder passed as --data-dir
-    assert claims.data_folder(idx, "mnist", "digits") == idx
+    assert shared.data_folder(idx, "mnist", "digits") == idx
     try:
-        claims.data_folder(str(tmp_path), "mnist", "MNIST's gzipped IDX files")
+        shared.data_folder(str(tmp_path), "mnist", "MNIST's gzipped IDX files")
     except FileNotFoundError as e:
         assert "MNIST's gzipped IDX files" in str(e) and "--data-dir" in str(e)
     else:
@@ -63,18 +66,18 @@ def test_data_dir_may_be_any_idx_set_itself_or_the_folder_holding_mnist(tmp_path
 
 def test_toy_spread_is_measured_along_each_curve_and_ignores_points_off_it():
     t = np.linspace(0, np.pi, 301)
-    on_curve = lambda k, angles: np.stack([claims.data.TOY_CENTRES[k] + np.cos(angles), np.sin(angles) - 0.5], 1)
+    on_curve = lambda k, angles: np.stack([data.TOY_CENTRES[k] + np.cos(angles), np.sin(angles) - 0.5], 1)
     labels = np.repeat([0, 1, 2], len(t))
     spread = np.vstack([on_curve(k, t) for k in range(3)])
-    assert claims.along_curve_spread(spread, labels) == pytest.approx((np.pi / np.sqrt(12), 1.0), rel=1e-2)
+    assert along_curve_spread(spread, labels) == pytest.approx((np.pi / np.sqrt(12), 1.0), rel=1e-2)
     collapsed = np.vstack([on_curve(k, np.full_like(t, 1.0)) for k in range(3)])  # one point per class
-    assert claims.along_curve_spread(collapsed, labels) == pytest.approx((0.0, 1.0), abs=1e-9)
+    assert along_curve_spread(collapsed, labels) == pytest.approx((0.0, 1.0), abs=1e-9)
     # a cloud that spreads widely but off the curves does not count as spread along them
-    far = np.vstack([2.0 * (on_curve(k, t) - [claims.data.TOY_CENTRES[k], -0.5]) + [claims.data.TOY_CENTRES[k], -0.5]
+    far = np.vstack([2.0 * (on_curve(k, t) - [data.TOY_CENTRES[k], -0.5]) + [data.TOY_CENTRES[k], -0.5]
                      for k in range(3)])  # radius 2
-    assert claims.along_curve_spread(far, labels) == (0.0, 0.0)
+    assert along_curve_spread(far, labels) == (0.0, 0.0)
     # the angle runs along the curve: the top of class 2's circle is at pi / 2, radius offset 0
-    angle, offset = claims.data.toy_curve_coordinates(np.array([[2.2, 0.5], [1.2, -0.6]]), np.array([2, 2]))
+    angle, offset = data.toy_curve_coordinates(np.array([[2.2, 0.5], [1.2, -0.6]]), np.array([2, 2]))
     assert angle[0] == pytest.approx(np.pi / 2) and offset[0] == pytest.approx(0.0, abs=1e-12)
     assert angle[1] > np.pi  # just below the left end stays next to it, not at -pi
 
@@ -83,13 +86,13 @@ def test_frechet_and_kernel_distances_are_zero_for_one_distribution_and_grow_wit
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(4000, 3, generator=g), torch.randn(4000, 3, generator=g)
     # FD of N(m1, I) and N(m2, I) is ||m1 - m2||^2 (equal covariances): 0 here, 3 after a shift of 1 per dim
-    assert claims.frechet_distance(a, b) == pytest.approx(0.0, abs=0.02)
-    assert claims.frechet_distance(a, b + 1) == pytest.approx(3.0, abs=0.1)
+    assert shared.frechet_distance(a, b) == pytest.approx(0.0, abs=0.02)
+    assert shared.frechet_distance(a, b + 1) == pytest.approx(3.0, abs=0.1)
     # FD of N(0, I) and N(0, 4 I): Tr(I + 4 I - 2 (4 I)^(1/2)) = Tr(I) = 3
-    assert claims.frechet_distance(a, 2 * b) == pytest.approx(3.0, rel=0.05)
-    assert abs(claims.kernel_inception_distance(a, b)) < 0.01 < claims.kernel_inception_distance(a, b + 1)
+    assert shared.frechet_distance(a, 2 * b) == pytest.approx(3.0, rel=0.05)
+    assert abs(shared.kernel_inception_distance(a, b)) < 0.01 < shared.kernel_inception_distance(a, b + 1)
     # unbiased: two small samples of one distribution average to about 0 (a biased MMD would be > 0)
-    kids = [claims.kernel_inception_distance(torch.randn(20, 3, generator=g), torch.randn(20, 3, generator=g))
+    kids = [shared.kernel_inception_distance(torch.randn(20, 3, generator=g), torch.randn(20, 3, generator=g))
             for _ in range(200)]
     assert abs(np.mean(kids)) < 0.1 * np.std(kids)
 
@@ -100,3 +103,14 @@ def test_vae_began_claims_score_every_variant_with_the_judge_and_plot_both_contr
     for name in ("BEGAN", "BEGAN* + LSM", "VAE + BEGAN* + LSM", "VAE alone", "real digits"):
         assert f"{name}: IS " in rows[0][2]
     assert len(cited) == 3 and "controller_k_t.png" in " ".join(cited)
+
+
+def test_only_the_default_scale_writes_the_committed_report_and_the_readme():
+    docs = os.path.join(ROOT, "docs", "claims")
+    small = claims.parse_args(["vlae"])
+    assert small.out == docs and small.readme and small.work == os.path.join(ROOT, "runs", "claims", "small")
+    tiny = claims.parse_args(["vlae", "--scale", "tiny"])
+    assert tiny.out == os.path.join(tiny.work, "report") and not tiny.readme
+    assert not os.path.commonpath([tiny.out, ROOT + "/docs"]) == ROOT + "/docs"
+    assert claims.parse_args(["vlae", "--scale", "tiny", "--readme"]).readme  # only when asked for
+    assert not claims.parse_args(["vlae", "--out", "/tmp/elsewhere"]).readme  # another --out: not the README

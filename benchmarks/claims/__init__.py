@@ -1,0 +1,80 @@
+"""The papers' claims, measured on data anyone has, written up as docs/claims/PAPER.md.
+
+    python benchmarks/claims vlae                     # MNIST + faces, small scale (~30 min on 2 CPU cores)
+    python benchmarks/claims vlae --skip-faces        # MNIST only (~20 min)
+    python benchmarks/claims vlae --scale paper       # the paper's settings (a GPU job)
+    python benchmarks/claims cmma                     # MNIST stand-in for faces from attributes (~19 min)
+    python benchmarks/claims disentangled             # Lr-LiVAE on MNIST and the toy data (~20 min)
+    python benchmarks/claims vae_began                # Table 1's variants on faces, BEGAN's k_t on 10k steps
+    python benchmarks/claims vlae --scale tiny        # a smoke run: writes under --work only
+
+(`python benchmarks/claims ...`, the old entry point, runs the same.) Each paper's module
+trains the runs it needs through the script's own public functions (its `main`, `load_model`,
+encoder and decoder), then tests one claim per function. A claim function's docstring quotes the
+claim, says where the paper makes it and what counts as holding, decided before the run; it
+returns a `Row` (claim | where | what we measured | holds?). The rows and the figures they cite
+go to PAPER.md, whose header gives the data, the scale, the machine and the wall time. Every
+number comes from the run; one seed (--seed) per run.
+
+Where things go: the training runs in --work (default runs/claims/SCALE; about 1 GB per paper at
+the small scale, mostly checkpoints). Only the default scale (small) writes the committed report
+(docs/claims/PAPER.md and its figures) and README.md's claims section; any other scale writes its
+report under --work/report unless --out is given, and the README only with an explicit --readme.
+
+Modules: `shared` (rows, verdicts, runs, data folders, the digit judge, the report writer), then
+one per paper: `vlae_claims`, `cmma_claims`, `disentangled_claims`, `vae_began_claims`.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import common  # noqa: E402
+
+from . import cmma_claims, disentangled_claims, vae_began_claims, vlae_claims  # noqa: E402
+
+PAPERS = {"vlae": vlae_claims.claims_vlae, "cmma": cmma_claims.claims_cmma,
+          "disentangled": disentangled_claims.claims_disentangled, "vae_began": vae_began_claims.claims_vae_began}
+DEFAULT_SCALE = "small"  # the only scale whose report is committed
+
+
+def parse_args(argv: list | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="claims", description=__doc__.split("\n\n")[0])
+    parser.add_argument("paper", choices=sorted(PAPERS), help="the paper whose claims to measure")
+    parser.add_argument("--data-dir", default=os.path.relpath(os.path.join(ROOT, "..", "shared", "data")),
+                        help="folder holding mnist/ (and celeba/, celeba_identities/ for faces)")
+    parser.add_argument("--scale", default=DEFAULT_SCALE, choices=("small", "paper", "tiny"),
+                        help="small: CPU minutes, the committed report; paper: the paper's settings, a GPU job; "
+                             "tiny: a smoke run")
+    parser.add_argument("--skip-faces", action="store_true", help="vlae: the MNIST part only")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", default=None, help="where PAPER.md and its figures go (default: docs/claims at "
+                                                    "the small scale, WORK/report at any other)")
+    parser.add_argument("--work", default=None, help="where the training runs go (default: runs/claims/SCALE; "
+                                                     "about 1 GB per paper at the small scale)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep finished runs of the same steps in --work (re-measure and rewrite the report only)")
+    parser.add_argument("--readme", action=argparse.BooleanOptionalAction, default=None,
+                        help="also write the table and main figures into README.md's claims section (default: "
+                             "only at the small scale with the default --out)")
+    args = parser.parse_args(argv)
+    args.work = args.work or os.path.join(ROOT, "runs", "claims", args.scale)
+    committed = args.scale == DEFAULT_SCALE and args.out is None
+    args.out = args.out or (os.path.join(ROOT, "docs", "claims") if committed else os.path.join(args.work, "report"))
+    args.readme = committed if args.readme is None else args.readme
+    return args
+
+
+def main(argv: list | None = None) -> None:
+    args = parse_args(argv)
+    print(f"claims {args.paper} at the {args.scale} scale: runs in {args.work}, report in {args.out}"
+          + (", README.md's section too" if args.readme else ""))
+    with common.user_errors():
+        common.seed_everything(args.seed)
+        PAPERS[args.paper](args, common.pick_device(args.device))
