@@ -120,6 +120,9 @@ class Config(common.RunConfig):
     sigma_lr: str = common.arg("", "Sigma's learning rate: code (x0.1 every 10 epochs), paper (x0.01 after "
                                    "2 epochs, B.4) or fixed (default: fixed for toy as the code, else code)",
                                choices=("", "code", "paper", "fixed"))
+    sigma_lr_scale: float = common.arg(1.0, "Sigma's learning rate as a multiple of --lr before --sigma-lr's rule "
+                                            "(1: the code). Adam moves log Sigma by about lr per step, so Sigma "
+                                            "cannot reach codes narrower than exp(-lr x stage-1 steps)")
     image_size: int = common.arg(0, "image side (0: 28 for MNIST, 64 for faces)")
     crop: str = common.arg("", "crop box top,left,height,width (default: 50,25,128,128 for CelebA, "
                                "the centred square for folder)")
@@ -170,6 +173,7 @@ def resolve_defaults(cfg: Config) -> Config:
               (not faces or cfg.image_size % multiple == 0,
                f"--arch {cfg.arch} needs --image-size a multiple of {multiple}, got {cfg.image_size}"),
               (cfg.n_gm >= 1, "--n-gm must be >= 1"), (cfg.margin >= 0, "--margin must be >= 0"),
+              (cfg.sigma_lr_scale > 0, "--sigma-lr-scale must be > 0"),
               (cfg.z_s_dim >= 1 and cfg.z_u_dim >= 1, "--z-s-dim and --z-u-dim must be >= 1"),
               (cfg.diversity_samples >= 2, "--diversity-samples must be >= 2"),
               (not cfg.bao or cfg.model == "cvae-gan", "--bao adds Bao et al.'s pieces to the baseline: use it with "
@@ -619,12 +623,12 @@ def sigma_learning_rate(cfg: Config, step: int, steps_per_epoch: int) -> float:
     """Sigma's own rule: code, lr * 0.1^floor(step / (10 epochs)); paper B.4, lr * 0.01 after
     2 epochs; fixed (the code's toy runs), lr. An epoch is steps_per_epoch outer iterations, as
     the code counts it."""
-    epoch = step // max(steps_per_epoch, 1)
+    epoch, lr = step // max(steps_per_epoch, 1), cfg.lr * cfg.sigma_lr_scale
     if cfg.sigma_lr == "fixed":
-        return cfg.lr
+        return lr
     if cfg.sigma_lr == "paper":
-        return cfg.lr * (0.01 if epoch >= 2 else 1.0)
-    return cfg.lr * 0.1 ** (epoch // 10)
+        return lr * (0.01 if epoch >= 2 else 1.0)
+    return lr * 0.1 ** (epoch // 10)
 
 
 def make_optimizers(model: DisentangledVAE, cfg: Config, device) -> dict:

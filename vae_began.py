@@ -17,7 +17,7 @@ it reconstructs real images well and fakes badly. All losses are mean absolute e
     (eq. 14) L_gen = L_g + alpha L_v + beta L_s + gamma L_e      -> G's parameters only
     (eq. 15) L_enc = L_n + beta L_s + gamma L_e                  -> E's parameters only
 The equilibrium controller (eq. 10-12) keeps eta L_d = L_g + alpha L_v:
-    (eq. 11) e_t = eta L_d - (L_g + alpha L_v)        (printed with +alpha L_v, a misprint)
+    (eq. 11) e_t = eta L_d - (L_g + alpha L_v)        (printed with +alpha L_v, a misprint: --eq11 printed)
     (eq. 12) k_t = clip(k_{t-1} + l1 e_t + l2 (e_t - e_{t-1}) + l3 (e_t - 2 e_{t-1} + e_{t-2}), 0, 1)
 With l2 = l3 = 0 this is BEGAN's k update. Convergence: M_global = L_d + |eta L_d - L_g - alpha L_v|.
 alpha, beta, gamma, eta = 0.3, 0.1, 0.1, 0.5; gains 1e-3, 1e-5, 1e-5; Adam 5e-5; 300k steps.
@@ -101,6 +101,10 @@ class Config(common.RunConfig):
     kl_weight: float = common.arg(0.0, "weight of L_n, the KL averaged over dims and batch (0: gamma N / (3 S^2), "
                                        "beta = 1 against the summed L1 of L_e; 1 collapses the encoder, see the docstring)")
     gains: str = common.arg("1e-3,1e-5,1e-5", "controller gains l1,l2,l3 of eq. 12 (paper)")
+    eq11: str = common.arg("restored", "eq. 11's error: restored, e_t = eta L_d - (L_g + alpha L_v), as eq. 10 and "
+                                       "M_global need; or printed, e_t = eta L_d - L_g + alpha L_v, the text as "
+                                       "printed (alpha L_v then raises k_t instead of holding it at 0)",
+                           choices=("restored", "printed"))
     controller: str = common.arg("pid", "pid (eq. 12) or p (BEGAN's update: l2 = l3 = 0)", choices=("pid", "p"))
     vae: bool = common.arg(True, "the VAE generator; --no-vae is BEGAN* (G from noise only)")
     gan: bool = common.arg(True, "the BEGAN discriminator; --no-gan trains the VAE alone (the blurry VAE of sec. 5)")
@@ -319,6 +323,14 @@ def vae_losses(model: VAEBEGAN, x: torch.Tensor, cfg: Config) -> dict:
     return t
 
 
+def controller_error(l_d, l_g, l_v, cfg: Config):
+    """Eq. 11, e_t from the batch's losses. Restored (default): eta L_d - (L_g + alpha L_v), the
+    error of eq. 10's balance eta = (E L_g + alpha E L_v) / E L_d, as M_global reads it. Printed
+    (--eq11 printed): eta L_d - L_g + alpha L_v, the sign the paper's eq. 11 shows."""
+    sign = 1.0 if cfg.eq11 == "printed" else -1.0
+    return cfg.eta * l_d - l_g + sign * cfg.alpha * l_v
+
+
 @dataclasses.dataclass
 class Controller:
     """Eq. 10-12: the error-feedback update of k_t, kept as device tensors (no GPU sync).
@@ -391,7 +403,7 @@ def train_step(model: VAEBEGAN, optimizers: dict, controller: Controller, xs: li
     for name in nets:
         scaler.step(optimizers[name])
     scaler.update()
-    error = cfg.eta * totals["L_d"] - (totals["L_g"] + cfg.alpha * totals["L_v"])      # eq. 11
+    error = controller_error(totals["L_d"], totals["L_g"], totals["L_v"], cfg)          # eq. 11
     k = controller.update(common.all_reduce_mean(error)) if cfg.gan else controller.k  # eq. 12
     loss = totals.pop("L_dis") + totals.pop("L_gen")
     # e_t's three terms, logged so a k_t pinned at 0 can be traced to the one that outweighs eta L_d

@@ -99,10 +99,12 @@ def test_frechet_and_kernel_distances_are_zero_for_one_distribution_and_grow_wit
 
 def test_vae_began_claims_score_every_variant_with_the_judge_and_plot_both_controllers(tmp_path):
     text, rows, cited = report_rows("vae_began", tmp_path)
-    assert [cells[0][:8] for cells in rows] == ["Table 1:", "Sec. 5: ", "Sec. 3.2"]
+    assert [cells[0][:8] for cells in rows] == ["Table 1:", "Sec. 5: ", "Sec. 3.4", "Sec. 3.4", "Sec. 3.4"]
     for name in ("BEGAN", "BEGAN* + LSM", "VAE + BEGAN* + LSM", "VAE alone", "real digits"):
         assert f"{name}: IS " in rows[0][2]
-    assert len(cited) == 3 and "controller_k_t.png" in " ".join(cited)
+    for name in ("BEGAN", "BEGAN* + LSM", "VAE + BEGAN* + LSM"):  # e_t's three terms per GAN variant
+        assert f"{name}: k_t " in rows[2][2] and "alpha L_v" in rows[2][2]
+    assert len(cited) == 4 and "k_t.png" in " ".join(cited) and "e_t_vae-began-lsm.png" in " ".join(cited)
 
 
 def test_only_the_default_scale_writes_the_committed_report_and_the_readme():

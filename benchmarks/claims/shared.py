@@ -299,7 +299,7 @@ def plot_series(series: dict, path: str, title: str, size: tuple = (560, 300)) -
     draw.text((left, bottom + 4), str(x_lo), fill=(90, 90, 90))
     draw.text((right - 40, bottom + 4), str(x_hi), fill=(90, 90, 90))
     for i, (name, pts) in enumerate(series.items()):
-        colour = ((200, 40, 40), (40, 70, 200), (40, 150, 40))[i % 3]
+        colour = ((200, 40, 40), (40, 70, 200), (40, 150, 40), (150, 60, 170), (90, 90, 90))[i % 5]
         draw.text((left + 4, 18 + 14 * i), name, fill=colour)
         draw.line([(left + (x - x_lo) / (x_hi - x_lo) * (right - left),
                     bottom - (y - y_lo) / (y_hi - y_lo) * (bottom - top)) for x, y in pts], fill=colour, width=2)
