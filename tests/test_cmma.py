@@ -337,3 +337,20 @@ def test_tune_grid_lists_every_combination_and_refuses_unknown_settings():
         cmma.tune_grid("beta=1,2")
     with pytest.raises(ValueError, match="NAME=number"):
         cmma.tune_grid("lr=fast")
+
+
+def test_cgan_losses_are_the_non_saturating_bce_written_out_and_g_pushes_d_up():
+    """Mirza & Osindero's CGAN: d_loss = softplus(-D(x)) + softplus(D(fake)), g_loss =
+    softplus(-D(fake)) (target 1: G is scored as if its fakes were real), and G's gradient raises
+    D's score of its fakes. A discriminator whose logit is the mean pixel makes every value exact."""
+    class MeanPixel(torch.nn.Module):
+        def forward(self, x, y):
+            return x.flatten(1).mean(1)
+    x, y = torch.full((2, 3, 4, 4), 0.8), torch.zeros(2, 5)
+    fake = torch.full((2, 3, 4, 4), 0.3, requires_grad=True)
+    d_loss, g_loss = cmma.gan_losses(MeanPixel(), x, y, fake)
+    softplus = lambda v: math.log1p(math.exp(v))
+    assert d_loss.item() == pytest.approx(softplus(-0.8) + softplus(0.3), abs=1e-6)
+    assert g_loss.item() == pytest.approx(softplus(-0.3), abs=1e-6)
+    g_loss.backward()
+    assert (fake.grad < 0).all()  # descending g_loss brightens the fakes, which D scores higher

@@ -380,3 +380,39 @@ def test_a_folder_of_one_class_is_refused_for_a_label_conditioned_model(tmp_path
                                         cache_dir=str(tmp_path / "cache")))
     with pytest.raises(ValueError, match="needs at least 2"):
         dv.load_all_classes(cfg, "train", verbose=False)
+
+
+def test_hinge_losses_score_real_as_real_and_both_fakes_as_fake():
+    """Eq. 10-11, hinge form, on hand-picked scores: L_Dis = E relu(1 - D(x)) + E relu(1 + D(x_hat))
+    + E relu(1 + D(x_tilde)) = 0.25 + 0.9 + 1.25; L_GD = -E D(x_hat) - E D(x_tilde) = 0.1 + 0.25."""
+    d_real, d_rec, d_gen = torch.tensor([0.5, 2.0]), torch.tensor([-0.5, 0.3]), torch.tensor([-2.0, 1.5])
+    l_dis, l_gd = dv.hinge_losses(d_real, d_rec, d_gen)
+    assert l_dis.item() == pytest.approx(2.4) and l_gd.item() == pytest.approx(0.35)
+
+
+def test_stage1_trains_the_mixture_means_and_variances_with_e_s():
+    """Stage 1 (sec. 3.5) steps L_GM on E_s, mu_k and Sigma_k: the gradients reaching mu and
+    log Sigma are those of eq. 8-9 written out here, and nothing else moves."""
+    cfg, model = tiny()
+    model.train()
+    opts = dv.make_optimizers(model, cfg, torch.device("cpu"))
+    x, c = torch.rand(6, 1, 28, 28) * 2 - 1, torch.tensor([0, 1, 2, 3, 4, 5])
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    dv.stage1_step(model, opts, [(x, c)], cfg, torch.device("cpu"))
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert {"prior.mu", "prior.logvar"} <= moved
+    assert all(n.startswith(("encoder_s.", "prior.")) for n in moved), moved
+    # the mixture's gradient is eq. 8-9's: L_cls + 0.1 L_lkd through mu and log Sigma
+    model.load_state_dict({n: before[n] for n in before}, strict=False)
+    mu, logvar = model.prior.mu, model.prior.logvar
+    z_s = model.encoder_s(x).detach()
+    d = 0.5 * ((z_s[:, None] - mu[None]) ** 2 / logvar.exp()[None]).sum(-1)
+    logits = -d - 0.5 * logvar.sum(-1)
+    want = torch.nn.functional.cross_entropy(logits, c) + 0.1 * (d[torch.arange(6), c] + 0.5 * logvar[c].sum(1)).mean()
+    g_mu, g_logvar = torch.autograd.grad(want, [mu, logvar])
+    for p in model.parameters():
+        p.grad = None
+    got = dv.lgm_loss(z_s, c, *model.prior.params(), cfg.margin, cfg.lambda_lkd)["L_GM"]
+    got_mu, got_logvar = torch.autograd.grad(got, [model.prior.mu, model.prior.logvar])
+    assert torch.allclose(got_mu, g_mu, atol=1e-6) and torch.allclose(got_logvar, g_logvar, atol=1e-6)
+    assert g_mu.abs().sum() > 0 and g_logvar.abs().sum() > 0

@@ -268,3 +268,39 @@ def test_eval_scores_samples_with_torch_fidelity_and_real_images_without_a_check
     with pytest.raises(SystemExit):
         vae_began.main(["--dataset", "mnist", "--data-dir", mnist_dir, "--out", str(tmp_path / "new"), "--fid"] + TINY)
     assert not os.path.exists(tmp_path / "new")
+
+
+@pytest.mark.parametrize("noise,mean,var", [("uniform", 0.0, 1 / 3), ("normal", 0.0, 1.0)])
+def test_prior_noise_is_u_minus_1_1_or_standard_normal(noise, mean, var):
+    """z_g ~ U(-1, 1) (BEGAN, --noise uniform: mean 0, variance 1/3, range [-1, 1]) or N(0, I)
+    (sec. 3.1), on the training path (device RNG) and the figures' path (a CPU generator)."""
+    cfg = vae_began.Config(noise=noise, latent_dim=8)
+    torch.manual_seed(0)
+    for z in (vae_began.prior_noise(50_000, cfg, torch.device("cpu")),
+              vae_began.prior_noise(50_000, cfg, torch.device("cpu"), torch.Generator().manual_seed(1))):
+        assert z.shape == (50_000, 8)
+        assert z.mean().item() == pytest.approx(mean, abs=0.01) and z.var().item() == pytest.approx(var, rel=0.02)
+        if noise == "uniform":
+            assert z.min() >= -1 and z.max() <= 1 and z.min() < -0.99 and z.max() > 0.99
+
+
+def test_printed_eq11_adds_alpha_l_v_and_the_restored_one_subtracts_it():
+    """--eq11 printed: e_t = eta L_d - L_g + alpha L_v (the text as printed); the default:
+    eta L_d - (L_g + alpha L_v)."""
+    l_d, l_g, l_v = torch.tensor(0.2), torch.tensor(0.05), torch.tensor(0.1)
+    restored = vae_began.controller_error(l_d, l_g, l_v, vae_began.Config())
+    printed = vae_began.controller_error(l_d, l_g, l_v, vae_began.Config(eq11="printed"))
+    assert restored.item() == pytest.approx(0.5 * 0.2 - 0.05 - 0.3 * 0.1)
+    assert printed.item() == pytest.approx(0.5 * 0.2 - 0.05 + 0.3 * 0.1)
+
+
+def test_pid_step_response_is_eq12_written_out():
+    """k_t of eq. 12 under an error step e = 0.01 from k = 0: step 0 adds (l1 + l2 + l3) e (the
+    derivative terms see e_{-1} = e_{-2} = 0), step 1 adds l1 e - l3 e, later steps l1 e."""
+    import sys
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from claims.vae_began_claims import step_response
+    k = step_response((1e-3, 1e-5, 2e-5), error=0.01, steps=4)
+    e = 0.01
+    want = np.cumsum([(1e-3 + 1e-5 + 2e-5) * e, 1e-3 * e + 1e-5 * (e - e) + 2e-5 * (e - 2 * e + 0), 1e-3 * e, 1e-3 * e])
+    assert np.allclose(k, want, rtol=1e-9, atol=1e-15)

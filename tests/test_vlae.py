@@ -377,3 +377,16 @@ def test_torchrun_two_cpu_processes_train_and_save_once(mnist_dir, tmp_path):
     assert [r["step"] for r in common.read_jsonl(str(tmp_path / "metrics.jsonl"))] == [2, 4]  # rank 0 alone
     assert output.count("step 4/4") == 1 and "2 process(es)" in output
     assert "global batch 16 (8 per process x 1 micro-batches x 2 processes): 4 steps are 0.1 epochs" in output
+
+
+def test_the_training_mmd_compares_codes_with_standard_normal_draws(monkeypatch):
+    """Eq. 1-2's p(z) = N(0, I): the draws mmd_per_layer hands to the MMD have mean 0 and
+    variance 1 in every dim (U(0, 1) has mean 1/2, 2 N(0, I) variance 4), and a layer's own width."""
+    seen = []
+    monkeypatch.setattr(vlae.common, "mmd", lambda q, p, *a, **k: seen.append(p) or (q.sum() * 0))
+    torch.manual_seed(0)
+    vlae.mmd_per_layer([torch.zeros(8, 3), torch.zeros(8, 5)], 40_000)
+    assert [p.shape for p in seen] == [(40_000, 3), (40_000, 5)]
+    for p in seen:
+        assert p.mean(0).abs().max() < 0.03 and (p.var(0) - 1).abs().max() < 0.05
+        assert (p < 0).float().mean() == pytest.approx(0.5, abs=0.01)

@@ -62,7 +62,7 @@ def step_response(gains: tuple, error: float = 0.01, steps: int = 1000) -> np.nd
     """k_t of eq. 12 (no clip reached) under a scripted error step: e_t = 0 before t = 0 and
     `error` from t = 0 on, from k = 0. Returns k_0 .. k_{steps-1}."""
     controller = vae_began.Controller.start(gains, torch.device("cpu"))
-    return np.array([controller.update(torch.tensor(error)).item() for _ in range(steps)])
+    return np.array([controller.update(torch.tensor(error, dtype=torch.float64)).item() for _ in range(steps)])
 
 
 def claim_engaged(stats: dict) -> Row:
