@@ -416,3 +416,14 @@ def test_stage1_trains_the_mixture_means_and_variances_with_e_s():
     got_mu, got_logvar = torch.autograd.grad(got, [model.prior.mu, model.prior.logvar])
     assert torch.allclose(got_mu, g_mu, atol=1e-6) and torch.allclose(got_logvar, g_logvar, atol=1e-6)
     assert g_mu.abs().sum() > 0 and g_logvar.abs().sum() > 0
+
+
+def test_sigma_learning_rate_rules_fall_with_the_epochs_never_rise():
+    """Sigma's rules (code: x0.1 every 10 epochs; paper B.4: x0.01 from epoch 2; fixed), here with
+    10 outer iterations per epoch and --sigma-lr-scale multiplying each."""
+    rate = lambda rule, step, scale=1.0: dv.sigma_learning_rate(dv.Config(lr=1e-3, sigma_lr=rule, sigma_lr_scale=scale),
+                                                                  step, 10)
+    assert [rate("code", s) for s in (0, 99, 100, 200)] == pytest.approx([1e-3, 1e-3, 1e-4, 1e-5])
+    assert [rate("paper", s) for s in (0, 19, 20, 500)] == pytest.approx([1e-3, 1e-3, 1e-5, 1e-5])
+    assert [rate("fixed", s) for s in (0, 10_000)] == pytest.approx([1e-3, 1e-3])
+    assert rate("code", 100, scale=10) == pytest.approx(1e-3)

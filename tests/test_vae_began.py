@@ -304,3 +304,9 @@ def test_pid_step_response_is_eq12_written_out():
     e = 0.01
     want = np.cumsum([(1e-3 + 1e-5 + 2e-5) * e, 1e-3 * e + 1e-5 * (e - e) + 2e-5 * (e - 2 * e + 0), 1e-3 * e, 1e-3 * e])
     assert np.allclose(k, want, rtol=1e-9, atol=1e-15)
+
+
+def test_learning_rate_halves_every_interval_down_to_its_floor():
+    """carpedm20's BEGAN schedule: lr, lr / 2 after --lr-halve-every steps, never below --lr-min."""
+    cfg = vae_began.Config(lr=8e-5, lr_halve_every=100, lr_min=2e-5)
+    assert [vae_began.learning_rate(cfg, s) for s in (0, 99, 100, 199, 200, 5000)] == [8e-5, 8e-5, 4e-5, 4e-5, 2e-5, 2e-5]
