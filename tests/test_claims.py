@@ -35,10 +35,14 @@ def report_rows(paper: str, tmp_path) -> tuple[str, list, list]:
 
 def test_vlae_claims_write_a_table_of_rows_and_the_figures_it_cites(tmp_path):
     text, rows, cited = report_rows("vlae", tmp_path)
-    assert len(rows) == 8  # probe, Fig. 2 identity, Fig. 2 style, MMD vs KL, Fig. 3 colour, effect, identity, Fig. 4
-    for run in ("mnist-mmd", "mnist-kl", "faces-mmd"):
+    # probe, Fig. 2 identity, Fig. 2 style, MMD vs KL (faces), Fig. 3 colour, effect, identity, Fig. 4
+    assert [cells[0][:7] for cells in rows] == ["A linea", "Fig. 2:", "Fig. 2:", "MMD kee", "Fig. 3:", "Every l",
+                                                "Deeper ", "Fig. 4:"]
+    for run in ("mnist-mmd", "faces-mmd", "faces-kl"):
         assert f"Run `{run}`" in text and os.path.exists(tmp_path / "runs" / run / "eval.json")
-    assert len(cited) == 7
+    assert "standard error" in rows[0][2] and "+-" in rows[1][2]  # the probe and the redraw shares carry their SE
+    assert "vs" in rows[7][2] and "real pale women" in rows[7][2]  # Fig. 4 against pixel arithmetic
+    assert len(cited) == 5
     assert "Machine:" in text and "this invocation took" in text
 
 

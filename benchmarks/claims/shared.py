@@ -243,6 +243,12 @@ def machine() -> str:
 
 
 
+def accuracy_gap_se(a: float, b: float, n: int) -> float:
+    """Standard error of the difference of two accuracies a, b measured on n items each, each
+    binomial: sqrt(a (1 - a) / n + b (1 - b) / n) (conservative when the two share the items)."""
+    return float(np.sqrt((a * (1 - a) + b * (1 - b)) / max(n, 1)))
+
+
 def eval_json(run: Run) -> dict:
     with open(os.path.join(run.out, "eval.json")) as f:
         return json.load(f)
