@@ -120,3 +120,18 @@ def test_only_the_default_scale_writes_the_committed_report_and_the_readme():
     assert not os.path.commonpath([tiny.out, ROOT + "/docs"]) == ROOT + "/docs"
     assert claims.parse_args(["vlae", "--scale", "tiny", "--readme"]).readme  # only when asked for
     assert not claims.parse_args(["vlae", "--out", "/tmp/elsewhere"]).readme  # another --out: not the README
+
+
+def test_readme_status_counts_the_reports_verdicts(tmp_path):
+    report = tmp_path / "docs" / "x.md"
+    report.parent.mkdir()
+    report.write_text("# X\n\n- Scale: small; steps\n\n| claim | where | measured | holds? |\n|---|---|---|---|\n"
+                      "| a | s | m | **yes**: ok |\n| b | s | m | **no**: not |\n| c | s | m | **mixed**: half |\n"
+                      "| d | s | m | **yes**: ok |\n")
+    assert shared.status_from_report(str(report), str(tmp_path)) == \
+        "2 of 4 claims hold (1 in part) at the small CPU scale ([docs/x.md](docs/x.md))"
+    readme = tmp_path / "README.md"
+    readme.write_text("| script | paper | status |\n|---|---|---|\n| `vlae.py` | Xu | ready |\n")
+    shared.update_status("vlae", str(report), str(readme))
+    assert readme.read_text().splitlines()[2] == "| `vlae.py` | Xu | 2 of 4 claims hold (1 in part) at the small CPU " \
+                                                 "scale ([docs/x.md](docs/x.md)) |"

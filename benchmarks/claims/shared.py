@@ -218,7 +218,36 @@ def update_readme(paper: str, report: str, readme: str = os.path.join(ROOT, "REA
     before, rest = text.split(start, 1)
     with open(readme, "w") as f:
         f.write(before + section + rest.split(end, 1)[1])
+    update_status(paper, report, readme)
     print(f"updated {readme}")
+
+
+SCRIPTS = {"vlae": "vlae.py", "cmma": "cmma.py", "disentangled": "disentangled_vae.py", "vae_began": "vae_began.py"}
+
+
+def status_from_report(report: str, readme_dir: str) -> str:
+    """The README status of a paper, read off its claims table: 'N of M claims hold (K in part)
+    at the SCALE scale (link)'."""
+    text = open(report).read()
+    verdicts = re.findall(r"^\|.*\| \*\*(yes|no|mixed)\*\*", text, re.M)
+    scale = re.search(r"^- Scale: (\w+)", text, re.M)
+    link = os.path.relpath(report, readme_dir)
+    part = f" ({verdicts.count('mixed')} in part)" if "mixed" in verdicts else ""
+    return (f"{verdicts.count('yes')} of {len(verdicts)} claims hold{part} at the "
+            f"{scale.group(1) if scale else 'small'} CPU scale ([{link}]({link}))")
+
+
+def update_status(paper: str, report: str, readme: str) -> None:
+    """Rewrite the status cell of the paper's script in README.md's table of scripts."""
+    lines = open(readme).read().split("\n")
+    row = next((i for i, line in enumerate(lines) if line.startswith(f"| `{SCRIPTS[paper]}` |")), None)
+    if row is None:
+        raise ValueError(f"{readme} has no '| `{SCRIPTS[paper]}` |' row in its table of scripts")
+    cells = lines[row].split(" | ")
+    cells[-1] = status_from_report(report, os.path.dirname(os.path.abspath(readme))) + " |"
+    lines[row] = " | ".join(cells)
+    with open(readme, "w") as f:
+        f.write("\n".join(lines))
 
 
 def footer(paper: str, runs: dict, t0: float, args) -> list:
