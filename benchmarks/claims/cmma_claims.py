@@ -100,7 +100,7 @@ def claim_cmma_parzen(runs: dict) -> Row:
              f"chosen from {len(cgan['tuned']['candidates'])} by validation Parzen LL" if cgan["tuned"] else "CGAN not tuned")
     note = ""
     if not all(parts):
-        note = (f"the measured order is {order}. A Parzen window on {r['cmma']['test_faces']} digits at "
+        note = (f"the measured order is {order}. Hypothesis, not measured: a Parzen window on {r['cmma']['test_faces']} digits at "
                 f"K = {r['cmma']['parzen_samples']} rewards samples near the test digits, and a GAN's sharp samples "
                 f"can score well on it where a VAE's blurred means do not (Theis et al. 2016 on Parzen estimates)")
     return Row("Table 3: Parzen conditional log-likelihood CMMA > CVAE > CGAN", "sec. 4.4, Table 3",
@@ -138,12 +138,13 @@ def claim_cmma_generation(runs: dict, models: dict, judge_: Judge, per_class: in
     notes = []
     if not parts[0]:
         notes.append(f"CMMA's samples of {', '.join(weak) or 'no class'} are judged right less than half the time "
-                     f"(per-class accuracy): at {runs['cmma'].steps} steps and a quarter of the paper's widths its "
-                     f"samples are blurred, and those classes blur into their neighbours")
+                     f"(per-class accuracy). Hypothesis, not measured: at {runs['cmma'].steps} steps and a quarter "
+                     f"of the paper's widths its samples are blurred, and those classes blur into their neighbours")
     if accuracy["cvae"] < 0.5:
-        notes.append("the CVAE's samples draw z from N(0, I), where its encoder puts few digits, and its decoder "
-                     "has learned to read the class from z rather than from y (its edits, next row, rarely change "
-                     "the class): the weakness of a prior that ignores y that sec. 2 argues CMMA removes")
+        notes.append("Hypothesis, not measured: the CVAE's samples draw z from N(0, I), where its encoder puts few "
+                     "digits, and its decoder has learned to read the class from z rather than from y (its edits, "
+                     "next row, rarely change the class): the weakness of a prior that ignores y that sec. 2 argues "
+                     "CMMA removes")
     if accuracy["cgan"] < 0.5:
         notes.append(f"the CGAN has not learned the digits in {runs['cgan'].steps} Adagrad steps (see the figure)")
     return Row("Fig. 4: generating from a class gives that class", "sec. 4.5.1, Fig. 4",
@@ -191,7 +192,7 @@ def claim_cmma_edit(models: dict, judge_: Judge, args, device, n: int = 500) -> 
                f"{d_edit:.3f}, a random real digit of the new class {d_real:.3f}, CMMA's own sample of the new "
                f"class {d_sample:.3f}",
                verdict(parts), f"accuracy {accuracy:.3f}, edit {'closer' if parts[1] else 'not closer'}",
-               "" if parts[0] else "the edit moves every digit of a class by the same f_mu(y') - f_mu(y); where the "
+               "" if parts[0] else "Hypothesis, not measured: the edit moves every digit of a class by the same f_mu(y') - f_mu(y); where the "
                "digit's own code sits far from its class mean the shift does not carry it across to the new class, "
                "and blurred classes (the Fig. 4 row) are read as their neighbours")
 
