@@ -354,3 +354,14 @@ def test_cgan_losses_are_the_non_saturating_bce_written_out_and_g_pushes_d_up():
     assert g_loss.item() == pytest.approx(softplus(-0.3), abs=1e-6)
     g_loss.backward()
     assert (fake.grad < 0).all()  # descending g_loss brightens the fakes, which D scores higher
+
+
+def test_cgan_tuning_scores_candidates_on_the_validation_faces_never_the_test_faces(monkeypatch):
+    """Sec. 4.4 chooses the CGAN's settings on the validation set: validation_parzen hands the
+    validation subset of eval_faces to the Parzen scores, not the test subset."""
+    seen = []
+    test_xy, valid_xy = (torch.zeros(2, 1), torch.zeros(2, 1)), (torch.ones(3, 1), torch.ones(3, 1))
+    monkeypatch.setattr(cmma, "eval_faces", lambda cfg, device: (test_xy, valid_xy, None))
+    monkeypatch.setattr(cmma, "parzen_scores", lambda model, x, y, k, sigmas: seen.append(x) or torch.tensor([1.0, 2.0]))
+    assert cmma.validation_parzen(cmma.Config(dataset="mnist"), None, torch.device("cpu")) == 2.0
+    assert len(seen) == 1 and seen[0] is valid_xy[0]

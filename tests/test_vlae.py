@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import signal
 import subprocess
@@ -390,3 +391,20 @@ def test_the_training_mmd_compares_codes_with_standard_normal_draws(monkeypatch)
     for p in seen:
         assert p.mean(0).abs().max() < 0.03 and (p.var(0) - 1).abs().max() < 0.05
         assert (p < 0).float().mean() == pytest.approx(0.5, abs=0.01)
+
+
+def test_kl_baseline_warms_its_kl_weight_up_from_0_to_1():
+    """--reg kl: loss = r C H W recon + (1 - exp(-step / 2000)) sum_l KL_l, the KL written out from
+    torch.distributions: weight 0 at step 0, 1 - 1/e at 2000, about 1 long after (a reversed
+    schedule, exp(-step / 2000), would start at 1)."""
+    torch.manual_seed(0)
+    cfg = small_config(reg="kl")
+    x = torch.rand(6, 3, 32, 32) * 2 - 1
+    mu, logvar = [torch.randn(6, 10) for _ in range(4)], [0.3 * torch.randn(6, 10) for _ in range(4)]
+    out = {"x_hat": torch.zeros_like(x), "mu": mu, "logvar": logvar}
+    normal = torch.distributions.Normal
+    kl = sum(torch.distributions.kl_divergence(normal(m, (0.5 * lv).exp()), normal(0.0, 1.0)).sum(1).mean()
+             for m, lv in zip(mu, logvar)).item()
+    recon = cfg.kl_recon_weight * 3 * 32 * 32 * x.abs().mean().item()
+    for step, weight in ((0, 0.0), (2000, 1 - math.exp(-1)), (200_000, 1.0)):
+        assert vlae.vlae_loss(out, x, cfg, step)["loss"].item() == pytest.approx(recon + weight * kl, rel=1e-5)
