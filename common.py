@@ -894,6 +894,18 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def accumulate_grad(p: torch.Tensor, g: torch.Tensor) -> None:
+    """p.grad += g (p.grad = g when it is None), kept in p's own memory layout. `.backward()`
+    does this itself (AccumulateGrad's layout contract); a gradient taken with
+    torch.autograd.grad and assigned by hand may come in another layout (an NCHW gradient for a
+    channels_last weight), which CUDA's fused Adam refuses ("params, grads, exp_avgs, and
+    exp_avg_sqs must have same dtype, device, and layout") and which would make every later
+    optimizer kernel stride-mismatched."""
+    if g.stride() != p.stride():
+        g = torch.empty_like(p).copy_(g)  # empty_like keeps p's strides
+    p.grad = g if p.grad is None else p.grad + g
+
+
 def average_gradients(params: Sequence[torch.Tensor]) -> None:
     """Average the .grad of `params` over ranks in one flat all-reduce (no-op when not
     distributed). For steps that route several losses to several networks by hand, where

@@ -512,8 +512,9 @@ def set_grads(loss: torch.Tensor, params: list, add: bool = False) -> None:
     """p.grad (+)= d loss / d p for exactly these parameters (no gradient reaches any other)."""
     grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
     for p, g in zip(params, grads):
-        g = torch.zeros_like(p) if g is None else g
-        p.grad = p.grad + g if add and p.grad is not None else g
+        if not add:
+            p.grad = None
+        common.accumulate_grad(p, torch.zeros_like(p) if g is None else g)
 
 
 def stage1_step(model: DisentangledVAE, optimizers: dict, batches: list, cfg: Config, device,

@@ -393,7 +393,7 @@ def train_step(model: VAEBEGAN, optimizers: dict, controller: Controller, xs: li
             grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
             for p, g in zip(params, grads):
                 if g is not None:
-                    p.grad = g if p.grad is None else p.grad + g
+                    common.accumulate_grad(p, g)
         for k_ in keep:
             totals[k_] = totals[k_] + t[k_].detach() / len(xs)
     # the scaled gradients are averaged first, so an inf on any rank reaches every rank and all skip

@@ -15,7 +15,7 @@ For each script, at its paper's model and image size, the same model and the sam
   (c) synthetic: (b) on random batches already on the device: the pipeline-free ceiling, so
                  (b)/(c) near 1 means the data pipeline is never what the GPU waits for.
 The table: images/s of each, (b)/(a), (b)/(c), peak GPU memory, and model FLOPs utilisation:
-FLOPs per step (torch.utils.flop_counter, forward + backward) / step time / the device's peak
+FLOPs per step (torch.utils.flop_counter, forward + backward, the optimizer not counted) / step time / the device's peak
 (looked up by name, or --peak-tflops), and (b)'s host-device synchronisations per step (CUDA
 sync debug mode; each one stops the host queueing work ahead of the GPU). Images count every
 image a step consumes (Lr-LiVAE's stage 1 reads three batches per step).
@@ -23,6 +23,7 @@ image a step consumes (Lr-LiVAE's stage 1 reads three batches per step).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
@@ -202,11 +203,29 @@ def syncs_per_step(step, next_batch, device, steps: int = 3) -> float | None:
     return sum("synchroniz" in str(w.message) for w in caught) / steps
 
 
+@contextlib.contextmanager
+def optimizer_steps_skipped():
+    """Every optimizer's `step` a no-op for the duration: the FLOP count is the model's (forward
+    and backward), not the optimizer's elementwise update, which FlopCounterMode's dispatch
+    would also run through (CUDA's fused Adam failed under it on hand-routed gradients)."""
+    classes = [c for c in vars(torch.optim).values() if isinstance(c, type) and issubclass(c, torch.optim.Optimizer)
+               and "step" in vars(c)]
+    saved = {c: vars(c)["step"] for c in classes}
+    try:
+        for c in classes:
+            c.step = lambda self, *args, **kwargs: None
+        yield
+    finally:
+        for c, step in saved.items():
+            c.step = step
+
+
 def flops_per_step(step, next_batch) -> float:
-    """FLOPs of one training step (forward and backward; matmuls and convolutions)."""
+    """FLOPs of one training step's forward and backward passes (matmuls and convolutions; the
+    optimizer's update is not counted)."""
     counter = FlopCounterMode(display=False)
     counter.mod_tracker = _GlobalOnly()
-    with counter:
+    with optimizer_steps_skipped(), counter:
         step(next_batch, 0)
     return float(counter.get_total_flops())
 

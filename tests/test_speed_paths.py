@@ -81,3 +81,46 @@ def test_channels_last_step_equals_nchw_step(name, celeba_dir, identities_dir):
     for a, b in zip(nchw, nhwc):
         for k in a:
             assert float(b[k]) == pytest.approx(float(a[k]), rel=1e-3, abs=1e-4), k
+
+
+@pytest.mark.parametrize("name", ["vae_began", "disentangled_vae"])
+def test_hand_routed_gradients_keep_each_parameters_layout(name, identities_dir, monkeypatch):
+    """vae_began and disentangled_vae take gradients with torch.autograd.grad and assign them
+    by hand. `.backward()` would give each gradient its parameter's memory layout; a backend may
+    return an NCHW gradient for a channels_last weight, which CUDA's fused Adam refuses. Here
+    autograd.grad returns NCHW copies on purpose: every .grad must still match its parameter's
+    strides, and a fused Adam step (CPU) runs on them."""
+    real_grad = torch.autograd.grad
+    monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: tuple(
+        None if g is None else g.contiguous() for g in real_grad(*a, **k)))
+    cfg = tiny_config(name, identities_dir)
+    x = torch.rand(2, 3, cfg.image_size, cfg.image_size) * 2 - 1
+    if name == "vae_began":
+        model = vae_began.VAEBEGAN(cfg).to(memory_format=torch.channels_last)
+        opts = {n: torch.optim.Adam(net.parameters(), fused=True) for n, net in model.networks().items()}
+        vae_began.train_step(model, opts, vae_began.Controller.start((1e-3, 0, 0), CPU), [x], cfg, CPU)
+    else:
+        model = disentangled_vae.DisentangledVAE(cfg, 3).to(memory_format=torch.channels_last)
+        opts = {n: torch.optim.Adam(ps, fused=True) for n, ps in model.groups().items()}
+        disentangled_vae.stage2_step(model, opts, [(x, torch.tensor([0, 1]))], cfg, CPU)
+    convs = [p for p in model.parameters() if p.dim() == 4]
+    assert any(p.stride() != p.contiguous().stride() for p in convs)  # the weights really are channels_last
+    assert all(p.grad is None or p.grad.stride() == p.stride() for p in model.parameters())
+
+
+def test_flop_count_is_forward_and_backward_only_and_leaves_the_model_untouched():
+    """bench.flops_per_step counts one step's forward and backward (a linear layer: 2 N I O for
+    the forward, twice that for the backward) and runs no optimizer step."""
+    layer = torch.nn.Linear(8, 4, bias=False)
+    opt = torch.optim.Adam(layer.parameters(), lr=0.1)
+    before = layer.weight.detach().clone()
+
+    def step(next_batch, i):
+        opt.zero_grad()
+        layer(next_batch()).sum().backward()
+        opt.step()
+    flops = bench.flops_per_step(step, lambda: torch.randn(16, 8))
+    assert flops == 2 * (2 * 16 * 8 * 4)  # the forward, and the weight's gradient (the input needs none)
+    assert torch.equal(layer.weight, before)  # the optimizer did not step
+    step(lambda: torch.randn(16, 8), 1)
+    assert not torch.equal(layer.weight, before)  # and steps again afterwards
