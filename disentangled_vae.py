@@ -423,10 +423,12 @@ def lgm_loss(z_s: torch.Tensor, c: torch.Tensor, mu: torch.Tensor, logvar: torch
     L_GM = L_cls + lambda_lkd L_lkd. Also returns 'accuracy', the share with argmax logit = c."""
     d, logdet = mixture_logits(z_s.float(), mu.float(), logvar.float())
     logits = -d - 0.5 * logdet
-    true = F.one_hot(c, d.shape[1]).bool()
+    # the true class by comparison and gather: F.one_hot checks its input's range and a boolean
+    # mask counts its True entries, each a host-device sync on the GPU (four per outer iteration)
+    true = torch.arange(d.shape[1], device=c.device)[None] == c[:, None]
     margined = torch.where(true, logits - margin * d, logits)
     l_cls = F.cross_entropy(margined, c)
-    l_lkd = (d[true] + 0.5 * logdet[c]).mean()
+    l_lkd = (d.gather(1, c[:, None])[:, 0] + 0.5 * logdet[c]).mean()
     return {"L_GM": l_cls + lambda_lkd * l_lkd, "L_cls": l_cls, "L_lkd": l_lkd,
             "accuracy": (logits.argmax(1) == c).float().mean()}
 

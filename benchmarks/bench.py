@@ -16,8 +16,10 @@ For each script, at its paper's model and image size, the same model and the sam
                  (b)/(c) near 1 means the data pipeline is never what the GPU waits for.
 The table: images/s of each, (b)/(a), (b)/(c), peak GPU memory, and model FLOPs utilisation:
 FLOPs per step (torch.utils.flop_counter, forward + backward, the optimizer not counted) / step time / the device's peak
-(looked up by name, or --peak-tflops), and (b)'s host-device synchronisations per step (CUDA
-sync debug mode; each one stops the host queueing work ahead of the GPU). Images count every
+(looked up by name, or --peak-tflops), (b)'s host-device synchronisations per step (CUDA
+sync debug mode; each one stops the host queueing work ahead of the GPU), and the ops of a step's
+forward and backward that read values back to the host (`HostReads`, any device: what would
+sync on a GPU). Images count every
 image a step consumes (Lr-LiVAE's stage 1 reads three batches per step).
 """
 from __future__ import annotations
@@ -33,6 +35,7 @@ import warnings
 import numpy as np
 import torch
 from PIL import Image
+import torch.utils._python_dispatch
 from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -186,6 +189,36 @@ class _GlobalOnly:
         return None
 
 
+SYNC_OPS = ("_local_scalar_dense", "nonzero", "masked_select", "_unique", "unique_", "item")
+
+
+class HostReads(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the aten ops that read a tensor's values back to the host: `.item()` / `bool()` /
+    `float()` (aten._local_scalar_dense), nonzero (boolean-mask indexing, torch.where with one
+    argument), masked_select and unique. On a GPU each is a host-device sync; this mode finds
+    them on any device, the CPU included."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.__name__ if hasattr(func, "__name__") else str(func)
+        if any(op in name for op in SYNC_OPS):
+            self.ops.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def host_reads_per_step(step, next_batch, steps: int = 2) -> list:
+    """The host-reading ops (`HostReads`) of `steps` training steps' forward and backward, any
+    device. The optimizer step is left out: on CPU Adam reads its step count (a CPU tensor on
+    every device, by design), and on the GPU the scripts use the fused kernels."""
+    with optimizer_steps_skipped(), HostReads() as mode:
+        for i in range(steps):
+            step(next_batch, 30_000 + i)
+    return mode.ops
+
+
 def syncs_per_step(step, next_batch, device, steps: int = 3) -> float | None:
     """Host-device synchronisations per training step on CUDA (torch.cuda sync debug mode): each
     one stalls the host until the GPU drains its queue, so the next step's launches can no longer
@@ -295,6 +328,7 @@ def bench_script(name: str, args, device) -> dict:
             row["memory_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
             row["step_s"] = seconds
             row["syncs"] = syncs_per_step(step, next_batch, device)
+            row["host_reads"] = len(host_reads_per_step(step, next_batch)) / 2
         if mode == "synthetic":
             eager = dataclasses.replace(cfg, compile=False)  # FlopCounterMode counts the eager graph
             _, eager_step, _ = build(name, eager, n_labels, device)
@@ -309,7 +343,7 @@ def bench_script(name: str, args, device) -> dict:
 
 def print_table(rows: list, device) -> None:
     head = ("script", "size", "batch", "(a) plain img/s", "(b) project img/s", "(b)/(a)", "(c) synthetic img/s",
-            "(b)/(c)", "peak mem GiB", "GFLOP/step", "MFU", "(b) syncs/step") \
+            "(b)/(c)", "peak mem GiB", "GFLOP/step", "MFU", "(b) syncs/step", "host reads/step") \
         + (("GPU busy", "matmul share") if "matmul" in rows[0] else ())
     percent = lambda v: "-" if v is None else f"{100 * v:.1f}%"
     print(f"\n{device_name(device)}, torch {torch.__version__}\n")
@@ -319,7 +353,7 @@ def print_table(rows: list, device) -> None:
         cells = [r["script"], r["size"], r["batch"], f"{r['plain']:.1f}", f"{r['project']:.1f}",
                  f"{r['project'] / r['plain']:.2f}x", f"{r['synthetic']:.1f}", f"{r['project'] / r['synthetic']:.2f}",
                  "-" if r["memory_gib"] is None else f"{r['memory_gib']:.1f}", f"{r['flops'] / 1e9:.1f}",
-                 percent(r["mfu"]), "-" if r["syncs"] is None else f"{r['syncs']:.1f}"]
+                 percent(r["mfu"]), "-" if r["syncs"] is None else f"{r['syncs']:.1f}", f"{r['host_reads']:.1f}"]
         cells += [percent(r["busy"]), percent(r["matmul"])] if "matmul" in r else []
         print("| " + " | ".join(str(c) for c in cells) + " |")
 

@@ -124,3 +124,14 @@ def test_flop_count_is_forward_and_backward_only_and_leaves_the_model_untouched(
     assert torch.equal(layer.weight, before)  # the optimizer did not step
     step(lambda: torch.randn(16, 8), 1)
     assert not torch.equal(layer.weight, before)  # and steps again afterwards
+
+
+@pytest.mark.parametrize("name", list(KEY))
+def test_a_training_step_reads_nothing_back_to_the_host(name, celeba_dir, identities_dir):
+    """No .item(), bool() of a tensor, nonzero (boolean masks), masked_select or unique in any
+    script's training step (`bench.HostReads`): each would stall the host until the GPU drains
+    its queue. Found on the CPU by the ops themselves (Lr-LiVAE's L-GM used a boolean mask and
+    F.one_hot, whose range check reads the labels' min and max: two per L-GM call)."""
+    _, step = tiny_stepper(name, celeba_dir, identities_dir)
+    step(0)
+    assert bench.host_reads_per_step(lambda nb, i: step(i), None) == []
