@@ -328,11 +328,11 @@ def bench_script(name: str, args, device) -> dict:
             row["memory_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
             row["step_s"] = seconds
             row["syncs"] = syncs_per_step(step, next_batch, device)
-            row["host_reads"] = len(host_reads_per_step(step, next_batch)) / 2
         if mode == "synthetic":
             eager = dataclasses.replace(cfg, compile=False)  # FlopCounterMode counts the eager graph
             _, eager_step, _ = build(name, eager, n_labels, device)
             row["flops"] = flops_per_step(eager_step, synthetic)
+            row["host_reads"] = len(host_reads_per_step(eager_step, synthetic)) / 2  # the eager graph's ops
             if args.profile:
                 row.update(profile_steps(name, step, synthetic, device, min(args.steps, 5), args.profile))
         del model, step
