@@ -844,7 +844,7 @@ def evaluate(runs: list, out: str, device) -> dict:
     sigmas = parzen_sigmas(cfg0.parzen_grid)
     table = {}
     for cfg, model in runs:
-        torch.manual_seed(cfg.seed)
+        common.seed_everything(cfg.seed)  # every draw of the eval, so a checkpoint gives one eval.json
         val_scores = parzen_scores(model, x_val, y_val, cfg.parzen_samples, sigmas)
         best = int(val_scores.argmax())
         if best in (0, len(sigmas) - 1):

@@ -1383,8 +1383,10 @@ class TrainingMonitor:
     After each step: remember a non-finite loss (no GPU sync), and every `log_every` steps check
     it (NonFiniteLoss), print and append metrics with images/s; every `ckpt_every` steps, at the
     last step and when SIGTERM/SIGINT arrived on any rank, call `save(step)` (which must be
-    collective, e.g. `save_training_state`); after a signal, exit with status 0 so the same
-    command resumes. `images_per_step` counts all ranks.
+    collective, e.g. `save_training_state`); after a signal, exit with status 128 + the signal's
+    number (143 for SIGTERM, 130 for SIGINT), the shell's convention for "killed by it", so a
+    scheduler or a `&&` chain does not read a stopped run as a finished one; the same command
+    resumes. `images_per_step` counts all ranks.
     """
 
     def __init__(self, out: str, steps: int, log_every: int, ckpt_every: int, start: int,
@@ -1427,4 +1429,4 @@ class TrainingMonitor:
         if stopping:
             print0(f"stopped by {self.signal.raised or 'a signal on another rank'} at step {step}; "
                    f"checkpoint saved, run the same command to resume")
-            raise SystemExit(0)
+            raise SystemExit(128 + getattr(signal, self.signal.raised or "SIGTERM", signal.SIGTERM))

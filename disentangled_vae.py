@@ -1124,6 +1124,7 @@ def evaluate(runs: list, device) -> list:
     with several runs (e.g. lr-livae and cvae-gan), a side-by-side table on stdout."""
     results = []
     for cfg, model, names in runs:
+        common.seed_everything(cfg.seed)  # every draw of the eval, so a checkpoint gives one eval.json
         x, c, held = heldout(cfg, device)
         train_set = load_split(cfg, "train", verbose=False)
         index = common.stratified_subset(train_set.labels["class"], 10_000, cfg.seed)

@@ -458,7 +458,9 @@ def evaluate(cfg: Config, model: VAEBEGAN, controller: dict, device) -> dict:
     """Held-out numbers into OUT/eval.json: D's loss on real vs generated faces and, as a training
     diagnostic only (D's own feature space: not comparable across runs), the unbiased kernel MMD
     between generated and held-out faces in D's bottleneck (k = exp(-||a-b||^2 / N^2)); the VAE's
-    reconstruction error, KL per dim and active units (Var_x[mu_d] > 0.01)."""
+    reconstruction error, KL per dim and active units (Var_x[mu_d] > 0.01). Seeded from --seed:
+    the same checkpoint gives the same eval.json."""
+    common.seed_everything(cfg.seed)
     x, held = heldout(cfg, device)
     g = torch.Generator().manual_seed(cfg.seed)
     fake = torch.cat([model.generator(c) for c in prior_noise(len(x), cfg, device, g).split(250)])

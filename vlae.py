@@ -505,6 +505,7 @@ def refresh_batchnorm(cfg: Config, model: VLAE, device, train_set: data.ImageSet
             train_set = load_split(cfg, "train", verbose=False)
         pick = np.sort(np.random.default_rng(cfg.seed).permutation(len(train_set))[:cfg.bn_images])
         x = as_inputs(train_set.images[pick], device)
+        common.seed_everything(cfg.seed)  # the reparameterised codes the decoder's BatchNorm sees
         model.bn_stats_images = common.recompute_batchnorm(model, x.split(BN_CHUNK), total=len(x))
     return getattr(model, "bn_stats_images", 0)
 
@@ -713,7 +714,9 @@ def layer_probes(cfg: Config, model: VLAE, held: data.ImageSet, held_mus: list, 
 def evaluate(cfg: Config, model: VLAE, device) -> dict:
     """Held-out numbers, written to OUT/eval.json and printed: reconstruction error, per layer
     the unbiased MMD, active units, linear-probe accuracies and the effect score; the last
-    training MMD (biased) beside the value that estimator gives when q = p."""
+    training MMD (biased) beside the value that estimator gives when q = p. Every random draw
+    is seeded from --seed, so the same checkpoint gives the same eval.json."""
+    common.seed_everything(cfg.seed)
     x, held = heldout_images(cfg, cfg.eval_images, device)
     mus, logvars = encode_means(model, x)
     x_hat = torch.cat([model.decode(list(zs)) for zs in zip(*(m.split(250) for m in mus))])
