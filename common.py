@@ -18,7 +18,9 @@ sample (shape (B,)); callers average over the batch themselves.
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
+import errno
 import datetime
 import functools
 import hashlib
@@ -1190,6 +1192,9 @@ class Progress:
             self.last, self.shown = now, True
 
 
+USER_OS_ERRORS = (errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EEXIST, errno.ENOTDIR, errno.EACCES)
+
+
 @contextmanager
 def user_errors():
     """Around a script's main: errors a user can fix (bad flags, missing or corrupt files, a NaN
@@ -1201,6 +1206,12 @@ def user_errors():
     except (PermissionError, NotADirectoryError, IsADirectoryError) as e:  # e.g. --out under a file, or in /sys
         fail(f"cannot write to {e.filename or 'a path'} ({e.strerror}): if it is under --out or --cache-dir, "
              f"pass a folder you can write to")
+    except OSError as e:
+        if e.errno not in USER_OS_ERRORS:
+            raise
+        fail(f"cannot write to {e.filename or 'a path'} ({e.strerror}): "
+             + ("free some space or pass a folder on another disk (--out, --cache-dir)" if e.errno in
+                (errno.ENOSPC, errno.EDQUOT) else "pass a folder you can write to (--out, --cache-dir)"))
     finally:
         cleanup_distributed()
 
@@ -1335,12 +1346,61 @@ def check_replicas_agree(fingerprints: Sequence[dict]) -> None:
                                    f"every rank, or the ranks started from different weights; no checkpoint written")
 
 
+_RUN_LOCKS: dict = {}  # folder -> the open file whose exclusive flock this process holds
+
+
+class RunFolderBusy(ValueError):
+    """Another live process is training into the same --out."""
+
+
+def lock_run_folder(out: str) -> None:
+    """Rank 0: an exclusive lock on OUT/.lock for the rest of the process (flock: the kernel
+    drops it when the process dies, however it dies), with this process's PID in the file. A
+    second run on the same --out is refused with the first one's PID (RunFolderBusy); a lock
+    file left by a dead process is taken over with a note. Raises PermissionError or OSError
+    when OUT cannot be written."""
+    import fcntl
+    if not is_main() or os.path.abspath(out) in _RUN_LOCKS:
+        return
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, ".lock")
+    f = open(path, "a+")
+    f.seek(0)
+    previous = f.read().strip()
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise RunFolderBusy(f"{out} is in use by another training run (PID {previous or 'unknown'}): wait for it or "
+                            f"stop it, or pass another --out") from None
+    if previous and previous != str(os.getpid()):
+        print0(f"note: took over {path}, left by process {previous}, which is no longer running")
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    _RUN_LOCKS[os.path.abspath(out)] = f
+    atexit.register(_release_run_lock, f)
+
+
+def _release_run_lock(f) -> None:
+    """At a clean exit (a finished run, an error, SIGTERM's save): empty the lock file, so the
+    next run takes it without a note; only a killed process leaves its PID there."""
+    try:
+        f.seek(0)
+        f.truncate()
+        f.close()
+    except (OSError, ValueError):
+        pass
+
+
 def checkpoint_to_resume(cfg: Any, explicit: set, script: str, run_fields: set, resolve) -> tuple[Any, dict | None]:
     """(config, state) of the checkpoint in cfg.out that this run resumes, or (cfg, None) for a
     fresh run (none there, or --fresh). The saved config wins, but for `run_fields` given on the
     command line; a conflicting model flag is a ValueError (see merge_saved_config). `resolve`
     fills the script's derived defaults. Under torch.distributed every rank must see the same
     checkpoint (ValueError otherwise: --out is then not one folder shared by all nodes)."""
+    lock_run_folder(cfg.out)
     path = os.path.join(cfg.out, "checkpoint.pt")
     state = None if cfg.fresh or not os.path.exists(path) else load_checkpoint(path, script)
     seen = gather_objects(None if state is None else state["step"])

@@ -57,3 +57,63 @@ def test_vae_began_trains_and_draws_on_a_folder_with_few_held_out_images(tmp_pat
                     "--batch-size", "4", "--image-size", "32", "--filters", "4", "--latent-dim", "8",
                     "--cache-dir", str(tmp_path / "cache"), "--log-every", "1"])
     assert (out / "eval.json").exists() and (out / "figures" / "fig6_interpolation.png").exists()  # 2 held-out faces
+
+
+def hold_lock(folder) -> "subprocess.Popen":
+    """Another process that holds folder/.lock (as a training run does) until it is killed."""
+    import subprocess
+    import sys
+    os.makedirs(folder, exist_ok=True)
+    code = ("import fcntl, os, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+            "f.truncate(0); f.write(str(os.getpid())); f.flush(); print('held', flush=True); time.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-c", code, os.path.join(folder, ".lock")], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+@pytest.mark.parametrize("name", list(SCRIPTS))
+def test_a_second_run_on_a_busy_out_is_refused_with_the_first_runs_pid(name, capsys, tmp_path):
+    script, args = SCRIPTS[name]
+    other = hold_lock(tmp_path / "run")
+    try:
+        line = one_error_line(capsys, lambda: script.main(args + ["--out", str(tmp_path / "run"), "--steps", "1"]))
+        assert f"PID {other.pid}" in line and "another training run" in line and "--out" in line
+        assert sorted(os.listdir(tmp_path / "run")) == [".lock"]  # nothing written
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over_with_a_note(tmp_path, capsys):
+    import common
+    other = hold_lock(tmp_path / "run")
+    other.kill()
+    other.wait()
+    common.lock_run_folder(str(tmp_path / "run"))
+    assert f"left by process {other.pid}, which is no longer running" in capsys.readouterr().out
+    assert (tmp_path / "run" / ".lock").read_text() == str(os.getpid())
+
+
+@pytest.mark.parametrize("errno_name", ["EROFS", "ENOSPC"])
+def test_a_read_only_or_full_disk_under_out_is_one_line(errno_name, capsys, tmp_path, monkeypatch):
+    """A read-only filesystem (EROFS) or a full disk (ENOSPC) where the run writes: one line that
+    names the path and what to do, not a traceback (simulated: the tests may run as root)."""
+    import errno
+    real = os.makedirs
+
+    def makedirs(path, *a, **k):
+        if str(path).startswith(str(tmp_path / "ro")):
+            raise OSError(getattr(errno, errno_name), os.strerror(getattr(errno, errno_name)), str(path))
+        return real(path, *a, **k)
+    monkeypatch.setattr(os, "makedirs", makedirs)
+    script, args = SCRIPTS["cmma"]
+    line = one_error_line(capsys, lambda: script.main(args + ["--out", str(tmp_path / "ro" / "run"), "--steps", "1"]))
+    assert str(tmp_path / "ro") in line and ("free some space" if errno_name == "ENOSPC" else "pass a folder") in line
+
+
+def test_a_cache_dir_that_is_a_file_is_one_line(capsys, tmp_path):
+    (tmp_path / "cache").write_text("not a folder")
+    script, args = SCRIPTS["vae_began"]  # faces go through the decoded-image cache
+    line = one_error_line(capsys, lambda: script.main(args + ["--out", str(tmp_path / "run"), "--steps", "1",
+                                                             "--cache-dir", str(tmp_path / "cache")]))
+    assert str(tmp_path / "cache") in line
