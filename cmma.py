@@ -955,8 +955,9 @@ def sample(runs: list, out: str, device) -> None:
         _, y = faces_and_attributes(test, np.arange(min(8, len(test))), device)
         images = model.generate(y.repeat_interleave(8, 0))
         path = os.path.join(cfg.out, "figures", f"samples_{cfg.model}.png")
+        replaced = os.path.exists(path)
         common.save_grid(images, path, 8, value_range=(0.0, 1.0))
-        print(f"wrote {path}")
+        common.wrote(path, replaced)
 
 
 def own_attributes(cfg: Config, image: str) -> np.ndarray | None:

@@ -1046,6 +1046,10 @@ class CheckpointWriteError(ValueError):
     """A checkpoint could not be written (a full disk, a lost mount); the previous one is intact."""
 
 
+UNREADABLE_HINT = ("; it is truncated or not a checkpoint: to train, --fresh starts over in the same --out (the file "
+                   "is replaced at the first save); to evaluate, pass another --checkpoint")
+
+
 def load_checkpoint(path: str, script: str) -> dict:
     """Read a checkpoint written by `save_checkpoint` for `script`, on the CPU.
 
@@ -1063,12 +1067,12 @@ def load_checkpoint(path: str, script: str) -> dict:
     except pickle.UnpicklingError as e:
         found = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line or "got <class" in line), "")
         if not found:  # not a pickle of objects at all: a truncated or foreign file
-            raise ValueError(f"{path} is not a readable checkpoint (UnpicklingError)") from None
+            raise ValueError(f"{path} is not a readable checkpoint (UnpicklingError){UNREADABLE_HINT}") from None
         raise ValueError(f"refusing to load {path}: it holds {found[:160]}; a checkpoint of this project holds "
                          f"only tensors and plain values, and unpickling other objects could run code. Load it "
                          f"yourself with torch.load(weights_only=False) only if you trust where it came from") from None
     except Exception as e:  # a truncated or foreign file
-        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
+        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e}){UNREADABLE_HINT}") from None
     if not isinstance(payload, dict) or "script" not in payload:
         raise ValueError(f"{path} is not a checkpoint of this project (no 'script' entry)")
     if payload["script"] != script:
@@ -1214,6 +1218,12 @@ def user_errors():
                 (errno.ENOSPC, errno.EDQUOT) else "pass a folder you can write to (--out, --cache-dir)"))
     finally:
         cleanup_distributed()
+
+
+def wrote(path: str, replaced: bool) -> None:
+    """Print where a command wrote a file, and say so when it replaced one that was there (the
+    `sample` command draws over the samples.png that training wrote)."""
+    print(f"wrote {path}" + (" (it replaced the file that was there)" if replaced else ""))
 
 
 def fail(message: str) -> "NoReturn":  # noqa: F821

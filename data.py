@@ -96,6 +96,10 @@ def load_dataset(name: str, root: str, split: str = "train", image_size: int = 6
     """
     if split not in ("train", "valid", "test", "all"):
         raise ValueError(f"unknown split {split!r}: use train, valid, test or all")
+    if os.path.isfile(root):
+        raise ValueError(f"--data-dir {root} is a file; a folder is expected, the one the {name} files are (or are "
+                         f"to be) extracted into" + (" - unzip the archive there first" if root.endswith(
+                             (".zip", ".tar", ".gz", ".tgz")) else ""))
     if name == "celeba":
         return load_celeba(root, split, image_size, crop, cache_dir, verbose)
     if name == "mnist":
@@ -530,13 +534,25 @@ def load_cifar10(root: str, split: str = "train") -> ImageSet:
 # ----------------------------------------------------------------------------------------------
 # decoding and the cache
 # ----------------------------------------------------------------------------------------------
+def to_rgb8(im: Image.Image, path: str) -> Image.Image:
+    """8-bit RGB of any PIL image. 16-bit greyscale (PNG's 'I;16' modes) is scaled by 255 / 65535
+    first: PIL's own convert('RGB') clips it, so every pixel above 255 of 65535 would turn white.
+    Raises ValueError for 32-bit integer or float images, whose range is not known."""
+    if im.mode.startswith("I;16"):
+        return Image.fromarray((np.asarray(im, dtype=np.uint32) * 255 // 65535).astype(np.uint8), "L").convert("RGB")
+    if im.mode in ("I", "F"):
+        raise ValueError(f"{path}: a {'32-bit integer' if im.mode == 'I' else 'floating-point'} image, whose pixel "
+                         f"range is not known: save it as 8- or 16-bit PNG or JPEG")
+    return im.convert("RGB")
+
+
 def decode_image(path: str, crop: tuple[int, int, int, int] | None, size: int) -> np.ndarray:
     """Open, crop (top, left, height, width; None = centred square) and resize one image to
     (size, size, 3) uint8 with PIL's antialiased bilinear filter. Raises ValueError naming the
     file if it is corrupt or truncated, or if the crop box does not fit inside it."""
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
+            im = to_rgb8(im, path)
             w, h = im.size
             if crop is None:
                 side = min(w, h)

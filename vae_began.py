@@ -650,8 +650,10 @@ def main(argv: list | None = None) -> None:
         else:
             with torch.no_grad():
                 images = model.generator(prior_noise(64, cfg, device, torch.Generator().manual_seed(cfg.seed)))
-            common.save_grid(images, os.path.join(cfg.out, "figures", "samples.png"), 8)
-            print(f"wrote {os.path.join(cfg.out, 'figures', 'samples.png')}")
+            path = os.path.join(cfg.out, "figures", "samples.png")
+            replaced = os.path.exists(path)
+            common.save_grid(images, path, 8)
+            common.wrote(path, replaced)
 
 
 if __name__ == "__main__":

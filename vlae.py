@@ -765,9 +765,10 @@ def sample_quality(cfg: Config, model: VLAE, held: data.ImageSet, device) -> dic
 
 def sample(cfg: Config, model: VLAE, device, n: int = 100) -> str:
     g = torch.Generator().manual_seed(cfg.seed)
+    replaced = os.path.exists(os.path.join(cfg.out, "figures", "samples.png"))
     with torch.no_grad():
         path = save(os.path.join(cfg.out, "figures"), "samples.png", model.decode(prior_draw(model, n, g, device)), 10)
-    print(f"wrote {path}")
+    common.wrote(path, replaced)
     return path
 
 

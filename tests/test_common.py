@@ -120,6 +120,9 @@ def test_checkpoint_round_trip_and_clear_errors(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a readable checkpoint"):
         common.load_checkpoint(str(tmp_path / "junk.pt"), "vlae")
+    (tmp_path / "cut.pt").write_bytes(open(path, "rb").read()[:200])  # a copy cut short
+    with pytest.raises(ValueError, match="not a readable checkpoint.*--fresh starts over"):
+        common.load_checkpoint(str(tmp_path / "cut.pt"), "vlae")
 
 
 def test_rng_state_round_trip_reproduces_draws():

@@ -6,6 +6,7 @@ import struct
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import data
 
@@ -200,3 +201,17 @@ def test_a_truncated_cache_file_is_named_and_rebuilt(tmp_path, capsys):
     again = data.load_celeba(root, "test", 16, None, str(tmp_path), verbose=False).images
     assert np.array_equal(first, np.asarray(again))
     assert f"the image cache {tmp_path / cache} is damaged (truncated?): rebuilding it" in capsys.readouterr().err
+
+
+def test_a_16_bit_png_is_scaled_to_8_bits_not_clipped_to_white(tmp_path):
+    """PIL's convert('RGB') clips 16-bit greyscale at 255 (a mean of 255 for any real image);
+    decode_image scales 0..65535 onto 0..255 instead."""
+    ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (64, 1))
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    decoded = data.decode_image(str(tmp_path / "g16.png"), None, 64)
+    assert decoded.shape == (64, 64, 3) and decoded.dtype == np.uint8
+    assert decoded[:, 0].max() <= 1 and decoded[:, -1].min() >= 254          # the ends of the ramp
+    assert abs(decoded.mean() - 127.5) < 2                                       # not pure white
+    Image.fromarray(np.zeros((8, 8), np.int32) + 70000, "I").save(tmp_path / "i32.tif")
+    with pytest.raises(ValueError, match="32-bit integer"):
+        data.decode_image(str(tmp_path / "i32.tif"), None, 8)

@@ -117,3 +117,13 @@ def test_a_cache_dir_that_is_a_file_is_one_line(capsys, tmp_path):
     line = one_error_line(capsys, lambda: script.main(args + ["--out", str(tmp_path / "run"), "--steps", "1",
                                                              "--cache-dir", str(tmp_path / "cache")]))
     assert str(tmp_path / "cache") in line
+
+
+@pytest.mark.parametrize("name", list(SCRIPTS))
+def test_a_data_dir_that_is_a_file_is_named_as_such(name, capsys, tmp_path):
+    (tmp_path / "faces.zip").write_bytes(b"PK")
+    script, args = SCRIPTS[name]
+    args = [a if a not in (MNIST, os.path.join(ROOT, "tests", "data", "celeba")) else str(tmp_path / "faces.zip")
+            for a in args]
+    line = one_error_line(capsys, lambda: script.main(args + ["--out", str(tmp_path / "run"), "--steps", "1"]))
+    assert "is a file; a folder is expected" in line and "unzip" in line and "does not exist" not in line

@@ -252,6 +252,9 @@ def test_sample_figures_and_eval_need_only_the_checkpoint(faces_run, tmp_path, c
     ckpt = os.path.join(faces_run, "checkpoint.pt")
     vlae.main(["sample", "--checkpoint", ckpt, "--out", str(tmp_path)])
     assert os.path.exists(tmp_path / "figures" / "samples.png")
+    assert "replaced" not in capsys.readouterr().out
+    vlae.main(["sample", "--checkpoint", ckpt, "--out", str(tmp_path)])
+    assert "it replaced the file that was there" in capsys.readouterr().out  # said, not silent
     vlae.main(["eval", "--checkpoint", ckpt, "--out", str(tmp_path), "--eval-images", "20", "--probe-images", "0"])
     result = json.load(open(tmp_path / "eval.json"))
     assert result["heldout_images"] == 20 and len(result["mmd_heldout_unbiased"]) == 4
