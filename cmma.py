@@ -114,15 +114,16 @@ class Config(common.RunConfig):
     # holds it); 1e-2 still diverges. MNIST digits learn faster at 3e-3 (benchmarks/claims.py)
     lr: float = common.arg(3e-4, "Adagrad learning rate (not stated in the paper; 3e-4 and 1e-3 measured stable "
                                  "on faces, 1e-2 diverges)")
-    lr_d: float = common.arg(0.0, "cgan: discriminator Adagrad learning rate (0: same as --lr)")
-    init_std: float = common.arg(0.0, "cgan: weights drawn from N(0, init_std^2), biases 0 (0: PyTorch's default init)")
+    lr_d: float = common.arg(0.0, "cgan: discriminator Adagrad learning rate (0: same as --lr)", at_least=0.0)
+    init_std: float = common.arg(0.0, "cgan: weights drawn from N(0, init_std^2), biases 0 (0: PyTorch's default "
+                                      "init)", at_least=0.0)
     tune: str = common.arg("", "cgan: choose lr, lr_d and init_std as the paper did (sec. 4.4), by the validation "
                                "Parzen log-likelihood after --tune-steps, e.g. 'lr=1e-4,1e-3;lr_d=1e-4,1e-3;init_std=0,0.02'; "
                                "every combination is tried, the winner trained for --steps and reported")
     tune_steps: int = common.arg(0, "cgan --tune: steps per candidate (0: a tenth of --steps)")
     image_size: int = common.arg(64, "image side in pixels, a multiple of 8 from 32 (64: the paper's layer sizes)")
     width: float = common.arg(1.0, "channel multiplier of every convolution (1: the paper's 192/96/48; "
-                                   "smaller for laptop-scale runs)")
+                                   "smaller for laptop-scale runs)", above=0.0)
     channels: int = common.arg(0, "image channels; set from the data (3, or 1 for MNIST)")
     latent_dim: int = common.arg(500, "J, the size of z (paper: 500)")
     hidden: int = common.arg(800, "softplus units of f (paper: 800)")

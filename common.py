@@ -706,8 +706,23 @@ def save_grid(images: torch.Tensor, path: str, nrow: int,
 # config: a dataclass with documented fields -> argparse
 # ----------------------------------------------------------------------------------------------
 def arg(default: Any, help: str, **kwargs: Any) -> Any:
-    """A dataclass field whose `help` text appears in --help (choices= may be passed too)."""
+    """A dataclass field whose `help` text appears in --help (choices= may be passed too), and
+    the range a number must lie in, where the paper or torch gives one: at_least=, above=,
+    at_most=, below= (checked by `check_ranges`; NaN is outside every range)."""
     return dataclasses.field(default=default, metadata={"help": help, **kwargs})
+
+
+RANGE_CHECKS = {"at_least": (lambda v, b: v >= b, ">="), "above": (lambda v, b: v > b, ">"),
+                "at_most": (lambda v, b: v <= b, "<="), "below": (lambda v, b: v < b, "<")}
+
+
+def check_ranges(cfg: Any) -> None:
+    """ValueError naming the first flag whose value lies outside the range its field declares."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        for key, (ok, sign) in RANGE_CHECKS.items():
+            if key in f.metadata and not ok(value, f.metadata[key]):
+                raise ValueError(f"--{f.name.replace('_', '-')} must be {sign} {f.metadata[key]:g}, got {value:g}")
 
 
 @dataclasses.dataclass
@@ -773,6 +788,7 @@ def require(checks: list) -> None:
 
 def check_run_config(cfg: Any) -> None:
     """Raise ValueError (one line naming the flag) for values no run can use."""
+    check_ranges(cfg)
     checks = [(cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}"),
               (cfg.steps >= 0, f"--steps must be >= 0, got {cfg.steps}"),
               (cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}"),

@@ -110,12 +110,12 @@ class Config(common.RunConfig):
     batch_size: int = common.arg(96, "images per step per process (code: 96)")
     lr: float = common.arg(5e-4, "Adam learning rate of every network (code: 5e-4, betas 0 / 0.9)")
     n_gm: int = common.arg(3, "stage-1 L_GM steps per iteration, each on a fresh batch (paper sec. 3.5)")
-    lambda_lkd: float = common.arg(0.1, "weight of L_lkd inside L_GM (paper, code)")
+    lambda_lkd: float = common.arg(0.1, "weight of L_lkd inside L_GM (paper, code)", at_least=0.0)
     margin: float = common.arg(0.0, "L-GM margin alpha on the true class's distance (code: 0; L-GM: 0.1)")
-    rec_weight: float = common.arg(10.0, "weight of L_rec in E_s', E_u's and G's objectives (code: 10)")
-    kl_weight: float = common.arg(1.0, "weight of L_KL in E_u's objective (code: 1)")
-    adv_weight: float = common.arg(1.0, "weight of L_adv in E_u's objective (code: 1)")
-    lkd_weight: float = common.arg(1.0, "weight of L_lkd in E_s' stage-2 objective (code: 10 x 0.1)")
+    rec_weight: float = common.arg(10.0, "weight of L_rec in E_s', E_u's and G's objectives (code: 10)", at_least=0.0)
+    kl_weight: float = common.arg(1.0, "weight of L_KL in E_u's objective (code: 1)", at_least=0.0)
+    adv_weight: float = common.arg(1.0, "weight of L_adv in E_u's objective (code: 1)", at_least=0.0)
+    lkd_weight: float = common.arg(1.0, "weight of L_lkd in E_s' stage-2 objective (code: 10 x 0.1)", at_least=0.0)
     gan: bool = common.arg(True, "the GAN extension (projection discriminator, hinge); --no-gan: the plain VAE")
     sigma_lr: str = common.arg("", "Sigma's learning rate: code (x0.1 every 10 epochs), paper (x0.01 after "
                                    "2 epochs, B.4) or fixed (default: fixed for toy as the code, else code)",
@@ -133,7 +133,7 @@ class Config(common.RunConfig):
     z_u_dim: int = common.arg(0, "size of z_u (0: 100 MNIST, 512 faces, 2 toy)")
     min_class_images: int = common.arg(30, "--dataset celeba: keep identities with at least this many images")
     flip: bool = common.arg(True, "random horizontal flips of faces (code)")
-    bn_momentum: float = common.arg(0.001, "BatchNorm running-stat momentum while training (TF's decay 0.999)")
+    bn_momentum: float = common.arg(0.001, "BatchNorm running-stat momentum while training (TF's decay 0.999)", above=0.0, at_most=1.0)
     bn_images: int = common.arg(2000, "training images whose population BatchNorm statistics replace the "
                                       "running ones before eval, figures and sample (0: keep the running ones)")
     eval_bn: str = common.arg("population", "BatchNorm at eval, figures and sample: population (statistics of "

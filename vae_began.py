@@ -90,14 +90,14 @@ class Config(common.RunConfig):
     batch_size: int = common.arg(16, "images per step per process (not stated; BEGAN: 16)")
     lr: float = common.arg(5e-5, "Adam learning rate of E, G and D (paper: 5e-5)")
     lr_halve_every: int = common.arg(100_000, "halve the learning rate every this many steps (BEGAN port)")
-    lr_min: float = common.arg(2e-5, "learning-rate floor of the halving")
+    lr_min: float = common.arg(2e-5, "learning-rate floor of the halving", above=0.0)
     image_size: int = common.arg(64, "32 (CIFAR), 64 or 128 (CelebA)")
     filters: int = common.arg(128, "n, the backbone's base number of filters (BEGAN: 128)")
     latent_dim: int = common.arg(64, "N, size of z and of D's bottleneck (BEGAN: 64)")
-    alpha: float = common.arg(0.3, "weight of L_v (paper: 0.3)")
-    beta: float = common.arg(0.1, "weight of L_s, the learned similarity metric (paper: 0.1)")
-    gamma: float = common.arg(0.1, "weight of L_e, the VAE's reconstruction (paper: 0.1)")
-    eta: float = common.arg(0.5, "diversity ratio, BEGAN's gamma (paper: 0.5)")
+    alpha: float = common.arg(0.3, "weight of L_v (paper: 0.3)", at_least=0.0)
+    beta: float = common.arg(0.1, "weight of L_s, the learned similarity metric (paper: 0.1)", at_least=0.0)
+    gamma: float = common.arg(0.1, "weight of L_e, the VAE's reconstruction (paper: 0.1)", at_least=0.0)
+    eta: float = common.arg(0.5, "diversity ratio, BEGAN's gamma (paper: 0.5)", above=0.0)
     kl_weight: float = common.arg(0.0, "weight of L_n, the KL averaged over dims and batch (0: gamma N / (3 S^2), "
                                        "beta = 1 against the summed L1 of L_e; 1 collapses the encoder, see the docstring)")
     gains: str = common.arg("1e-3,1e-5,1e-5", "controller gains l1,l2,l3 of eq. 12 (paper)")
@@ -117,7 +117,7 @@ class Config(common.RunConfig):
     init: str = common.arg("default", "weight init: default (PyTorch's Kaiming-uniform) or xavier (BEGAN's TF "
                                       "code: Xavier-uniform, zero biases)", choices=("default", "xavier"))
     adam_beta1: float = common.arg(0.5, "Adam beta1 (carpedm20's BEGAN port: 0.5; Adam's default, used by "
-                                        "other BEGAN code: 0.9); beta2 0.999")
+                                        "other BEGAN code: 0.9); beta2 0.999", at_least=0.0, below=1.0)
     eval_images: int = common.arg(1000, "held-out images (and as many samples) for eval")
     crop: str = common.arg("", "crop box top,left,height,width in source pixels (default: BEGAN's 50,25,128,128 "
                                "for CelebA, none otherwise; e.g. the same box for a folder of aligned CelebA faces)")

@@ -123,9 +123,10 @@ class Config(common.RunConfig):
     denoise: bool = common.arg(False, "reference --denoise_train: salt and pepper (keep 0.9, set 0.1) plus "
                                       "N(0, 0.1^2) noise on the input, clean target")
     prior_samples: int = common.arg(100, "N(0, I) draws per layer per step for the MMD")
-    kl_warmup: float = common.arg(2000.0, "--reg kl: KL weight 1 - exp(-step / this)")
+    kl_warmup: float = common.arg(2000.0, "--reg kl: KL weight 1 - exp(-step / this)", above=0.0)
     relu_top_heads: bool = common.arg(False, "reference quirk: ReLU on the top layer's mu and sigma heads")
-    bn_momentum: float = common.arg(0.001, "BatchNorm running-stat momentum while training (TF's decay 0.999)")
+    bn_momentum: float = common.arg(0.001, "BatchNorm running-stat momentum while training (TF's decay 0.999)",
+                                    above=0.0, at_most=1.0)
     bn_images: int = common.arg(2000, "training images whose population BatchNorm statistics replace the "
                                       "running ones before eval, figures and sample (0: keep the running ones)")
     eval_images: int = common.arg(1000, "held-out images for eval (reconstruction, MMD, active units)")

@@ -127,3 +127,18 @@ def test_a_data_dir_that_is_a_file_is_named_as_such(name, capsys, tmp_path):
             for a in args]
     line = one_error_line(capsys, lambda: script.main(args + ["--out", str(tmp_path / "run"), "--steps", "1"]))
     assert "is a file; a folder is expected" in line and "unzip" in line and "does not exist" not in line
+
+
+@pytest.mark.parametrize("name,flag,value,message", [
+    ("vae_began", "--eta", "0", "--eta must be > 0, got 0"),
+    ("vae_began", "--adam-beta1", "1.5", "--adam-beta1 must be < 1, got 1.5"),
+    ("vae_began", "--alpha", "nan", "--alpha must be >= 0, got nan"),
+    ("disentangled_vae", "--rec-weight", "-1", "--rec-weight must be >= 0, got -1"),
+    ("vlae", "--bn-momentum", "0", "--bn-momentum must be > 0, got 0"),
+    ("cmma", "--width", "0", "--width must be > 0, got 0")])
+def test_a_flag_outside_its_range_is_refused_before_training(name, flag, value, message, capsys, tmp_path):
+    """A weight below 0, a momentum outside (0, 1] or NaN would train to NaN (or to nothing) and
+    exit 0: refused up front, writing nothing."""
+    script, args = SCRIPTS[name]
+    line = one_error_line(capsys, lambda: script.main(args + ["--out", str(tmp_path / "run"), flag, value]))
+    assert message in line and not os.path.exists(tmp_path / "run")
