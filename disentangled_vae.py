@@ -133,7 +133,8 @@ class Config(common.RunConfig):
     z_u_dim: int = common.arg(0, "size of z_u (0: 100 MNIST, 512 faces, 2 toy)")
     min_class_images: int = common.arg(30, "--dataset celeba: keep identities with at least this many images")
     flip: bool = common.arg(True, "random horizontal flips of faces (code)")
-    bn_momentum: float = common.arg(0.001, "BatchNorm running-stat momentum while training (TF's decay 0.999)", above=0.0, at_most=1.0)
+    bn_momentum: float = common.arg(0.001, "BatchNorm running-stat momentum while training (TF's decay 0.999)",
+                                    above=0.0, at_most=1.0)
     bn_images: int = common.arg(2000, "training images whose population BatchNorm statistics replace the "
                                       "running ones before eval, figures and sample (0: keep the running ones)")
     eval_bn: str = common.arg("population", "BatchNorm at eval, figures and sample: population (statistics of "
