@@ -129,7 +129,8 @@ class Config(common.RunConfig):
                                     above=0.0, at_most=1.0)
     bn_images: int = common.arg(2000, "training images whose population BatchNorm statistics replace the "
                                       "running ones before eval, figures and sample (0: keep the running ones)")
-    eval_images: int = common.arg(1000, "held-out images for eval (reconstruction, MMD, active units)")
+    eval_images: int = common.arg(1000, "held-out images for eval (reconstruction, MMD, active units; at least 2, "
+                                        "as the unbiased MMD needs)", at_least=2)
     probe_images: int = common.arg(10_000, "training images whose codes fit eval's linear probes (0: no probes)")
 
 
@@ -485,6 +486,15 @@ def load_split(cfg: Config, split: str, verbose: bool = True) -> data.ImageSet:
                              verbose)
 
 
+def check_heldout(cfg: Config) -> None:
+    """Before training: the held-out split must give eval at least 2 images (the unbiased MMD's
+    minimum), or the run would fail only after training. ValueError naming the split and the fix."""
+    n = len(load_split(cfg, "test", verbose=False))
+    if n < 2:
+        raise ValueError(f"the held-out split of {cfg.data_dir} has {n} image(s) and eval needs at least 2: add "
+                         f"images (--dataset folder holds out the last 20% of each class folder's sorted files)")
+
+
 def heldout_images(cfg: Config, n: int, device, split: str = "test") -> tuple[torch.Tensor, data.ImageSet]:
     """The first n held-out images (B, C, H, W) in [-1, 1] and their ImageSet."""
     held = load_split(cfg, split)
@@ -557,6 +567,7 @@ def train(cfg: Config, explicit: set) -> None:
     device = common.pick_device(cfg.device, local_rank)
     cfg, model, optimizer, scaler, start = setup_run(cfg, explicit, device, rank, world)
     train_set = load_split(cfg, "train", verbose=common.is_main())
+    check_heldout(cfg)
     batches = data.Batches(train_set, cfg.batch_size, cfg.seed, device, rank, world,
                            channels_last=device.type == "cuda")
     earlier = common.start_run_folder(cfg, train_set.description, model, start, device)

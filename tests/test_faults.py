@@ -142,3 +142,18 @@ def test_a_flag_outside_its_range_is_refused_before_training(name, flag, value, 
     script, args = SCRIPTS[name]
     line = one_error_line(capsys, lambda: script.main(args + ["--out", str(tmp_path / "run"), flag, value]))
     assert message in line and not os.path.exists(tmp_path / "run")
+
+
+def test_vlae_refuses_a_held_out_split_too_small_for_eval_before_training(capsys, tmp_path):
+    """A one-class folder of 3 faces holds out 1: eval's unbiased MMD needs 2, so the run is
+    refused before it trains (it used to fail after training), as is --eval-images 1."""
+    faces = sorted(os.listdir(os.path.join(ROOT, "tests", "data", "celeba", "img_align_celeba")))[:3]
+    os.makedirs(tmp_path / "one" / "alice")
+    for f in faces:
+        Image.open(os.path.join(ROOT, "tests", "data", "celeba", "img_align_celeba", f)).save(tmp_path / "one" / "alice" / f)
+    line = one_error_line(capsys, lambda: vlae.main(["--dataset", "folder", "--data-dir", str(tmp_path / "one"),
+                                                     "--out", str(tmp_path / "run"), "--steps", "1"]))
+    assert "has 1 image(s) and eval needs at least 2" in line
+    assert not os.path.exists(tmp_path / "run" / "checkpoint.pt")
+    line = one_error_line(capsys, lambda: vlae.main(SCRIPTS["vlae"][1] + ["--eval-images", "1", "--out", str(tmp_path)]))
+    assert "--eval-images must be >= 2" in line
