@@ -25,10 +25,12 @@ from __future__ import annotations
 import concurrent.futures
 import csv
 import dataclasses
+import errno
 import gzip
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -677,9 +679,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def check_free_space(folder: str, needed: int) -> None:
+    """The cache is a memory map written page by page: on a full disk the process dies of SIGBUS
+    mid-build, with no message. So its size is checked first: OSError(ENOSPC) naming the folder,
+    the bytes needed and the flag, which `common.user_errors` prints as one line."""
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise OSError(errno.ENOSPC, f"the decoded-image cache needs {needed / 2 ** 20:,.0f} MB and {folder} has "
+                                    f"{free / 2 ** 20:,.0f} MB free; pass --cache-dir on a disk with room", folder)
+
+
 def _build_cache(path: str, paths: list[str], crop, size: int, key: str, label: str, verbose: bool) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     remove_stale_cache_files(path)
+    check_free_space(os.path.dirname(path), len(paths) * size * size * 3 + 4096)
     tmp = f"{path}.{socket.gethostname()}.{os.getpid()}.tmp"  # unique across the nodes of a shared folder
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
     # SIGTERM mid-build would end the process without running the clean-up below: make it raise

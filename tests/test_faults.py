@@ -157,3 +157,17 @@ def test_vlae_refuses_a_held_out_split_too_small_for_eval_before_training(capsys
     assert not os.path.exists(tmp_path / "run" / "checkpoint.pt")
     line = one_error_line(capsys, lambda: vlae.main(SCRIPTS["vlae"][1] + ["--eval-images", "1", "--out", str(tmp_path)]))
     assert "--eval-images must be >= 2" in line
+
+
+def test_a_cache_that_would_not_fit_on_the_disk_is_one_line_before_any_write(capsys, tmp_path, monkeypatch):
+    """The decoded-image cache is a memory map: on a full disk the process died of SIGBUS with
+    no message and left its temp file. Its size is now checked against the free space first."""
+    import collections
+    import shutil
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: usage(10 ** 9, 10 ** 9 - 1000, 1000))
+    script, args = SCRIPTS["vae_began"]
+    line = one_error_line(capsys, lambda: script.main(args + ["--out", str(tmp_path / "run"), "--steps", "1",
+                                                             "--cache-dir", str(tmp_path / "cache")]))
+    assert "the decoded-image cache needs" in line and str(tmp_path / "cache") in line and "--cache-dir" in line
+    assert not [f for f in os.listdir(tmp_path / "cache") if f.endswith(".tmp")]
