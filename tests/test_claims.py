@@ -22,7 +22,7 @@ def report_rows(paper: str, tmp_path) -> tuple[str, list, list]:
     out, work = tmp_path / "docs", tmp_path / "runs"
     claims.main([paper, "--scale", "tiny", "--data-dir", os.path.join(ROOT, "tests", "data"),
                  "--out", str(out), "--work", str(work), "--no-readme"])
-    text = (out / f"{paper}.md").read_text()
+    text = (out / f"{paper}-tiny.md").read_text()
     lines = text.splitlines()
     header = lines.index("| claim | where in the paper | what we measured | holds? |")
     rows = [[c.strip() for c in l.strip("|").split(" | ")] for l in lines[header + 2:] if l.startswith("| ")]

@@ -7,6 +7,8 @@
     python benchmarks/claims disentangled             # Lr-LiVAE on MNIST and the toy data (~20 min)
     python benchmarks/claims vae_began                # Table 1's variants on faces, BEGAN's k_t on 10k steps
     python benchmarks/claims vlae --scale tiny        # a smoke run: writes under --work only
+    python benchmarks/claims all --scale medium       # all four at the medium scale: ~12 min on one H200
+    python benchmarks/claims all --scale medium --dry-run --device cpu   # its path end to end on a CPU
 
 (`python benchmarks/claims ...`, the old entry point, runs the same.) Each paper's module
 trains the runs it needs through the script's own public functions (its `main`, `load_model`,
@@ -20,6 +22,10 @@ Where things go: the training runs in --work (default runs/claims/SCALE; about 1
 the small scale, mostly checkpoints). Only the default scale (small) writes the committed report
 (docs/claims/PAPER.md and its figures) and README.md's claims section; any other scale writes its
 report under --work/report unless --out is given, and the README only with an explicit --readme.
+Reports of another scale than small are named PAPER-SCALE.md (docs/claims/PAPER-medium.md once a
+GPU run's report is copied there). The medium scale gives each paper about 3 minutes of one H200,
+on faces where the paper's claim is about faces (celeba_identities at 64 px); its step counts
+come from the measured rates, written beside each paper's table.
 
 Modules: `shared` (rows, verdicts, runs, data folders, the digit judge, the report writer), then
 one per paper: `vlae_claims`, `cmma_claims`, `disentangled_claims`, `vae_began_claims`.
@@ -45,12 +51,15 @@ DEFAULT_SCALE = "small"  # the only scale whose report is committed
 
 def parse_args(argv: list | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="claims", description=__doc__.split("\n\n")[0])
-    parser.add_argument("paper", choices=sorted(PAPERS), help="the paper whose claims to measure")
+    parser.add_argument("paper", choices=sorted(PAPERS) + ["all"], help="the paper whose claims to measure, or all")
     parser.add_argument("--data-dir", default=os.path.relpath(os.path.join(ROOT, "..", "shared", "data")),
                         help="folder holding mnist/ (and celeba/, celeba_identities/ for faces)")
-    parser.add_argument("--scale", default=DEFAULT_SCALE, choices=("small", "paper", "tiny"),
-                        help="small: CPU minutes, the committed report; paper: the paper's settings, a GPU job; "
-                             "tiny: a smoke run")
+    parser.add_argument("--scale", default=DEFAULT_SCALE, choices=("small", "medium", "paper", "tiny"),
+                        help="small: CPU minutes, the committed report; medium: ~3 minutes per paper on one H200; "
+                             "paper: the paper's settings, a GPU job; tiny: a smoke run")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="the scale's data, sizes and widths with the tiny scale's counts: its path end to end "
+                             "on a CPU in minutes (the numbers mean nothing)")
     parser.add_argument("--skip-faces", action="store_true", help="vlae: the MNIST part only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
@@ -76,5 +85,7 @@ def main(argv: list | None = None) -> None:
     print(f"claims {args.paper} at the {args.scale} scale: runs in {args.work}, report in {args.out}"
           + (", README.md's section too" if args.readme else ""))
     with common.user_errors():
-        common.seed_everything(args.seed)
-        PAPERS[args.paper](args, common.pick_device(args.device))
+        device = common.pick_device(args.device)
+        for paper in PAPERS if args.paper == "all" else [args.paper]:
+            common.seed_everything(args.seed)
+            PAPERS[paper](args, device)

@@ -11,7 +11,8 @@ import torch
 import cmma
 
 from .shared import (
-    Judge, Row, data_folder, eval_json, judge, machine, train_run, update_readme, verdict, write_report)
+    Judge, Row, data_folder, eval_json, judge, machine, report_path, scale_settings, train_run, update_readme, verdict,
+    write_report)
 
 
 FAILED_BELOW = 0.2  # judge accuracy under twice chance (10 classes): the baseline failed to train
@@ -21,6 +22,12 @@ CMMA_SCALES = {
     "paper": {"steps": 50_000, "batch": 100, "lr": 3e-4, "size": 64, "width": 1.0, "eval": 1000, "valid": 1000, "k": 1000,
               "is": 1000, "is_claim": 1000, "tune": "lr=1e-4,3e-4,1e-3;lr_d=1e-4,3e-4,1e-3;init_std=0,0.01,0.02", "tune_steps": 5000,
               "per_class": 1000},
+    # one H200, about 3 minutes: the project path trains the paper's width at 64 px at 12,772 img/s
+    # (benchmarks/bench.py, 2026-12): 4,000 steps at batch 100 are ~31 s per model, the CGAN's four
+    # tuning candidates of 400 steps ~13 s; Parzen and the importance samples on the GPU the rest
+    "medium": {"steps": 4000, "batch": 100, "lr": 3e-3, "size": 64, "width": 1.0, "eval": 1000, "valid": 1000,
+               "k": 1000, "is": 100, "is_claim": 1000, "tune": "lr=1e-3,3e-3;init_std=0,0.02", "tune_steps": 400,
+               "per_class": 500},
     "tiny": {"steps": 3, "batch": 8, "lr": 3e-3, "size": 32, "width": 0.25, "eval": 20, "valid": 20, "k": 10,
              "is": 2, "is_claim": 4, "tune": "init_std=0,0.02", "tune_steps": 2, "per_class": 4},
 }
@@ -33,7 +40,7 @@ def cmma_runs(args, scale: dict) -> dict:
     argv = ["--dataset", "mnist", "--data-dir", mnist, "--image-size", str(scale["size"]),
             "--width", str(scale["width"]), "--steps", str(scale["steps"]), "--batch-size", str(scale["batch"]),
             "--lr", str(scale["lr"]),
-            "--seed", str(args.seed), "--log-every", "100" if args.scale != "tiny" else "1"]
+            "--seed", str(args.seed), "--log-every", "100" if args.scale != "tiny" and not args.dry_run else "1"]
     runs = {}
     for model in ("cmma", "cvae", "cgan"):
         tune = ["--tune", scale["tune"], "--tune-steps", str(scale["tune_steps"])] + cmma_eval_flags(scale)
@@ -198,7 +205,7 @@ def claim_cmma_edit(models: dict, judge_: Judge, args, device, n: int = 500) -> 
 
 
 def claims_cmma(args, device) -> None:
-    scale, t0 = CMMA_SCALES[args.scale], time.time()
+    scale, t0 = scale_settings(CMMA_SCALES, args, keep=("size", "width", "lr")), time.time()
     runs = cmma_runs(args, scale)
     judge_ = judge(args, device)
     models = load_cmma_models(runs, device)
@@ -232,8 +239,8 @@ def claims_cmma(args, device) -> None:
               f"Machine: {machine()}; this invocation took {time.time() - t0:.0f} s"
               + (" (it reused finished runs, --reuse)" if any(r.reused for r in runs.values()) else ""),
               f"Reproduce: `python benchmarks/claims cmma --scale {args.scale}` (data from --data-dir; the runs "
-              f"in --work)"]
-    report = os.path.join(args.out, "cmma.md")
+              f"in --work)" + (" (this was a --dry-run: tiny counts, meaningless numbers)" if args.dry_run else "")]
+    report = report_path(args, "cmma")
     write_report(report, "CMMA (Pandey & Dukkipati 2016): the paper's claims, measured", header, rows, figures)
     if args.readme:
         update_readme("cmma", report, figures=("fig4_compare", "fig6_compare"))

@@ -161,7 +161,7 @@ def judge(args, device, epochs: int = 30) -> Judge:
         accuracy, description = saved["accuracy"], saved["description"]
     else:
         held, train = (data.load_dataset("mnist", root, split, 28, verbose=False) for split in ("test", "train"))
-        net = train_judge(held, args.seed, epochs if args.scale != "tiny" else 1)
+        net = train_judge(held, args.seed, 1 if args.scale == "tiny" or getattr(args, "dry_run", False) else epochs)
         with torch.no_grad():
             x, y = digits(train)
             accuracy = (net(x).argmax(1) == y).float().mean().item()
@@ -255,12 +255,30 @@ def footer(paper: str, runs: dict, t0: float, args) -> list:
     the command that reproduces it."""
     reused = " (it reused finished runs, --reuse)" if any(r.reused for r in runs.values()) else ""
     return [f"Machine: {machine()}; this invocation took {time.time() - t0:.0f} s{reused}",
-            f"Reproduce: `python benchmarks/claims {paper} --scale {args.scale}`"]
+            f"Reproduce: `python benchmarks/claims {paper} --scale {args.scale}`"
+            + (" (this was a --dry-run: tiny counts, meaningless numbers)" if getattr(args, "dry_run", False) else "")]
+
+
+def report_path(args, paper: str) -> str:
+    """OUT/PAPER.md at the small scale, OUT/PAPER-SCALE.md at any other (medium, paper, tiny), so
+    that a report of another scale never stands in for the committed small-scale one."""
+    return os.path.join(args.out, f"{paper}.md" if args.scale == "small" else f"{paper}-{args.scale}.md")
+
+
+def scale_settings(table: dict, args, keep: tuple = ()) -> dict:
+    """The settings of --scale from a paper's table. With --dry-run, the scale's data, sizes and
+    widths but the tiny scale's counts (steps, batch, evaluation sizes), except the keys in
+    `keep`: the scale's path end to end in minutes on a CPU, its numbers meaningless."""
+    settings = dict(table[args.scale])
+    if getattr(args, "dry_run", False):
+        settings.update({k: v for k, v in table["tiny"].items() if k in settings and k not in keep
+                         and isinstance(v, (int, float)) and not isinstance(v, bool)})
+    return settings
 
 
 def publish(args, paper: str, title: str, header: list, rows: list, figures: list, shown: tuple) -> None:
-    """Write docs/claims/PAPER.md and, unless --no-readme, its README section with the `shown` figures."""
-    report = os.path.join(args.out, f"{paper}.md")
+    """Write the report (`report_path`) and, with --readme, its README section with the `shown` figures."""
+    report = report_path(args, paper)
     write_report(report, title, header, rows, figures)
     if args.readme:
         update_readme(paper, report, figures=shown)

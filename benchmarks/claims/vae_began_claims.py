@@ -18,12 +18,18 @@ import data
 import vae_began
 
 from .shared import (
-    Row, Run, data_folder, digits, footer, judge, judge_scores, plot_series, publish, train_run, verdict)
+    Row, Run, data_folder, digits, footer, judge, judge_scores, plot_series, publish, scale_settings, train_run,
+    verdict)
 
 VAE_BEGAN_SCALES = {  # 10k steps: plain BEGAN's k_t needs about 1,000 to leave 0 at lr 1e-4, batch 16
     "small": {"steps": 10_000, "batch": 16, "filters": 16, "latent": 32, "lr": 1e-4, "samples": 2000},
     "paper": {"steps": 300_000, "batch": 16, "filters": 128, "latent": 64, "lr": 5e-5, "samples": 10_000},
     "tiny": {"steps": 3, "batch": 8, "filters": 4, "latent": 8, "lr": 1e-4, "samples": 64},
+    # one H200, about 3 minutes, on faces (the paper's domain) at 64 px: the project path runs
+    # 345 img/s at batch 16 (benchmarks/bench.py, 2026-12; launch-bound: three hand-routed backward
+    # passes per step), ~21 steps/s at n = 128 and no faster at n = 64, so 1,000 steps per variant.
+    # No judge reads faces (Inception's weights are not on a bare GPU machine): the controller rows
+    "medium": {"steps": 1000, "batch": 16, "filters": 64, "latent": 64, "lr": 1e-4, "samples": 2000, "faces": True},
 }
 VAE_BEGAN_VARIANTS = {  # name -> (Table 1's row, flags)
     "began": ("BEGAN", ["--no-vae", "--no-lsm", "--controller", "p", "--noise", "uniform"]),
@@ -37,7 +43,7 @@ ENGAGED = 0.01  # k_t above this over the second half: D's push on generated ima
 
 @torch.no_grad()
 def began_samples(run_out: str, n: int, seed: int, device) -> torch.Tensor:
-    """n samples of a vae_began run from its prior, (n, 1, S, S) in [0, 1]."""
+    """n samples of a vae_began run from its prior, (n, C, S, S) in [0, 1]."""
     model, cfg, _ = vae_began.load_model(vae_began.Config(checkpoint=os.path.join(run_out, "checkpoint.pt")), set(),
                                          device)
     z = vae_began.prior_noise(n, cfg, device, torch.Generator().manual_seed(seed))
@@ -197,34 +203,45 @@ def sample_figure(runs: dict, args, device) -> tuple:
 
 
 def vae_began_runs(args, scale: dict) -> dict:
-    mnist = data_folder(args.data_dir, "mnist", "MNIST's gzipped IDX files")
-    argv = ["--dataset", "mnist", "--data-dir", mnist, "--image-size", "32", "--steps", str(scale["steps"]),
-            "--batch-size", str(scale["batch"]), "--filters", str(scale["filters"]), "--latent-dim",
+    """Every variant on the same data, steps, batch, lr and seed: MNIST at 32 px, or (medium) the
+    faces of celeba_identities at 64 px with BEGAN's crop."""
+    if scale.get("faces"):
+        faces = data_folder(args.data_dir, "celeba_identities", "CelebA faces, a folder per identity")
+        argv = ["--dataset", "folder", "--data-dir", faces, "--crop", ",".join(map(str, vae_began.CELEBA_CROP)),
+                "--image-size", "64"]
+    else:
+        argv = ["--dataset", "mnist", "--data-dir", data_folder(args.data_dir, "mnist", "MNIST's gzipped IDX files"),
+                "--image-size", "32"]
+    argv += ["--steps", str(scale["steps"]), "--batch-size", str(scale["batch"]), "--filters", str(scale["filters"]), "--latent-dim",
             str(scale["latent"]), "--lr", str(scale["lr"]), "--seed", str(args.seed), "--eval-images", "500",
-            "--log-every", "50" if args.scale != "tiny" else "1"]
+            "--log-every", "50" if args.scale != "tiny" and not args.dry_run else "1"]
     return {v: train_run(vae_began, f"vae_began-{v}", argv + flags, args.work, args.reuse)
             for v, (_, flags) in VAE_BEGAN_VARIANTS.items()}
 
 
 def claims_vae_began(args, device) -> None:
-    scale, t0 = VAE_BEGAN_SCALES[args.scale], time.time()
+    scale, t0 = scale_settings(VAE_BEGAN_SCALES, args), time.time()
     runs = vae_began_runs(args, scale)
-    scores, n_real, judged_by = judge_all(runs, args, scale, device)
     stats = {v: balance_stats(runs[v]) for v in GAN_VARIANTS}
-    gains = vae_began.gains(vae_began.Config())
-    rows = [claim_table1(scores, n_real, stats, scale), claim_sec5(scores, stats), claim_engaged(stats),
-            claim_m_global(stats), claim_pid(gains)]
+    rows = [claim_engaged(stats), claim_m_global(stats), claim_pid(vae_began.gains(vae_began.Config()))]
+    judged_by = "none: no judge reads faces, so Table 1 and Sec. 5 are the small scale's (MNIST) rows"
+    if not scale.get("faces"):
+        scores, n_real, judged_by = judge_all(runs, args, scale, device)
+        rows = [claim_table1(scores, n_real, stats, scale), claim_sec5(scores, stats), *rows]
     os.makedirs(os.path.join(args.out, "vae_began"), exist_ok=True)
     figures = [sample_figure(runs, args, device), *plot_balance(runs, os.path.join(args.out, "vae_began"))]
     header = ["Paper: S. Khan, M. Hayat & N. Barnes, Adversarial Training of Variational Auto-encoders for High "
               "Fidelity Image Generation, WACV 2018",
-              f"Data: MNIST digits under --data-dir ({args.data_dir}) at 32x32 (the paper: CIFAR-10 and CelebA)",
+              (f"Data: the faces of celeba_identities under --data-dir ({args.data_dir}) at 64x64, BEGAN's crop"
+               if scale.get("faces") else f"Data: MNIST digits under --data-dir ({args.data_dir}) at 32x32 (the "
+               f"paper: CIFAR-10 and CelebA)"),
               f"Scale: {args.scale}; {scale['steps']} steps at batch {scale['batch']}, n = {scale['filters']} filters, "
               f"N = {scale['latent']}, Adam lr {scale['lr']:g} for E, G and D alike (BEGAN's settings where the paper "
               f"gives none), the paper's alpha, beta, gamma, eta and gains; one seed ({args.seed}). BEGAN: --no-vae "
               f"--no-lsm --controller p --noise uniform (BEGAN's noise and update)",
-              f"Judge: {judged_by}; it reads every score below (Inception-style score, Frechet and kernel distances "
-              f"in its 128 hidden features, class histogram), the same feature space for every run",
+              f"Judge: {judged_by}" + ("" if scale.get("faces") else "; it reads every score below (Inception-style "
+                                       "score, Frechet and kernel distances in its 128 hidden features, class "
+                                       "histogram), the same feature space for every run"),
               *[f"Run `{r.name}` ({VAE_BEGAN_VARIANTS[v][0]}): {r.data}; {r.steps} steps; "
                 + (f"trained in {r.seconds:.0f} s (reused)" if r.reused else f"done in {r.seconds:.0f} s")
                 for v, r in runs.items()],

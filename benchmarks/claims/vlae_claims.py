@@ -15,8 +15,8 @@ import data
 import vlae
 
 from .shared import (
-    Row, Run, accuracy_gap_se, data_folder, eval_json, fmt, machine, pixel_probe, train_run, update_readme, verdict,
-    write_report)
+    Row, Run, accuracy_gap_se, data_folder, eval_json, fmt, machine, pixel_probe, report_path, scale_settings,
+    train_run, update_readme, verdict, write_report)
 
 
 VLAE_SCALES = {  # steps, batch and image size of each run, base draws of the redraw measures; 'tiny': the tests' smoke run
@@ -24,6 +24,11 @@ VLAE_SCALES = {  # steps, batch and image size of each run, base draws of the re
     "paper": {"mnist_steps": 30_000, "mnist_batch": 100, "face_steps": 100_000, "face_batch": 100, "face_size": 64,
               "bases": 64},
     "tiny": {"mnist_steps": 3, "mnist_batch": 16, "face_steps": 2, "face_batch": 8, "face_size": 16, "bases": 4},
+    # one H200, about 3 minutes: the project path trains the 64 px face model at 3,845 img/s at batch
+    # 100 (benchmarks/bench.py, 2026-12), so 1,000 steps per face run take ~26 s (MMD and KL), and
+    # MNIST's 3,000 steps (28 px, a smaller network) at most ~80 s; eval and the measures the rest
+    "medium": {"mnist_steps": 3000, "mnist_batch": 100, "face_steps": 1000, "face_batch": 100, "face_size": 64,
+               "bases": 64},
 }
 
 
@@ -33,7 +38,7 @@ def vlae_mnist_runs(args, scale: dict) -> dict:
     mnist = data_folder(args.data_dir, "mnist", "MNIST's gzipped IDX files")
     argv = ["--dataset", "mnist", "--data-dir", mnist, "--steps", str(scale["mnist_steps"]),
             "--batch-size", str(scale["mnist_batch"]), "--seed", str(args.seed), "--log-every", "100"]
-    if args.scale == "tiny":
+    if args.scale == "tiny" or args.dry_run:
         argv += ["--eval-images", "100", "--probe-images", "200", "--bn-images", "200", "--log-every", "1"]
     return {"mmd": train_run(vlae, "mnist-mmd", argv + ["--reg", "mmd"], args.work, args.reuse)}
 
@@ -178,7 +183,7 @@ def vlae_face_runs(args, scale: dict) -> dict:
                 "--data-dir", data_folder(args.data_dir, "celeba_identities", "CelebA faces, a folder per identity")]
     argv += ["--image-size", str(scale["face_size"]), "--steps", str(scale["face_steps"]),
              "--batch-size", str(scale["face_batch"]), "--seed", str(args.seed), "--log-every", "50"]
-    if args.scale == "tiny":
+    if args.scale == "tiny" or args.dry_run:
         argv += ["--eval-images", "20", "--probe-images", "40", "--bn-images", "40", "--log-every", "1"]
     return {reg: train_run(vlae, f"faces-{reg}", argv + ["--reg", reg], args.work, args.reuse) for reg in ("mmd", "kl")}
 
@@ -204,7 +209,7 @@ def colour_shares(model, device, seed: int, bases: int = 16, side: int = 6) -> t
 def claim_fig3_colour(model, effect: list, args, device, side: int = 6) -> Row:
     """Fig. 3 ("z0 = lighting / white balance", sec. 3): holds if the bottom layer has the largest
     share of its redraw variance in the image's mean colour."""
-    bases = max(1, VLAE_SCALES[args.scale]["bases"] // 4)
+    bases = max(1, scale_settings(VLAE_SCALES, args)["bases"] // 4)
     shares, colour = colour_shares(model, device, args.seed, bases, side)
     first = shares[0] == max(shares)
     return Row("Fig. 3: the bottom layer (z0) changes lighting and white balance", "sec. 3, Fig. 3",
@@ -307,7 +312,7 @@ def face_part(args, scale: dict, device) -> tuple[list, list, list]:
 
 
 def claims_vlae(args, device) -> None:
-    scale, t0 = VLAE_SCALES[args.scale], time.time()
+    scale, t0 = scale_settings(VLAE_SCALES, args, keep=("face_size",)), time.time()
     runs = vlae_mnist_runs(args, scale)
     os.makedirs(os.path.join(args.out, "vlae"), exist_ok=True)
     fig2_rows, _ = claims_fig2(runs["mmd"], device, args.seed, scale["bases"])
@@ -330,8 +335,9 @@ def claims_vlae(args, device) -> None:
               f"Machine: {machine()}; this invocation took {time.time() - t0:.0f} s"
               + (" (it reused finished runs, --reuse)" if any(r.reused for r in all_runs) else ""),
               f"Reproduce: `python benchmarks/claims vlae --scale {args.scale}"
-              f"{' --skip-faces' if args.skip_faces else ''}` (data from --data-dir; the runs in --work)"]
-    report = os.path.join(args.out, "vlae.md")
+              f"{' --skip-faces' if args.skip_faces else ''}` (data from --data-dir; the runs in --work)"
+              + (" (this was a --dry-run: tiny counts, meaningless numbers)" if args.dry_run else "")]
+    report = report_path(args, "vlae")
     write_report(report, "MMD-VLAE (Xu 2018): the paper's claims, measured", header, rows, figures)
     if args.readme:
         update_readme("vlae", report, figures=("mnist-mmd_fig2_manifold", "fig3_layers", "fig4_arithmetic_pale"))
