@@ -135,3 +135,12 @@ def test_readme_status_counts_the_reports_verdicts(tmp_path):
     shared.update_status("vlae", str(report), str(readme))
     assert readme.read_text().splitlines()[2] == "| `vlae.py` | Xu | 2 of 4 claims hold (1 in part) at the small CPU " \
                                                  "scale ([docs/x.md](docs/x.md)) |"
+
+
+def test_every_scale_of_every_paper_has_the_same_settings():
+    """A key missing from one scale fails only when that scale runs (minutes in): caught here."""
+    from claims import cmma_claims, disentangled_claims, vae_began_claims, vlae_claims
+    for table in (vlae_claims.VLAE_SCALES, cmma_claims.CMMA_SCALES, disentangled_claims.DISENTANGLED_SCALES,
+                  vae_began_claims.VAE_BEGAN_SCALES):
+        keys = [set(settings) - {"faces"} for settings in table.values()]
+        assert all(k == keys[0] for k in keys), table

@@ -18,7 +18,8 @@ from .shared import (
 FAILED_BELOW = 0.2  # judge accuracy under twice chance (10 classes): the baseline failed to train
 CMMA_SCALES = {
     "small": {"steps": 1200, "batch": 64, "lr": 3e-3, "size": 32, "width": 0.25, "eval": 1000, "valid": 500,
-              "k": 500, "is": 10, "tune": "lr=1e-3,3e-3;init_std=0,0.02", "tune_steps": 120, "per_class": 100},
+              "k": 500, "is": 10, "is_claim": 200, "tune": "lr=1e-3,3e-3;init_std=0,0.02", "tune_steps": 120,
+              "per_class": 100},
     "paper": {"steps": 50_000, "batch": 100, "lr": 3e-4, "size": 64, "width": 1.0, "eval": 1000, "valid": 1000, "k": 1000,
               "is": 1000, "is_claim": 1000, "tune": "lr=1e-4,3e-4,1e-3;lr_d=1e-4,3e-4,1e-3;init_std=0,0.01,0.02", "tune_steps": 5000,
               "per_class": 1000},

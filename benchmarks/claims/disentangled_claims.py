@@ -18,9 +18,9 @@ from .shared import (
 
 DISENTANGLED_SCALES = {
     "small": {"steps": 150, "batch": 64, "unseen": "7,8,9", "finetune": 60, "eval": 1000, "div_classes": 7,
-              "div_samples": 10, "toy_steps": 0, "swaps": 500, "face_steps": 0},
+              "div_samples": 10, "toy_steps": 0, "swaps": 500, "face_steps": 0, "face_batch": 96},
     "paper": {"steps": 52_000, "batch": 96, "unseen": "7,8,9", "finetune": 5000, "eval": 2000, "div_classes": 7,
-              "div_samples": 20, "toy_steps": 0, "swaps": 2000, "face_steps": 0},
+              "div_samples": 20, "toy_steps": 0, "swaps": 2000, "face_steps": 0, "face_batch": 96},
     # one H200, about 3 minutes: Lr-LiVAE at the paper's 64 px VGG16-BN networks trains at 3,135 img/s
     # at batch 96 counting its three stage-1 batches (benchmarks/bench.py, 2026-12), ~11 iterations/s:
     # 800 iterations on faces are ~75 s; MNIST's smaller networks take the 1,500 iterations of both
