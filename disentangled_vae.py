@@ -70,8 +70,12 @@ import json
 import os
 import sys
 
-import numpy as np
-import torch
+try:  # before anything else needs them: a missing install is one line, not a traceback
+    import numpy as np
+    import torch
+except ModuleNotFoundError as e:
+    raise SystemExit(f"error: the Python package {e.name!r} is not installed in {sys.executable}: "
+                     f"pip install -r requirements.txt") from None
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
