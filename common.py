@@ -1422,7 +1422,8 @@ def _release_run_lock(f) -> None:
 
 def checkpoint_to_resume(cfg: Any, explicit: set, script: str, run_fields: set, resolve) -> tuple[Any, dict | None]:
     """(config, state) of the checkpoint in cfg.out that this run resumes, or (cfg, None) for a
-    fresh run (none there, or --fresh). The saved config wins, but for `run_fields` given on the
+    fresh run (none there, or --fresh). First takes the run's lock on cfg.out (`lock_run_folder`):
+    every training run starts here, before it reads or writes anything in the folder. The saved config wins, but for `run_fields` given on the
     command line; a conflicting model flag is a ValueError (see merge_saved_config). `resolve`
     fills the script's derived defaults. Under torch.distributed every rank must see the same
     checkpoint (ValueError otherwise: --out is then not one folder shared by all nodes)."""

@@ -115,7 +115,7 @@ class Config(common.RunConfig):
     lr: float = common.arg(5e-4, "Adam learning rate of every network (code: 5e-4, betas 0 / 0.9)")
     n_gm: int = common.arg(3, "stage-1 L_GM steps per iteration, each on a fresh batch (paper sec. 3.5)")
     lambda_lkd: float = common.arg(0.1, "weight of L_lkd inside L_GM (paper, code)", at_least=0.0)
-    margin: float = common.arg(0.0, "L-GM margin alpha on the true class's distance (code: 0; L-GM: 0.1)")
+    margin: float = common.arg(0.0, "L-GM margin alpha on the true class's distance (code: 0; L-GM: 0.1)", at_least=0.0)
     rec_weight: float = common.arg(10.0, "weight of L_rec in E_s', E_u's and G's objectives (code: 10)", at_least=0.0)
     kl_weight: float = common.arg(1.0, "weight of L_KL in E_u's objective (code: 1)", at_least=0.0)
     adv_weight: float = common.arg(1.0, "weight of L_adv in E_u's objective (code: 1)", at_least=0.0)
@@ -126,7 +126,7 @@ class Config(common.RunConfig):
                                choices=("", "code", "paper", "fixed"))
     sigma_lr_scale: float = common.arg(1.0, "Sigma's learning rate as a multiple of --lr before --sigma-lr's rule "
                                             "(1: the code). Adam moves log Sigma by about lr per step, so Sigma "
-                                            "cannot reach codes narrower than exp(-lr x stage-1 steps)")
+                                            "cannot reach codes narrower than exp(-lr x stage-1 steps)", above=0.0)
     image_size: int = common.arg(0, "image side (0: 28 for MNIST, 64 for faces)")
     crop: str = common.arg("", "crop box top,left,height,width (default: 50,25,128,128 for CelebA, "
                                "the centred square for folder)")
@@ -177,8 +177,7 @@ def resolve_defaults(cfg: Config) -> Config:
     checks = [(cfg.dataset != "mnist" or cfg.image_size == 28, "the MNIST networks need --image-size 28"),
               (not faces or cfg.image_size % multiple == 0,
                f"--arch {cfg.arch} needs --image-size a multiple of {multiple}, got {cfg.image_size}"),
-              (cfg.n_gm >= 1, "--n-gm must be >= 1"), (cfg.margin >= 0, "--margin must be >= 0"),
-              (cfg.sigma_lr_scale > 0, "--sigma-lr-scale must be > 0"),
+              (cfg.n_gm >= 1, "--n-gm must be >= 1"),
               (cfg.z_s_dim >= 1 and cfg.z_u_dim >= 1, "--z-s-dim and --z-u-dim must be >= 1"),
               (cfg.diversity_samples >= 2, "--diversity-samples must be >= 2"),
               (not cfg.bao or cfg.model == "cvae-gan", "--bao adds Bao et al.'s pieces to the baseline: use it with "

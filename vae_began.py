@@ -103,7 +103,8 @@ class Config(common.RunConfig):
     gamma: float = common.arg(0.1, "weight of L_e, the VAE's reconstruction (paper: 0.1)", at_least=0.0)
     eta: float = common.arg(0.5, "diversity ratio, BEGAN's gamma (paper: 0.5)", above=0.0)
     kl_weight: float = common.arg(0.0, "weight of L_n, the KL averaged over dims and batch (0: gamma N / (3 S^2), "
-                                       "beta = 1 against the summed L1 of L_e; 1 collapses the encoder, see the docstring)")
+                                       "beta = 1 against the summed L1 of L_e; 1 collapses the encoder, see the docstring)",
+                                       at_least=0.0)
     gains: str = common.arg("1e-3,1e-5,1e-5", "controller gains l1,l2,l3 of eq. 12 (paper)")
     eq11: str = common.arg("restored", "eq. 11's error: restored, e_t = eta L_d - (L_g + alpha L_v), as eq. 10 and "
                                        "M_global need; or printed, e_t = eta L_d - L_g + alpha L_v, the text as "
@@ -139,8 +140,7 @@ def resolve_defaults(cfg: Config) -> Config:
               (cfg.dataset != "cifar10" or cfg.image_size == 32, "CIFAR-10 images are 32x32: pass --image-size 32"),
               (cfg.dataset != "mnist" or cfg.image_size == 32, "MNIST digits are trained at 32x32: pass --image-size 32"),
               (cfg.filters >= 1 and cfg.latent_dim >= 1, "--filters and --latent-dim must be >= 1"),
-              (cfg.vae or cfg.gan, "--no-vae --no-gan leaves nothing to train: drop one of them"),
-              (cfg.kl_weight >= 0, "--kl-weight must be >= 0 (0: beta = 1)")]
+              (cfg.vae or cfg.gan, "--no-vae --no-gan leaves nothing to train: drop one of them")]
     common.require(checks)
     gains(cfg)
     crop_for(cfg)
