@@ -733,10 +733,8 @@ def tune_cgan(cfg: Config, explicit: set) -> Config:
         common.print0(f"--tune: {candidate} -> {results[-1]['valid_parzen_nats_per_face']:,.1f} nats per face")
     best = max(results, key=lambda r: r["valid_parzen_nats_per_face"])
     chosen = {k: best[k] for k in TUNABLE if k in best}
-    os.makedirs(cfg.out, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump({"grid": cfg.tune, "tune_steps": steps, "valid_faces": cfg.valid_images,
-                   "parzen_samples": cfg.parzen_samples, "candidates": results, "chosen": chosen}, f, indent=2)
+    common.save_json(path, {"grid": cfg.tune, "tune_steps": steps, "valid_faces": cfg.valid_images,
+                            "parzen_samples": cfg.parzen_samples, "candidates": results, "chosen": chosen})
     common.print0(f"--tune: chose {chosen}")
     return dataclasses.replace(cfg, **chosen)
 
@@ -881,8 +879,7 @@ def evaluate(runs: list, out: str, device) -> dict:
                            "parzen_grid ([0, 1] pixel units)")
         if common.fidelity_requested(cfg):
             result["fidelity"] = sample_quality(cfg, model, test, device)
-        with open(os.path.join(cfg.out, "eval.json"), "w") as f:
-            json.dump(result, f, indent=2)
+        common.save_json(os.path.join(cfg.out, "eval.json"), result)
         table[cfg.model] = result
     print_tables(table)
     return table

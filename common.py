@@ -32,7 +32,6 @@ import pickle
 import random
 import signal
 import sys
-import tempfile
 import time
 from contextlib import contextmanager, nullcontext
 from typing import Any, Sequence
@@ -553,11 +552,15 @@ def fidelity_summary(record: dict) -> str:
     return ", ".join(parts) + f" ({record['samples']['images']} samples, {record['feature_extractor']})"
 
 
+def save_json(path: str, record: dict) -> None:
+    """Write `record` to `path` as indented JSON, creating its folder, atomically (`atomic_write`)."""
+    with atomic_write(path) as f:
+        json.dump(record, f, indent=2)
+
+
 def write_json(path: str, record: dict) -> None:
     """Write `record` to `path` (creating its folder) and print it: the eval commands' output."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(record, f, indent=2)
+    save_json(path, record)
     print(json.dumps(record, indent=2))
 
 
@@ -688,10 +691,8 @@ def hstack_panels(panels: Sequence[np.ndarray], gap: int = 20, pad_value: int = 
 
 def save_png(array: np.ndarray, path: str) -> None:
     """Write a (H, W, 3) or (H, W) uint8 array to `path` as PNG, creating its folder, atomically."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_write(path, "wb") as f:
+        Image.fromarray(array).save(f, format="PNG")
 
 
 def save_grid(images: torch.Tensor, path: str, nrow: int,
@@ -1024,6 +1025,54 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+# The one way the scripts write a file. A reader (a resumed run, an image viewer, a second
+# process) sees the old file or the new one, never half of one; a failed write (a full disk)
+# leaves no temporary file and names the file it could not write.
+@contextmanager
+def atomic_write(path: str, mode: str = "w"):
+    """Open a temporary file `.NAME.PID.tmp` beside `path` for writing ("w" text, "wb" bytes),
+    creating the folder; when the block ends it is flushed to disk (fsync) and moved onto
+    `path` in one step (os.replace). On any error the temporary file is removed and `path` is
+    left as it was; an OSError (ENOSPC, EROFS, ...) is raised again with `path` as its file
+    name, which `user_errors` prints as one line."""
+    folder, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with open(tmp, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        if isinstance(e, OSError) and e.errno is not None and not e.filename:
+            raise OSError(e.errno, e.strerror, path) from None
+        raise
+
+
+def remove_stale_writes(folder: str) -> None:
+    """Delete the temporary files (`.NAME.PID.tmp`) in `folder` that `atomic_write` left when its
+    process was killed mid-write (kill -9, a lost node): never a finished file."""
+    for f in sorted(os.listdir(folder)):
+        pid = f.rsplit(".", 2)[-2] if f.startswith(".") and f.endswith(".tmp") and f.count(".") >= 3 else ""
+        if pid.isdigit() and not pid_alive(int(pid)):
+            os.remove(os.path.join(folder, f))
+            print0(f"removed {os.path.join(folder, f)}, left by an interrupted write")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this machine (signal 0 only asks)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, under another user
+    return True
+
+
 def save_checkpoint(path: str, script: str, **state: Any) -> None:
     """Write `state` (model, optimizer, scaler, step, config, rng, ...) to `path` atomically.
 
@@ -1031,25 +1080,15 @@ def save_checkpoint(path: str, script: str, **state: Any) -> None:
     full disk never leaves a half-written checkpoint where the last good one was. `script`
     (e.g. "vlae") is stored so another script's checkpoint is refused on load.
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
     payload = {"script": script, "version": CHECKPOINT_VERSION, **state}
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".checkpoint-", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_write(path, "wb") as f:
             torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        if isinstance(e, (RuntimeError, OSError)):  # torch's writer reports a full disk as a RuntimeError
-            first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
-            raise CheckpointWriteError(f"could not write the checkpoint {path} ({first}; disk full?); the "
-                                       f"previous checkpoint there, if any, is kept: free space and run the same "
-                                       f"command to resume from it") from None
-        raise
+    except (RuntimeError, OSError) as e:  # torch's writer reports a full disk as a RuntimeError
+        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise CheckpointWriteError(f"could not write the checkpoint {path} ({first}; disk full?); the "
+                                   f"previous checkpoint there, if any, is kept: free space and run the same "
+                                   f"command to resume from it") from None
 
 
 # Checkpoints written before the RNG state became tensors (version 1) hold numpy's as an ndarray:
@@ -1103,8 +1142,11 @@ def load_checkpoint(path: str, script: str) -> dict:
 def append_jsonl(path: str, record: dict) -> None:
     """Append one JSON line to `path` (metrics.jsonl); floats stay floats, tensors become floats."""
     clean = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in record.items()}
-    with open(path, "a") as f:
-        f.write(json.dumps(clean) + "\n")
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(clean) + "\n")
+    except OSError as e:  # a full disk: name the file (a failed write carries no file name)
+        raise OSError(e.errno, e.strerror, path) from None
 
 
 def read_jsonl(path: str) -> list[dict]:
@@ -1118,9 +1160,8 @@ def read_jsonl(path: str) -> list[dict]:
 def truncate_jsonl(path: str, max_step: int) -> None:
     """Drop lines logged after `max_step`: a resumed run re-logs the steps after its checkpoint."""
     rows = [r for r in read_jsonl(path) if r.get("step", 0) <= max_step]
-    with open(path + ".tmp", "w") as f:
+    with atomic_write(path) as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
-    os.replace(path + ".tmp", path)
 
 
 _COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
@@ -1149,10 +1190,8 @@ def plot_curves(metrics_path: str, png_path: str, keys: Sequence[str],
     for i, (key, pts) in enumerate(series):
         r, c = divmod(i, cols)
         _draw_panel(draw, (c * width, r * height, width, height), key, pts, _COLOURS[i % len(_COLOURS)])
-    tmp = png_path + ".tmp"
-    os.makedirs(os.path.dirname(os.path.abspath(png_path)), exist_ok=True)
-    canvas.save(tmp, format="PNG")
-    os.replace(tmp, png_path)
+    with atomic_write(png_path, "wb") as f:
+        canvas.save(f, format="PNG")
 
 
 def _draw_panel(draw: ImageDraw.ImageDraw, box, key: str, pts, colour) -> None:
@@ -1316,11 +1355,9 @@ def start_run_folder(cfg: Any, data_description: str, model: nn.Module, start: i
     out, world = cfg.out, dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     if is_main():
         os.makedirs(os.path.join(out, "figures"), exist_ok=True)
-        for stale in sorted(f for f in os.listdir(out) if f.startswith(".checkpoint-") and f.endswith(".tmp")):
-            os.remove(os.path.join(out, stale))  # a checkpoint write killed mid-way (kill -9): never the good one
-            print0(f"removed {os.path.join(out, stale)}, left by an interrupted checkpoint write")
-        with open(os.path.join(out, "config.json"), "w") as f:
-            json.dump({**dataclasses.asdict(cfg), "data": data_description, "world_size": world}, f, indent=2)
+        remove_stale_writes(out)
+        save_json(os.path.join(out, "config.json"),
+                  {**dataclasses.asdict(cfg), "data": data_description, "world_size": world})
         truncate_jsonl(os.path.join(out, "metrics.jsonl"), start)
     print0(f"{label}{data_description}; {world} process(es) on {device}, "
            f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")

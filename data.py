@@ -664,19 +664,9 @@ def remove_stale_cache_files(path: str) -> None:
     folder, name = os.path.split(path)
     for f in os.listdir(folder):
         pid = f[len(name) + len(host) + 2:-4]
-        if f.startswith(f"{name}.{host}.") and f.endswith(".tmp") and pid.isdigit() and not _alive(int(pid)):
+        if f.startswith(f"{name}.{host}.") and f.endswith(".tmp") and pid.isdigit() and not common.pid_alive(int(pid)):
             os.remove(os.path.join(folder, f))
             print(f"removed {os.path.join(folder, f)}, left by an interrupted cache build", file=sys.stderr)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # it exists, under another user
-    return True
 
 
 def check_free_space(folder: str, needed: int) -> None:
@@ -710,9 +700,8 @@ def _build_cache(path: str, paths: list[str], crop, size: int, key: str, label: 
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
-    with open(path[:-4] + ".json", "w") as f:
-        json.dump({"key": key, "crop": crop, "size": size, "count": len(paths),
-                   "first": paths[0], "last": paths[-1]}, f)
+    common.save_json(path[:-4] + ".json", {"key": key, "crop": crop, "size": size, "count": len(paths),
+                                           "first": paths[0], "last": paths[-1]})
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1040,9 +1040,8 @@ def save_toy_snapshot(cfg: Config, model: DisentangledVAE, epoch: int, device, n
     g = torch.Generator().manual_seed(cfg.seed + 5)
     points = class_samples(model, list(range(model.n_classes)), n, g, device).cpu().numpy()
     model.train(was_training)
-    os.makedirs(os.path.join(cfg.out, "toy"), exist_ok=True)
-    np.savez(os.path.join(cfg.out, "toy", f"epoch_{epoch:03d}.npz"), points=points,
-             labels=np.repeat(np.arange(model.n_classes), n))
+    with common.atomic_write(os.path.join(cfg.out, "toy", f"epoch_{epoch:03d}.npz"), "wb") as f:
+        np.savez(f, points=points, labels=np.repeat(np.arange(model.n_classes), n))
 
 
 def draw_figures(cfg: Config, model: DisentangledVAE, names: list, device) -> list:
@@ -1163,8 +1162,7 @@ def evaluate(runs: list, device) -> list:
                       "Var_x(mu_u) > 0.01; MS-SSIM over pairs of generated images of one class")
         if common.fidelity_requested(cfg):
             r["fidelity"] = sample_quality(cfg, model, held, device)
-        with open(os.path.join(cfg.out, "eval.json"), "w") as f:
-            json.dump(r, f, indent=2)
+        common.save_json(os.path.join(cfg.out, "eval.json"), r)
         results.append(r)
     if len(results) == 1:
         print(json.dumps(results[0], indent=2))

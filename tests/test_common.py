@@ -379,3 +379,18 @@ def test_a_full_disk_mid_checkpoint_keeps_the_last_good_one_and_says_so(tmp_path
         common.save_checkpoint(path, "vlae", step=8)
     assert common.load_checkpoint(path, "vlae")["step"] == 7
     assert os.listdir(tmp_path) == ["checkpoint.pt"]  # no temp file left
+
+
+def test_stale_temporary_files_of_dead_writers_are_removed_and_nothing_else(tmp_path, capsys):
+    """A kill -9 mid-write leaves `.NAME.PID.tmp` (a 442 MB checkpoint, say): the next run removes
+    it, but never a live writer's temporary file nor a finished file."""
+    import subprocess
+    import sys
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    names = [f".checkpoint.pt.{dead.pid}.tmp", f".samples.png.{os.getpid()}.tmp", "checkpoint.pt", "a.b.1.tmp"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    common.remove_stale_writes(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == sorted(names[1:])
+    assert f"{names[0]}, left by an interrupted write" in capsys.readouterr().out

@@ -171,3 +171,47 @@ def test_a_cache_that_would_not_fit_on_the_disk_is_one_line_before_any_write(cap
                                                              "--cache-dir", str(tmp_path / "cache")]))
     assert "the decoded-image cache needs" in line and str(tmp_path / "cache") in line and "--cache-dir" in line
     assert not [f for f in os.listdir(tmp_path / "cache") if f.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("kind", ["png", "json", "npz"])
+def test_a_full_disk_while_writing_a_file_is_one_line_and_leaves_the_old_file(kind, capsys, tmp_path, monkeypatch):
+    """ENOSPC in the middle of a write (simulated: each write puts 3 bytes down, then fails): one
+    line that names the file, the file that was there is intact, and no temporary file is left."""
+    import builtins
+    import errno
+    import numpy as np
+    import torch
+    import common
+
+    class FullDisk:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            self.f.write(data[:3])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+    monkeypatch.setattr(common, "open", lambda *a, **k: FullDisk(builtins.open(*a, **k)), raising=False)
+    path = tmp_path / f"samples.{kind}"
+    path.write_bytes(b"the old file")
+
+    def run():
+        with common.user_errors():
+            if kind == "png":
+                common.save_grid(torch.zeros(4, 3, 8, 8), str(path), nrow=2)
+            elif kind == "json":
+                common.save_json(str(path), {"fid": 1.0})
+            else:  # how disentangled_vae writes its toy points
+                with common.atomic_write(str(path), "wb") as f:
+                    np.savez(f, a=np.zeros(3))
+    line = one_error_line(capsys, run)
+    assert f"cannot write to {path} (No space left on device)" in line and "free some space" in line
+    assert path.read_bytes() == b"the old file" and sorted(os.listdir(tmp_path)) == [path.name]
