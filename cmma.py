@@ -85,7 +85,6 @@ import common
 import data
 
 SCRIPT = "cmma"
-MODES = ("train", "sample", "figures", "eval", "edit")
 CELEBA_CROP = (39, 19, 140, 140)  # top, left, height, width: centre 140 of the 178x218 aligned faces
 # Fig. 4: rows (Male, Asian) with CelebA's Pale_Skin for Asian; columns switch one attribute each
 FIG4_ROWS = [("Male", 0, "Asian", 1), ("Male", 0, "Asian", 0), ("Male", 1, "Asian", 1), ("Male", 1, "Asian", 0)]
@@ -146,6 +145,21 @@ class Config(common.RunConfig):
 # the flags that may differ from the checkpoint a run resumes or evaluates
 RUN_FIELDS = common.RUN_FIELDS | {"eval_images", "valid_images", "parzen_samples", "parzen_grid", "is_samples",
                                    "tune", "tune_steps"}
+# the subcommands and their flags: the others need only --checkpoint (several, comma-separated)
+EDIT_FLAGS = ((("--image",), {"default": "", "help": "the face to edit (any image; aligned CelebA-like faces work best)"}),
+              (("--set",), {"action": "append", "default": [], "metavar": "NAME=0|1",
+                            "help": "an attribute to switch on (1) or off (0); repeat for several"}),
+              (("--has",), {"default": "", "metavar": "NAME,NAME", "help": "attributes the face already has"}))
+COMMANDS = {"train": common.Command("train a model (the default subcommand)"),
+            "sample": common.Command("draw faces from attribute vectors of held-out faces", common.CHECKPOINT_FLAGS),
+            "figures": common.Command("draw Fig. 4, 6 and 7 (side by side for several checkpoints)",
+                                      common.CHECKPOINT_FLAGS),
+            "eval": common.Command("Table 2 (ELBO, Parzen log-likelihood), Table 3 (attribute error) into "
+                                   "OUT/eval.json, one table for several checkpoints; --fid, --kid, --isc",
+                                   common.EVAL_FLAGS | {"eval_images", "valid_images", "parzen_samples",
+                                                        "parzen_grid", "is_samples"}),
+            "edit": common.Command("Fig. 6 on your own face: switch attributes on or off (--image, --set, --has)",
+                                   common.CHECKPOINT_FLAGS, EDIT_FLAGS)}
 
 
 def resolve_defaults(cfg: Config) -> Config:
@@ -659,8 +673,10 @@ def curve_keys(cfg: Config) -> list:
 
 
 def train(cfg: Config, explicit: set, figures: bool = True) -> nn.Module:
-    """Train cfg.model for cfg.steps (resuming OUT/checkpoint.pt), then draw its figures; returns
-    the trained model. A cgan with --tune first chooses its lr, lr_d and init_std (`tune_cgan`)."""
+    """Train cfg.model for cfg.steps (resuming OUT/checkpoint.pt), then draw its figures and write
+    OUT/eval.json (as the `eval` subcommand, with its flags: --eval-images, --parzen-samples, ...);
+    returns the trained model. A cgan with --tune first chooses its lr, lr_d and init_std
+    (`tune_cgan`); its trial runs draw nothing and evaluate only on the validation faces."""
     if cfg.tune and cfg.model == "cgan":
         cfg = tune_cgan(cfg, explicit)
     rank, world, local_rank = common.init_distributed()
@@ -683,6 +699,7 @@ def train(cfg: Config, explicit: set, figures: bool = True) -> nn.Module:
     model.eval()
     if rank == 0 and figures:
         draw_figures([(cfg, model)], cfg.out, device)
+        evaluate([(cfg, model)], cfg.out, device)
     return model
 
 
@@ -1018,31 +1035,8 @@ def edit_user_image(runs: list, cfg: Config, image: str, changes: list, has: str
 # ----------------------------------------------------------------------------------------------
 # main
 # ----------------------------------------------------------------------------------------------
-def split_edit_flags(argv: list) -> tuple[list, str, list, str]:
-    """Pull `edit`'s own flags (--image PATH, --set NAME=0/1 repeated, --has A,B) out of argv."""
-    rest, image, changes, has, i = [], "", [], "", 0
-    while i < len(argv):
-        if argv[i] in ("--image", "--set", "--has") and i + 1 < len(argv):
-            flag, value = argv[i], argv[i + 1]
-            image = value if flag == "--image" else image
-            has = value if flag == "--has" else has
-            if flag == "--set":
-                changes.append(value)
-            i += 2
-        else:
-            rest.append(argv[i])
-            i += 1
-    return rest, image, changes, has
-
-
 def main(argv: list | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    mode = argv.pop(0) if argv and argv[0] in MODES else "train"
-    argv, image, changes, has = split_edit_flags(argv) if mode == "edit" else (argv, "", [], "")
-    usage = (__doc__.split("\n")[0] + "\n\nsubcommands: train (the default), sample, figures, eval, edit; "
-             "the others need only --checkpoint.\nedit also takes --image PATH, --set NAME=0|1 (repeated) "
-             "and --has NAME,NAME (attributes the face already has).")
-    cfg, explicit = common.parse_config(Config, argv, usage, prog="cmma.py")
+    mode, cfg, explicit, own = common.parse_command(Config, argv, __doc__.split("\n")[0], "cmma.py", COMMANDS)
     with common.user_errors():
         if mode == "train":
             return train(resolve_defaults(cfg), explicit)
@@ -1052,7 +1046,8 @@ def main(argv: list | None = None) -> None:
         runs = load_models(cfg, explicit, device)
         out = cfg.out or runs[0][0].out
         if mode == "edit":
-            edit_user_image(runs, dataclasses.replace(runs[0][0], out=out), image, changes, has, device)
+            edit_user_image(runs, dataclasses.replace(runs[0][0], out=out), own["image"], own["set"], own["has"],
+                            device)
         else:
             {"sample": sample, "figures": draw_figures, "eval": evaluate}[mode](runs, out, device)
 

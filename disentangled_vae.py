@@ -85,7 +85,6 @@ import common
 import data
 
 SCRIPT = "disentangled_vae"
-MODES = ("train", "sample", "figures", "eval", "finetune")
 CELEBA_CROP = (50, 25, 128, 128)  # top, left, height, width: a face-centred crop of aligned CelebA
 LOGVAR_RANGE = 8.0  # |log Sigma_k| is clamped: the paper (B.4) reports |Sigma| shrinking unstably
 # Fig. 7's corruptions as boxes (top, bottom, left, right) in fractions of a face-centred image
@@ -158,6 +157,18 @@ class Config(common.RunConfig):
 
 RUN_FIELDS = common.RUN_FIELDS | {"eval_images", "bn_images", "eval_bn", "diversity_classes", "diversity_samples",
                                    "finetune_steps"}
+# the subcommands and their flags: the others need only --checkpoint (or --out)
+BN_FLAGS = common.CHECKPOINT_FLAGS | {"bn_images", "eval_bn"}
+COMMANDS = {"train": common.Command("train a model (the default subcommand)"),
+            "sample": common.Command("draw OUT/figures/samples_per_class.png from a checkpoint", BN_FLAGS),
+            "figures": common.Command("draw the paper's figures (Fig. 2-7 for the data set) from a checkpoint",
+                                      BN_FLAGS),
+            "eval": common.Command("accuracies, diversity, reconstruction into OUT/eval.json; several checkpoints, "
+                                   "comma-separated, are compared in one table; --fid, --kid, --isc (metrics extra)",
+                                   common.EVAL_FLAGS | BN_FLAGS | {"eval_images", "diversity_classes",
+                                                                   "diversity_samples"}),
+            "finetune": common.Command("sec. 3.6: train a run made with --unseen-classes on its unseen classes' "
+                                       "unlabelled images, into OUT/finetune", BN_FLAGS | {"finetune_steps"})}
 
 
 def resolve_defaults(cfg: Config) -> Config:
@@ -1217,12 +1228,8 @@ def load_models(cfg: Config, explicit: set, device) -> list:
 
 
 def main(argv: list | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    mode = argv.pop(0) if argv and argv[0] in MODES else "train"
-    usage = (__doc__.split("\n")[0] + "\n\nsubcommands: train (the default), sample, figures, eval, finetune; "
-             "the others need only --checkpoint (or --out); eval takes several, comma-separated, to compare; "
-             "finetune (sec. 3.6) a run trained with --unseen-classes.")
-    cfg, explicit = common.parse_config(Config, argv, usage, prog="disentangled_vae.py")
+    mode, cfg, explicit, _ = common.parse_command(Config, argv, __doc__.split("\n")[0], "disentangled_vae.py",
+                                                  COMMANDS)
     with common.user_errors():
         if mode == "train":
             return train(resolve_defaults(cfg), explicit)

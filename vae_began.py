@@ -77,7 +77,6 @@ import common
 import data
 
 SCRIPT = "vae_began"
-MODES = ("train", "sample", "figures", "eval")
 CELEBA_CROP = (50, 25, 128, 128)  # top, left, height, width: BEGAN's crop of the aligned faces
 FIG8_ATTRIBUTES = ("Bald", "Black_Hair", "Pale_Skin")
 
@@ -130,6 +129,14 @@ class Config(common.RunConfig):
 
 # the flags that may differ from the checkpoint a run resumes or evaluates
 RUN_FIELDS = common.RUN_FIELDS | {"eval_images"}
+# the subcommands and their flags: the last three need only --checkpoint (or --out)
+COMMANDS = {"train": common.Command("train a model (the default subcommand)"),
+            "sample": common.Command("draw OUT/figures/samples.png from a checkpoint", common.CHECKPOINT_FLAGS),
+            "figures": common.Command("draw Fig. 4, 6 and 8, samples and the k_t curves from a checkpoint",
+                                      common.CHECKPOINT_FLAGS),
+            "eval": common.Command("held-out losses, MMD, KL into OUT/eval.json; --isc (Table 1), --fid, --kid "
+                                   "(the metrics extra); --real-isc: the real images' IS, no checkpoint",
+                                   common.EVAL_FLAGS | {"eval_images"})}
 
 
 def resolve_defaults(cfg: Config) -> Config:
@@ -635,11 +642,7 @@ def load_model(cfg: Config, explicit: set, device):
 
 
 def main(argv: list | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    mode = argv.pop(0) if argv and argv[0] in MODES else "train"
-    usage = (__doc__.split("\n")[0] + "\n\nsubcommands: train (the default), sample, figures, eval; "
-             "the last three need only --checkpoint (or --out).")
-    cfg, explicit = common.parse_config(Config, argv, usage, prog="vae_began.py")
+    mode, cfg, explicit, _ = common.parse_command(Config, argv, __doc__.split("\n")[0], "vae_began.py", COMMANDS)
     with common.user_errors():
         if mode == "train":
             return train(resolve_defaults(cfg), explicit)

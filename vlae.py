@@ -89,7 +89,6 @@ import common
 import data
 
 SCRIPT = "vlae"
-MODES = ("train", "sample", "figures", "eval")
 LOSS_SCALE = 100.0  # the reference's global rescale of the MMD loss (vladder.py)
 CELEBA_CROP = (55, 35, 108, 108)  # top, left, height, width: the reference's centre crop 108
 # Fig. 4 triplets (a, b, c) -> decode(z_a - z_b + z_c), picked by CelebA attribute values
@@ -140,6 +139,15 @@ class Config(common.RunConfig):
 
 # the flags that may differ from the checkpoint a run resumes or evaluates
 RUN_FIELDS = common.RUN_FIELDS | {"eval_images", "bn_images", "probe_images"}
+# the subcommands and their flags: the last three need only --checkpoint (or --out)
+COMMANDS = {"train": common.Command("train a model (the default subcommand)"),
+            "sample": common.Command("draw OUT/figures/samples.png from a checkpoint",
+                                     common.CHECKPOINT_FLAGS | {"bn_images"}),
+            "figures": common.Command("draw the paper's figures (Fig. 2-4, samples, curves) from a checkpoint",
+                                      common.CHECKPOINT_FLAGS | {"bn_images"}),
+            "eval": common.Command("held-out MMD per layer, reconstruction, probes into OUT/eval.json; --fid, "
+                                   "--kid, --isc (the metrics extra)",
+                                   common.EVAL_FLAGS | {"bn_images", "eval_images", "probe_images"})}
 
 
 def resolve_defaults(cfg: Config) -> Config:
@@ -792,12 +800,8 @@ def sample(cfg: Config, model: VLAE, device, n: int = 100) -> str:
 # main
 # ----------------------------------------------------------------------------------------------
 def main(argv: list | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    mode = argv.pop(0) if argv and argv[0] in MODES else "train"
-    usage = (__doc__.split("\n")[0] + "\n\nsubcommands: train (the default), sample, figures, eval; the "
-             "last three need only --checkpoint (or --out).\n  e.g. python vlae.py eval --checkpoint "
-             "runs/vlae-celeba/checkpoint.pt")
-    cfg, explicit = common.parse_config(Config, argv, usage, prog="vlae.py")
+    usage = __doc__.split("\n")[0] + "\n  e.g. python vlae.py eval --checkpoint runs/vlae-celeba/checkpoint.pt"
+    mode, cfg, explicit, _ = common.parse_command(Config, argv, usage, "vlae.py", COMMANDS)
     with common.user_errors():
         if mode == "train":
             return train(resolve_defaults(cfg), explicit)

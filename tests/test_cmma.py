@@ -104,7 +104,8 @@ def three_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("cmma")
     for kind in ("cmma", "cvae", "cgan"):
         cmma.main(["--model", kind, "--data-dir", CELEBA, "--out", str(out / kind), "--batch-size", "8", "--width", "0.5",
-                   "--steps", "20" if kind == "cgan" else "12", "--log-every", "2" if kind == "cgan" else "3"])
+                   "--steps", "20" if kind == "cgan" else "12", "--log-every", "2" if kind == "cgan" else "3"]
+                  + SMALL_EVAL)
     return out
 
 
@@ -167,7 +168,7 @@ def test_eval_figures_and_edit_over_the_three_checkpoints(three_runs, tmp_path, 
 
 def test_gan_resume_is_exact(tmp_path):
     args = ["--model", "cgan", "--data-dir", CELEBA, "--batch-size", "4", "--log-every", "1", "--width", "0.5",
-            "--tune", "init_std=0,0.02", "--tune-steps", "1", "--valid-images", "4", "--parzen-samples", "4"]
+            "--tune", "init_std=0,0.02", "--tune-steps", "1"] + SMALL_EVAL
     cmma.main(args + ["--out", str(tmp_path / "a"), "--steps", "4"])
     cmma.main(args + ["--out", str(tmp_path / "b"), "--steps", "2"])
     cmma.main(args + ["--out", str(tmp_path / "b"), "--steps", "4"])

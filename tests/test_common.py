@@ -1,3 +1,4 @@
+import dataclasses
 import math
 import os
 import signal
@@ -394,3 +395,29 @@ def test_stale_temporary_files_of_dead_writers_are_removed_and_nothing_else(tmp_
     common.remove_stale_writes(str(tmp_path))
     assert sorted(os.listdir(tmp_path)) == sorted(names[1:])
     assert f"{names[0]}, left by an interrupted write" in capsys.readouterr().out
+
+
+def test_each_subcommand_parses_and_lists_only_its_own_flags(capsys):
+    """`prog` alone trains; `prog eval --help` lists eval's flags, not the model's; a training flag
+    given to eval, or an unknown one, is one error line; a subcommand's own flags come back apart."""
+    @dataclasses.dataclass
+    class C:
+        steps: int = common.arg(10, "steps")
+        out: str = common.arg("", "output folder")
+        amp: bool = common.arg(True, "autocast")
+    commands = {"train": common.Command("train it"), "eval": common.Command("score it", frozenset({"out"})),
+                "edit": common.Command("edit it", frozenset({"out"}), ((("--set",), {"action": "append", "default": []}),))}
+    assert common.parse_command(C, ["--steps", "5"], "d", "p.py", commands)[:3] == ("train", C(steps=5), {"steps"})
+    mode, cfg, explicit, own = common.parse_command(C, ["edit", "--set", "a=1", "--set", "b=0", "--out", "o"], "d",
+                                                    "p.py", commands)
+    assert (mode, cfg, explicit, own) == ("edit", C(out="o"), {"out"}, {"set": ["a=1", "b=0"]})
+    for argv in (["eval", "--help"], ["--help"]):
+        with pytest.raises(SystemExit):
+            common.parse_command(C, argv, "d", "p.py", commands)
+        text = capsys.readouterr().out
+        assert ("--out" in text and "--steps" not in text) if argv[0] == "eval" else "{train,eval,edit}" in text
+    for argv, message in ((["eval", "--no-amp"], "--no-amp is a training flag: `eval` takes"),
+                          (["eval", "--bogus", "1"], "unrecognized arguments for `eval`: --bogus 1")):
+        with pytest.raises(SystemExit) as stop:
+            common.parse_command(C, argv, "d", "p.py", commands)
+        assert stop.value.code == 2 and message in capsys.readouterr().err

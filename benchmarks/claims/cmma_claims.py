@@ -44,11 +44,10 @@ def cmma_runs(args, scale: dict) -> dict:
             "--seed", str(args.seed), "--log-every", "100" if args.scale != "tiny" and not args.dry_run else "1"]
     runs = {}
     for model in ("cmma", "cvae", "cgan"):
-        tune = ["--tune", scale["tune"], "--tune-steps", str(scale["tune_steps"])] + cmma_eval_flags(scale)
-        runs[model] = train_run(cmma, model, argv + ["--model", model] + (tune if model == "cgan" else []),
-                                args.work, args.reuse)
+        tune = ["--tune", scale["tune"], "--tune-steps", str(scale["tune_steps"])]
+        runs[model] = train_run(cmma, model, argv + ["--model", model] + cmma_eval_flags(scale)
+                                + (tune if model == "cgan" else []), args.work, args.reuse)  # each writes its eval.json
     ckpts = ",".join(os.path.join(r.out, "checkpoint.pt") for r in runs.values())
-    cmma.main(["eval", "--checkpoint", ckpts] + cmma_eval_flags(scale))
     cmma.main(["figures", "--checkpoint", ckpts, "--out", os.path.join(args.work, "cmma-compare")])
     return runs
 
