@@ -812,7 +812,7 @@ def draw_figures(runs: list, out: str, device) -> list:
     train_set, written, panels = load_split(cfg0, "train", verbose=False), [], {"fig4": [], "fig6": [], "fig7": []}
     names, levels = train_set.names["attributes"], attribute_levels(cfg0, train_set.labels["attributes"])
     six_plain, six_glasses = pick_faces(cfg0, train_set, names)
-    progress = common.Progress("figures", len(runs), "models")
+    progress = common.Progress("figures", len(runs), "models", announce=True)
     for cfg, model in runs:
         torch.manual_seed(cfg.seed)
         if cfg.dataset == "mnist":
@@ -838,7 +838,7 @@ def draw_figures(runs: list, out: str, device) -> list:
             if len(grids) > 1:
                 written.append(os.path.join(out, "figures", f"{name}_compare.png"))
                 common.save_png(common.hstack_panels(grids), written[-1])
-    common.print0("figures: " + ", ".join(written))
+    common.print0("figures: " + ", ".join(map(common.shown, written)))
     return written
 
 

@@ -1243,11 +1243,13 @@ _COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 
 
 
 def plot_curves(metrics_path: str, png_path: str, keys: Sequence[str],
-                width: int = 300, height: int = 180) -> None:
-    """Redraw `keys` of metrics.jsonl against `step`, one small panel per key, as a PNG.
+                width: int = 300, height: int = 190) -> bool:
+    """Redraw `keys` of metrics.jsonl against `step`, one small panel per key, as a PNG; returns
+    whether it wrote one.
 
-    Each panel has its own y-range (printed at its corners), so terms of different scales
-    stay readable. Keys with no finite values are left out; nothing is drawn without data.
+    Each panel has its own y-range (ticks at the smallest and largest value), so terms of
+    different scales stay readable. Keys with no finite values are left out; nothing is drawn
+    (False) without data, e.g. after --steps 0.
     """
     rows = read_jsonl(metrics_path)
     series = []
@@ -1256,7 +1258,7 @@ def plot_curves(metrics_path: str, png_path: str, keys: Sequence[str],
         if pts:
             series.append((k, pts))
     if not series:
-        return
+        return False
     cols = min(3, len(series))
     n_rows = math.ceil(len(series) / cols)
     canvas = Image.new("RGB", (cols * width, n_rows * height), "white")
@@ -1266,22 +1268,45 @@ def plot_curves(metrics_path: str, png_path: str, keys: Sequence[str],
         _draw_panel(draw, (c * width, r * height, width, height), key, pts, _COLOURS[i % len(_COLOURS)])
     with atomic_write(png_path, "wb") as f:
         canvas.save(f, format="PNG")
+    return True
+
+
+def draw_curves(out: str, keys: Sequence[str]) -> list:
+    """OUT/figures/curves.png from OUT/metrics.jsonl: [its path], or [] when the run logged nothing
+    (--steps 0, or figures drawn into another --out)."""
+    path = os.path.join(out, "figures", "curves.png")
+    return [path] if plot_curves(os.path.join(out, "metrics.jsonl"), path, keys) else []
+
+
+def logged(out: str) -> bool:
+    """Whether OUT holds a training log (so its figures include curves.png)."""
+    return os.path.exists(os.path.join(out, "metrics.jsonl"))
 
 
 def _draw_panel(draw: ImageDraw.ImageDraw, box, key: str, pts, colour) -> None:
+    """One panel: the key above, the series as a line, "step" below; ticks and their labels at the
+    first and last logged step and at the smallest and largest value (one tick, mid-height, for
+    a constant series), so every tick stands at a value the series takes."""
     x0, y0, w, h = box
-    left, right, top, bottom = x0 + 40, x0 + w - 8, y0 + 18, y0 + h - 18
+    left, right, top, bottom = x0 + 54, x0 + w - 12, y0 + 18, y0 + h - 32
     xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-    x_lo, x_hi = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
-    y_lo, y_hi = min(ys), max(ys) if max(ys) > min(ys) else min(ys) + 1
+    x_lo, x_hi, y_lo, y_hi = min(xs), max(xs), min(ys), max(ys)
+    to_x = lambda x: left + (x - x_lo) / (x_hi - x_lo) * (right - left) if x_hi > x_lo else (left + right) / 2
+    to_y = lambda y: bottom - (y - y_lo) / (y_hi - y_lo) * (bottom - top) if y_hi > y_lo else (top + bottom) / 2
+    grey = (90, 90, 90)
     draw.rectangle([left, top, right, bottom], outline=(180, 180, 180))
     draw.text((x0 + 4, y0 + 3), key, fill=(0, 0, 0))
-    draw.text((x0 + 2, top), f"{y_hi:.3g}", fill=(90, 90, 90))
-    draw.text((x0 + 2, bottom - 10), f"{y_lo:.3g}", fill=(90, 90, 90))
-    draw.text((left, bottom + 3), f"{x_lo}", fill=(90, 90, 90))
-    draw.text((right - 40, bottom + 3), f"{x_hi}", fill=(90, 90, 90))
-    to_px = [(left + (x - x_lo) / (x_hi - x_lo) * (right - left),
-              bottom - (y - y_lo) / (y_hi - y_lo) * (bottom - top)) for x, y in pts]
+    for x in sorted({x_lo, x_hi}):
+        label, at = f"{x:g}", to_x(x)
+        draw.line([(at, bottom), (at, bottom + 3)], fill=grey)
+        draw.text((min(at - draw.textlength(label) / 2, x0 + w - 2 - draw.textlength(label)), bottom + 5), label,
+                  fill=grey)
+    draw.text(((left + right - draw.textlength("step")) / 2, bottom + 18), "step", fill=grey)
+    for y in sorted({y_lo, y_hi}):
+        label, at = f"{y:.3g}", to_y(y)
+        draw.line([(left - 3, at), (left, at)], fill=grey)
+        draw.text((left - 5 - draw.textlength(label), at - 5), label, fill=grey)
+    to_px = [(to_x(x), to_y(y)) for x, y in pts]
     if len(to_px) == 1:
         draw.ellipse([to_px[0][0] - 2, to_px[0][1] - 2, to_px[0][0] + 2, to_px[0][1] + 2], fill=colour)
     else:
@@ -1310,7 +1335,7 @@ class Progress:
         self.t0 = self.last = time.time()
         self.done, self.shown = 0, False
         if announce and self.enabled:  # a job known to be long says its size at once (its ETA follows)
-            print(f"{label}: {total} {unit}", file=sys.stderr, flush=True)
+            print(f"{label}: 0/{total} {unit}", file=sys.stderr, flush=True)
             self.shown = True
 
     def update(self, n: int = 1) -> None:
@@ -1349,10 +1374,16 @@ def user_errors():
         cleanup_distributed()
 
 
+def shown(path: str) -> str:
+    """`path` as the scripts print it: relative to the working folder when it lies under it."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
+
+
 def wrote(path: str, replaced: bool) -> None:
     """Print where a command wrote a file, and say so when it replaced one that was there (the
     `sample` command draws over the samples.png that training wrote)."""
-    print(f"wrote {path}" + (" (it replaced the file that was there)" if replaced else ""))
+    print(f"wrote {shown(path)}" + (" (it replaced the file that was there)" if replaced else ""))
 
 
 def fail(message: str) -> "NoReturn":  # noqa: F821

@@ -1058,7 +1058,8 @@ def save_toy_snapshot(cfg: Config, model: DisentangledVAE, epoch: int, device, n
 def draw_figures(cfg: Config, model: DisentangledVAE, names: list, device) -> list:
     """Every figure of the paper this data allows, into OUT/figures; returns the paths."""
     fig_dir, g, written = os.path.join(cfg.out, "figures"), torch.Generator().manual_seed(cfg.seed), []
-    progress = common.Progress("figures", 6 if model.kind == "lr-livae" else 5, "figures")
+    progress = common.Progress("figures", (6 if model.kind == "lr-livae" else 5) + common.logged(cfg.out), "figures",
+                               announce=cfg.dataset != "toy")
 
     def save(name: str, images: torch.Tensor, nrow: int) -> None:
         written.append(os.path.join(fig_dir, name))
@@ -1081,8 +1082,9 @@ def draw_figures(cfg: Config, model: DisentangledVAE, names: list, device) -> li
     common.print0(f"sec. 4.3 traversal: z_u dimensions {dims}, strongest first")
     masks = list(FACE_MASKS) if cfg.dataset != "mnist" else ["right_half", "bottom_half"]
     save("fig7_inpainting.png", inpaint(model, x[rows], c[rows], masks, parse_crop(cfg)), 1 + 2 * len(masks))
-    common.plot_curves(os.path.join(cfg.out, "metrics.jsonl"), os.path.join(fig_dir, "curves.png"), curve_keys(cfg))
-    common.print0("figures: " + ", ".join(os.path.relpath(p, cfg.out) for p in written) + ", curves.png")
+    written += common.draw_curves(cfg.out, curve_keys(cfg))
+    progress.update(common.logged(cfg.out))
+    common.print0("figures: " + ", ".join(os.path.relpath(p, cfg.out) for p in written))
     return written
 
 
@@ -1250,11 +1252,12 @@ def main(argv: list | None = None) -> None:
                 images = class_samples(model, list(range(min(10, model.n_classes))), 10,
                                        torch.Generator().manual_seed(run_cfg.seed), device)
                 path = os.path.join(run_cfg.out, "figures", "samples_per_class.png")
+                replaced = os.path.exists(path)
                 if run_cfg.dataset == "toy":
                     common.save_png(scatter_panel(images.cpu().numpy(), np.repeat(np.arange(min(10, model.n_classes)), 10), run_cfg.model), path)
                 else:
                     common.save_grid(images, path, 10)
-                print(f"wrote {path}")
+                common.wrote(path, replaced)
 
 
 if __name__ == "__main__":

@@ -601,7 +601,7 @@ def draw_figures(cfg: Config, model: VAEBEGAN, device) -> list:
     """Samples, Fig. 4, Fig. 6 (VAE), Fig. 8 (VAE on CelebA) and the k_t / M_global curves."""
     fig_dir, g, written = os.path.join(cfg.out, "figures"), torch.Generator().manual_seed(cfg.seed), []
     fig8 = len(FIG8_ATTRIBUTES) if cfg.vae and cfg.dataset == "celeba" else 0
-    progress = common.Progress("figures", 1 + cfg.gan + cfg.vae + fig8, "figures")
+    progress = common.Progress("figures", 1 + cfg.gan + cfg.vae + fig8 + common.logged(cfg.out), "figures", announce=True)
 
     def save(name, images, nrow):
         written.append(os.path.join(fig_dir, name))
@@ -622,8 +622,10 @@ def draw_figures(cfg: Config, model: VAEBEGAN, device) -> list:
                                            faces.names["attributes"], cfg, g)
             for name, grid in grids.items():
                 save(f"fig8_{name}.png", grid, 5)
-    common.plot_curves(os.path.join(cfg.out, "metrics.jsonl"), os.path.join(fig_dir, "curves.png"), curve_keys(cfg))
-    common.print0("figures: " + ", ".join(os.path.relpath(p, cfg.out) for p in written) + ", curves.png")
+            progress.update(len(FIG8_ATTRIBUTES) - len(grids))  # attributes all faces have, or none
+    written += common.draw_curves(cfg.out, curve_keys(cfg))
+    progress.update(common.logged(cfg.out))
+    common.print0("figures: " + ", ".join(os.path.relpath(p, cfg.out) for p in written))
     return written
 
 

@@ -627,7 +627,8 @@ def finish(cfg: Config, model: VLAE, device, train_set: data.ImageSet) -> None:
 def draw_figures(cfg: Config, model: VLAE, device) -> list:
     """Figs. 2-4, reconstructions and prior samples into OUT/figures; returns the paths."""
     fig_dir, g = os.path.join(cfg.out, "figures"), torch.Generator().manual_seed(cfg.seed)
-    progress = common.Progress("figures", 4 + (cfg.dataset == "mnist"), "figures")  # Fig. 4's grids count as one
+    count = 3 + (cfg.dataset == "mnist") + (len(ARITHMETIC) if cfg.dataset == "celeba" else 0) + common.logged(cfg.out)
+    progress = common.Progress("figures", count, "figures", announce=True)
     written = [save(fig_dir, "samples.png", model.decode(prior_draw(model, 100, g, device)), 10)]
     n_layers = len(model.latent_dims)
     if cfg.dataset == "mnist":  # Fig. 2: bottom, middle, top layer left to right
@@ -644,14 +645,15 @@ def draw_figures(cfg: Config, model: VLAE, device) -> list:
         x_hat = model.decode(model.encode(x)[0])
     written.append(save(fig_dir, "reconstructions.png", torch.stack([x, x_hat], 1).flatten(0, 1), 8))
     progress.update()
-    written += fig4_all(cfg, model, device, fig_dir, held)
-    progress.update()
-    common.plot_curves(os.path.join(cfg.out, "metrics.jsonl"), os.path.join(fig_dir, "curves.png"), curve_keys(cfg))
+    written += fig4_all(cfg, model, device, fig_dir, held, progress)
+    written += common.draw_curves(cfg.out, curve_keys(cfg))
+    progress.update(common.logged(cfg.out))
     common.print0("figures: " + ", ".join(os.path.relpath(p, cfg.out) for p in written))
     return written
 
 
-def fig4_all(cfg: Config, model: VLAE, device, fig_dir: str, held: data.ImageSet, rows: int = 6) -> list:
+def fig4_all(cfg: Config, model: VLAE, device, fig_dir: str, held: data.ImageSet, progress: common.Progress,
+             rows: int = 6) -> list:
     """One Fig. 4 grid per ARITHMETIC triplet, faces picked from the held-out split, or from the
     training split when it has fewer than `rows` matches (the codes are computed the same way)."""
     if cfg.dataset != "celeba":
@@ -671,10 +673,11 @@ def fig4_all(cfg: Config, model: VLAE, device, fig_dir: str, held: data.ImageSet
                 break
         if any(p is None for p in picks):
             common.print0(f"fig4 {name}: no face matches one of {wanted}; skipped")
-            continue
-        picks = [p[:min(map(len, picks))] for p in picks]
-        abc = [as_inputs(faces.images[p], device) for p in picks]
-        written.append(save(fig_dir, f"fig4_arithmetic_{name}.png", fig_arithmetic(model, *abc), 4))
+        else:
+            picks = [p[:min(map(len, picks))] for p in picks]
+            abc = [as_inputs(faces.images[p], device) for p in picks]
+            written.append(save(fig_dir, f"fig4_arithmetic_{name}.png", fig_arithmetic(model, *abc), 4))
+        progress.update()
     return written
 
 

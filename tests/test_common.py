@@ -162,10 +162,17 @@ def test_curves_plot_and_jsonl(tmp_path):
     common.truncate_jsonl(path, 3)
     assert [r["step"] for r in common.read_jsonl(path)] == [1, 2, 3]
     png = str(tmp_path / "figures" / "curves.png")
-    common.plot_curves(path, png, ["loss", "recon", "missing"])
+    assert common.plot_curves(path, png, ["loss", "recon", "missing"])
     from PIL import Image
     img = np.asarray(Image.open(png))
     assert img.shape[1] == 2 * 300 and (img != 255).any()
+    # the x ticks stand where the line starts and ends (steps 1 and 3), not past them
+    line_cols = np.nonzero((img[:, :300] == (31, 119, 180)).all(-1).any(0))[0]
+    tick_rows = img[190 - 32 + 2:190 - 32 + 4, :300]  # just below the panel's frame (and the line)
+    tick_cols = np.nonzero((tick_rows == (90, 90, 90)).all(-1).all(0))[0]
+    assert abs(tick_cols.min() - line_cols.min()) <= 1 and abs(tick_cols.max() - line_cols.max()) <= 1
+    assert not common.plot_curves(str(tmp_path / "none.jsonl"), str(tmp_path / "none.png"), ["loss"])
+    assert not os.path.exists(tmp_path / "none.png")  # --steps 0: no curves, and none listed
 
 
 def test_stop_signal_turns_sigterm_into_a_flag():
@@ -359,7 +366,7 @@ def test_progress_is_silent_for_short_jobs_and_prints_rate_and_eta_one_line_per_
     long.update()
     long.update()
     announced = capsys.readouterr().err.splitlines()
-    assert announced[0] == "Parzen: 2 faces" and announced[1].startswith("Parzen: 2/2 faces (") and len(announced) == 2
+    assert announced[0] == "Parzen: 0/2 faces" and announced[1].startswith("Parzen: 2/2 faces (") and len(announced) == 2
     p = common.Progress("Parzen", 3, "faces", every=0.0)
     for _ in range(3):
         p.update()

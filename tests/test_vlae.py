@@ -259,8 +259,13 @@ def test_sample_figures_and_eval_need_only_the_checkpoint(faces_run, tmp_path, c
     result = json.load(open(tmp_path / "eval.json"))
     assert result["heldout_images"] == 20 and len(result["mmd_heldout_unbiased"]) == 4
     assert "probe_accuracy" not in result and len(result["active_units"]) == 4
+    capsys.readouterr()
     vlae.main(["figures", "--checkpoint", ckpt, "--out", str(tmp_path)])
     assert os.path.exists(tmp_path / "figures" / "fig3_layers.png")
+    out, err = capsys.readouterr()  # progress starts at 0 and counts the files it lists (no curves: no log here)
+    listed = next(l for l in out.splitlines() if l.startswith("figures: ")).split(": ")[1].split(", ")
+    assert f"figures: 0/{len(listed)} figures" in err and "curves.png" not in " ".join(listed)
+    assert sorted(os.listdir(tmp_path / "figures")) == sorted(os.path.basename(p) for p in listed)
     with pytest.raises(SystemExit) as e:
         vlae.main(["eval", "--checkpoint", ckpt, "--latent-dim", "3"])
     assert e.value.code == 2 and "--latent-dim is a training flag: `eval` takes the model's settings from its " \
