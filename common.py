@@ -558,10 +558,11 @@ def save_json(path: str, record: dict) -> None:
         json.dump(record, f, indent=2)
 
 
-def write_json(path: str, record: dict) -> None:
-    """Write `record` to `path` (creating its folder) and print it: the eval commands' output."""
+def write_json(path: str, record: dict, summary: str = "") -> None:
+    """Write `record` to `path` (creating its folder) and print `summary` with the file's path (the
+    eval commands' output), or, without a summary, the whole record."""
     save_json(path, record)
-    print(json.dumps(record, indent=2))
+    print(f"{summary}\nall numbers: {shown(path)}" if summary else json.dumps(record, indent=2))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1460,7 +1461,8 @@ def start_run_folder(cfg: Any, data_description: str, model: nn.Module, start: i
     out, world = cfg.out, dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     if is_main():
         os.makedirs(os.path.join(out, "figures"), exist_ok=True)
-        remove_stale_writes(out)
+        for folder in (out, os.path.join(out, "figures")):
+            remove_stale_writes(folder)
         save_json(os.path.join(out, "config.json"),
                   {**dataclasses.asdict(cfg), "data": data_description, "world_size": world})
         truncate_jsonl(os.path.join(out, "metrics.jsonl"), start)

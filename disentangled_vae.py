@@ -66,7 +66,6 @@ experiment on classes never seen with labels is `finetune` (its figures: OUT/fin
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 
@@ -1177,19 +1176,17 @@ def evaluate(runs: list, device) -> list:
             r["fidelity"] = sample_quality(cfg, model, held, device)
         common.save_json(os.path.join(cfg.out, "eval.json"), r)
         results.append(r)
-    if len(results) == 1:
-        print(json.dumps(results[0], indent=2))
-    else:
-        skip = ("split", "units", "fidelity")
-        keys = [k for k in results[0] if k not in skip]
-        keys += [k for r in results[1:] for k in r if k not in keys and k not in skip]
-        print(f"{'':28s}" + "".join(f"{r['model']:>14s}" for r in results))
-        for k in keys:
-            cells = [r.get(k, "-") for r in results]
-            print(f"{k:28s}" + "".join(f"{v:>14.4f}" if isinstance(v, float) else f"{str(v):>14s}" for v in cells))
-        for r in results:
-            if "fidelity" in r:
-                print(f"{r['model']}: {common.fidelity_summary(r['fidelity'])}")
+    skip = ("split", "units", "fidelity")  # one column per run, one row per number
+    keys = [k for k in results[0] if k not in skip]
+    keys += [k for r in results[1:] for k in r if k not in keys and k not in skip]
+    print(f"{'':28s}" + "".join(f"{r['model']:>14s}" for r in results))
+    for k in keys:
+        cells = [r.get(k, "-") for r in results]
+        print(f"{k:28s}" + "".join(f"{v:>14.4f}" if isinstance(v, float) else f"{str(v):>14s}" for v in cells))
+    for r in results:
+        if "fidelity" in r:
+            print(f"{r['model']}: {common.fidelity_summary(r['fidelity'])}")
+    print("all numbers: " + ", ".join(common.shown(os.path.join(cfg.out, "eval.json")) for cfg, _, _ in runs))
     return results
 
 

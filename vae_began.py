@@ -495,8 +495,22 @@ def evaluate(cfg: Config, model: VAEBEGAN, controller: dict, device) -> dict:
                        "diagnostic, not a quality score to compare runs")
     if common.fidelity_requested(cfg):  # Table 1's Inception Score, and FID / KID
         result["fidelity"] = sample_quality(cfg, model, held, device)
-    common.write_json(os.path.join(cfg.out, "eval.json"), result)
+    common.write_json(os.path.join(cfg.out, "eval.json"), result, eval_summary(result))
     return result
+
+
+def eval_summary(r: dict) -> str:
+    """The numbers of eval.json that matter, in a few lines."""
+    lines = [f"eval on {r['heldout_images']} held-out images: k_t {r['k_t']:.4f}"]
+    if "L_d_real" in r:
+        lines.append(f"  D's L1 on real {r['L_d_real']:.4f}, on generated {r['L_d_generated']:.4f}; "
+                     f"M_global {r['m_global']:.4f} (per pixel value in [-1, 1])")
+    if "recon_l1_per_element" in r:
+        lines.append(f"  VAE: reconstruction L1 {r['recon_l1_per_element']:.4f}, KL {r['kl_per_dim_nats']:.4f} nats "
+                     f"per dim, {r['active_units']} active units")
+    if "fidelity" in r:
+        lines.append("  " + common.fidelity_summary(r["fidelity"]))
+    return "\n".join(lines)
 
 
 def sample_quality(cfg: Config, model: VAEBEGAN, held: data.ImageSet, device) -> dict:

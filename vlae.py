@@ -779,8 +779,23 @@ def evaluate(cfg: Config, model: VLAE, device) -> dict:
         result["train_last"] = dict(trained[-1])
     if common.fidelity_requested(cfg):
         result["fidelity"] = sample_quality(cfg, model, held, device)
-    common.write_json(os.path.join(cfg.out, "eval.json"), result)
+    common.write_json(os.path.join(cfg.out, "eval.json"), result, eval_summary(result))
     return result
+
+
+def eval_summary(r: dict) -> str:
+    """The numbers of eval.json that matter, per layer from the bottom (z0) up, in a few lines."""
+    per_layer = lambda values, f: " / ".join(f(v) for v in values)
+    lines = [f"eval on {r['heldout_images']} held-out images: reconstruction L1 {r['recon_l1_per_element']:.4f} per "
+             f"pixel value in [-1, 1]; per layer z0 (bottom) to z{len(r['latent_dims']) - 1} (top):",
+             f"  held-out MMD to N(0, I) {per_layer(r['mmd_heldout_unbiased'], '{:.4f}'.format)} (unbiased; 0: q = p)",
+             f"  active units {per_layer(r['active_units'], str)} (of {per_layer(r['latent_dims'], str)} dims)",
+             f"  effect score {per_layer(r['effect_score'], '{:.3f}'.format)} (pixel std when the layer is redrawn)"]
+    lines += [f"  probe accuracy, {name} {per_layer(acc, '{:.2f}'.format)} (majority class "
+              f"{r['probe_majority_accuracy'][name]:.2f})" for name, acc in r.get("probe_accuracy", {}).items()]
+    if "fidelity" in r:
+        lines.append("  " + common.fidelity_summary(r["fidelity"]))
+    return "\n".join(lines)
 
 
 def sample_quality(cfg: Config, model: VLAE, held: data.ImageSet, device) -> dict:

@@ -256,6 +256,8 @@ def test_sample_figures_and_eval_need_only_the_checkpoint(faces_run, tmp_path, c
     vlae.main(["sample", "--checkpoint", ckpt, "--out", str(tmp_path)])
     assert "it replaced the file that was there" in capsys.readouterr().out  # said, not silent
     vlae.main(["eval", "--checkpoint", ckpt, "--out", str(tmp_path), "--eval-images", "20", "--probe-images", "0"])
+    printed = capsys.readouterr().out.splitlines()  # a summary and where the rest is, not the ~90-line record
+    assert printed[-1] == f"all numbers: {tmp_path / 'eval.json'}" and len(printed) < 10
     result = json.load(open(tmp_path / "eval.json"))
     assert result["heldout_images"] == 20 and len(result["mmd_heldout_unbiased"]) == 4
     assert "probe_accuracy" not in result and len(result["active_units"]) == 4
