@@ -679,6 +679,25 @@ def check_free_space(folder: str, needed: int) -> None:
                                     f"{free / 2 ** 20:,.0f} MB free; pass --cache-dir on a disk with room", folder)
 
 
+def reserve_space(path: str, needed: int) -> None:
+    """Allocate the memory-mapped cache file's blocks now (posix_fallocate): a disk that fills up
+    after the free-space check (another process writing) then fails here, as OSError(ENOSPC),
+    instead of killing the process with SIGBUS on the first page it cannot write. Filesystems
+    that cannot preallocate (some network mounts) rely on the free-space check alone."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise OSError(e.errno, f"the decoded-image cache needs {needed / 2 ** 20:,.0f} MB and the disk "
+                                       f"filled up while it was reserved; free space or pass --cache-dir on "
+                                       f"another disk", os.path.dirname(path)) from None
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+
+
 def _build_cache(path: str, paths: list[str], crop, size: int, key: str, label: str, verbose: bool) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     remove_stale_cache_files(path)
@@ -689,6 +708,7 @@ def _build_cache(path: str, paths: list[str], crop, size: int, key: str, label: 
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_exit) if main_thread else None
     try:
+        reserve_space(tmp, len(paths) * size * size * 3)
         decode_all(paths, crop, size, out, verbose, label)
         out.flush()
         del out

@@ -215,3 +215,19 @@ def test_a_full_disk_while_writing_a_file_is_one_line_and_leaves_the_old_file(ki
     line = one_error_line(capsys, run)
     assert f"cannot write to {path} (No space left on device)" in line and "free some space" in line
     assert path.read_bytes() == b"the old file" and sorted(os.listdir(tmp_path)) == [path.name]
+
+
+def test_a_disk_that_fills_during_the_cache_build_is_one_line_and_leaves_no_temp_file(capsys, tmp_path, monkeypatch):
+    """Another process fills the disk after the free-space check: the cache's blocks are reserved
+    up front (posix_fallocate), so that is an ENOSPC error line, not SIGBUS mid-build with the
+    decode workers and a half-written temp file left behind (simulated: the reservation fails)."""
+    import errno
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    script, args = SCRIPTS["vae_began"]
+    line = one_error_line(capsys, lambda: script.main(args + ["--out", str(tmp_path / "run"), "--steps", "1",
+                                                             "--cache-dir", str(tmp_path / "cache")]))
+    assert "the disk filled up" in line and str(tmp_path / "cache") in line and "--cache-dir" in line
+    assert os.listdir(tmp_path / "cache") == []
