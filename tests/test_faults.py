@@ -231,3 +231,18 @@ def test_a_disk_that_fills_during_the_cache_build_is_one_line_and_leaves_no_temp
                                                              "--cache-dir", str(tmp_path / "cache")]))
     assert "the disk filled up" in line and str(tmp_path / "cache") in line and "--cache-dir" in line
     assert os.listdir(tmp_path / "cache") == []
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
+                    reason="root writes into read-only folders; the EROFS test above simulates the same fault")
+def test_a_read_only_out_folder_is_one_line(capsys, tmp_path):
+    """A real read-only folder (chmod 0o500) as --out's parent: one line naming it, nothing written."""
+    (tmp_path / "ro").mkdir()
+    os.chmod(tmp_path / "ro", 0o500)
+    try:
+        script, args = SCRIPTS["cmma"]
+        line = one_error_line(capsys, lambda: script.main(args + ["--out", str(tmp_path / "ro" / "run"), "--steps", "1"]))
+        assert str(tmp_path / "ro") in line and "pass a folder you can write to" in line
+        assert os.listdir(tmp_path / "ro") == []
+    finally:
+        os.chmod(tmp_path / "ro", 0o700)
