@@ -1028,7 +1028,7 @@ def edit_user_image(runs: list, cfg: Config, image: str, changes: list, has: str
     rows = [torch.cat([x, m.edit(x, yo, yo), m.edit(x, yo, yn)]) for c, m in runs if c.model != "cgan"]
     path = os.path.join(cfg.out, "figures", f"edit_{os.path.splitext(os.path.basename(image))[0]}.png")
     common.save_grid(torch.cat(rows), path, 3, value_range=(0.0, 1.0))
-    print(f"wrote {path} (columns: input, reconstruction, edited; a row per model)")
+    print(f"wrote {common.shown(path)} (columns: input, reconstruction, edited; a row per model)")
     return path
 
 
