@@ -135,10 +135,12 @@ class Config(common.RunConfig):
     eval_images: int = common.arg(1000, "held-out images for eval (reconstruction, MMD, active units; at least 2, "
                                         "as the unbiased MMD needs)", at_least=2)
     probe_images: int = common.arg(10_000, "training images whose codes fit eval's linear probes (0: no probes)")
+    effect_bases: int = common.arg(8, "eval: base draws of the other layers for each layer's effect score (each "
+                                      "redraws the layer 64 times)", at_least=1)
 
 
 # the flags that may differ from the checkpoint a run resumes or evaluates
-RUN_FIELDS = common.RUN_FIELDS | {"eval_images", "bn_images", "probe_images"}
+RUN_FIELDS = common.RUN_FIELDS | {"eval_images", "bn_images", "probe_images", "effect_bases"}
 # the subcommands and their flags: the last three need only --checkpoint (or --out)
 COMMANDS = {"train": common.Command("train a model (the default subcommand)"),
             "sample": common.Command("draw OUT/figures/samples.png from a checkpoint",
@@ -147,7 +149,7 @@ COMMANDS = {"train": common.Command("train a model (the default subcommand)"),
                                       common.CHECKPOINT_FLAGS | {"bn_images"}),
             "eval": common.Command("held-out MMD per layer, reconstruction, probes into OUT/eval.json; --fid, "
                                    "--kid, --isc (the metrics extra)",
-                                   common.EVAL_FLAGS | {"bn_images", "eval_images", "probe_images"})}
+                                   common.EVAL_FLAGS | {"bn_images", "eval_images", "probe_images", "effect_bases"})}
 
 
 def resolve_defaults(cfg: Config) -> Config:
@@ -761,7 +763,7 @@ def evaluate(cfg: Config, model: VLAE, device) -> dict:
         "active_units": [common.active_units(mus[l]) for l in layers],
         "mmd_heldout_unbiased": [common.mmd(z[l], prior[l], unbiased=True).item() for l in layers],
         **layer_probes(cfg, model, held, mus, device),
-        "effect_score": effect_scores(model, g, device),
+        "effect_score": effect_scores(model, g, device, cfg.effect_bases),
     }
     trained = common.read_jsonl(os.path.join(cfg.out, "metrics.jsonl"))
     if trained and cfg.reg == "mmd":

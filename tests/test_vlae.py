@@ -14,9 +14,10 @@ import vlae
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the faces run keeps the reference's BatchNorm momentum (0.001): eval must not depend on it
-FAST_FACES = ["--image-size", "16", "--batch-size", "16", "--eval-images", "40", "--probe-images", "100"]
+FAST_FACES = ["--image-size", "16", "--batch-size", "16", "--eval-images", "40", "--probe-images", "100",
+              "--effect-bases", "2"]
 FAST_MNIST = ["--dataset", "mnist", "--batch-size", "8", "--bn-momentum", "0.05", "--eval-images", "50",
-              "--probe-images", "200", "--bn-images", "200"]
+              "--probe-images", "200", "--bn-images", "200", "--effect-bases", "2"]
 
 
 def small_config(dataset="celeba", **kw):

@@ -39,7 +39,8 @@ def vlae_mnist_runs(args, scale: dict) -> dict:
     argv = ["--dataset", "mnist", "--data-dir", mnist, "--steps", str(scale["mnist_steps"]),
             "--batch-size", str(scale["mnist_batch"]), "--seed", str(args.seed), "--log-every", "100"]
     if args.scale == "tiny" or args.dry_run:
-        argv += ["--eval-images", "100", "--probe-images", "200", "--bn-images", "200", "--log-every", "1"]
+        argv += ["--eval-images", "100", "--probe-images", "200", "--bn-images", "200", "--log-every", "1",
+                 "--effect-bases", "2"]
     return {"mmd": train_run(vlae, "mnist-mmd", argv + ["--reg", "mmd"], args.work, args.reuse)}
 
 
@@ -184,7 +185,8 @@ def vlae_face_runs(args, scale: dict) -> dict:
     argv += ["--image-size", str(scale["face_size"]), "--steps", str(scale["face_steps"]),
              "--batch-size", str(scale["face_batch"]), "--seed", str(args.seed), "--log-every", "50"]
     if args.scale == "tiny" or args.dry_run:
-        argv += ["--eval-images", "20", "--probe-images", "40", "--bn-images", "40", "--log-every", "1"]
+        argv += ["--eval-images", "20", "--probe-images", "40", "--bn-images", "40", "--log-every", "1",
+                 "--effect-bases", "2"]
     # the KL run serves only the MMD-vs-KL row (active units, reconstruction): no identity probes
     return {reg: train_run(vlae, f"faces-{reg}", argv + ["--reg", reg] + (["--probe-images", "0"] if reg == "kl" else []),
                            args.work, args.reuse) for reg in ("mmd", "kl")}
