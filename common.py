@@ -837,14 +837,6 @@ def add_fields(parser: argparse.ArgumentParser, config_cls: type, names: set | N
             parser.add_argument(name, type=kind, **kwargs)
 
 
-def build_parser(config_cls: type, description: str, prog: str | None = None,
-                 with_defaults: bool = True) -> argparse.ArgumentParser:
-    """An ArgumentParser with one --flag per field of the dataclass `config_cls` (`add_fields`)."""
-    parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=_help_format)
-    add_fields(parser, config_cls, None, with_defaults)
-    return parser
-
-
 # The flags of the commands that read a checkpoint (sample, figures, eval, ...): the model and
 # its objective come from the checkpoint, so only where to read and write, and on what device.
 CHECKPOINT_FLAGS = frozenset({"checkpoint", "out", "data_dir", "cache_dir", "device", "amp"})
@@ -1393,17 +1385,6 @@ def fail(message: str) -> "NoReturn":  # noqa: F821
     raise SystemExit(2)
 
 
-def parse_config(config_cls: type, argv: Sequence[str] | None, description: str,
-                 prog: str | None = None) -> tuple[Any, set]:
-    """Parse argv into a `config_cls` instance; also return the set of fields given explicitly
-    on the command line (resume and checkpoint commands let those override the saved config)."""
-    parser = build_parser(config_cls, description, prog)
-    args = parser.parse_args(argv)
-    quiet = build_parser(config_cls, description, prog, with_defaults=False)
-    explicit = set(vars(quiet.parse_args(argv)))
-    return config_cls(**vars(args)), explicit
-
-
 def merge_saved_config(cfg: Any, saved: dict, explicit: set, free: set, where: str) -> Any:
     """The config to resume or evaluate with: the saved one, with the explicitly given fields in
     `free` (run control: steps, device, output paths...) taken from the command line.
@@ -1567,8 +1548,8 @@ def _release_run_lock(f) -> None:
 def checkpoint_to_resume(cfg: Any, explicit: set, script: str, run_fields: set, resolve) -> tuple[Any, dict | None]:
     """(config, state) of the checkpoint in cfg.out that this run resumes, or (cfg, None) for a
     fresh run (none there, or --fresh). First takes the run's lock on cfg.out (`lock_run_folder`):
-    every training run starts here, before it reads or writes anything in the folder. The saved config wins, but for `run_fields` given on the
-    command line; a conflicting model flag is a ValueError (see merge_saved_config). `resolve`
+    every training run starts here, before it reads or writes anything in the folder. The saved
+    config wins, but for `run_fields` given on the command line; a conflicting model flag is a ValueError (see merge_saved_config). `resolve`
     fills the script's derived defaults. Under torch.distributed every rank must see the same
     checkpoint (ValueError otherwise: --out is then not one folder shared by all nodes)."""
     lock_run_folder(cfg.out)

@@ -679,7 +679,7 @@ def check_free_space(folder: str, needed: int) -> None:
                                     f"{free / 2 ** 20:,.0f} MB free; pass --cache-dir on a disk with room", folder)
 
 
-def reserve_space(path: str, needed: int) -> None:
+def reserve_space(path: str) -> None:
     """Allocate the memory-mapped cache file's blocks now (posix_fallocate): a disk that fills up
     after the free-space check (another process writing) then fails here, as OSError(ENOSPC),
     instead of killing the process with SIGBUS on the first page it cannot write. Filesystems
@@ -687,11 +687,12 @@ def reserve_space(path: str, needed: int) -> None:
     if not hasattr(os, "posix_fallocate"):
         return
     with open(path, "r+b") as f:
+        size = os.fstat(f.fileno()).st_size
         try:
-            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+            os.posix_fallocate(f.fileno(), 0, size)
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise OSError(e.errno, f"the decoded-image cache needs {needed / 2 ** 20:,.0f} MB and the disk "
+                raise OSError(e.errno, f"the decoded-image cache needs {size / 2 ** 20:,.0f} MB and the disk "
                                        f"filled up while it was reserved; free space or pass --cache-dir on "
                                        f"another disk", os.path.dirname(path)) from None
             if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
@@ -708,7 +709,7 @@ def _build_cache(path: str, paths: list[str], crop, size: int, key: str, label: 
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_exit) if main_thread else None
     try:
-        reserve_space(tmp, len(paths) * size * size * 3)
+        reserve_space(tmp)
         decode_all(paths, crop, size, out, verbose, label)
         out.flush()
         del out

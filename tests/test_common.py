@@ -135,7 +135,7 @@ def test_rng_state_round_trip_reproduces_draws():
     assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1])
 
 
-def test_config_parser_marks_explicit_flags_and_merge_refuses_conflicts():
+def test_config_parser_marks_explicit_flags_and_merge_refuses_conflicts(capsys):
     import dataclasses
 
     @dataclasses.dataclass
@@ -145,9 +145,12 @@ def test_config_parser_marks_explicit_flags_and_merge_refuses_conflicts():
         amp: bool = common.arg(True, "autocast")
         name: str = common.arg("a", "name", choices=("a", "b"))
 
-    cfg, explicit = common.parse_config(C, ["--steps", "5", "--no-amp"], "test")
+    commands = {"train": common.Command("train it")}
+    _, cfg, explicit, _ = common.parse_command(C, ["--steps", "5", "--no-amp"], "test", "p.py", commands)
     assert (cfg.steps, cfg.lr, cfg.amp, cfg.name) == (5, 0.1, False, "a") and explicit == {"steps", "amp"}
-    assert "(default: 0.1)" in common.build_parser(C, "test").format_help()
+    with pytest.raises(SystemExit):
+        common.parse_command(C, ["train", "--help"], "test", "p.py", commands)
+    assert "(default: 0.1)" in capsys.readouterr().out
     saved = {"steps": 3, "lr": 0.5, "amp": True, "name": "b"}
     merged = common.merge_saved_config(cfg, saved, {"steps"}, {"steps"}, "ckpt")
     assert (merged.steps, merged.lr, merged.name) == (5, 0.5, "b")
