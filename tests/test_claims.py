@@ -103,12 +103,20 @@ def test_frechet_and_kernel_distances_are_zero_for_one_distribution_and_grow_wit
 
 def test_vae_began_claims_score_every_variant_with_the_judge_and_plot_both_controllers(tmp_path):
     text, rows, cited = report_rows("vae_began", tmp_path)
-    assert [cells[0][:8] for cells in rows] == ["Table 1:", "Sec. 5: ", "Sec. 3.4", "Sec. 3.4", "Sec. 3.4"]
+    assert [cells[0][:8] for cells in rows] == ["Table 1:", "Sec. 5: ", "Sec. 5.2", "Sec. 3.4", "Sec. 3.4",
+                                                "Sec. 5.2", "Sec. 3.4"]
+    assert "sec. 5.3, Table 1" in rows[0][1] and "50,000" not in text  # Table 1 is sec. 5.3; no sample count
     for name in ("BEGAN", "BEGAN* + LSM", "VAE + BEGAN* + LSM", "VAE alone", "real digits"):
         assert f"{name}: IS " in rows[0][2]
+        if name != "real digits":
+            assert f"{name}: TV " in rows[2][2]  # every variant's class coverage
     for name in ("BEGAN", "BEGAN* + LSM", "VAE + BEGAN* + LSM"):  # e_t's three terms per GAN variant
-        assert f"{name}: k_t " in rows[2][2] and "alpha L_v" in rows[2][2]
-    assert len(cited) == 4 and "k_t.png" in " ".join(cited) and "e_t_vae-began-lsm.png" in " ".join(cited)
+        assert f"{name}: k_t " in rows[3][2] and "alpha L_v" in rows[3][2]
+    assert "M_global" in rows[4][2] and "FD" in rows[4][2]  # M_global beside the samples' FD, half-way and end
+    assert os.path.exists(tmp_path / "runs" / "vae_began-vae-began-lsm" / "checkpoint_half.pt")
+    assert "contrast" in rows[5][2] and "Run `vae_began-faces`" in text
+    assert "eq. 11 " in text and "batch " in text  # the settings line read back from the run's config
+    assert len(cited) == 5 and "samples_faces.png" in " ".join(cited) and "e_t_vae-began-lsm.png" in " ".join(cited)
 
 
 def test_only_the_default_scale_writes_the_committed_report_and_the_readme():
