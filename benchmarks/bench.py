@@ -85,7 +85,7 @@ def configure(name: str, args, project: bool):
     if name == "cmma":
         return cmma.resolve_defaults(cmma.Config(dataset="celeba", **flags)), "celeba", cmma.CELEBA_CROP, "attributes"
     if name == "vae_began":
-        cfg = vae_began.Config(dataset="celeba", **flags)
+        cfg = vae_began.Config(dataset="celeba", **{"batch_size": 16, **flags})  # BEGAN's batch (the script's: 32)
         if args.quick:
             cfg = dataclasses.replace(cfg, filters=32)
         return vae_began.resolve_defaults(cfg), "celeba", vae_began.CELEBA_CROP, "attributes"

@@ -181,9 +181,10 @@ def judge(args, device, epochs: int = 30) -> Judge:
     return Judge(lambda images: read(images)[0].argmax(1), accuracy, description, read)
 
 
-def write_report(path: str, title: str, header: list, rows: list, figures: list) -> None:
-    """docs/claims/PAPER.md: a header (bullets), the claims table, then the figures with captions
-    (`figures`: (relative PNG path, caption) pairs)."""
+def write_report(path: str, title: str, header: list, rows: list, figures: list, sections: list = ()) -> None:
+    """docs/claims/PAPER.md: a header (bullets), the claims table, then `sections` (markdown
+    lines: an ablation table, say), then the figures with captions (`figures`: (relative PNG path,
+    caption) pairs)."""
     lines = [f"# {title}", "", *[f"- {h}" for h in header], "",
              "| claim | where in the paper | what we measured | holds? |", "|---|---|---|---|"]
     for r in rows:
@@ -191,6 +192,8 @@ def write_report(path: str, title: str, header: list, rows: list, figures: list)
     notes = [f"- **{r.claim}** ({r.holds}): {r.note}" for r in rows if r.note]
     if notes:
         lines += ["", "What we think explains the claims that do not fully hold:", "", *notes]
+    if sections:
+        lines += ["", *sections]
     for png, caption in figures:
         lines += ["", f"![{caption}]({png})", "", f"*{caption}*"]
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -276,10 +279,11 @@ def scale_settings(table: dict, args, keep: tuple = ()) -> dict:
     return settings
 
 
-def publish(args, paper: str, title: str, header: list, rows: list, figures: list, shown: tuple) -> None:
+def publish(args, paper: str, title: str, header: list, rows: list, figures: list, shown: tuple,
+            sections: list = ()) -> None:
     """Write the report (`report_path`) and, with --readme, its README section with the `shown` figures."""
     report = report_path(args, paper)
-    write_report(report, title, header, rows, figures)
+    write_report(report, title, header, rows, figures, sections)
     if args.readme:
         update_readme(paper, report, figures=shown)
 
