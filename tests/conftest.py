@@ -34,7 +34,8 @@ def tiny_extractor():
     / IS plumbing is tested without a download: 16 features for FID and KID, 10 logits for IS."""
     import torch
     import torch.nn.functional as F
-    import torch_fidelity
+    torch_fidelity = pytest.importorskip("torch_fidelity", reason="the metrics extra is not installed: pip install "
+                                                                  "-r requirements-metrics.txt (CI installs it)")
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
     class TinyExtractor(torch_fidelity.FeatureExtractorBase):
