@@ -1038,7 +1038,8 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 class StopSignal:
-    """Turns SIGTERM/SIGINT into a flag the training loop polls, so it can save and exit.
+    """Turns SIGTERM/SIGINT/SIGHUP (the terminal closed) into a flag the training loop polls, so
+    it can save and exit.
 
     A second Ctrl-C raises KeyboardInterrupt as usual. Use as a context manager; the previous
     handlers come back on exit. Signals can only be caught in the main thread: elsewhere it is
@@ -1057,8 +1058,9 @@ class StopSignal:
     def __enter__(self) -> "StopSignal":
         import threading
         if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGTERM, signal.SIGINT):
-                self._old[s] = signal.signal(s, self._handle)
+            for s in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGHUP", None)):
+                if s is not None:  # no SIGHUP on Windows
+                    self._old[s] = signal.signal(s, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:

@@ -185,6 +185,14 @@ def test_stop_signal_turns_sigterm_into_a_flag():
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
+def test_stop_signal_turns_sighup_into_a_flag_too():
+    """A closed terminal (SIGHUP) saves as SIGTERM does, instead of killing the run unsaved."""
+    with common.StopSignal() as stop:
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert stop.raised == "SIGHUP"
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+
+
 def test_biased_mmd_floor_is_the_estimators_mean_when_q_equals_p():
     """Closed form (1/n + 1/m)(1 - (1 + 4/sigma2)^(-D/2)) against 400 draws of the estimator,
     and the hand values 0.0036 (D = 10) and 0.01 (D = 2) at n = m = 100."""
