@@ -41,8 +41,7 @@ def test_lgm_loss_matches_a_direct_computation():
 def test_mixture_samples_have_the_class_mean_and_covariance():
     torch.manual_seed(0)
     prior = dv.GaussianMixturePrior(3, 2)
-    with torch.no_grad():
-        prior.logvar.copy_(torch.tensor([[0.0, -2.0], [1.0, 0.5], [-1.0, 0.0]]))
+    prior.set_logvar(torch.tensor([[0.0, -2.0], [1.0, 0.5], [-1.0, 0.0]]))
     c = torch.full((200_000,), 1)
     z = prior.sample(c)
     assert torch.allclose(z.mean(0), prior.mu[1].detach(), atol=0.02)
@@ -115,7 +114,7 @@ def test_stage2_step_routes_each_objective_to_its_own_networks(monkeypatch):
     l_kl = (0.5 * (mu_u ** 2 + logvar_u.exp() - 1 - logvar_u).sum(1)).mean() / cfg.z_u_dim
     l_adv = -torch.log_softmax(model.classifier(mu_u), 1).mean()           # CE against 1/K
     l_c = torch.nn.functional.cross_entropy(model.classifier(mu_u.detach()), c)
-    mu, logvar = model.prior.mu.detach(), model.prior.logvar.detach()
+    mu, logvar = model.prior.mu.detach(), model.prior.raw.detach()  # log Sigma, unclamped here
     l_lkd = (0.5 * ((z_s - mu[c]) ** 2 / logvar[c].exp()).sum(1) + 0.5 * logvar[c].sum(1)).mean()
 
     def check(name, loss):
@@ -193,7 +192,8 @@ def test_uniform_cross_entropy_is_log_k_for_equal_logits_and_kl_is_per_dimension
 def test_class_samples_draw_z_s_with_the_class_covariance():
     _, model = tiny()
     with torch.no_grad():
-        model.prior.logvar[2] = torch.tensor([-1.0, 0.0, 0.5, 1.0])
+        model.prior.set_logvar(torch.cat([model.prior.params()[1][:2], torch.tensor([[-1.0, 0.0, 0.5, 1.0]]),
+                                          model.prior.params()[1][3:]]))
     seen = {}
     model.decode = lambda z_s, z_u: seen.update(z_s=z_s, z_u=z_u) or z_s
     dv.class_samples(model, [2], 20_000, torch.Generator().manual_seed(0), "cpu")
@@ -280,8 +280,7 @@ def test_bad_flags_are_named():
 def test_mixture_moments_are_the_mean_and_variance_of_the_whole_mixture():
     torch.manual_seed(0)
     prior = dv.GaussianMixturePrior(3, 2)
-    with torch.no_grad():
-        prior.logvar.copy_(torch.tensor([[0.0, -2.0], [1.0, 0.5], [-1.0, 0.0]]))
+    prior.set_logvar(torch.tensor([[0.0, -2.0], [1.0, 0.5], [-1.0, 0.0]]))
     mu_bar, var_bar = dv.mixture_moments(prior)
     k = torch.randint(3, (300_000,))          # draw from the mixture: a component, then its Gaussian
     z = prior.sample(k)
@@ -392,28 +391,31 @@ def test_hinge_losses_score_real_as_real_and_both_fakes_as_fake():
 
 def test_stage1_trains_the_mixture_means_and_variances_with_e_s():
     """Stage 1 (sec. 3.5) steps L_GM on E_s, mu_k and Sigma_k: the gradients reaching mu and
-    log Sigma are those of eq. 8-9 written out here, and nothing else moves."""
-    cfg, model = tiny()
+    Sigma's parameter (here the code's precision) are those of eq. 8-9 written out here, and
+    nothing else moves."""
+    cfg, model = tiny(sigma_param="precision")
     model.train()
     opts = dv.make_optimizers(model, cfg, torch.device("cpu"))
     x, c = torch.rand(6, 1, 28, 28) * 2 - 1, torch.tensor([0, 1, 2, 3, 4, 5])
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     dv.stage1_step(model, opts, [(x, c)], cfg, torch.device("cpu"))
     moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
-    assert {"prior.mu", "prior.logvar"} <= moved
+    assert {"prior.mu", "prior.raw"} <= moved
     assert all(n.startswith(("encoder_s.", "prior.")) for n in moved), moved
-    # the mixture's gradient is eq. 8-9's: L_cls + 0.1 L_lkd through mu and log Sigma
+    # the mixture's gradient is eq. 8-9's: L_cls + 0.1 L_lkd through mu and the code's precision
+    # parameter v, Sigma = 1 / softplus(v) = 1 / log(1 + e^v)
     model.load_state_dict({n: before[n] for n in before}, strict=False)
-    mu, logvar = model.prior.mu, model.prior.logvar
+    mu, raw = model.prior.mu, model.prior.raw
+    logvar = -torch.log(torch.log1p(raw.exp()))
     z_s = model.encoder_s(x).detach()
     d = 0.5 * ((z_s[:, None] - mu[None]) ** 2 / logvar.exp()[None]).sum(-1)
     logits = -d - 0.5 * logvar.sum(-1)
     want = torch.nn.functional.cross_entropy(logits, c) + 0.1 * (d[torch.arange(6), c] + 0.5 * logvar[c].sum(1)).mean()
-    g_mu, g_logvar = torch.autograd.grad(want, [mu, logvar])
+    g_mu, g_logvar = torch.autograd.grad(want, [mu, raw])
     for p in model.parameters():
         p.grad = None
     got = dv.lgm_loss(z_s, c, *model.prior.params(), cfg.margin, cfg.lambda_lkd)["L_GM"]
-    got_mu, got_logvar = torch.autograd.grad(got, [model.prior.mu, model.prior.logvar])
+    got_mu, got_logvar = torch.autograd.grad(got, [model.prior.mu, model.prior.raw])
     assert torch.allclose(got_mu, g_mu, atol=1e-6) and torch.allclose(got_logvar, g_logvar, atol=1e-6)
     assert g_mu.abs().sum() > 0 and g_logvar.abs().sum() > 0
 
@@ -427,3 +429,27 @@ def test_sigma_learning_rate_rules_fall_with_the_epochs_never_rise():
     assert [rate("paper", s) for s in (0, 19, 20, 500)] == pytest.approx([1e-3, 1e-3, 1e-5, 1e-5])
     assert [rate("fixed", s) for s in (0, 10_000)] == pytest.approx([1e-3, 1e-3])
     assert rate("code", 100, scale=10) == pytest.approx(1e-3)
+
+
+def test_sigma_is_the_codes_softplus_precision_or_a_clamped_log_variance():
+    """--sigma-param precision, the code's: s = softplus(v), v from 0.54 (s = 1.0), Sigma = 1 / s,
+    samples mu + eps / sqrt(s), no clamp; the default logvar: log Sigma = v from 0, clamped to +-8."""
+    prior = dv.GaussianMixturePrior(2, 3, "precision")
+    assert torch.all(prior.raw == 0.54)
+    s = torch.log1p(torch.exp(torch.tensor(0.54)))  # softplus written out
+    assert s.item() == pytest.approx(1.0, abs=0.002)
+    assert torch.allclose(prior.params()[1], -torch.log(s).expand(2, 3))
+    with torch.no_grad():
+        prior.raw.copy_(torch.tensor([[-20.0, 0.0, 3.0], [0.54, 1.0, 30.0]]))
+    s = torch.log1p(torch.exp(prior.raw.detach()))
+    assert torch.allclose(prior.params()[1], -torch.log(s), rtol=1e-5)  # unclamped: log Sigma ~ 20 at v = -20
+    eps = torch.randn(2, 3)
+    c = torch.tensor([0, 1])
+    assert torch.allclose(prior.sample(c, eps), prior.mu.detach()[c] + eps / s.sqrt(), rtol=1e-5, atol=1e-6)
+    want = torch.tensor([[-3.0, 0.0, 2.5], [1.0, -0.5, 0.1]])
+    prior.set_logvar(want)
+    assert torch.allclose(prior.params()[1], want, atol=1e-5)
+    old = dv.GaussianMixturePrior(2, 3)
+    assert torch.all(old.raw == 0)
+    old.set_logvar(torch.tensor([[-9.0, 0.0, 9.0], [1.0, 2.0, 3.0]]))
+    assert torch.equal(old.params()[1], torch.tensor([[-8.0, 0.0, 8.0], [1.0, 2.0, 3.0]]))  # the clamp
