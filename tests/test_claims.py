@@ -1,5 +1,6 @@
 """benchmarks/claims/ at a tiny scale: the report's shape, not its verdicts (the small-scale
 run is a benchmark: python benchmarks/claims vlae)."""
+import json
 import os
 import sys
 
@@ -152,3 +153,19 @@ def test_every_scale_of_every_paper_has_the_same_settings():
                   vae_began_claims.VAE_BEGAN_SCALES):
         keys = [set(settings) - {"faces"} for settings in table.values()]
         assert all(k == keys[0] for k in keys), table
+
+
+def test_vae_began_balance_stats_read_the_second_half_and_m_global_before_each_checkpoint(tmp_path):
+    """Logged every 10 steps to T = 100: k_t and e_t's terms averaged over the second half of the
+    rows, the printed eq. 11's sign counted there, and M_global over the last tenth before the
+    half-way step (steps 50 only: (40, 50]) and before the end ((90, 100])."""
+    from claims.vae_began_claims import balance_stats
+    rows = [{"step": s, "k_t": s / 1000, "e_t": -0.01, "eta_L_d": 0.05, "L_g": 0.05, "alpha_L_v": 0.02 if s > 50 else 0.0,
+             "m_global": 1.0 - s / 200} for s in range(10, 101, 10)]
+    with open(tmp_path / "metrics.jsonl", "w") as f:
+        f.write("\n".join(json.dumps(r) for r in rows) + "\n")
+    st = balance_stats(shared.Run("x", str(tmp_path), "", 100, 0.0))
+    assert st["k_t"] == pytest.approx(np.mean([0.06, 0.07, 0.08, 0.09, 0.10]))  # rows 6..10: the second half
+    assert st["k_max"] == pytest.approx(0.1) and st["steps"] == 100
+    assert st["printed_positive"] == 1.0  # 0.05 - 0.05 + 0.02 > 0 on every late row
+    assert st["m_half"] == pytest.approx(1.0 - 50 / 200) and st["m_end"] == pytest.approx(1.0 - 100 / 200)
