@@ -35,9 +35,10 @@ benchmarks/claims reads the samples; `python benchmarks/claims vae_began` reruns
   half) and at equilibrium L_g / L_d = 1.04, the ratio at which fakes are as hard for D as reals.
 - L_n's weight 1, as eq. 15 prints it (L_n is the KL averaged over the N dims and the batch). The
   former default, beta = 1 against the summed L1 (w = gamma N / (C S^2), 0.0031 here), and even 10x
-  and 32x it left the codes off the prior: their mean sat 3.2 (10x) and 2.5 (32x) from 0 with a
-  posterior sd of 0.13-0.26, G decoded a Gaussian fit of the codes to every class but N(0, I) to
-  81-85% "1"s (judge IS 1.69 / 1.75, class TV 0.71 / 0.74). At weight 1 the codes' mean is 1.0 from
+  and 32x it (the 32x run with 10x controller gains) left the codes off the prior: their mean sat
+  3.2 (10x) and 2.5 (32x) from 0 with a posterior sd of 0.13-0.26, G decoded a Gaussian fit of the
+  codes to every class but N(0, I) to 81-85% "1"s (judge IS 1.69 / 1.75, class TV 0.71 / 0.74; the
+  report's ablation has the former default itself). At weight 1 the codes' mean is 1.0 from
   0 with variance 0.96 per dim: IS 3.60, TV 0.40, FD 468, 32 active units. The cost: at C S^2 / N =
   96 pixel values per dim (faces at 32 px) the encoder can start collapsed (KL ~ 1e-6 nats per dim
   after 30 steps) and must recover; training warns if it stays at 0 active units.
