@@ -891,6 +891,11 @@ def parse_command(config_cls: type, argv: Sequence[str] | None, description: str
         if name.removeprefix("no_") in fields:
             fail(f"{flag} is a training flag: `{command}` takes the model's settings from its checkpoint "
                  f"(python {prog} {command} --help lists its flags)")
+    words = [a for a in unknown if a.isidentifier()]  # a stray word: a mistyped or misplaced subcommand
+    if words:
+        if words[0] in commands:
+            fail(f"the subcommand `{words[0]}` must come first: python {prog} {words[0]} --flags")
+        fail(f"`{words[0]}` is not a subcommand: the subcommands are {', '.join(commands)} (python {prog} --help)")
     if unknown:
         fail(f"unrecognized arguments for `{command}`: {' '.join(unknown)} (python {prog} {command} --help)")
     quiet = build_command_parser(config_cls, description, prog, commands, with_defaults=False)

@@ -141,7 +141,8 @@ class Config(common.RunConfig):
                                       "code: Xavier-uniform, zero biases)", choices=("default", "xavier"))
     adam_beta1: float = common.arg(0.5, "Adam beta1 (carpedm20's BEGAN port: 0.5; Adam's default, used by "
                                         "other BEGAN code: 0.9); beta2 0.999", at_least=0.0, below=1.0)
-    eval_images: int = common.arg(1000, "held-out images (and as many samples) for eval")
+    eval_images: int = common.arg(1000, "held-out images (and as many samples) for eval (at least 2: the MMD's "
+                                        "unbiased estimate needs two)", at_least=2)
     crop: str = common.arg("", "crop box top,left,height,width in source pixels (default: BEGAN's 50,25,128,128 "
                                "for CelebA, none otherwise; e.g. the same box for a folder of aligned CelebA faces)")
 

@@ -435,7 +435,10 @@ def test_each_subcommand_parses_and_lists_only_its_own_flags(capsys):
         text = capsys.readouterr().out
         assert ("--out" in text and "--steps" not in text) if argv[0] == "eval" else "{train,eval,edit}" in text
     for argv, message in ((["eval", "--no-amp"], "--no-amp is a training flag: `eval` takes"),
-                          (["eval", "--bogus", "1"], "unrecognized arguments for `eval`: --bogus 1")):
+                          (["eval", "--bogus", "1"], "unrecognized arguments for `eval`: --bogus 1"),
+                          (["evaluate", "--out", "o"], "`evaluate` is not a subcommand: the subcommands are train, "
+                                                       "eval, edit"),
+                          (["--out", "o", "eval"], "the subcommand `eval` must come first: python p.py eval")):
         with pytest.raises(SystemExit) as stop:
             common.parse_command(C, argv, "d", "p.py", commands)
         assert stop.value.code == 2 and message in capsys.readouterr().err

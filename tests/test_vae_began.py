@@ -327,3 +327,9 @@ def test_learning_rate_halves_every_interval_down_to_its_floor():
     """carpedm20's BEGAN schedule: lr, lr / 2 after --lr-halve-every steps, never below --lr-min."""
     cfg = vae_began.Config(lr=8e-5, lr_halve_every=100, lr_min=2e-5)
     assert [vae_began.learning_rate(cfg, s) for s in (0, 99, 100, 199, 200, 5000)] == [8e-5, 8e-5, 4e-5, 4e-5, 2e-5, 2e-5]
+
+
+def test_eval_images_below_two_names_the_flag():
+    """The unbiased MMD of eval needs two held-out images: --eval-images 1 is one line naming the flag."""
+    with pytest.raises(ValueError, match="--eval-images must be >= 2, got 1"):
+        vae_began.resolve_defaults(vae_began.Config(eval_images=1))
