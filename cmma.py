@@ -134,7 +134,7 @@ class Config(common.RunConfig):
     logvar_min: float = common.arg(-9.0, "lower bound of g's per-pixel log-variance, sigmoid-squashed (deviation)")
     logvar_max: float = common.arg(3.0, "upper bound of g's per-pixel log-variance, sigmoid-squashed (deviation)")
     eval_images: int = common.arg(1000, "test faces for Tables 2 and 3")
-    valid_images: int = common.arg(1000, "validation faces to choose the Parzen window (paper: 1,000)")
+    valid_images: int = common.arg(1000, "validation faces to choose the Parzen window (paper: 1,000)", at_least=1)
     parzen_samples: int = common.arg(1000, "K samples per test face for the Parzen estimate (paper: 1000)")
     parzen_grid: str = common.arg("0.01,1,21", "Parzen window grid lo,hi,n: n log-spaced sigmas from lo to hi, "
                                                "[0, 1] pixel units (the paper's 9,487 nats imply sigma ~0.1)")

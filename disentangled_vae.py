@@ -114,7 +114,8 @@ class Config(common.RunConfig):
                                   "classifier's features) in place of its hinge loss")
     steps: int = common.arg(-1, "outer iterations (-1: 52,000, the code's released checkpoint; toy: 50 epochs; "
                                 "0: no training, evaluate the initial or resumed network)")
-    batch_size: int = common.arg(96, "images per step per process (code: 96)")
+    batch_size: int = common.arg(96, "images per step per process (code: 96; at least 2, as BatchNorm needs)",
+                                 at_least=2)
     lr: float = common.arg(5e-4, "Adam learning rate of every network (code: 5e-4, betas 0 / 0.9)")
     n_gm: int = common.arg(3, "stage-1 L_GM steps per iteration, each on a fresh batch (paper sec. 3.5)")
     lambda_lkd: float = common.arg(0.1, "weight of L_lkd inside L_GM (paper, code)", at_least=0.0)

@@ -109,7 +109,8 @@ class Config(common.RunConfig):
                               choices=("celeba", "mnist", "lfw", "folder"))
     steps: int = common.arg(100_000, "optimizer steps; the paper gives none (100k at a global batch of 100: "
                                       "~62 CelebA epochs; 0: no training, evaluate the initial or resumed network)")
-    batch_size: int = common.arg(100, "images per step per process (reference: 100)")
+    batch_size: int = common.arg(100, "images per step per process (reference: 100; at least 2, as BatchNorm "
+                                      "needs)", at_least=2)
     lr: float = common.arg(2e-4, "Adam learning rate (reference: 2e-4, betas 0.9/0.999)")
     image_size: int = common.arg(0, "image side in pixels (0: 64 for faces, 28 for MNIST)")
     crop: str = common.arg("", "crop box top,left,height,width (default: 55,35,108,108 for CelebA, "

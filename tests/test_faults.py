@@ -135,7 +135,10 @@ def test_a_data_dir_that_is_a_file_is_named_as_such(name, capsys, tmp_path):
     ("vae_began", "--alpha", "nan", "--alpha must be >= 0, got nan"),
     ("disentangled_vae", "--rec-weight", "-1", "--rec-weight must be >= 0, got -1"),
     ("vlae", "--bn-momentum", "0", "--bn-momentum must be > 0, got 0"),
-    ("cmma", "--width", "0", "--width must be > 0, got 0")])
+    ("cmma", "--width", "0", "--width must be > 0, got 0"),
+    ("cmma", "--valid-images", "0", "--valid-images must be >= 1, got 0"),  # no faces to choose Parzen's window
+    ("vlae", "--batch-size", "1", "--batch-size must be >= 2, got 1"),       # BatchNorm's raw message otherwise
+    ("disentangled_vae", "--batch-size", "1", "--batch-size must be >= 2, got 1")])
 def test_a_flag_outside_its_range_is_refused_before_training(name, flag, value, message, capsys, tmp_path):
     """A weight below 0, a momentum outside (0, 1] or NaN would train to NaN (or to nothing) and
     exit 0: refused up front, writing nothing."""
