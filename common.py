@@ -1520,6 +1520,9 @@ def lock_run_folder(out: str) -> None:
     import fcntl
     if not is_main() or os.path.abspath(out) in _RUN_LOCKS:
         return
+    if os.path.islink(out) and not os.path.exists(out):
+        raise FileNotFoundError(f"--out {out} is a symbolic link to {os.readlink(out)}, which does not exist: create "
+                                f"that folder, or pass another --out")
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, ".lock")
     f = open(path, "a+")

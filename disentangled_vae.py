@@ -831,6 +831,9 @@ def select_classes(dataset: data.ImageSet, unseen: str, which: str) -> data.Imag
         raise ValueError(f"--unseen-classes {', '.join(missing)}: not classes of this data set "
                          f"(it has {len(names)}: {', '.join(names[:12])}{', ...' if len(names) > 12 else ''})")
     kept = [n for n in names if (n in wanted) == (which == "unseen")]
+    if not kept and which == "seen":
+        raise ValueError(f"--unseen-classes holds every class of this data set ({len(names)}): no seen class is "
+                         f"left to train on; hold out fewer")
     renumber = np.full(len(names), -1)
     renumber[[names.index(n) for n in kept]] = np.arange(len(kept))
     labels = renumber[dataset.labels["class"]]

@@ -169,6 +169,7 @@ def resolve_defaults(cfg: Config) -> Config:
               (cfg.mmd_weight > 0 and cfg.kl_recon_weight > 0, "--mmd-weight and --kl-recon-weight must be > 0"),
               (cfg.bn_images >= 0 and cfg.probe_images >= 0, "--bn-images and --probe-images must be >= 0"),
               (cfg.latent_dim >= 1, f"--latent-dim must be >= 1, got {cfg.latent_dim}"),
+              (4 <= cfg.image_size <= 1024, f"--image-size must be between 4 and 1024 pixels, got {cfg.image_size}"),
               (cfg.image_size % (16 if faces else 4) == 0,
                f"--image-size must be a multiple of {16 if faces else 4} for {cfg.dataset}, got {cfg.image_size}")]
     common.require(checks)

@@ -249,3 +249,26 @@ def test_a_read_only_out_folder_is_one_line(capsys, tmp_path):
         assert os.listdir(tmp_path / "ro") == []
     finally:
         os.chmod(tmp_path / "ro", 0o700)
+
+
+@pytest.mark.parametrize("name", list(SCRIPTS))
+def test_an_out_that_is_a_dangling_link_names_the_missing_target(name, capsys, tmp_path):
+    """--out pointing at a removed folder was 'File exists': now the link and its target are named."""
+    script, args = SCRIPTS[name]
+    os.symlink(tmp_path / "gone", tmp_path / "out")
+    line = one_error_line(capsys, lambda: script.main(args + ["--out", str(tmp_path / "out"), "--steps", "1"]))
+    assert "is a symbolic link to" in line and "gone" in line and "does not exist" in line
+
+
+def test_every_class_unseen_says_no_seen_class_is_left(capsys, tmp_path):
+    script, args = SCRIPTS["disentangled_vae"]
+    line = one_error_line(capsys, lambda: script.main(args + ["--out", str(tmp_path / "run"), "--steps", "1",
+                                                              "--unseen-classes", "0,1,2,3,4,5,6,7,8,9"]))
+    assert "no seen class is left" in line
+
+
+def test_vlae_refuses_an_image_size_beyond_1024_before_allocating(capsys, tmp_path):
+    """--image-size 100000 was an 81 TB allocation traceback."""
+    script, args = SCRIPTS["vlae"]
+    line = one_error_line(capsys, lambda: script.main(args + ["--out", str(tmp_path / "run"), "--image-size", "100000"]))
+    assert "--image-size must be between 4 and 1024" in line
