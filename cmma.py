@@ -993,6 +993,8 @@ def edit_user_image(runs: list, cfg: Config, image: str, changes: list, has: str
     and write [input, reconstruction, edited] side by side for each model. The original
     attributes are the face's own when the data set lists it, else the training set's base
     (`attribute_levels`) with --has switched on. On MNIST `--set D=1` asks for digit D."""
+    if image and os.path.isdir(image):
+        raise ValueError(f"--image {image!r} is a folder: pass one aligned face photo (CelebA-style) in it")
     if not image or not os.path.isfile(image):
         raise FileNotFoundError(f"--image {image!r} not found: pass an aligned face photo (CelebA-style)")
     train_set = load_split(runs[0][0], "train", verbose=False)

@@ -164,6 +164,9 @@ def test_eval_figures_and_edit_over_the_three_checkpoints(three_runs, tmp_path, 
     with pytest.raises(SystemExit):  # not an image: one line, no PIL traceback
         cmma.main(["edit", "--checkpoint", ckpts, "--image", os.path.join(ROOT, "README.md"), "--set", "Eyeglasses=1"])
     assert "cannot decode it as an image" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a folder: named as such, not "not found"
+        cmma.main(["edit", "--checkpoint", ckpts, "--image", CELEBA, "--set", "Eyeglasses=1"])
+    assert "is a folder: pass one aligned face photo" in capsys.readouterr().err
 
 
 def test_gan_resume_is_exact(tmp_path):
