@@ -139,7 +139,7 @@ class Config(common.RunConfig):
     parzen_grid: str = common.arg("0.01,1,21", "Parzen window grid lo,hi,n: n log-spaced sigmas from lo to hi, "
                                                "[0, 1] pixel units (the paper's 9,487 nats imply sigma ~0.1)")
     is_samples: int = common.arg(1000, "importance samples per face for the extra log p(x|y) estimate")
-    attributes: int = common.arg(0, "size of y; set from the data (40 CelebA, 73 LFW)")
+    attributes: int = common.arg(0, "size of y; set from the data (40 CelebA, 73 LFW); another value is refused")
 
 
 # the flags that may differ from the checkpoint a run resumes or evaluates
@@ -682,7 +682,11 @@ def train(cfg: Config, explicit: set, figures: bool = True) -> nn.Module:
     rank, world, local_rank = common.init_distributed()
     device = common.pick_device(cfg.device, local_rank)
     train_set = load_split(cfg, "train", verbose=common.is_main())
-    cfg = dataclasses.replace(cfg, attributes=train_set.labels["attributes"].shape[1])
+    found = train_set.labels["attributes"].shape[1]
+    if cfg.attributes and cfg.attributes != found:  # y's size is the data's: a smaller y would drop columns
+        raise ValueError(f"--attributes {cfg.attributes}: the data set has {found} attributes per image, and y takes "
+                         f"them all; leave --attributes out (it is set from the data)")
+    cfg = dataclasses.replace(cfg, attributes=found)
     cfg, model, optimizers, scaler, start = setup_run(cfg, explicit, device, rank, world)
     batches = data.Batches(train_set, cfg.batch_size, cfg.seed, device, rank, world, ("attributes",),
                            channels_last=device.type == "cuda")

@@ -272,3 +272,10 @@ def test_vlae_refuses_an_image_size_beyond_1024_before_allocating(capsys, tmp_pa
     script, args = SCRIPTS["vlae"]
     line = one_error_line(capsys, lambda: script.main(args + ["--out", str(tmp_path / "run"), "--image-size", "100000"]))
     assert "--image-size must be between 4 and 1024" in line
+
+
+def test_cmma_attributes_other_than_the_datas_are_refused(capsys, tmp_path):
+    """--attributes 5 was silently replaced by the data's count."""
+    script, args = SCRIPTS["cmma"]
+    line = one_error_line(capsys, lambda: script.main(args + ["--out", str(tmp_path / "run"), "--attributes", "5"]))
+    assert "--attributes 5: the data set has 10 attributes per image" in line
