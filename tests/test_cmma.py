@@ -167,6 +167,11 @@ def test_eval_figures_and_edit_over_the_three_checkpoints(three_runs, tmp_path, 
     with pytest.raises(SystemExit):  # a folder: named as such, not "not found"
         cmma.main(["edit", "--checkpoint", ckpts, "--image", CELEBA, "--set", "Eyeglasses=1"])
     assert "is a folder: pass one aligned face photo" in capsys.readouterr().err
+    for sets, message in (([], "edit needs at least one --set"),
+                          (["--set", "Eyeglasses=1", "--set", "Eyeglasses=0"], "--set gives Eyeglasses more than once")):
+        with pytest.raises(SystemExit):
+            cmma.main(["edit", "--checkpoint", ckpts, "--image", face, *sets])
+        assert message in capsys.readouterr().err
 
 
 def test_gan_resume_is_exact(tmp_path):
