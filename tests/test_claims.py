@@ -26,7 +26,8 @@ def report_rows(paper: str, tmp_path) -> tuple[str, list, list]:
     text = (out / f"{paper}-tiny.md").read_text()
     lines = text.splitlines()
     header = lines.index("| claim | where in the paper | what we measured | holds? |")
-    rows = [[c.strip() for c in l.strip("|").split(" | ")] for l in lines[header + 2:] if l.startswith("| ")]
+    end = next((i for i in range(header + 2, len(lines)) if not lines[i].startswith("| ")), len(lines))
+    rows = [[c.strip() for c in l.strip("|").split(" | ")] for l in lines[header + 2:end]]  # the claims table only
     for cells in rows:
         assert len(cells) == 4 and all(cells) and cells[3].split(":")[0] in ("**yes**", "**no**", "**mixed**")
     cited = [l[l.index("](") + 2:-1] for l in lines if l.startswith("![")]
@@ -118,6 +119,9 @@ def test_vae_began_claims_score_every_variant_with_the_judge_and_plot_both_contr
     assert "contrast" in rows[5][2] and "Run `vae_began-faces`" in text
     assert "eq. 11 " in text and "batch " in text  # the settings line read back from the run's config
     assert len(cited) == 5 and "samples_faces.png" in " ".join(cited) and "e_t_vae-began-lsm.png" in " ".join(cited)
+    ablation = text[text.index("Ablations of VAE + BEGAN* + LSM's defaults"):]
+    for flag in ("`(none)`", "`--eq11 restored`", "`--eta 0.5`", "`--kl-weight 0.003125`"):
+        assert flag in ablation  # the defaults and one changed setting per row
 
 
 def test_only_the_default_scale_writes_the_committed_report_and_the_readme():
