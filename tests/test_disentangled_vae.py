@@ -366,7 +366,7 @@ def test_traversal_ranks_z_u_dimensions_by_their_effect():
 
 def test_batch_size_zero_is_a_flag_error_not_a_division():
     for dataset in ("mnist", "toy"):
-        with pytest.raises(ValueError, match="--batch-size must be >= 1"):
+        with pytest.raises(ValueError, match="--batch-size must be >= 2"):  # BatchNorm needs two
             dv.resolve_defaults(dv.Config(dataset=dataset, batch_size=0))
 
 

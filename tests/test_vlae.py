@@ -334,7 +334,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(mnist_dir, tmp_path, 
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--batch-size", "0"], "--batch-size must be >= 2"),
     (["--data-dir", "/nonexistent/celeba"], "does not exist"),
     (["--crop", "1,2,3"], "--crop must be four integers"),
 ])
