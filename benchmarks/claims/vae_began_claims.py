@@ -43,7 +43,7 @@ VAE_BEGAN_VARIANTS = {  # name -> (Table 1's row, flags)
     "began": ("BEGAN", ["--no-vae", "--no-lsm", "--controller", "p", "--noise", "uniform"]),
     "began-lsm": ("BEGAN* + LSM", ["--no-vae"]),
     "vae-began-lsm": ("VAE + BEGAN* + LSM", []),
-    "vae": ("VAE alone", ["--no-gan"]),
+    "vae": ("VAE alone", ["--no-gan"]),  # + the KL weight of beta = 1 (vae_began_runs)
 }
 GAN_VARIANTS = ("began", "began-lsm", "vae-began-lsm")
 # VAE + BEGAN* + LSM on MNIST at `ablation_steps`, the script's defaults but for one setting each:
@@ -82,7 +82,9 @@ def balance_stats(run: Run) -> dict:
     m, step = col("m_global"), col("step")
     end = step[-1]
     window = lambda hi: float(m[(step > hi - end / 10) & (step <= hi)].mean())
-    return {**late, "k_max": float(col("k_t").max()), "printed_positive": float((printed[half:] > 0).mean()),
+    config = os.path.join(run.out, "config.json")
+    eq11 = json.load(open(config)).get("eq11", "restored") if os.path.exists(config) else "restored"
+    return {**late, "eq11": eq11, "k_max": float(col("k_t").max()), "printed_positive": float((printed[half:] > 0).mean()),
             "m_half": window(end // 2), "m_end": window(end), "steps": int(end)}
 
 
@@ -100,14 +102,16 @@ def claim_engaged(stats: dict) -> Row:
     of eta L_d (the balance is held); 'mixed' when some GAN variants hold it."""
     held = {v: s["k_t"] > ENGAGED and abs(s["e_t"]) < 0.25 * s["eta_L_d"] for v, s in stats.items()}
     measured = "; ".join(f"{VAE_BEGAN_VARIANTS[v][0]}: k_t {s['k_t']:.3g} (largest {s['k_max']:.3g}), e_t "
-                         f"{s['e_t']:+.3g} = eta L_d {s['eta_L_d']:.3g} - L_g {s['L_g']:.3g} - alpha L_v "
-                         f"{s['alpha_L_v']:.3g}" for v, s in stats.items())
+                         f"{s['e_t']:+.3g} = eta L_d {s['eta_L_d']:.3g} - L_g {s['L_g']:.3g} "
+                         f"{'+' if s['eq11'] == 'printed' else '-'} alpha L_v {s['alpha_L_v']:.3g} (eq. 11 {s['eq11']})"
+                         for v, s in stats.items())
     off = [v for v, ok in held.items() if not ok]
     note = " ".join(f"{VAE_BEGAN_VARIANTS[v][0]}: e_t averaged {stats[v]['e_t']:+.3g} over the second half, so "
                     f"k_t (eq. 12 integrates e_t) {'stayed near 0' if stats[v]['k_t'] <= ENGAGED else 'kept moving'}; "
                     f"alpha L_v was {stats[v]['alpha_L_v'] / max(stats[v]['eta_L_d'], 1e-12):.0%} of eta L_d; "
-                    f"with eq. 11's printed sign (+alpha L_v) e_t would have been positive at "
-                    f"{stats[v]['printed_positive']:.0%} of those logged steps (`--eq11 printed`)." for v in off)
+                    + (f"with eq. 11's printed sign (+alpha L_v) e_t would have been positive at "
+                       f"{stats[v]['printed_positive']:.0%} of those logged steps (`--eq11 printed`)."
+                       if stats[v]["eq11"] == "restored" and stats[v]["alpha_L_v"] > 0 else "") for v in off)
     return Row("Sec. 3.4: the controller holds the balance eta L_d = L_g + alpha L_v with k_t > 0",
                "sec. 3.4, eq. 10-13", f"second half of each {max(s['steps'] for s in stats.values())}-step run, "
                f"means of the logged steps: {measured}", verdict(list(held.values())),
@@ -380,8 +384,12 @@ def vae_began_runs(args, scale: dict) -> dict:
         argv = ["--dataset", "mnist", "--data-dir", data_folder(args.data_dir, "mnist", "MNIST's gzipped IDX files"),
                 "--image-size", "32"]
     argv += common_argv(args, scale, scale["steps"])
-    runs = {v: train_run(vae_began, f"vae_began-{v}", argv + flags, args.work, args.reuse)
-            for v, (_, flags) in VAE_BEGAN_VARIANTS.items() if v != "vae-began-lsm"}
+    # the VAE alone at L_n's weight 1 collapses to the prior (no L_s pulls its encoder): as a
+    # baseline it keeps beta = 1 against the summed L1, a unit-scale Laplace decoder's ELBO
+    size, c = (64, 3) if scale.get("faces") else (32, 1)
+    beta1 = ["--kl-weight", f"{0.1 * scale['latent'] / (c * size * size):.6g}"]
+    runs = {v: train_run(vae_began, f"vae_began-{v}", argv + flags + (beta1 if v == "vae" else []), args.work,
+                         args.reuse) for v, (_, flags) in VAE_BEGAN_VARIANTS.items() if v != "vae-began-lsm"}
     runs["vae-began-lsm"] = train_with_half("vae_began-vae-began-lsm", argv, args)
     if not scale.get("faces"):
         runs["faces"] = train_run(vae_began, "vae_began-faces", faces_argv(args, 32)
@@ -398,7 +406,14 @@ def settings_line(args, scale: dict, runs: dict) -> str:
             f"filters, N = {scale['latent']}; the script's defaults for the rest: batch {c['batch_size']}, Adam lr "
             f"{c['lr']:g} (beta1 {c['adam_beta1']}) for E, G and D alike, eta {c['eta']}, eq. 11 {c['eq11']}, KL "
             f"weight {cfg.kl_weight:g}, alpha {c['alpha']}, beta {c['beta']}, gamma {c['gamma']}, gains {c['gains']}; one seed "
-            f"({args.seed}). BEGAN: --no-vae --no-lsm --controller p --noise uniform (BEGAN's noise and update)")
+            f"({args.seed}). BEGAN: --no-vae --no-lsm --controller p --noise uniform (BEGAN's noise and update). VAE "
+            f"alone: --no-gan with beta = 1 against the summed L1 (--kl-weight {vae_kl(runs):g}; at the default weight 1 "
+            f"its encoder collapses to the prior, no L_s pulling on it)")
+
+
+def vae_kl(runs: dict) -> float:
+    with open(os.path.join(runs["vae"].out, "config.json")) as f:
+        return json.load(f)["kl_weight"]
 
 
 def claims_vae_began(args, device) -> None:
