@@ -5,7 +5,7 @@
     python benchmarks/claims vlae --scale paper       # the paper's settings (a GPU job)
     python benchmarks/claims cmma                     # MNIST stand-in for faces from attributes (~19 min)
     python benchmarks/claims disentangled             # Lr-LiVAE on MNIST and the toy data (~20 min)
-    python benchmarks/claims vae_began                # Table 1's variants on MNIST, faces, the defaults' ablation (~75 min)
+    python benchmarks/claims vae_began                # Table 1's variants on MNIST, faces, the defaults' ablation (~100 min)
     python benchmarks/claims vlae --scale tiny        # a smoke run: writes under --work only
     python benchmarks/claims all --scale medium       # all four at the medium scale: ~12 min on one H200
     python benchmarks/claims all --scale medium --dry-run --device cpu   # its path end to end on a CPU
