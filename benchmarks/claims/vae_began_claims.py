@@ -82,10 +82,18 @@ def balance_stats(run: Run) -> dict:
     m, step = col("m_global"), col("step")
     end = step[-1]
     window = lambda hi: float(m[(step > hi - end / 10) & (step <= hi)].mean())
-    config = os.path.join(run.out, "config.json")
-    eq11 = json.load(open(config)).get("eq11", "restored") if os.path.exists(config) else "restored"
+    eq11 = run_config(run.out).get("eq11", "restored")
     return {**late, "eq11": eq11, "k_max": float(col("k_t").max()), "printed_positive": float((printed[half:] > 0).mean()),
             "m_half": window(end // 2), "m_end": window(end), "steps": int(end)}
+
+
+def run_config(run_out: str) -> dict:
+    """The flat config.json a run wrote ({} when there is none)."""
+    path = os.path.join(run_out, "config.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
 
 
 def step_response(gains: tuple, error: float = 0.01, steps: int = 1000) -> np.ndarray:
@@ -136,18 +144,24 @@ def claim_pid(cfg_gains: tuple) -> Row:
                f"damping the paper describes")
 
 
-def judge_all(runs: dict, args, scale: dict, device) -> tuple[dict, dict, int, str]:
-    """Judge-read scores of each variant's samples against training digits, of real digits (one
-    half of the picked digits against the other half), and of VAE + BEGAN* + LSM's samples at its
-    half-way checkpoint (key 'half'). Returns (scores, class histograms of the samples, real digits
-    used, the judge's description)."""
+def digit_reader(args, scale: dict, device) -> tuple:
+    """The judge, `samples` seeded training digits (N, 1, 28, 28) in [0, 1] and the judge's
+    features of them: what every digit score here is read against."""
     judge_ = judge(args, device)
     real, _ = digits(data.load_dataset("mnist", data_folder(args.data_dir, "mnist", "MNIST's gzipped IDX files"),
                                        "train", 28, verbose=False))
-    pick = torch.from_numpy(np.random.default_rng(args.seed).permutation(len(real))[:scale["samples"]])
-    real_features = judge_.read(real[pick])[1]
-    half = len(pick) // 2
-    scores = {"real": judge_scores(judge_, real[pick[:half]], judge_.read(real[pick[half:]])[1])}
+    real = real[torch.from_numpy(np.random.default_rng(args.seed).permutation(len(real))[:scale["samples"]])]
+    return judge_, real, judge_.read(real)[1]
+
+
+def judge_all(runs: dict, reader: tuple, args, scale: dict, device) -> tuple[dict, dict]:
+    """Judge-read scores of each variant's samples against the training digits of `reader`
+    (`digit_reader`), of real digits (one half of them against the other half), and of VAE +
+    BEGAN* + LSM's samples at its half-way checkpoint (key 'half'). Returns (scores, class
+    histograms of the samples)."""
+    judge_, real, real_features = reader
+    half = len(real) // 2
+    scores = {"real": judge_scores(judge_, real[:half], judge_.read(real[half:])[1])}
     classes = {}
     for v in VAE_BEGAN_VARIANTS:
         samples = began_samples(runs[v].out, scale["samples"], args.seed, device)
@@ -155,7 +169,7 @@ def judge_all(runs: dict, args, scale: dict, device) -> tuple[dict, dict, int, s
         classes[v] = torch.bincount(judge_.predict(samples), minlength=10).tolist()
     scores["half"] = judge_scores(judge_, began_samples(runs["vae-began-lsm"].out, scale["samples"], args.seed, device,
                                                         HALF_CHECKPOINT), real_features)
-    return scores, classes, len(pick), judge_.description
+    return scores, classes
 
 
 def collapse_note(scores: dict, stats: dict) -> str:
@@ -250,14 +264,14 @@ def claim_m_global(stats: dict, scores: dict) -> Row:
                f"{'falls' if fd_falls else 'does not fall'}")
 
 
-def face_diversity(run_out: str, cfg_images: torch.Tensor, n: int, seed: int, device) -> dict:
+def face_diversity(run_out: str, real: torch.Tensor, n: int, seed: int, device) -> dict:
     """Blank or repeated faces, measured: per-image contrast (pixel std within an image) and the
     mean L1 between image pairs (i, i + n/2), of n samples and of n held-out faces, in [0, 1]."""
     def stats(x: torch.Tensor) -> tuple[float, float]:
         half = len(x) // 2
         return float(x.flatten(1).std(1).mean()), float((x[:half] - x[half:2 * half]).abs().mean())
     fake = began_samples(run_out, n, seed, device)
-    (c_fake, d_fake), (c_real, d_real) = stats(fake), stats(cfg_images[:n])
+    (c_fake, d_fake), (c_real, d_real) = stats(fake), stats(real[:n])
     return {"contrast": c_fake / c_real, "distinct": d_fake / d_real, "c_fake": c_fake, "c_real": c_real,
             "d_fake": d_fake, "d_real": d_real}
 
@@ -289,16 +303,12 @@ def ablation_runs(args, scale: dict, main_run: Run) -> dict:
     return runs if "defaults" in runs else {"defaults": main_run, **runs}
 
 
-def ablation_table(runs: dict, args, scale: dict, device) -> list:
+def ablation_table(runs: dict, reader: tuple, args, scale: dict, device) -> list:
     """Markdown lines: per ablation run, its k_t over the second half and its samples' judge-read
-    IS, FD and class coverage (the same judge and real digits as the claims)."""
+    IS, FD and class coverage (`reader`: the claims' judge and real digits, `digit_reader`)."""
     if not runs:
         return []
-    judge_ = judge(args, device)
-    real, _ = digits(data.load_dataset("mnist", data_folder(args.data_dir, "mnist", "MNIST's gzipped IDX files"),
-                                       "train", 28, verbose=False))
-    pick = torch.from_numpy(np.random.default_rng(args.seed).permutation(len(real))[:scale["samples"]])
-    real_features = judge_.read(real[pick])[1]
+    judge_, _, real_features = reader
     lines = [f"Ablations of VAE + BEGAN* + LSM's defaults on MNIST, {scale['ablation_steps']} steps each (the "
              f"command `python vae_began.py --dataset mnist --image-size 32 --filters {scale['filters']} --latent-dim "
              f"{scale['latent']} --steps {scale['ablation_steps']}` plus the one flag), {scale['samples']} samples "
@@ -399,21 +409,16 @@ def vae_began_runs(args, scale: dict) -> dict:
 
 def settings_line(args, scale: dict, runs: dict) -> str:
     """The settings every run shared, read back from the run's own config (the script's defaults)."""
-    with open(os.path.join(runs["vae-began-lsm"].out, "config.json")) as f:
-        c = json.load(f)
+    c = run_config(runs["vae-began-lsm"].out)
     cfg = vae_began.Config(**{k: v for k, v in c.items() if k in vae_began.Config.__dataclass_fields__})
     return (f"Scale: {args.scale}; {scale['steps']} steps (faces: {scale['face_steps']}), n = {scale['filters']} "
             f"filters, N = {scale['latent']}; the script's defaults for the rest: batch {c['batch_size']}, Adam lr "
             f"{c['lr']:g} (beta1 {c['adam_beta1']}) for E, G and D alike, eta {c['eta']}, eq. 11 {c['eq11']}, KL "
             f"weight {cfg.kl_weight:g}, alpha {c['alpha']}, beta {c['beta']}, gamma {c['gamma']}, gains {c['gains']}; one seed "
             f"({args.seed}). BEGAN: --no-vae --no-lsm --controller p --noise uniform (BEGAN's noise and update). VAE "
-            f"alone: --no-gan with beta = 1 against the summed L1 (--kl-weight {vae_kl(runs):g}; at the default weight 1 "
+            f"alone: --no-gan with beta = 1 against the summed L1 (--kl-weight {run_config(runs['vae'].out)['kl_weight']:g}; at the default weight 1 "
             f"its encoder collapses to the prior, no L_s pulling on it)")
 
-
-def vae_kl(runs: dict) -> float:
-    with open(os.path.join(runs["vae"].out, "config.json")) as f:
-        return json.load(f)["kl_weight"]
 
 
 def claims_vae_began(args, device) -> None:
@@ -425,8 +430,10 @@ def claims_vae_began(args, device) -> None:
     rows = [claim_engaged(stats), claim_pid(vae_began.gains(vae_began.Config()))]
     judged_by = "none: no judge reads faces, so Table 1 and Sec. 5 are the small scale's (MNIST) rows"
     figures = [sample_figure(runs, args, device)]
-    if not scale.get("faces"):
-        scores, classes, n_real, judged_by = judge_all(runs, args, scale, device)
+    reader = None if scale.get("faces") else digit_reader(args, scale, device)  # judge and real digits, read once
+    if reader:
+        scores, classes = judge_all(runs, reader, args, scale, device)
+        n_real, judged_by = len(reader[1]), reader[0].description
         face_run = runs["faces"]
         face_cfg = vae_began.load_model(vae_began.Config(checkpoint=face_run.out), set(), device)[1]
         real = vae_began.heldout(face_cfg, device, 500)[0].float().add(1).div(2).cpu()
@@ -459,4 +466,4 @@ def claims_vae_began(args, device) -> None:
               *footer("vae_began", {**runs, **ablations}, t0, args)]
     publish(args, "vae_began", "VAE-BEGAN (Khan et al. 2018): the paper's claims, measured", header, rows, figures,
             ("samples_compare", "samples_faces", "k_t.png", "e_t_vae-began-lsm"),
-            ablation_table(ablations, args, scale, device))
+            ablation_table(ablations, reader, args, scale, device))
