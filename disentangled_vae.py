@@ -327,9 +327,14 @@ class GaussianMixturePrior(nn.Module):
                   else self.raw.clamp(-LOGVAR_RANGE, LOGVAR_RANGE))
         return (self.mu.detach(), logvar.detach()) if detach else (self.mu, logvar)
 
+    def _load_from_state_dict(self, state, prefix, *args, **kwargs):
+        if prefix + "logvar" in state:  # a checkpoint from before --sigma-param: its logvar is raw (logvar mode)
+            state[prefix + "raw"] = state.pop(prefix + "logvar")
+        super()._load_from_state_dict(state, prefix, *args, **kwargs)
+
     @torch.no_grad()
     def set_logvar(self, logvar: torch.Tensor) -> None:
-        """Set log Sigma (K, D) (tests, figures): raw = softplus^-1(exp(-logvar)), or logvar."""
+        """Set log Sigma (K, D) (tests): raw = softplus^-1(exp(-logvar)), or logvar itself."""
         s = torch.exp(-logvar)
         self.raw.copy_(s + torch.log(-torch.expm1(-s)) if self.param == "precision" else logvar)
 

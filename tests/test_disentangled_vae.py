@@ -453,3 +453,11 @@ def test_sigma_is_the_codes_softplus_precision_or_a_clamped_log_variance():
     assert torch.all(old.raw == 0)
     old.set_logvar(torch.tensor([[-9.0, 0.0, 9.0], [1.0, 2.0, 3.0]]))
     assert torch.equal(old.params()[1], torch.tensor([[-8.0, 0.0, 8.0], [1.0, 2.0, 3.0]]))  # the clamp
+
+
+def test_a_checkpoint_from_before_sigma_param_loads_its_log_variance():
+    """Checkpoints written before --sigma-param hold prior.logvar: it loads as the logvar mode's raw."""
+    prior = dv.GaussianMixturePrior(2, 3)
+    old = {"mu": torch.zeros(2, 3), "logvar": torch.tensor([[-1.0, 0.0, 1.0], [2.0, -2.0, 0.5]])}
+    prior.load_state_dict(old)
+    assert torch.equal(prior.params()[1], old["logvar"])
