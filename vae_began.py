@@ -122,9 +122,10 @@ class Config(common.RunConfig):
     gamma: float = common.arg(0.1, "weight of L_e, the VAE's reconstruction (paper: 0.1)", at_least=0.0)
     eta: float = common.arg(0.75, "diversity ratio, BEGAN's gamma (paper: 0.5; 0.75 measured to train, see the "
                                   "docstring)", above=0.0)
-    kl_weight: float = common.arg(1.0, "weight of L_n, the KL averaged over dims and batch (eq. 15: 1; the old "
-                                       "default gamma N / (C S^2) left the codes off the prior, see the docstring)",
-                                       at_least=0.0)
+    kl_weight: float = common.arg(1.0, "weight of L_n, the KL averaged over dims and batch (eq. 15: 1; 0: gamma N / "
+                                       "(C S^2), beta = 1 against the summed L1, the former default, which runs "
+                                       "saved before 2026-12-07 hold as 0; it left the codes off the prior, see "
+                                       "the docstring)", at_least=0.0)
     gains: str = common.arg("1e-3,1e-5,1e-5", "controller gains l1,l2,l3 of eq. 12 (paper)")
     eq11: str = common.arg("printed", "eq. 11's error: printed, e_t = eta L_d - L_g + alpha L_v, the text as printed "
                                       "(measured to train, see the docstring); or restored, e_t = eta L_d - (L_g + "
@@ -163,7 +164,8 @@ COMMANDS = {"train": common.Command("train a model (the default subcommand)"),
 
 def resolve_defaults(cfg: Config) -> Config:
     cfg = dataclasses.replace(cfg, data_dir=cfg.data_dir or os.path.join("data", cfg.dataset),
-                              out=cfg.out or os.path.join("runs", f"vae_began-{cfg.dataset}-{cfg.image_size}"))
+                              out=cfg.out or os.path.join("runs", f"vae_began-{cfg.dataset}-{cfg.image_size}"),
+                              kl_weight=cfg.kl_weight or cfg.gamma * cfg.latent_dim / (channels(cfg) * cfg.image_size ** 2))
     common.check_run_config(cfg)
     checks = [(cfg.image_size in (32, 64, 128), f"--image-size must be 32, 64 or 128, got {cfg.image_size}"),
               (cfg.dataset != "cifar10" or cfg.image_size == 32, "CIFAR-10 images are 32x32: pass --image-size 32"),

@@ -333,3 +333,10 @@ def test_eval_images_below_two_names_the_flag():
     """The unbiased MMD of eval needs two held-out images: --eval-images 1 is one line naming the flag."""
     with pytest.raises(ValueError, match="--eval-images must be >= 2, got 1"):
         vae_began.resolve_defaults(vae_began.Config(eval_images=1))
+
+
+def test_kl_weight_0_is_the_former_default_beta_1_so_old_runs_resume_unchanged():
+    """Runs saved before L_n's weight became 1 hold kl_weight 0, which meant gamma N / (C S^2):
+    it still does (0.1 x 16 / (3 x 32 x 32) here), so resuming them keeps their objective."""
+    cfg = vae_began.resolve_defaults(vae_began.Config(image_size=32, latent_dim=16, kl_weight=0.0))
+    assert cfg.kl_weight == pytest.approx(0.1 * 16 / (3 * 32 * 32))
