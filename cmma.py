@@ -992,6 +992,17 @@ def own_attributes(cfg: Config, image: str) -> np.ndarray | None:
     return data.read_celeba_attributes(path)[1].get(os.path.basename(image))
 
 
+def check_changes(changes: list) -> None:
+    """`edit`'s --set values: at least one, each attribute once (ValueError otherwise)."""
+    if not changes:
+        raise ValueError("edit needs at least one --set NAME=0 or NAME=1 (the attribute to change); without one the "
+                         "edit is a plain reconstruction")
+    names = [change.partition("=")[0] for change in changes]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"--set gives {', '.join(twice)} more than once: give each attribute one value")
+
+
 def edit_user_image(runs: list, cfg: Config, image: str, changes: list, has: str, device) -> str:
     """`edit`: crop and resize the user's aligned face like the training data, set attributes,
     and write [input, reconstruction, edited] side by side for each model. The original
@@ -1012,13 +1023,7 @@ def edit_user_image(runs: list, cfg: Config, image: str, changes: list, has: str
     for name in (n for n in has.split(",") if n):
         y_orig[attribute_index(cfg, names, name.strip())] = on[attribute_index(cfg, names, name.strip())]
     y_new = y_orig.copy()
-    if not changes:
-        raise ValueError("edit needs at least one --set NAME=0 or NAME=1 (the attribute to change); without one the "
-                         "edit is a plain reconstruction")
-    names_set = [change.partition("=")[0] for change in changes]
-    twice = sorted({n for n in names_set if names_set.count(n) > 1})
-    if twice:
-        raise ValueError(f"--set gives {', '.join(twice)} more than once: give each attribute one value")
+    check_changes(changes)
     for change in changes:
         name, _, value = change.partition("=")
         if value not in ("0", "1"):
