@@ -299,6 +299,10 @@ def _celeba_split(root: str, files: list[str], image_dir: str, split: str) -> tu
         partition = read_two_column(part_path)
         _check_labels_match(part_path, partition, files, image_dir)
         codes = np.array([partition[f] for f in files])
+        if not np.isin(codes, (0, 1, 2)).all():
+            bad = [(f, c) for f, c in zip(files, codes) if c not in (0, 1, 2)]
+            raise ValueError(f"{part_path}: {len(bad)} image(s) have a partition code outside 0 (train), 1 (valid), "
+                             f"2 (test), e.g. {bad[0][0]} {bad[0][1]}; such images would be in no split: fix the file")
         if (codes == 0).any() and (codes == 2).any():
             wanted = {"train": [0], "valid": [1] if (codes == 1).any() else [2], "test": [2]}[split]
             return np.flatnonzero(np.isin(codes, wanted)), "official partition"
@@ -359,6 +363,10 @@ def load_mnist(root: str, split: str = "train", image_size: int = 28) -> ImageSe
     images, labels = read_idx(img_path), read_idx(lab_path).astype(np.int64)
     if len(images) != len(labels):
         raise ValueError(f"{img_path} holds {len(images)} images but {lab_path} {len(labels)} labels")
+    if len(labels) and labels.max() > 9:
+        bad = int(np.argmax(labels > 9))
+        raise ValueError(f"{lab_path}: label {labels[bad]} at position {bad} is not a digit 0-9; the file is "
+                         f"damaged or not MNIST's: download it again")
     if index is None and split != "train" and not have_train:
         index, how = mnist_sample_split(len(images), split), "no train files: seeded 20% of t10k"
     if index is not None:
@@ -393,9 +401,19 @@ def load_folder(root: str, split: str = "train", image_size: int = 64,
                                 f"expects one sub-folder of images per class, e.g. {root}/alice/001.jpg")
     # hidden folders (.ipynb_checkpoints, .git) are not classes; neither are folders without images
     folders = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
-    groups = {name: sorted(f for f in os.listdir(os.path.join(root, name))
-                           if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
-              for name in folders}
+    groups, skipped = {}, {"sub-folder(s) (classes are not nested; move their images up)": [],
+                           f"file(s) of another format (read: {' '.join(IMAGE_EXTENSIONS)})": []}
+    for name in folders:
+        entries = sorted(f for f in os.listdir(os.path.join(root, name)) if not f.startswith("."))
+        groups[name] = [f for f in entries if f.lower().endswith(IMAGE_EXTENSIONS)]
+        for f in entries:
+            if not f.lower().endswith(IMAGE_EXTENSIONS):
+                nested = os.path.isdir(os.path.join(root, name, f))
+                skipped[list(skipped)[0 if nested else 1]].append(os.path.join(name, f))
+    for why, items in skipped.items():
+        if items and verbose:
+            print(f"{root}: skipping {len(items)} {why}: {', '.join(items[:3])}" + (" ..." if len(items) > 3 else ""),
+                  file=sys.stderr)
     empty = [name for name in folders if not groups[name]]
     if empty and verbose:
         print(f"{root}: skipping {len(empty)} sub-folder(s) without images: {', '.join(empty[:5])}"
@@ -604,10 +622,12 @@ def decode_all(paths: list[str], crop, size: int, out: np.ndarray, verbose: bool
 
 
 def cache_key(paths: list[str], crop, size: int) -> str:
-    """sha256 over the cache version, every file's name and size, the crop box and the size."""
+    """sha256 over the cache version, every file's name, size and modification time (ns), the crop
+    box and the size: a file replaced by another of the same byte size changes the key."""
     h = hashlib.sha256(json.dumps({"v": CACHE_VERSION, "crop": crop, "size": size}).encode())
     for p in paths:
-        h.update(f"{p}\0{os.path.getsize(p)}\n".encode())
+        st = os.stat(p)
+        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
 
@@ -714,9 +734,13 @@ def _build_cache(path: str, paths: list[str], crop, size: int, key: str, label: 
         out.flush()
         del out
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, KeyboardInterrupt):  # Ctrl-C: one line and the shell's exit status, not a traceback
+            print("stopped by Ctrl-C while building the image cache; the partial file was removed, "
+                  "run the same command to build it again", file=sys.stderr)
+            raise SystemExit(130) from None
         raise
     finally:
         if main_thread:

@@ -215,3 +215,72 @@ def test_a_16_bit_png_is_scaled_to_8_bits_not_clipped_to_white(tmp_path):
     Image.fromarray(np.zeros((8, 8), np.int32) + 70000, "I").save(tmp_path / "i32.tif")
     with pytest.raises(ValueError, match="32-bit integer"):
         data.decode_image(str(tmp_path / "i32.tif"), None, 8)
+
+
+def test_an_image_replaced_by_one_of_the_same_byte_size_is_decoded_again(tmp_path):
+    """The cache key holds each file's modification time: a same-size replacement is not read
+    from the old pixels."""
+    folder = tmp_path / "faces" / "a"
+    folder.mkdir(parents=True)
+    for i in range(4):
+        Image.new("RGB", (8, 8), (i * 50, 0, 0)).save(folder / f"{i}.bmp")  # BMP: byte size fixed by shape
+    first = np.array(data.load_folder(str(tmp_path / "faces"), "all", 8, cache_dir=str(tmp_path / "c"),
+                                      verbose=False).images)
+    size = os.path.getsize(folder / "0.bmp")
+    Image.new("RGB", (8, 8), (0, 0, 255)).save(folder / "0.bmp")
+    os.utime(folder / "0.bmp", ns=(os.stat(folder / "0.bmp").st_atime_ns, os.stat(folder / "0.bmp").st_mtime_ns + 10 ** 9))
+    assert os.path.getsize(folder / "0.bmp") == size
+    again = np.asarray(data.load_folder(str(tmp_path / "faces"), "all", 8, cache_dir=str(tmp_path / "c"),
+                                        verbose=False).images)
+    assert not np.array_equal(first, again) and again[0, ..., 2].min() == 255 and again[0, ..., 0].max() == 0
+
+
+def test_an_mnist_label_outside_0_to_9_is_named_with_its_position(mnist_dir, tmp_path):
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        shutil.copy(os.path.join(mnist_dir, name), tmp_path / name)
+    labels = data.read_idx(str(tmp_path / "t10k-labels-idx1-ubyte.gz")).copy()
+    labels[5] = 12
+    with gzip.open(tmp_path / "t10k-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">II", 2049, len(labels)) + labels.tobytes())
+    with pytest.raises(ValueError, match="label 12 at position 5 is not a digit 0-9"):
+        data.load_dataset("mnist", str(tmp_path), "test")
+
+
+def test_ctrl_c_during_the_cache_build_is_one_line_exit_130_and_no_temp_file(tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "faces" / "a"
+    folder.mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (8, 8)).save(folder / f"{i}.png")
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(data, "decode_all", interrupted)
+    with pytest.raises(SystemExit) as stop:
+        data.load_folder(str(tmp_path / "faces"), "all", 8, cache_dir=str(tmp_path / "c"), verbose=False)
+    assert stop.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "stopped by Ctrl-C while building the image cache; the partial file was removed, run the same command "
+        "to build it again"]
+    assert not [f for f in os.listdir(tmp_path / "c") if f.endswith((".tmp", ".npy"))]
+
+
+def test_a_partition_code_outside_0_to_2_is_named(celeba_dir, tmp_path):
+    files = copy_celeba(celeba_dir, tmp_path / "c", n=6)
+    with open(tmp_path / "c" / "list_eval_partition.txt", "w") as f:
+        f.writelines(f"{name} {7 if i == 3 else 0 if i < 4 else 2}\n" for i, name in enumerate(files))
+    with pytest.raises(ValueError, match=f"1 image.s. have a partition code outside 0 .train.*{files[3]} 7"):
+        data.load_dataset("celeba", str(tmp_path / "c"), "train", 32, CROP)
+
+
+def test_a_folder_set_counts_the_files_and_sub_folders_it_leaves_out(tmp_path, capsys):
+    for name in ("alice", "bob"):
+        (tmp_path / "faces" / name).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (8, 8)).save(tmp_path / "faces" / name / f"{i}.jpg")
+    Image.new("RGB", (8, 8)).save(tmp_path / "faces" / "alice" / "wave.gif")
+    (tmp_path / "faces" / "bob" / "more").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "faces" / "bob" / "more" / "2.jpg")
+    train = data.load_folder(str(tmp_path / "faces"), "all", 8, cache_dir=str(tmp_path / "c"))
+    assert len(train) == 4
+    err = capsys.readouterr().err
+    assert "skipping 1 sub-folder(s) (classes are not nested; move their images up): bob/more" in err
+    assert "skipping 1 file(s) of another format (read: .jpg" in err and "alice/wave.gif" in err
