@@ -799,12 +799,13 @@ def load_models(cfg: Config, explicit: set, device) -> list:
     paths = [p for p in cfg.checkpoint.split(",") if p] or [
         os.path.join(cfg.out or os.path.join("runs", f"cmma-{cfg.dataset}-{cfg.model}"), "checkpoint.pt")]
     loaded = []
-    for path in paths:
+    for path in map(common.checkpoint_file, paths):
         state = common.load_checkpoint(path, SCRIPT)
         saved = common.merge_saved_config(cfg, state["config"], explicit, RUN_FIELDS, path)
-        saved = resolve_defaults(dataclasses.replace(saved, out=os.path.dirname(os.path.abspath(path))))
+        own = cfg.out if "out" in explicit and len(paths) == 1 else os.path.dirname(os.path.abspath(path))
+        saved = resolve_defaults(dataclasses.replace(saved, out=own))
         model = build_model(saved, saved.attributes)
-        model.load_state_dict(state["models"]["model"])
+        common.load_weights(model, state, "model", path)
         loaded.append((saved, model.to(device).eval()))
     return loaded
 
@@ -863,17 +864,16 @@ def pick_faces(cfg: Config, dataset: data.ImageSet, names: list, n: int = 6):
 
 def evaluate(runs: list, out: str, device) -> dict:
     """Tables 2 and 3 (plus the IS estimate) for each run; each eval.json, and the table printed."""
-    cfg0 = runs[0][0]
-    (x_test, y_test), (x_val, y_val), (test, valid) = eval_faces(cfg0, device)
-    sigmas = parzen_sigmas(cfg0.parzen_grid)
     table = {}
-    for cfg, model in runs:
+    for cfg, model in runs:  # each under its own saved settings (seed, subsets, grid), as if evaluated alone
+        (x_test, y_test), (x_val, y_val), (test, valid) = eval_faces(cfg, device)
+        sigmas = parzen_sigmas(cfg.parzen_grid)
         common.seed_everything(cfg.seed)  # every draw of the eval, so a checkpoint gives one eval.json
         val_scores = parzen_scores(model, x_val, y_val, cfg.parzen_samples, sigmas)
         best = int(val_scores.argmax())
         if best in (0, len(sigmas) - 1):
             print(f"warning: {cfg.model}'s Parzen window {sigmas[best].item():.4g} is at the "
-                  f"{'low' if best == 0 else 'high'} end of --parzen-grid {cfg0.parzen_grid}: the score is cut by "
+                  f"{'low' if best == 0 else 'high'} end of --parzen-grid {cfg.parzen_grid}: the score is cut by "
                   f"the grid; widen it", file=sys.stderr)
         result = {"model": cfg.model, "data": test.description, "test_faces": len(x_test), "valid_faces": len(x_val),
                   "subsets": "seeded random subsets of the test and validation splits, disjoint"
@@ -901,9 +901,17 @@ def evaluate(runs: list, out: str, device) -> dict:
         if common.fidelity_requested(cfg):
             result["fidelity"] = sample_quality(cfg, model, test, device)
         common.save_json(os.path.join(cfg.out, "eval.json"), result)
-        table[cfg.model] = result
+        table[run_label(cfg, [c for c, _ in runs])] = result
     print_tables(table)
+    if len(runs) > 1 and out not in {c.out for c, _ in runs}:  # an explicit --out: the comparison goes there
+        common.save_json(os.path.join(out, "eval_comparison.json"), table)
     return table
+
+
+def run_label(cfg: Config, configs: list) -> str:
+    """The model's name, with its run folder where two compared runs share the model."""
+    same = sum(c.model == cfg.model for c in configs) > 1
+    return f"{cfg.model} ({os.path.basename(cfg.out)})" if same else cfg.model
 
 
 def sample_quality(cfg: Config, model: nn.Module, test: data.ImageSet, device) -> dict:
@@ -945,7 +953,7 @@ def eval_subsets(cfg: Config, test: data.ImageSet, valid: data.ImageSet) -> tupl
 
 def print_tables(table: dict) -> None:
     r0 = next(iter(table.values()))
-    print(f"this run: {r0['data']}; {r0['test_faces']} test faces, {r0['valid_faces']} validation faces, "
+    print(f"data: {r0['data']}; {r0['test_faces']} test faces, {r0['valid_faces']} validation faces, "
           f"K = {r0['parzen_samples']} samples per face")
     print("Table 2: variational lower bound on the test faces (nats per face; the paper's numbers are on LFW, "
           "not these faces: CMMA 17,973, CVAE 14,356)")
@@ -957,7 +965,7 @@ def print_tables(table: dict) -> None:
     for name, r in table.items():
         edge = "  AT THE GRID'S EDGE" if r["parzen_sigma_at_grid_edge"] else ""
         print(f"  {name:5s} {r['parzen_test_nats_per_face']:12,.1f}   (sigma {r['parzen_sigma']:.4f}{edge})")
-        if name == "cgan":
+        if r["model"] == "cgan":
             how = (f"chosen by --tune over {len(r['tuned']['candidates'])} candidates" if r["tuned"]
                    else "not tuned (--tune)")
             print(f"        lr_G {r['lr_g']:.3g}, lr_D {r['lr_d']:.3g}, init_std {r['init_std'] or 'PyTorch default'}: {how}")

@@ -1185,8 +1185,7 @@ def load_checkpoint(path: str, script: str) -> dict:
     Raises FileNotFoundError if `path` is missing, ValueError if it is not a checkpoint of
     this project or belongs to another script (the message names both).
     """
-    if os.path.isdir(path):
-        path = os.path.join(path, "checkpoint.pt")
+    path = checkpoint_file(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path}: train first, or pass --checkpoint "
                                 f"OUT/checkpoint.pt of a finished or interrupted run")
@@ -1207,7 +1206,39 @@ def load_checkpoint(path: str, script: str) -> dict:
     if payload["script"] != script:
         raise ValueError(f"{path} was written by {payload['script']}.py, not {script}.py: "
                          f"use `python {payload['script']}.py ... --checkpoint {path}`")
+    missing = [k for k in ("config", "models", "step") if k not in payload]
+    if missing or not isinstance(payload["models"], dict) or not isinstance(payload["config"], dict):
+        raise ValueError(f"{path} lacks its {', '.join(missing) or 'config or models'} entry (it holds "
+                         f"{', '.join(sorted(map(str, payload)))}){UNREADABLE_HINT}")
+    payload["path"] = path
     return payload
+
+
+def checkpoint_file(path: str) -> str:
+    """--checkpoint as a file: a run folder stands for its checkpoint.pt (so the run folder,
+    not its parent, is where eval, sample and figures write)."""
+    return os.path.join(path, "checkpoint.pt") if os.path.isdir(path) else path
+
+
+def load_weights(module: nn.Module, state: dict, name: str, path: str) -> None:
+    """Load state['models'][name] into `module`, checked first: the entry must exist, every
+    floating tensor be finite (a NaN-weight file would evaluate to NaN with exit 0), and the
+    names and shapes fit the model built from the checkpoint's own settings. Each failure is a
+    ValueError naming the checkpoint and what does not match."""
+    weights = state["models"].get(name)
+    if not isinstance(weights, dict):
+        raise ValueError(f"{path} holds no '{name}' weights (its models: {', '.join(map(str, state['models']))})"
+                         f"{UNREADABLE_HINT}")
+    bad = [k for k, v in weights.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"{path} holds non-finite (NaN or inf) weights in {len(bad)} tensor(s), e.g. '{name}' "
+                         f"{bad[0]}: it cannot be evaluated or resumed; use an earlier checkpoint or train again")
+    try:
+        module.load_state_dict(weights)
+    except RuntimeError as e:
+        details = [line.strip() for line in str(e).splitlines()[1:] if line.strip()]
+        raise ValueError(f"{path} does not fit the '{name}' network built from its own saved settings "
+                         f"({'; '.join(details)[:300]}): the file is damaged or was edited{UNREADABLE_HINT}") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1583,7 +1614,7 @@ def restore_training_state(state: dict, models: dict, optimizers: dict, scaler: 
     and this rank's RNG state when the number of ranks is unchanged (resume is then exact; on
     another number of ranks each rank gets a fresh, distinct stream). Returns the step."""
     for k, m in models.items():
-        unwrap(m).load_state_dict(state["models"][k])
+        load_weights(unwrap(m), state, k, state.get("path", "the checkpoint"))
     for k, o in optimizers.items():
         o.load_state_dict(state["optimizers"][k])
     scaler.load_state_dict(state["scaler"])

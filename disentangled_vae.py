@@ -1243,12 +1243,13 @@ def load_models(cfg: Config, explicit: set, device) -> list:
     paths = [p for p in cfg.checkpoint.split(",") if p] or [
         os.path.join(cfg.out or os.path.join("runs", f"dvae-{cfg.dataset}-{cfg.model}"), "checkpoint.pt")]
     runs = []
-    for path in paths:
+    for path in map(common.checkpoint_file, paths):
         state = common.load_checkpoint(path, SCRIPT)
         saved = common.merge_saved_config(cfg, state["config"], explicit, RUN_FIELDS, path)
-        saved = resolve_defaults(dataclasses.replace(saved, out=os.path.dirname(os.path.abspath(path))))
+        own = cfg.out if "out" in explicit and len(paths) == 1 else os.path.dirname(os.path.abspath(path))
+        saved = resolve_defaults(dataclasses.replace(saved, out=own))
         model = DisentangledVAE(saved, state["extra"]["n_classes"])
-        model.load_state_dict(state["models"]["model"])
+        common.load_weights(model, state, "model", path)
         model.to(device)
         refresh_batchnorm(saved, model, device)
         runs.append((saved, evaluation_mode(saved, model), state["extra"]["class_names"]))

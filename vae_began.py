@@ -661,6 +661,7 @@ def draw_figures(cfg: Config, model: VAEBEGAN, device) -> list:
 def load_model(cfg: Config, explicit: set, device):
     path = cfg.checkpoint or os.path.join(cfg.out or os.path.join("runs", f"vae_began-{cfg.dataset}-{cfg.image_size}"),
                                           "checkpoint.pt")
+    path = common.checkpoint_file(path)
     state = common.load_checkpoint(path, SCRIPT)
     controller = state["extra"]["controller"]
     saved = common.merge_saved_config(cfg, state["config"], explicit, RUN_FIELDS, path)
@@ -668,7 +669,7 @@ def load_model(cfg: Config, explicit: set, device):
         saved = dataclasses.replace(saved, out=os.path.dirname(os.path.abspath(path)))
     saved = resolve_defaults(saved)
     model = VAEBEGAN(saved)
-    model.load_state_dict(state["models"]["model"])
+    common.load_weights(model, state, "model", path)
     return model.to(device).eval(), saved, controller
 
 

@@ -540,13 +540,14 @@ def refresh_batchnorm(cfg: Config, model: VLAE, device, train_set: data.ImageSet
 def load_model(cfg: Config, explicit: set) -> tuple[VLAE, Config, dict]:
     """The trained model (eval mode) and its config from --checkpoint (or OUT/checkpoint.pt)."""
     path = cfg.checkpoint or os.path.join(cfg.out or os.path.join("runs", f"vlae-{cfg.dataset}"), "checkpoint.pt")
+    path = common.checkpoint_file(path)
     state = common.load_checkpoint(path, SCRIPT)
     saved = common.merge_saved_config(cfg, state["config"], explicit, RUN_FIELDS, path)
     if "out" not in explicit:
         saved = dataclasses.replace(saved, out=os.path.dirname(os.path.abspath(path)))
     saved = resolve_defaults(saved)
     model = build_model(saved)
-    model.load_state_dict(state["models"]["model"])
+    common.load_weights(model, state, "model", path)
     return model.eval(), saved, state
 
 
