@@ -71,6 +71,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import sys
 
 try:  # before anything else needs them: a missing install is one line, not a traceback
@@ -135,6 +136,8 @@ class Config(common.RunConfig):
     sigma_lr_scale: float = common.arg(1.0, "Sigma's learning rate as a multiple of --lr before --sigma-lr's rule "
                                             "(1: the code). Adam moves log Sigma by about lr per step, so Sigma "
                                             "cannot reach codes narrower than exp(-lr x stage-1 steps)", above=0.0)
+    z_s_noise: bool = common.arg(False, "G decodes z_s + Sigma_c^(1/2) eps in stage 2 (a posterior with the class's "
+                                        "covariance) in place of the point E_s(x)")
     image_size: int = common.arg(0, "image side (0: 28 for MNIST, 64 for faces)")
     crop: str = common.arg("", "crop box top,left,height,width (default: 50,25,128,128 for CelebA, "
                                "the centred square for folder)")
@@ -177,7 +180,8 @@ COMMANDS = {"train": common.Command("train a model (the default subcommand)"),
                                    common.EVAL_FLAGS | BN_FLAGS | {"eval_images", "diversity_classes",
                                                                    "diversity_samples"}),
             "finetune": common.Command("sec. 3.6: train a run made with --unseen-classes on its unseen classes' "
-                                       "unlabelled images, into OUT/finetune", BN_FLAGS | {"finetune_steps"})}
+                                       "unlabelled images, into OUT/finetune (an interrupted one resumes)",
+                                       BN_FLAGS | {"finetune_steps", "fresh"})}
 
 
 def resolve_defaults(cfg: Config) -> Config:
@@ -491,7 +495,12 @@ def reconstruction_terms(model: DisentangledVAE, x: torch.Tensor, c: torch.Tenso
     mu_u, logvar_u = model.encode_u(x, c)
     z_u = common.reparameterize(mu_u, logvar_u)
     z_s = model.code_s(x, c)
-    x_hat = model.decode(z_s, z_u)
+    if cfg.z_s_noise and model.kind == "lr-livae" and c is not None:
+        # --z-s-noise: G decodes a draw of q(z_s|x) = N(E_s(x), Sigma_c) in place of the point E_s(x)
+        _, logvar = model.prior.params(detach=True)
+        x_hat = model.decode(z_s + torch.exp(0.5 * logvar[c]) * torch.randn_like(z_s), z_u)
+    else:
+        x_hat = model.decode(z_s, z_u)
     return z_s, z_u, x_hat, {"L_rec": (x_hat.float() - x.float()).pow(2).mean(),                        # eq. 2
                              "L_KL": common.kl_normal_std(mu_u.float(), logvar_u.float()).mean() / cfg.z_u_dim}  # eq. 3
 
@@ -1000,28 +1009,54 @@ def finetune(cfg: Config, explicit: set) -> str:
                          "--unseen-classes 7,8,9), so that some classes were never seen with labels")
     unseen = load_split(run_cfg, "train", verbose=False, which="unseen")
     out = os.path.join(run_cfg.out, "finetune")
+    common.lock_run_folder(out)
     common.seed_everything(run_cfg.seed)
     batch_at = batch_reader(run_cfg, make_batches(run_cfg, unseen, device, 0, 1))
     optimizers, moments = make_optimizers(model, run_cfg, device), mixture_moments(model.prior)
     scaler = common.make_grad_scaler(device, run_cfg.amp)
+    start = resume_finetune(cfg, out, model, optimizers, scaler)
     model.train()
-    print(f"finetune: {unseen.description}; {cfg.finetune_steps} steps, labels unused")
+    print(f"finetune: {unseen.description}; {cfg.finetune_steps} steps, labels unused"
+          + (f"; resumed at step {start}" if start else ""))
+    save = lambda step: common.save_training_state(
+        out, SCRIPT, step, dataclasses.asdict(dataclasses.replace(run_cfg, out=out)), {"model": model}, optimizers,
+        scaler, (), extra={"n_classes": model.n_classes, "class_names": names, "finetuned_on": unseen.names["class"],
+                           "finetune_steps": cfg.finetune_steps})
     # stage 2's step and routing, with the unlabelled objectives (E_s, E_u, G, Dis learn; C and the mixture do not)
     forward = lambda model_, x, c, cfg_: finetune_losses(model_, x, cfg_, *moments)
-    for step in range(cfg.finetune_steps):
-        t = stage2_step(model, optimizers, [batch_at(step)], run_cfg, device, forward, scaler)
-        if (step + 1) % run_cfg.log_every == 0 or step + 1 == cfg.finetune_steps:
-            print(f"finetune step {step + 1}/{cfg.finetune_steps} | "
-                  + " ".join(f"{k} {t[k].item():.4g}" for k in ("L_rec", "L_KL", "L_lkd", "L_Dis", "L_GD")))
+    with common.StopSignal() as stop:
+        for step in range(start, cfg.finetune_steps):
+            t = stage2_step(model, optimizers, [batch_at(step)], run_cfg, device, forward, scaler)
+            if (step + 1) % run_cfg.log_every == 0 or step + 1 == cfg.finetune_steps:
+                print(f"finetune step {step + 1}/{cfg.finetune_steps} | "
+                      + " ".join(f"{k} {t[k].item():.4g}" for k in ("L_rec", "L_KL", "L_lkd", "L_Dis", "L_GD")))
+            if stop.raised and step + 1 < cfg.finetune_steps:
+                save(step + 1)
+                print(f"stopped by {stop.raised} at finetune step {step + 1}; checkpoint saved in {out}, run the "
+                      f"same command to resume")
+                raise SystemExit(128 + getattr(signal, stop.raised))
     refresh_batchnorm(run_cfg, model, device)
     evaluation_mode(run_cfg, model)
-    common.save_checkpoint(os.path.join(out, "checkpoint.pt"), SCRIPT, step=cfg.finetune_steps,
-                           config=dataclasses.asdict(dataclasses.replace(run_cfg, out=out)),
-                           models={"model": model.state_dict()},
-                           extra={"n_classes": model.n_classes, "class_names": names,
-                                  "finetuned_on": unseen.names["class"]})
+    save(cfg.finetune_steps)
     draw_unseen_figures(dataclasses.replace(run_cfg, out=out), model, device)
     return out
+
+
+def resume_finetune(cfg: Config, out: str, model: DisentangledVAE, optimizers: dict, scaler) -> int:
+    """The finetune step to start from: 0 for a first finetune or --fresh; an interrupted one's
+    step, restored exactly (weights, Adam moments, RNG). A finished one (or one saved before
+    finetune could resume) is refused without --fresh, so a rerun never replaces it silently."""
+    path = os.path.join(out, "checkpoint.pt")
+    if cfg.fresh or not os.path.exists(path):
+        return 0
+    state = common.load_checkpoint(path, SCRIPT)
+    done = state["step"]
+    if "optimizers" not in state or done >= cfg.finetune_steps:
+        raise ValueError(f"{path} already holds a finetune of {done} steps: pass --fresh to finetune again from "
+                         f"the run's own checkpoint (it is replaced), or a larger --finetune-steps to go on from it"
+                         if "optimizers" in state else f"{path} holds an earlier finetune (saved without its "
+                         f"optimizer state, so it cannot be resumed): pass --fresh to finetune again")
+    return common.restore_training_state(state, {"model": model}, optimizers, scaler, 0, 1, 0)
 
 
 @torch.no_grad()

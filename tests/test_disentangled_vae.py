@@ -461,3 +461,35 @@ def test_a_checkpoint_from_before_sigma_param_loads_its_log_variance():
     old = {"mu": torch.zeros(2, 3), "logvar": torch.tensor([[-1.0, 0.0, 1.0], [2.0, -2.0, 0.5]])}
     prior.load_state_dict(old)
     assert torch.equal(prior.params()[1], old["logvar"])
+
+
+def test_finetune_saves_on_sigterm_resumes_exactly_and_a_finished_one_is_not_replaced(tmp_path, capsys, monkeypatch):
+    import signal
+    toy = ["--dataset", "toy", "--toy-points", "100", "--batch-size", "16", "--log-every", "5", "--eval-images", "30"]
+    out = str(tmp_path / "toy")
+    dv.main(toy + ["--out", out, "--steps", "4", "--unseen-classes", "right"])
+    tune = ["finetune", "--checkpoint", out, "--finetune-steps", "6"]
+    dv.main(tune)
+    straight = torch.load(os.path.join(out, "finetune", "checkpoint.pt"), weights_only=False)
+    with pytest.raises(SystemExit):
+        dv.main(tune)  # a finished finetune is not replaced without --fresh
+    assert "already holds a finetune of 6 steps: pass --fresh" in capsys.readouterr().err
+    step = dv.stage2_step
+    calls = []
+
+    def terminated_at_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return step(*args, **kwargs)
+    monkeypatch.setattr(dv, "stage2_step", terminated_at_3)
+    with pytest.raises(SystemExit) as stop:
+        dv.main(tune + ["--fresh"])
+    assert stop.value.code == 143 and "stopped by SIGTERM at finetune step 3; checkpoint saved" in capsys.readouterr().out
+    assert torch.load(os.path.join(out, "finetune", "checkpoint.pt"), weights_only=False)["step"] == 3
+    monkeypatch.setattr(dv, "stage2_step", step)
+    dv.main(tune)
+    assert "resumed at step 3" in capsys.readouterr().out
+    resumed = torch.load(os.path.join(out, "finetune", "checkpoint.pt"), weights_only=False)
+    for k, v in straight["models"]["model"].items():
+        assert torch.equal(v, resumed["models"]["model"][k]), k
