@@ -1030,9 +1030,21 @@ def gather_objects(obj: Any) -> list:
 
 
 def print0(*args: Any) -> None:
-    """print on rank 0 only, flushed (logs of cluster jobs are read while they run)."""
+    """print on rank 0 only, flushed (logs of cluster jobs are read while they run). Output
+    piped into a reader that has gone (`| head`) is dropped from then on: the run goes on."""
     if is_main():
-        print(*args, flush=True)
+        try:
+            print(*args, flush=True)
+        except BrokenPipeError:
+            silence_stdout()
+
+
+def silence_stdout() -> None:
+    """Point stdout at /dev/null: its reader closed the pipe, and Python would otherwise raise
+    BrokenPipeError again at each print and at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -1390,6 +1402,9 @@ def user_errors():
     loss) become one `error:` line and exit status 2; the process group is left either way."""
     try:
         yield
+    except BrokenPipeError:  # stdout's reader (`| head`) is gone: end quietly, as a Unix tool does
+        silence_stdout()
+        raise SystemExit(0) from None
     except (ValueError, FileNotFoundError, NonFiniteLoss) as e:
         fail(str(e))
     except (PermissionError, NotADirectoryError, IsADirectoryError) as e:  # e.g. --out under a file, or in /sys
