@@ -163,7 +163,7 @@ COMMANDS = {"train": common.Command("train a model (the default subcommand)"),
 
 
 def resolve_defaults(cfg: Config) -> Config:
-    cfg = dataclasses.replace(cfg, data_dir=cfg.data_dir or os.path.join("data", cfg.dataset),
+    cfg = dataclasses.replace(cfg, data_dir=os.path.abspath(cfg.data_dir or os.path.join("data", cfg.dataset)),
                               out=cfg.out or os.path.join("runs", f"cmma-{cfg.dataset}-{cfg.model}"),
                               lr_d=cfg.lr_d or cfg.lr, channels=cfg.channels or (1 if cfg.dataset == "mnist" else 3))
     common.check_run_config(cfg)
@@ -682,6 +682,8 @@ def train(cfg: Config, explicit: set, figures: bool = True) -> nn.Module:
     rank, world, local_rank = common.init_distributed()
     device = common.pick_device(cfg.device, local_rank)
     train_set = load_split(cfg, "train", verbose=common.is_main())
+    for held in ("test", "valid"):  # decoded now: a broken held-out image stops the run before training
+        load_split(cfg, held, verbose=False)
     found = train_set.labels["attributes"].shape[1]
     if cfg.attributes and cfg.attributes != found:  # y's size is the data's: a smaller y would drop columns
         raise ValueError(f"--attributes {cfg.attributes}: the data set has {found} attributes per image, and y takes "
@@ -801,7 +803,7 @@ def load_models(cfg: Config, explicit: set, device) -> list:
     loaded = []
     for path in map(common.checkpoint_file, paths):
         state = common.load_checkpoint(path, SCRIPT)
-        saved = common.merge_saved_config(cfg, state["config"], explicit, RUN_FIELDS, path)
+        saved = common.merge_saved_config(cfg, state["config"], explicit, RUN_FIELDS, path, resume=False)
         own = cfg.out if "out" in explicit and len(paths) == 1 else os.path.dirname(os.path.abspath(path))
         saved = resolve_defaults(dataclasses.replace(saved, out=own))
         model = build_model(saved, saved.attributes)

@@ -1438,12 +1438,14 @@ def fail(message: str) -> "NoReturn":  # noqa: F821
     raise SystemExit(2)
 
 
-def merge_saved_config(cfg: Any, saved: dict, explicit: set, free: set, where: str) -> Any:
-    """The config to resume or evaluate with: the saved one, with the explicitly given fields in
-    `free` (run control: steps, device, output paths...) taken from the command line.
+def merge_saved_config(cfg: Any, saved: dict, explicit: set, free: set, where: str, resume: bool = True) -> Any:
+    """The config to resume (`resume`) or evaluate with: the saved one, with the explicitly given
+    fields in `free` (run control: steps, device, output paths...) taken from the command line.
 
     Raises ValueError when the command line explicitly sets another field (one that shapes
-    the model or the objective) to a value other than the saved one, naming flag and values.
+    the model or the objective) to a value other than the saved one, naming flag and values;
+    and, to evaluate, when the saved data folder is not there (a relative path saved from
+    another working folder), naming --data-dir.
     """
     merged = dict(saved)
     for name in explicit:
@@ -1452,8 +1454,13 @@ def merge_saved_config(cfg: Any, saved: dict, explicit: set, free: set, where: s
             merged[name] = value
         elif value != old:
             flag = "--" + name.replace("_", "-")
-            raise ValueError(f"{where} was trained with {flag} {old}, not {value}: pass the same "
-                             f"flags to continue it, or --fresh (or another --out) to start over")
+            fix = ("pass the same flags to continue it, or --fresh (or another --out) to start over" if resume else
+                   f"drop {flag} (a checkpoint is evaluated with its own settings) or pass another --checkpoint")
+            raise ValueError(f"{where} was trained with {flag} {old}, not {value}: {fix}")
+    if not resume and "data_dir" not in explicit and merged.get("dataset") != "toy" \
+            and merged.get("data_dir") and not os.path.exists(merged["data_dir"]):
+        raise ValueError(f"{where} was trained on {merged['data_dir']}, which is not there from {os.getcwd()}: "
+                         f"pass --data-dir with the data set's folder")
     known = {f.name for f in dataclasses.fields(type(cfg))}
     return type(cfg)(**{k: v for k, v in merged.items() if k in known})
 

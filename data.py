@@ -626,7 +626,12 @@ def cache_key(paths: list[str], crop, size: int) -> str:
     box and the size: a file replaced by another of the same byte size changes the key."""
     h = hashlib.sha256(json.dumps({"v": CACHE_VERSION, "crop": crop, "size": size}).encode())
     for p in paths:
-        st = os.stat(p)
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{p} is listed in the data set but cannot be opened"
+                                    + (f" (a symbolic link to {os.readlink(p)}, which does not exist)" if os.path.islink(p)
+                                       else "") + ": restore it or remove it from the data folder") from None
         h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 

@@ -136,8 +136,10 @@ class Config(common.RunConfig):
     sigma_lr_scale: float = common.arg(1.0, "Sigma's learning rate as a multiple of --lr before --sigma-lr's rule "
                                             "(1: the code). Adam moves log Sigma by about lr per step, so Sigma "
                                             "cannot reach codes narrower than exp(-lr x stage-1 steps)", above=0.0)
-    z_s_noise: bool = common.arg(False, "G decodes z_s + Sigma_c^(1/2) eps in stage 2 (a posterior with the class's "
-                                        "covariance) in place of the point E_s(x)")
+    z_s_posterior: str = common.arg("point", "q(z_s|x): point (the paper: z_s = E_s(x), L_rec reaches E_s), "
+                                             "detached (a point, but L_rec does not reach E_s), or gaussian "
+                                             "(E_s gives a mean and a log-variance; L_lkd becomes the KL to p(z_s|c))",
+                                     choices=("point", "detached", "gaussian"))
     image_size: int = common.arg(0, "image side (0: 28 for MNIST, 64 for faces)")
     crop: str = common.arg("", "crop box top,left,height,width (default: 50,25,128,128 for CelebA, "
                                "the centred square for folder)")
@@ -191,7 +193,7 @@ def resolve_defaults(cfg: Config) -> Config:
     toy_epoch = len(data.toy_split(cfg.toy_points, "train")) // max(cfg.batch_size, 1)  # checked below
     steps = cfg.steps if cfg.steps >= 0 else 50 * toy_epoch if cfg.dataset == "toy" else 52_000
     cfg = dataclasses.replace(
-        cfg, data_dir=cfg.data_dir or os.path.join("data", cfg.dataset),
+        cfg, data_dir=os.path.abspath(cfg.data_dir or os.path.join("data", cfg.dataset)),
         out=cfg.out or os.path.join("runs", f"dvae-{cfg.dataset}-{cfg.model}"), steps=steps,
         sigma_lr=cfg.sigma_lr or ("fixed" if cfg.dataset == "toy" else "code"),
         image_size=cfg.image_size or (64 if faces else 28 if cfg.dataset == "mnist" else 0),
@@ -406,7 +408,8 @@ class DisentangledVAE(nn.Module):
         self.decoder = decoder_net(cfg, channels)
         if cfg.model == "lr-livae":
             trunk_s, width = encoder_trunk(cfg, channels)
-            self.encoder_s = nn.Sequential(trunk_s, nn.Linear(width, cfg.z_s_dim))
+            self.z_s_posterior = cfg.z_s_posterior
+            self.encoder_s = nn.Sequential(trunk_s, nn.Linear(width, cfg.z_s_dim * (2 if cfg.z_s_posterior == "gaussian" else 1)))
             self.prior = GaussianMixturePrior(n_classes, cfg.z_s_dim, cfg.sigma_param)
             self.classifier = LatentClassifier(cfg.z_u_dim, n_classes, 64 if cfg.dataset == "toy" else 256)
         else:
@@ -421,9 +424,14 @@ class DisentangledVAE(nn.Module):
             raise ValueError("the --bao encoder reads the label: pass c to encode_u")
         return self.encoder_u(x, c).chunk(2, dim=1)
 
+    def encode_s(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """q(z_s|x): (E_s(x), None) for a point mass; (mean, logvar) with --z-s-posterior gaussian."""
+        h = self.encoder_s(x)
+        return tuple(h.chunk(2, dim=1)) if self.z_s_posterior == "gaussian" else (h, None)
+
     def code_s(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        """z_s of images x: E_s(x); the baseline has none and embeds the label c instead."""
-        return self.encoder_s(x) if self.kind == "lr-livae" else self.label_embedding(c)
+        """z_s of images x: E_s(x) (its mean); the baseline has none and embeds the label c instead."""
+        return self.encode_s(x)[0] if self.kind == "lr-livae" else self.label_embedding(c)
 
     def sample_s(self, c: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
         """z~_s ~ p(z_s|c) (the baseline: its label embedding, deterministic), (B, z_s_dim)."""
@@ -494,14 +502,14 @@ def reconstruction_terms(model: DisentangledVAE, x: torch.Tensor, c: torch.Tenso
     """z_s, z_u ~ q(z_u|x), x_hat = G(z_s, z_u) and {L_rec (eq. 2), L_KL (eq. 3)}, batch means."""
     mu_u, logvar_u = model.encode_u(x, c)
     z_u = common.reparameterize(mu_u, logvar_u)
-    z_s = model.code_s(x, c)
-    if cfg.z_s_noise and model.kind == "lr-livae" and c is not None:
-        # --z-s-noise: G decodes a draw of q(z_s|x) = N(E_s(x), Sigma_c) in place of the point E_s(x)
-        _, logvar = model.prior.params(detach=True)
-        x_hat = model.decode(z_s + torch.exp(0.5 * logvar[c]) * torch.randn_like(z_s), z_u)
+    if model.kind == "lr-livae":
+        mean_s, logvar_s = model.encode_s(x)
+        z_s = mean_s if logvar_s is None else common.reparameterize(mean_s, logvar_s)
     else:
-        x_hat = model.decode(z_s, z_u)
-    return z_s, z_u, x_hat, {"L_rec": (x_hat.float() - x.float()).pow(2).mean(),                        # eq. 2
+        z_s, logvar_s = model.code_s(x, c), None
+    x_hat = model.decode(z_s.detach() if model.z_s_posterior == "detached" else z_s, z_u)
+    t = {"q_z_s": (mean_s, logvar_s)} if logvar_s is not None else {}
+    return z_s, z_u, x_hat, {**t, "L_rec": (x_hat.float() - x.float()).pow(2).mean(),                        # eq. 2
                              "L_KL": common.kl_normal_std(mu_u.float(), logvar_u.float()).mean() / cfg.z_u_dim}  # eq. 3
 
 
@@ -540,7 +548,11 @@ def stage2_losses(model: DisentangledVAE, x: torch.Tensor, c: torch.Tensor, cfg:
     zero = torch.zeros((), device=x.device)
     t["L_lkd"] = t["L_adv"] = t["L_C"] = t["L_Dis"] = t["L_GD"] = t["L_pair"] = t["L_aux"] = zero
     if model.kind == "lr-livae":
-        t["L_lkd"] = lgm_loss(z_s, c, *model.prior.params(detach=True))["L_lkd"]             # eq. 7
+        mu, logvar = model.prior.params(detach=True)
+        if "q_z_s" in t:  # --z-s-posterior gaussian: KL(N(m, s) || N(mu_c, Sigma_c))
+            t["L_lkd"] = common.kl_normal(*t.pop("q_z_s"), mu[c], logvar[c]).mean()
+        else:
+            t["L_lkd"] = lgm_loss(z_s, c, mu, logvar)["L_lkd"]                                   # eq. 7
         t["L_adv"] = uniform_cross_entropy(model.classifier(z_u))                             # eq. 5
         t["L_C"] = F.cross_entropy(model.classifier(z_u.detach()).float(), c)                 # eq. 4
     if model.bao:
@@ -581,7 +593,8 @@ def stage1_step(model: DisentangledVAE, optimizers: dict, batches: list, cfg: Co
     totals: dict = {}
     for x, c in batches:
         with common.autocast(device, cfg.amp):
-            z_s = model.encoder_s(x)
+            z_s, logvar_s = model.encode_s(x)
+            z_s = z_s if logvar_s is None else common.reparameterize(z_s, logvar_s)
         t = lgm_loss(z_s, c, *model.prior.params(), cfg.margin, cfg.lambda_lkd)              # eq. 8-9
         set_grads(scaler.scale(t["L_GM"] / len(batches)), params, add=True)
         totals = {k: totals.get(k, 0.0) + v.detach() / len(batches) for k, v in t.items()}
@@ -662,6 +675,7 @@ def finetune_losses(model: DisentangledVAE, x: torch.Tensor, cfg: Config, mu_bar
     Gaussian (mu_bar, var_bar) instead of the class's component, no L_cls, L_C or L_adv (no label),
     and Dis without its projection term; prior samples z~_s ~ N(mu_bar, var_bar)."""
     z_s, z_u, x_hat, t = reconstruction_terms(model, x, None, cfg)
+    t.pop("q_z_s", None)
     t["L_lkd"] = (0.5 * (z_s.float() - mu_bar) ** 2 / var_bar).sum(1).mean() + 0.5 * var_bar.log().sum()
     t["L_Dis"] = t["L_GD"] = torch.zeros((), device=x.device)
     if model.discriminator is not None:
@@ -981,6 +995,7 @@ def train(cfg: Config, explicit: set) -> None:
     device = common.pick_device(cfg.device, local_rank)
     cfg, state = common.checkpoint_to_resume(cfg, explicit, SCRIPT, RUN_FIELDS, resolve_defaults)
     train_set = load_split(cfg, "train", verbose=common.is_main())  # first: the classes size the model
+    load_split(cfg, "test", verbose=False)  # decoded now: a broken held-out image stops the run before training
     names = train_set.names["class"]
     cfg, model, optimizers, scaler, start = setup_run(cfg, state, len(names), device, rank, world)
     batches = make_batches(cfg, train_set, device, rank, world)
@@ -1071,7 +1086,7 @@ def draw_unseen_figures(cfg: Config, model: DisentangledVAE, device) -> list:
     written = [os.path.join(fig_dir, "unseen_swap.png"), os.path.join(fig_dir, "unseen_interpolate_z_s.png")]
     common.save_grid(swap_grid(model, (x[rows], c[rows]), (x[cols], c[cols])), written[0], len(cols) + 1)
     a, b = x[rows], x[cols]
-    z_a, z_b, z_u = model.encoder_s(a), model.encoder_s(b), model.encode_u(a)[0]
+    z_a, z_b, z_u = model.code_s(a), model.code_s(b), model.encode_u(a)[0]
     steps = torch.linspace(0, 1, 8, device=device)
     z_s = torch.stack([(1 - w) * z_a + w * z_b for w in steps], 1).flatten(0, 1)
     common.save_grid(model.decode(z_s, z_u.repeat_interleave(len(steps), 0)), written[1], len(steps))
@@ -1280,7 +1295,7 @@ def load_models(cfg: Config, explicit: set, device) -> list:
     runs = []
     for path in map(common.checkpoint_file, paths):
         state = common.load_checkpoint(path, SCRIPT)
-        saved = common.merge_saved_config(cfg, state["config"], explicit, RUN_FIELDS, path)
+        saved = common.merge_saved_config(cfg, state["config"], explicit, RUN_FIELDS, path, resume=False)
         own = cfg.out if "out" in explicit and len(paths) == 1 else os.path.dirname(os.path.abspath(path))
         saved = resolve_defaults(dataclasses.replace(saved, out=own))
         model = DisentangledVAE(saved, state["extra"]["n_classes"])

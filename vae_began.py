@@ -163,7 +163,7 @@ COMMANDS = {"train": common.Command("train a model (the default subcommand)"),
 
 
 def resolve_defaults(cfg: Config) -> Config:
-    cfg = dataclasses.replace(cfg, data_dir=cfg.data_dir or os.path.join("data", cfg.dataset),
+    cfg = dataclasses.replace(cfg, data_dir=os.path.abspath(cfg.data_dir or os.path.join("data", cfg.dataset)),
                               out=cfg.out or os.path.join("runs", f"vae_began-{cfg.dataset}-{cfg.image_size}"),
                               kl_weight=cfg.kl_weight or cfg.gamma * cfg.latent_dim / (channels(cfg) * cfg.image_size ** 2))
     common.check_run_config(cfg)
@@ -588,6 +588,7 @@ def train(cfg: Config, explicit: set) -> None:
     device = common.pick_device(cfg.device, local_rank)
     cfg, model, optimizers, controller, scaler, start = setup_run(cfg, explicit, device, rank, world)
     train_set = load_split(cfg, "train", verbose=common.is_main())
+    load_split(cfg, "test", verbose=False)  # decoded now: a broken held-out image stops the run before training
     batches = data.Batches(train_set, cfg.batch_size, cfg.seed, device, rank, world,
                            channels_last=device.type == "cuda")
     earlier = common.start_run_folder(cfg, train_set.description, model, start, device)
@@ -664,7 +665,7 @@ def load_model(cfg: Config, explicit: set, device):
     path = common.checkpoint_file(path)
     state = common.load_checkpoint(path, SCRIPT)
     controller = state["extra"]["controller"]
-    saved = common.merge_saved_config(cfg, state["config"], explicit, RUN_FIELDS, path)
+    saved = common.merge_saved_config(cfg, state["config"], explicit, RUN_FIELDS, path, resume=False)
     if "out" not in explicit:
         saved = dataclasses.replace(saved, out=os.path.dirname(os.path.abspath(path)))
     saved = resolve_defaults(saved)

@@ -158,7 +158,7 @@ def resolve_defaults(cfg: Config) -> Config:
     faces = cfg.dataset != "mnist"
     cfg = dataclasses.replace(
         cfg,
-        data_dir=cfg.data_dir or os.path.join("data", cfg.dataset),
+        data_dir=os.path.abspath(cfg.data_dir or os.path.join("data", cfg.dataset)),
         out=cfg.out or os.path.join("runs", f"vlae-{cfg.dataset}"),
         image_size=cfg.image_size or (64 if faces else 28),
         latent_dim=cfg.latent_dim or (10 if faces else 2),
@@ -542,7 +542,7 @@ def load_model(cfg: Config, explicit: set) -> tuple[VLAE, Config, dict]:
     path = cfg.checkpoint or os.path.join(cfg.out or os.path.join("runs", f"vlae-{cfg.dataset}"), "checkpoint.pt")
     path = common.checkpoint_file(path)
     state = common.load_checkpoint(path, SCRIPT)
-    saved = common.merge_saved_config(cfg, state["config"], explicit, RUN_FIELDS, path)
+    saved = common.merge_saved_config(cfg, state["config"], explicit, RUN_FIELDS, path, resume=False)
     if "out" not in explicit:
         saved = dataclasses.replace(saved, out=os.path.dirname(os.path.abspath(path)))
     saved = resolve_defaults(saved)

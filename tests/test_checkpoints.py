@@ -130,3 +130,16 @@ def test_disentangled_eval_of_several_checkpoints_gives_each_run_its_own_numbers
             again = json.load(open(tmp_path / k / "eval.json"))
             assert again["recon_mse_per_element"] == pytest.approx(alone[k]["recon_mse_per_element"], rel=1e-5)
     assert alone["a"]["recon_mse_per_element"] != alone["b"]["recon_mse_per_element"]
+
+
+def test_eval_names_the_flag_to_drop_and_a_saved_data_folder_that_is_gone(runs, capsys, tmp_path):
+    state = torch.load(runs / "vlae" / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert os.path.isabs(state["config"]["data_dir"])  # evaluating from another folder finds the data
+    line = error_line(capsys, lambda: vlae.main(["eval", "--checkpoint", str(runs / "vlae"), "--image-size", "64"]))
+    assert "drop --image-size (a checkpoint is evaluated with its own settings)" in line and "--fresh" not in line
+    state["config"]["data_dir"] = "data/moved-away"
+    torch.save(state, tmp_path / "checkpoint.pt")
+    line = error_line(capsys, lambda: vlae.main(["sample", "--checkpoint", str(tmp_path / "checkpoint.pt")]))
+    assert "was trained on data/moved-away, which is not there" in line and "pass --data-dir" in line
+    vlae.main(["sample", "--checkpoint", str(tmp_path / "checkpoint.pt"), "--data-dir", MNIST])
+    assert os.path.exists(tmp_path / "figures" / "samples.png")

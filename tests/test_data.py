@@ -284,3 +284,13 @@ def test_a_folder_set_counts_the_files_and_sub_folders_it_leaves_out(tmp_path, c
     err = capsys.readouterr().err
     assert "skipping 1 sub-folder(s) (classes are not nested; move their images up): bob/more" in err
     assert "skipping 1 file(s) of another format (read: .jpg" in err and "alice/wave.gif" in err
+
+
+def test_a_dangling_symlink_in_the_data_is_named_with_its_target(tmp_path):
+    (tmp_path / "faces" / "a").mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (8, 8)).save(tmp_path / "faces" / "a" / f"{i}.png")
+    os.symlink(tmp_path / "elsewhere.png", tmp_path / "faces" / "a" / "3.png")
+    with pytest.raises(FileNotFoundError, match=r"3.png is listed in the data set but cannot be opened .a symbolic "
+                                                r"link to .*elsewhere.png, which does not exist"):
+        data.load_folder(str(tmp_path / "faces"), "all", 8, cache_dir=str(tmp_path / "c"), verbose=False)

@@ -279,3 +279,24 @@ def test_cmma_attributes_other_than_the_datas_are_refused(capsys, tmp_path):
     script, args = SCRIPTS["cmma"]
     line = one_error_line(capsys, lambda: script.main(args + ["--out", str(tmp_path / "run"), "--attributes", "5"]))
     assert "--attributes 5: the data set has 10 attributes per image" in line
+
+
+@pytest.mark.parametrize("name", ["vlae", "cmma", "vae_began"])
+def test_a_broken_held_out_image_stops_the_run_before_training(name, capsys, tmp_path):
+    """The held-out split used to be decoded only for the eval after training."""
+    import shutil
+    celeba = os.path.join(ROOT, "tests", "data", "celeba")
+    files = sorted(os.listdir(os.path.join(celeba, "img_align_celeba")))[:20]
+    os.makedirs(tmp_path / "c" / "img_align_celeba")
+    for f in files:
+        shutil.copy(os.path.join(celeba, "img_align_celeba", f), tmp_path / "c" / "img_align_celeba" / f)
+    lines = open(os.path.join(celeba, "list_attr_celeba.txt")).read().splitlines()
+    rows = [l for l in lines[2:] if l.split()[0] in files]
+    (tmp_path / "c" / "list_attr_celeba.txt").write_text("\n".join([str(len(rows)), lines[1]] + rows) + "\n")
+    (tmp_path / "c" / "img_align_celeba" / files[-1]).write_bytes(b"not a jpeg")  # the last 20% are held out
+    script = SCRIPTS[name][0]
+    args = ["--dataset", "celeba", "--data-dir", str(tmp_path / "c"), "--out", str(tmp_path / "run"), "--steps", "1",
+            "--cache-dir", str(tmp_path / "cache")]
+    line = one_error_line(capsys, lambda: script.main(args + (["--image-size", "32"] if name != "cmma" else [])))
+    assert files[-1] in line
+    assert not os.path.exists(tmp_path / "run" / "checkpoint.pt")

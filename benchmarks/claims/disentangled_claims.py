@@ -100,7 +100,7 @@ def toy_code_sources(run_out: str) -> dict:
                                                  set(), torch.device("cpu"))[0]
     points, labels = data.toy_data(cfg.toy_points, cfg.seed)
     train = data.toy_split(cfg.toy_points, "train")
-    z_s, y = model.encoder_s(torch.from_numpy(points[train])), torch.from_numpy(labels[train])
+    z_s, y = model.code_s(torch.from_numpy(points[train])), torch.from_numpy(labels[train])
     g, n = torch.Generator().manual_seed(cfg.seed), 1000
     c = torch.arange(model.n_classes).repeat_interleave(n)
     z_u, eps = torch.randn(len(c), cfg.z_u_dim, generator=g), torch.randn(len(c), cfg.z_s_dim, generator=g)
