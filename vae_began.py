@@ -662,6 +662,9 @@ def draw_figures(cfg: Config, model: VAEBEGAN, device) -> list:
 def load_model(cfg: Config, explicit: set, device):
     path = cfg.checkpoint or os.path.join(cfg.out or os.path.join("runs", f"vae_began-{cfg.dataset}-{cfg.image_size}"),
                                           "checkpoint.pt")
+    if "," in path and not os.path.exists(path):
+        raise ValueError(f"--checkpoint {path}: {SCRIPT}.py evaluates one checkpoint at a time; run the command "
+                         f"once per checkpoint (each writes into its own run folder)")
     path = common.checkpoint_file(path)
     state = common.load_checkpoint(path, SCRIPT)
     controller = state["extra"]["controller"]

@@ -540,6 +540,9 @@ def refresh_batchnorm(cfg: Config, model: VLAE, device, train_set: data.ImageSet
 def load_model(cfg: Config, explicit: set) -> tuple[VLAE, Config, dict]:
     """The trained model (eval mode) and its config from --checkpoint (or OUT/checkpoint.pt)."""
     path = cfg.checkpoint or os.path.join(cfg.out or os.path.join("runs", f"vlae-{cfg.dataset}"), "checkpoint.pt")
+    if "," in path and not os.path.exists(path):
+        raise ValueError(f"--checkpoint {path}: {SCRIPT}.py evaluates one checkpoint at a time; run the command "
+                         f"once per checkpoint (each writes into its own run folder)")
     path = common.checkpoint_file(path)
     state = common.load_checkpoint(path, SCRIPT)
     saved = common.merge_saved_config(cfg, state["config"], explicit, RUN_FIELDS, path, resume=False)

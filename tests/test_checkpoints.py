@@ -143,3 +143,10 @@ def test_eval_names_the_flag_to_drop_and_a_saved_data_folder_that_is_gone(runs, 
     assert "was trained on data/moved-away, which is not there" in line and "pass --data-dir" in line
     vlae.main(["sample", "--checkpoint", str(tmp_path / "checkpoint.pt"), "--data-dir", MNIST])
     assert os.path.exists(tmp_path / "figures" / "samples.png")
+
+
+@pytest.mark.parametrize("name", ["vlae", "vae_began"])
+def test_scripts_that_evaluate_one_checkpoint_say_so_for_a_list(runs, name, capsys):
+    script = TRAIN[name][0]
+    line = error_line(capsys, lambda: script.main(["eval", "--checkpoint", f"{runs / name},{runs / name}"]))
+    assert f"{name}.py evaluates one checkpoint at a time" in line
