@@ -173,3 +173,15 @@ def test_vae_began_balance_stats_read_the_second_half_and_m_global_before_each_c
     assert st["k_max"] == pytest.approx(0.1) and st["steps"] == 100
     assert st["printed_positive"] == 1.0  # 0.05 - 0.05 + 0.02 > 0 on every late row
     assert st["m_half"] == pytest.approx(1.0 - 50 / 200) and st["m_end"] == pytest.approx(1.0 - 100 / 200)
+
+
+def test_checks_are_listed_apart_and_not_counted(tmp_path):
+    rows = [shared.Row("a", "s", "m", "yes", "ok"), shared.Row("b", "s", "m", "no", "not", note="why b"),
+            shared.Row("c", "s", "m", "yes", "always", note="why c", check=True)]
+    report = tmp_path / "x.md"
+    shared.write_report(str(report), "X", ["Scale: small; steps"], rows, [])
+    text = report.read_text()
+    claims, checks = text.split(shared.CHECKS_HEADING)
+    assert "| a |" in claims and "| b |" in claims and "| c |" not in claims and "why c" not in claims
+    assert "| c |" in checks and "why c" in checks
+    assert shared.status_from_report(str(report), str(tmp_path)).startswith("1 of 2 claims hold")

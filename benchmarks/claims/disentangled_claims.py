@@ -174,7 +174,7 @@ def claim_codes(run: Run, items: str = "digits", label: str = "label") -> list:
     parts = [lin <= chance + 0.1, mlp <= chance + 0.1]
     return [Row(f"z_s carries the {label}", "sec. 4.3", f"held-out accuracy of z_s by the nearest mixture "
                 f"component: {z_s:.3f} ({r['heldout']} {items} of {r['classes_present']} seen classes)",
-                verdict([z_s >= 0.9]), f"{z_s:.3f}"),
+                verdict([z_s >= 0.9]), f"{z_s:.3f}", check=True),  # stage 1's L_cls trains it directly
             Row(f"z_u does not carry the {label}", "sec. 4.3", f"held-out accuracy on mu_u: linear probe {lin:.3f}, "
                 f"MLP probe {mlp:.3f}, the adversary C {r['acc_z_u_adversary']:.3f}; chance {chance:.3f}, majority "
                 f"class {r['majority_accuracy']:.3f}", verdict(parts), f"within 0.1 of chance: linear "

@@ -25,13 +25,16 @@ import data  # noqa: E402
 @dataclasses.dataclass
 class Row:
     """One line of the claims table. `holds` is 'yes', 'no' or 'mixed'; `why` one clause;
-    `note` what we think explains a claim that does not hold (printed below the table)."""
+    `note` what we think explains a claim that does not hold (printed below the table).
+    `check`: a row whose rule cannot go both ways (arithmetic on the paper's own constants, a
+    quantity the objective trains directly): listed under its own heading, never counted."""
     claim: str
     where: str
     measured: str
     holds: str
     why: str
     note: str = ""
+    check: bool = False
 
 
 @dataclasses.dataclass
@@ -181,17 +184,25 @@ def judge(args, device, epochs: int = 30) -> Judge:
     return Judge(lambda images: read(images)[0].argmax(1), accuracy, description, read)
 
 
+CHECKS_HEADING = "### Checks (not counted)"
+
+
 def write_report(path: str, title: str, header: list, rows: list, figures: list, sections: list = ()) -> None:
     """docs/claims/PAPER.md: a header (bullets), the claims table, then `sections` (markdown
     lines: an ablation table, say), then the figures with captions (`figures`: (relative PNG path,
     caption) pairs)."""
-    lines = [f"# {title}", "", *[f"- {h}" for h in header], "",
-             "| claim | where in the paper | what we measured | holds? |", "|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r.claim} | {r.where} | {r.measured} | **{r.holds}**: {r.why} |")
-    notes = [f"- **{r.claim}** ({r.holds}): {r.note}" for r in rows if r.note]
+    table = ["| claim | where in the paper | what we measured | holds? |", "|---|---|---|---|"]
+    lines = [f"# {title}", "", *[f"- {h}" for h in header], "", *table]
+    lines += [f"| {r.claim} | {r.where} | {r.measured} | **{r.holds}**: {r.why} |" for r in rows if not r.check]
+    notes = [f"- **{r.claim}** ({r.holds}): {r.note}" for r in rows if r.note and not r.check]
     if notes:
         lines += ["", "What we think explains the claims that do not fully hold:", "", *notes]
+    checks = [r for r in rows if r.check]
+    if checks:
+        lines += ["", CHECKS_HEADING, "", "Rows whose rule cannot go both ways (arithmetic on the paper's own "
+                  "constants, or a number the objective trains directly): shown, not counted.", "", *table]
+        lines += [f"| {r.claim} | {r.where} | {r.measured} | **{r.holds}**: {r.why} |" for r in checks]
+        lines += [f"- **{r.claim}** ({r.holds}): {r.note}" for r in checks if r.note]
     if sections:
         lines += ["", *sections]
     for png, caption in figures:
@@ -231,7 +242,7 @@ SCRIPTS = {"vlae": "vlae.py", "cmma": "cmma.py", "disentangled": "disentangled_v
 def status_from_report(report: str, readme_dir: str) -> str:
     """The README status of a paper, read off its claims table: 'N of M claims hold (K in part)
     at the SCALE scale (link)'."""
-    text = open(report).read()
+    text = open(report).read().split(CHECKS_HEADING)[0]  # claims only: checks are not counted
     verdicts = re.findall(r"^\|.*\| \*\*(yes|no|mixed)\*\*", text, re.M)
     scale = re.search(r"^- Scale: (\w+)", text, re.M)
     link = os.path.relpath(report, readme_dir)

@@ -130,7 +130,8 @@ def claim_pid(cfg_gains: tuple) -> Row:
     """Sec. 3.4: the PID's proportional and derivative terms change k_t's response where BEGAN's
     integral-only update (l2 = l3 = 0) would not. Computed from eq. 12, no training: both
     controllers' k_t under a scripted error step of 0.01 for 1000 steps. Holds if the two
-    responses differ by more than 1% of the proportional one's final k_t at some step."""
+    responses differ by more than 1% of the proportional one's final k_t at some step. A check:
+    arithmetic on the paper's own gains, the same whatever is trained."""
     pid, p = step_response(cfg_gains), step_response((cfg_gains[0], 0.0, 0.0))
     gap = float(np.abs(pid - p).max() / p[-1])
     return Row("Sec. 3.4: with the paper's gains the PID's k_t responds differently from BEGAN's update",
@@ -141,7 +142,7 @@ def claim_pid(cfg_gains: tuple) -> Row:
                f"the proportional and derivative gains (l2 + l3 = {cfg_gains[1] + cfg_gains[2]:g}) add a one-off "
                f"(l2 + l3) e_t when e_t steps, {gap:.3%} of what the integral term (l1 = {cfg_gains[0]:g}) adds "
                f"in 1000 steps: at these gains the two updates are the same in practice, so no run could show the "
-               f"damping the paper describes")
+               f"damping the paper describes", check=True)
 
 
 def digit_reader(args, scale: dict, device) -> tuple:

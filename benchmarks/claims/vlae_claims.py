@@ -237,7 +237,8 @@ def claims_faces(run: Run, args, device) -> tuple[list, list]:
             Row("Every latent layer changes the image (none is ignored)", "sec. 2.2, Fig. 3",
                 f"effect score (mean per-pixel std over 64 redraws, [-1, 1] units), z0 to z3: {fmt(effect)}",
                 verdict([min(effect) > 0.01 * max(effect)]), "all above 1% of the largest"
-                if min(effect) > 0.01 * max(effect) else "a layer is ignored by the decoder")]
+                if min(effect) > 0.01 * max(effect) else "a layer is ignored by the decoder",
+                check=True)]  # every layer feeds the decoder by construction: a redraw always moves the image
     if "class" in result.get("probe_accuracy", {}):
         acc = result["probe_accuracy"]["class"]
         rows.append(probe_row("Deeper layers hold identity (z2 more than z0)", "sec. 3, Fig. 3", "identity", acc, 2, 0,
