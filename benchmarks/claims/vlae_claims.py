@@ -242,8 +242,8 @@ def claims_faces(run: Run, args, device) -> tuple[list, list]:
     if "class" in result.get("probe_accuracy", {}):
         acc = result["probe_accuracy"]["class"]
         rows.append(probe_row("Deeper layers hold identity (z2 more than z0)", "sec. 3, Fig. 3", "identity", acc, 2, 0,
-                              result, f"no layer reads the identity well yet (best {max(acc):.3f}) at {run.steps} "
-                              f"steps (effect scores {fmt(effect)})"))
+                              result, f"no layer reads the identity well (best {max(acc):.3f}; effect scores "
+                              f"{fmt(effect)}). Hypothesis, not measured: {run.steps} steps are too few for it"))
     figures, row = claim_arithmetic(model, cfg, args, device)
     return rows + ([row] if row else []), figures
 
