@@ -493,3 +493,32 @@ def test_finetune_saves_on_sigterm_resumes_exactly_and_a_finished_one_is_not_rep
     resumed = torch.load(os.path.join(out, "finetune", "checkpoint.pt"), weights_only=False)
     for k, v in straight["models"]["model"].items():
         assert torch.equal(v, resumed["models"]["model"][k]), k
+
+
+@pytest.mark.parametrize("posterior", ["gaussian", "detached"])
+def test_z_s_posterior_modes_give_e_s_their_own_objective(posterior, monkeypatch):
+    """--z-s-posterior gaussian: E_s gives (m, log s); G decodes a draw of N(m, s) (here its mean:
+    the noise is patched out) and E_s' stage-2 objective is 10 L_rec + KL(N(m, s) || N(mu_c,
+    Sigma_c)), the KL from torch.distributions. detached: E_s gets L_lkd alone (no L_rec)."""
+    cfg, model = tiny(z_s_posterior=posterior)
+    model.train()
+    monkeypatch.setattr(common, "reparameterize", lambda mu, logvar: mu)
+    x, c = torch.rand(4, 1, 28, 28) * 2 - 1, torch.tensor([0, 1, 2, 3])
+    with torch.no_grad():
+        model.prior.raw.copy_(torch.randn_like(model.prior.raw) * 0.3)
+    groups = model.groups()
+    dv.stage2_step(model, {name: NoStep() for name in groups}, [(x, c)], cfg, torch.device("cpu"))
+    got = [p.grad.clone() for p in groups["encoder_s"]]
+    h = model.encoder_s(x)
+    mu_u = model.encode_u(x)[0]
+    mu, logvar = model.prior.mu.detach(), model.prior.raw.detach()
+    if posterior == "gaussian":
+        m, log_s = h.chunk(2, dim=1)
+        assert torch.equal(model.code_s(x), m)
+        q = torch.distributions.Normal(m, (0.5 * log_s).exp())
+        p = torch.distributions.Normal(mu[c], (0.5 * logvar[c]).exp())
+        want = 10 * (model.decode(m, mu_u) - x).pow(2).mean() + torch.distributions.kl_divergence(q, p).sum(1).mean()
+    else:
+        want = (0.5 * ((h - mu[c]) ** 2 / logvar[c].exp()).sum(1) + 0.5 * logvar[c].sum(1)).mean()
+    for g, w in zip(got, torch.autograd.grad(want, groups["encoder_s"], allow_unused=True)):
+        assert torch.allclose(g, torch.zeros_like(g) if w is None else w, atol=1e-5, rtol=1e-4)
