@@ -185,3 +185,13 @@ def test_checks_are_listed_apart_and_not_counted(tmp_path):
     assert "| a |" in claims and "| b |" in claims and "| c |" not in claims and "why c" not in claims
     assert "| c |" in checks and "why c" in checks
     assert shared.status_from_report(str(report), str(tmp_path)).startswith("1 of 2 claims hold")
+
+
+def test_lr_livae_sample_row_needs_0_9_and_no_gap_beyond_2_se():
+    from claims.disentangled_claims import claim_samples_read
+    scale = {"div_classes": 7}
+    row = claim_samples_read({"right": 0.92}, {"right": 0.96}, 20, scale)  # SE of the gap ~0.024: within 2 SE
+    assert row.holds == "yes"
+    assert claim_samples_read({"right": 0.85}, {"right": 0.86}, 20, scale).holds == "mixed"   # under 0.9
+    assert claim_samples_read({"right": 0.50}, {"right": 0.96}, 20, scale).holds == "no"
+    assert claim_samples_read({"right": 0.90}, {"right": 0.999}, 200, scale).holds == "mixed"  # gap > 2 SE
