@@ -195,3 +195,11 @@ def test_lr_livae_sample_row_needs_0_9_and_no_gap_beyond_2_se():
     assert claim_samples_read({"right": 0.85}, {"right": 0.86}, 20, scale).holds == "mixed"   # under 0.9
     assert claim_samples_read({"right": 0.50}, {"right": 0.96}, 20, scale).holds == "no"
     assert claim_samples_read({"right": 0.90}, {"right": 0.999}, 200, scale).holds == "mixed"  # gap > 2 SE
+
+
+def test_spread_se_shrinks_with_the_number_of_points_as_one_over_root_n():
+    from claims.disentangled_claims import spread_se
+    points, labels = data.toy_data(400, 0)
+    small = spread_se(points[::4], labels[::4], draws=100)
+    large = spread_se(points, labels, draws=100)
+    assert 0 < large < small and small / large == pytest.approx(2.0, rel=0.35)  # 4x the points: half the SE
