@@ -124,6 +124,8 @@ class Config(common.RunConfig):
     rec_weight: float = common.arg(10.0, "weight of L_rec in E_s', E_u's and G's objectives (code: 10)", at_least=0.0)
     kl_weight: float = common.arg(1.0, "weight of L_KL in E_u's objective (code: 1)", at_least=0.0)
     adv_weight: float = common.arg(1.0, "weight of L_adv in E_u's objective (code: 1)", at_least=0.0)
+    c_steps: int = common.arg(1, "Adam steps of the adversary C per iteration (code: 1); the extra ones on fresh "
+                                 "draws of z_u of the iteration's batch, after the joint step", at_least=1)
     lkd_weight: float = common.arg(1.0, "weight of L_lkd in E_s' stage-2 objective (code: 10 x 0.1)", at_least=0.0)
     gan: bool = common.arg(True, "the GAN extension (projection discriminator, hinge); --no-gan: the plain VAE")
     sigma_lr: str = common.arg("", "Sigma's learning rate: code (x0.1 every 10 epochs), paper (x0.01 after "
@@ -653,9 +655,27 @@ def train_step(model: DisentangledVAE, optimizers: dict, batch_at, step: int, cf
         batches = micro(step)
         gm = {"L_GM": torch.zeros((), device=device), "accuracy": torch.zeros((), device=device)}
     t = stage2_step(model, optimizers, batches, cfg, device, forward, scaler)
+    if model.kind == "lr-livae" and cfg.c_steps > 1:
+        adversary_steps(model, optimizers["classifier"], batches, cfg)
     keep = ("L_rec", "L_KL", "L_lkd", "L_adv", "L_C", "L_Dis", "L_GD") + (("L_pair", "L_aux") if model.bao else ())
     loss = t["encoders_and_decoder"] + t["L_GD"] + t["L_Dis"] + t["L_C"] + t.get("L_aux", 0.0) + gm["L_GM"]
     return {"loss": loss, "L_GM": gm["L_GM"], "acc_z_s": gm["accuracy"], **{k_: t[k_] for k_ in keep}}
+
+
+def adversary_steps(model: DisentangledVAE, optimizer, batches: list, cfg: Config) -> None:
+    """--c-steps: cfg.c_steps - 1 more steps of L_C (eq. 4) for C alone, each on a fresh draw of
+    z_u ~ q(z_u|x) of the iteration's images (E_u as the joint step left it, no gradient)."""
+    params = list(model.classifier.parameters())
+    with torch.no_grad():
+        codes = [(model.encode_u(x), c) for x, c in batches]
+    for _ in range(cfg.c_steps - 1):
+        for p in params:
+            p.grad = None
+        for (mu, logvar), c in codes:
+            loss = F.cross_entropy(model.classifier(common.reparameterize(mu, logvar)).float(), c)
+            set_grads(loss / len(codes), params, add=True)
+        common.average_gradients(params)
+        optimizer.step()
 
 
 # ----------------------------------------------------------------------------------------------
