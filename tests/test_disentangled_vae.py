@@ -522,3 +522,20 @@ def test_z_s_posterior_modes_give_e_s_their_own_objective(posterior, monkeypatch
         want = (0.5 * ((h - mu[c]) ** 2 / logvar[c].exp()).sum(1) + 0.5 * logvar[c].sum(1)).mean()
     for g, w in zip(got, torch.autograd.grad(want, groups["encoder_s"], allow_unused=True)):
         assert torch.allclose(g, torch.zeros_like(g) if w is None else w, atol=1e-5, rtol=1e-4)
+
+
+def test_extra_adversary_steps_train_c_alone_on_the_batch_codes():
+    cfg, model = tiny(c_steps=6)
+    model.train()
+    x, c = torch.rand(8, 1, 28, 28) * 2 - 1, torch.arange(8) % 4
+    before = {k: v.clone() for k, v in model.state_dict().items() if not k.endswith(("running_mean", "running_var",
+                                                                                        "num_batches_tracked"))}
+    opt = torch.optim.Adam(model.classifier.parameters(), lr=1e-2)
+    with torch.no_grad():
+        mu = model.encode_u(x)[0]
+    loss_before = torch.nn.functional.cross_entropy(model.classifier(mu), c).item()
+    dv.adversary_steps(model, opt, [(x, c)], cfg)
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("classifier.") for k in changed)
+    assert torch.nn.functional.cross_entropy(model.classifier(mu), c).item() < loss_before
