@@ -18,7 +18,7 @@ from .shared import (
 
 
 DISENTANGLED_SCALES = {
-    "small": {"steps": 150, "batch": 64, "unseen": "7,8,9", "finetune": 60, "eval": 1000, "div_classes": 7,
+    "small": {"steps": 300, "batch": 64, "unseen": "7,8,9", "finetune": 60, "eval": 1000, "div_classes": 7,
               "div_samples": 10, "toy_steps": 0, "swaps": 500, "face_steps": 0, "face_batch": 96},
     "paper": {"steps": 52_000, "batch": 96, "unseen": "7,8,9", "finetune": 5000, "eval": 2000, "div_classes": 7,
               "div_samples": 20, "toy_steps": 0, "swaps": 2000, "face_steps": 0, "face_batch": 96},
@@ -33,10 +33,29 @@ DISENTANGLED_SCALES = {
 }
 
 
-def disentangled_runs(args, scale: dict) -> dict:
-    """Lr-LiVAE and the cVAE-GAN baseline (with Bao et al.'s pieces, --bao) on MNIST without labels
-    of the unseen digits, the two on the toy data (Fig. 2), and Lr-LiVAE finetuned on the unseen
-    digits (sec. 3.6)."""
+# the toy ablation: Lr-LiVAE with one flag changed from the defaults each (name: (what, flags))
+TOY_ABLATION = {"toy-lr-livae-sigma10": ("Sigma's learning rate x10", ["--sigma-lr-scale", "10"]),
+                "toy-lr-livae-gaussian": ("q(z_s|x) Gaussian, KL to p(z_s|c)", ["--z-s-posterior", "gaussian"]),
+                "toy-lr-livae-detached": ("L_rec does not reach E_s", ["--z-s-posterior", "detached"])}
+
+
+def toy_ablation_table(runs: dict) -> list:
+    """Markdown lines: the toy's on-curve share and `toy_code_sources` for the defaults and each
+    TOY_ABLATION run, so the report shows which change moved the number."""
+    lines = ["### Toy ablation (Fig. 2): one flag changed from the defaults each", "",
+             "| run | change | on their curve | decoding p(z_s\\|c) | E_s's codes | a Gaussian fit of the codes | "
+             "sqrt(Sigma) / sd of the codes |", "|---|---|---|---|---|---|---|"]
+    for key, what in [("toy-lr-livae", "none (the defaults)")] + [(k, v[0]) for k, v in TOY_ABLATION.items()]:
+        src = toy_code_sources(runs[key].out)
+        lines.append(f"| `{key}` | {what} | {toy_snapshot_spread(runs[key])[1]:.0%} | {src['prior']:.0%} | "
+                     f"{src['codes']:.0%} | {src['refit']:.0%} | {src['width_mean']:.2f} |")
+    return lines
+
+
+def run_specs(args, scale: dict) -> dict:
+    """{key: (run name, argv)} of the trained runs: Lr-LiVAE and the cVAE-GAN baseline (with Bao et
+    al.'s pieces, --bao) on MNIST without labels of the unseen digits, the two on the toy data
+    (Fig. 2), and the toy ablation (`TOY_ABLATION`)."""
     mnist = data_folder(args.data_dir, "mnist", "MNIST's gzipped IDX files")
     argv = ["--dataset", "mnist", "--data-dir", mnist, "--steps", str(scale["steps"]), "--batch-size",
             str(scale["batch"]), "--seed", str(args.seed), "--unseen-classes", scale["unseen"], "--eval-images",
@@ -44,18 +63,24 @@ def disentangled_runs(args, scale: dict) -> dict:
             str(scale["div_samples"]), "--log-every", "50" if args.scale != "tiny" and not args.dry_run else "1"]
     models = {"lr-livae": ["--model", "lr-livae"], "cvae-gan": ["--model", "cvae-gan", "--bao"]}
     name = lambda model: model + ("-bao" if "--bao" in models[model] else "")
-    runs = {model: train_run(disentangled_vae, f"mnist-{name(model)}", argv + flags, args.work, args.reuse)
-            for model, flags in models.items()}
+    specs = {model: (f"mnist-{name(model)}", argv + flags) for model, flags in models.items()}
     toy = ["--dataset", "toy", "--seed", str(args.seed), "--log-every", "200" if scale["toy_steps"] == 0 else "1"]
     toy_steps = scale["toy_steps"] or disentangled_vae.resolve_defaults(disentangled_vae.Config(dataset="toy")).steps
     toy += ["--steps", str(toy_steps)] + (["--toy-points", "100"] if scale["toy_steps"] else [])
     for model, flags in models.items():
-        runs[f"toy-{model}"] = train_run(disentangled_vae, f"toy-{name(model)}", toy + flags, args.work, args.reuse)
-    runs["toy-lr-livae-sigma10"] = train_run(disentangled_vae, "toy-lr-livae-sigma10", toy + models["lr-livae"]
-                                             + ["--sigma-lr-scale", "10"], args.work, args.reuse)
+        specs[f"toy-{model}"] = (f"toy-{name(model)}", toy + flags)
+    for key, (_, flags) in TOY_ABLATION.items():
+        specs[key] = (key, toy + models["lr-livae"] + flags)
+    return specs
+
+
+def disentangled_runs(args, scale: dict) -> dict:
+    """Every run of `run_specs`, then Lr-LiVAE finetuned on the unseen digits (sec. 3.6)."""
+    runs = {key: train_run(disentangled_vae, name, argv, args.work, args.reuse)
+            for key, (name, argv) in run_specs(args, scale).items()}
     t0 = time.time()
     disentangled_vae.main(["finetune", "--checkpoint", os.path.join(runs["lr-livae"].out, "checkpoint.pt"),
-                           "--finetune-steps", str(scale["finetune"])])
+                           "--finetune-steps", str(scale["finetune"]), "--fresh"])
     runs["finetune"] = Run("finetune", os.path.join(runs["lr-livae"].out, "finetune"),
                            f"the training images of the unseen digits {scale['unseen']}, labels unused",
                            scale["finetune"], time.time() - t0)
@@ -346,4 +371,4 @@ def claims_disentangled(args, device) -> None:
                "VGG16-BN step at 64 px takes seconds on 2 cores): `--scale medium` (a GPU job) adds them"),
               *footer("disentangled", runs, t0, args)]
     publish(args, "disentangled", "Lr-LiVAE (Zheng & Sun 2019): the paper's claims, measured", header, rows, figures,
-            ("fig2_toy", "fig6_swap", "unseen_swap"))
+            ("fig2_toy", "fig6_swap", "unseen_swap"), sections=toy_ablation_table(runs))

@@ -75,17 +75,20 @@ def split_description(run_out: str) -> str:
 
 def train_run(script, name: str, argv: list, work: str, reuse: bool = False) -> Run:
     """Train one run through `script.main` (fresh, into work/name; training, figures and eval)
-    and time it. With `reuse`, a finished run of as many steps already in work/name is kept and
-    its training time read from its metrics."""
+    and time it; the argv is kept in work/name/claims_argv.json. With `reuse`, a finished run of as
+    many steps and the same argv already in work/name is kept (one from before argv was kept, with
+    a note) and its training time read from its metrics."""
     out = os.path.join(work, name)
     steps = int(argv[argv.index("--steps") + 1])
-    done = os.path.join(out, "eval.json")
-    if reuse and os.path.exists(done) and common.load_checkpoint(out, script.SCRIPT)["step"] == steps:
-        print(f"reusing {out}")
+    done, kept = os.path.join(out, "eval.json"), os.path.join(out, "claims_argv.json")
+    same = not os.path.exists(kept) or json.load(open(kept)) == argv
+    if reuse and os.path.exists(done) and same and common.load_checkpoint(out, script.SCRIPT)["step"] == steps:
+        print(f"reusing {out}" + ("" if os.path.exists(kept) else " (trained before claims_argv.json was kept)"))
         seconds = common.read_jsonl(os.path.join(out, "metrics.jsonl"))[-1]["seconds"]
         return Run(name, out, split_description(out), steps, seconds, reused=True)
     t0 = time.time()
     script.main(argv + ["--out", out, "--fresh"])
+    common.save_json(kept, argv)
     return Run(name, out, split_description(out), steps, time.time() - t0)
 
 
