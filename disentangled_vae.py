@@ -414,7 +414,7 @@ class DisentangledVAE(nn.Module):
         super().__init__()
         channels = 1 if cfg.dataset == "mnist" else 3
         self.n_classes, self.z_s_dim, self.z_u_dim, self.kind = n_classes, cfg.z_s_dim, cfg.z_u_dim, cfg.model
-        self.bao = cfg.bao
+        self.bao, self.z_s_posterior = cfg.bao, cfg.z_s_posterior
         trunk_u, width = encoder_trunk(cfg, channels)
         self.encoder_u = (LabelAwareEncoder(trunk_u, width, n_classes, cfg.z_u_dim) if cfg.bao else
                           nn.Sequential(trunk_u, nn.Linear(width, 2 * cfg.z_u_dim)))
@@ -423,7 +423,6 @@ class DisentangledVAE(nn.Module):
         self.decoder = decoder_net(cfg, channels)
         if cfg.model == "lr-livae":
             trunk_s, width = encoder_trunk(cfg, channels)
-            self.z_s_posterior = cfg.z_s_posterior
             self.encoder_s = nn.Sequential(trunk_s, nn.Linear(width, cfg.z_s_dim * (2 if cfg.z_s_posterior == "gaussian" else 1)))
             self.prior = GaussianMixturePrior(n_classes, cfg.z_s_dim, cfg.sigma_param)
             self.classifier = LatentClassifier(cfg.z_u_dim, n_classes, 64 if cfg.dataset == "toy" else 256)
