@@ -47,6 +47,7 @@ def toy_ablation_table(runs: dict) -> list:
              "sqrt(Sigma) / sd of the codes |", "|---|---|---|---|---|---|---|"]
     for key, what in [("toy-lr-livae", "none (the defaults)")] + [(k, v[0]) for k, v in TOY_ABLATION.items()]:
         src = toy_code_sources(runs[key].out)
+        what = what.replace("|", "\\|")  # a pipe inside a markdown cell
         lines.append(f"| `{key}` | {what} | {toy_snapshot_spread(runs[key])[1]:.0%} | {src['prior']:.0%} | "
                      f"{src['codes']:.0%} | {src['refit']:.0%} | {src['width_mean']:.2f} |")
     return lines
