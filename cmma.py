@@ -802,7 +802,7 @@ def load_models(cfg: Config, explicit: set, device) -> list:
         os.path.join(cfg.out or os.path.join("runs", f"cmma-{cfg.dataset}-{cfg.model}"), "checkpoint.pt")]
     loaded = []
     for path in map(common.checkpoint_file, paths):
-        state = common.load_checkpoint(path, SCRIPT)
+        state = common.load_checkpoint(path, SCRIPT, common.RUN_ENTRIES)
         saved = common.merge_saved_config(cfg, state["config"], explicit, RUN_FIELDS, path, resume=False)
         own = cfg.out if "out" in explicit and len(paths) == 1 else os.path.dirname(os.path.abspath(path))
         saved = resolve_defaults(dataclasses.replace(saved, out=own))
@@ -955,7 +955,7 @@ def eval_subsets(cfg: Config, test: data.ImageSet, valid: data.ImageSet) -> tupl
 
 def print_tables(table: dict) -> None:
     r0 = next(iter(table.values()))
-    print(f"data: {r0['data']}; {r0['test_faces']} test faces, {r0['valid_faces']} validation faces, "
+    print(f"this run: {r0['data']}; {r0['test_faces']} test faces, {r0['valid_faces']} validation faces, "
           f"K = {r0['parzen_samples']} samples per face")
     print("Table 2: variational lower bound on the test faces (nats per face; the paper's numbers are on LFW, "
           "not these faces: CMMA 17,973, CVAE 14,356)")

@@ -1191,11 +1191,15 @@ UNREADABLE_HINT = ("; it is truncated or not a checkpoint: to train, --fresh sta
                    "is replaced at the first save); to evaluate, pass another --checkpoint")
 
 
-def load_checkpoint(path: str, script: str) -> dict:
+RUN_ENTRIES = ("config", "models", "step")  # what every script's run checkpoint holds
+
+
+def load_checkpoint(path: str, script: str, need: Sequence[str] = ()) -> dict:
     """Read a checkpoint written by `save_checkpoint` for `script`, on the CPU.
 
     Raises FileNotFoundError if `path` is missing, ValueError if it is not a checkpoint of
-    this project or belongs to another script (the message names both).
+    this project, belongs to another script (the message names both), or lacks one of the
+    entries in `need` (RUN_ENTRIES for a run's checkpoint).
     """
     path = checkpoint_file(path)
     if not os.path.isfile(path):
@@ -1218,8 +1222,8 @@ def load_checkpoint(path: str, script: str) -> dict:
     if payload["script"] != script:
         raise ValueError(f"{path} was written by {payload['script']}.py, not {script}.py: "
                          f"use `python {payload['script']}.py ... --checkpoint {path}`")
-    missing = [k for k in ("config", "models", "step") if k not in payload]
-    if missing or not isinstance(payload["models"], dict) or not isinstance(payload["config"], dict):
+    missing = [k for k in need if k not in payload]
+    if missing or any(not isinstance(payload[k], dict) for k in ("config", "models") if k in need):
         raise ValueError(f"{path} lacks its {', '.join(missing) or 'config or models'} entry (it holds "
                          f"{', '.join(sorted(map(str, payload)))}){UNREADABLE_HINT}")
     payload["path"] = path
@@ -1617,7 +1621,7 @@ def checkpoint_to_resume(cfg: Any, explicit: set, script: str, run_fields: set, 
     checkpoint (ValueError otherwise: --out is then not one folder shared by all nodes)."""
     lock_run_folder(cfg.out)
     path = os.path.join(cfg.out, "checkpoint.pt")
-    state = None if cfg.fresh or not os.path.exists(path) else load_checkpoint(path, script)
+    state = None if cfg.fresh or not os.path.exists(path) else load_checkpoint(path, script, RUN_ENTRIES)
     seen = gather_objects(None if state is None else state["step"])
     for rank, step in enumerate(seen):
         if step != seen[0]:

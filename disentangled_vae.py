@@ -1098,7 +1098,7 @@ def resume_finetune(cfg: Config, out: str, model: DisentangledVAE, optimizers: d
     path = os.path.join(out, "checkpoint.pt")
     if cfg.fresh or not os.path.exists(path):
         return 0
-    state = common.load_checkpoint(path, SCRIPT)
+    state = common.load_checkpoint(path, SCRIPT, common.RUN_ENTRIES)
     done = state["step"]
     if "optimizers" not in state or done >= cfg.finetune_steps:
         raise ValueError(f"{path} already holds a finetune of {done} steps: pass --fresh to finetune again from "
@@ -1328,7 +1328,7 @@ def load_models(cfg: Config, explicit: set, device) -> list:
         os.path.join(cfg.out or os.path.join("runs", f"dvae-{cfg.dataset}-{cfg.model}"), "checkpoint.pt")]
     runs = []
     for path in map(common.checkpoint_file, paths):
-        state = common.load_checkpoint(path, SCRIPT)
+        state = common.load_checkpoint(path, SCRIPT, common.RUN_ENTRIES)
         saved = common.merge_saved_config(cfg, state["config"], explicit, RUN_FIELDS, path, resume=False)
         own = cfg.out if "out" in explicit and len(paths) == 1 else os.path.dirname(os.path.abspath(path))
         saved = resolve_defaults(dataclasses.replace(saved, out=own))

@@ -666,7 +666,7 @@ def load_model(cfg: Config, explicit: set, device):
         raise ValueError(f"--checkpoint {path}: {SCRIPT}.py evaluates one checkpoint at a time; run the command "
                          f"once per checkpoint (each writes into its own run folder)")
     path = common.checkpoint_file(path)
-    state = common.load_checkpoint(path, SCRIPT)
+    state = common.load_checkpoint(path, SCRIPT, common.RUN_ENTRIES)
     controller = state["extra"]["controller"]
     saved = common.merge_saved_config(cfg, state["config"], explicit, RUN_FIELDS, path, resume=False)
     if "out" not in explicit:

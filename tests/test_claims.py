@@ -37,13 +37,14 @@ def report_rows(paper: str, tmp_path) -> tuple[str, list, list]:
 
 def test_vlae_claims_write_a_table_of_rows_and_the_figures_it_cites(tmp_path):
     text, rows, cited = report_rows("vlae", tmp_path)
-    # probe, Fig. 2 identity, Fig. 2 style, MMD vs KL (faces), Fig. 3 colour, effect, identity, Fig. 4
-    assert [cells[0][:7] for cells in rows] == ["A linea", "Fig. 2:", "Fig. 2:", "MMD kee", "Fig. 3:", "Every l",
+    # probe, Fig. 2 identity, Fig. 2 style, MMD vs KL (faces), Fig. 3 colour, identity, Fig. 4; the effect row is a check
+    assert [cells[0][:7] for cells in rows] == ["A linea", "Fig. 2:", "Fig. 2:", "MMD kee", "Fig. 3:",
                                                 "Deeper ", "Fig. 4:"]
+    assert "| Every latent layer changes the image" in text.split(shared.CHECKS_HEADING)[1]
     for run in ("mnist-mmd", "faces-mmd", "faces-kl"):
         assert f"Run `{run}`" in text and os.path.exists(tmp_path / "runs" / run / "eval.json")
     assert "standard error" in rows[0][2] and "+-" in rows[1][2]  # the probe and the redraw shares carry their SE
-    assert "vs" in rows[7][2] and "real pale women" in rows[7][2]  # Fig. 4 against pixel arithmetic
+    assert "vs" in rows[6][2] and "real pale women" in rows[6][2]  # Fig. 4 against pixel arithmetic
     assert len(cited) == 5
     assert "Machine:" in text and "this invocation took" in text
 
@@ -106,7 +107,8 @@ def test_frechet_and_kernel_distances_are_zero_for_one_distribution_and_grow_wit
 def test_vae_began_claims_score_every_variant_with_the_judge_and_plot_both_controllers(tmp_path):
     text, rows, cited = report_rows("vae_began", tmp_path)
     assert [cells[0][:8] for cells in rows] == ["Table 1:", "Sec. 5: ", "Sec. 5.2", "Sec. 3.4", "Sec. 3.4",
-                                                "Sec. 5.2", "Sec. 3.4"]
+                                                "Sec. 5.2"]
+    assert "| Sec. 3.4: with the paper's gains the PID" in text.split(shared.CHECKS_HEADING)[1]  # a check
     assert "sec. 5.3, Table 1" in rows[0][1] and "50,000" not in text  # Table 1 is sec. 5.3; no sample count
     for name in ("BEGAN", "BEGAN* + LSM", "VAE + BEGAN* + LSM", "VAE alone", "real digits"):
         assert f"{name}: IS " in rows[0][2]
