@@ -1222,12 +1222,18 @@ def load_checkpoint(path: str, script: str, need: Sequence[str] = ()) -> dict:
     if payload["script"] != script:
         raise ValueError(f"{path} was written by {payload['script']}.py, not {script}.py: "
                          f"use `python {payload['script']}.py ... --checkpoint {path}`")
+    payload["path"] = path
+    require_entries(payload, need)
+    return payload
+
+
+def require_entries(payload: dict, need: Sequence[str]) -> None:
+    """ValueError naming the checkpoint (payload['path']) when an entry in `need` is missing, or its
+    config or models is not a dict."""
     missing = [k for k in need if k not in payload]
     if missing or any(not isinstance(payload[k], dict) for k in ("config", "models") if k in need):
-        raise ValueError(f"{path} lacks its {', '.join(missing) or 'config or models'} entry (it holds "
+        raise ValueError(f"{payload['path']} lacks its {', '.join(missing) or 'config or models'} entry (it holds "
                          f"{', '.join(sorted(map(str, payload)))}){UNREADABLE_HINT}")
-    payload["path"] = path
-    return payload
 
 
 def checkpoint_file(path: str) -> str:
@@ -1621,8 +1627,8 @@ def checkpoint_to_resume(cfg: Any, explicit: set, script: str, run_fields: set, 
     checkpoint (ValueError otherwise: --out is then not one folder shared by all nodes)."""
     lock_run_folder(cfg.out)
     path = os.path.join(cfg.out, "checkpoint.pt")
-    state = None if cfg.fresh or not os.path.exists(path) else load_checkpoint(path, script, RUN_ENTRIES)
-    seen = gather_objects(None if state is None else state["step"])
+    state = None if cfg.fresh or not os.path.exists(path) else load_checkpoint(path, script)
+    seen = gather_objects(None if state is None else state.get("step"))
     for rank, step in enumerate(seen):
         if step != seen[0]:
             view = lambda s: "no checkpoint" if s is None else f"a checkpoint at step {s}"
@@ -1631,6 +1637,7 @@ def checkpoint_to_resume(cfg: Any, explicit: set, script: str, run_fields: set, 
                              f"resume from it)")
     if state is None:
         return cfg, None
+    require_entries(state, RUN_ENTRIES)  # after the collective above: every rank raises alike, none hangs
     return resolve(merge_saved_config(cfg, state["config"], explicit, run_fields, path)), state
 
 
