@@ -284,7 +284,7 @@ def claim_samples_read(a: dict, b: dict, n: int, scale: dict) -> Row:
     se = accuracy_gap_se(a["right"], b["right"], items)
     parts = [a["right"] >= 0.9, a["right"] >= b["right"] - 2 * se]
     return Row("Samples of a class are read as that class, as the cVAE-GAN's are", "sec. 4.2",
-               f"share of samples (z_s ~ p(z_s|c), z_u ~ N(0, I)) the judge reads as their class: Lr-LiVAE "
+               f"share of samples (z_s ~ p(z_s\\|c), z_u ~ N(0, I)) the judge reads as their class: Lr-LiVAE "
                f"{a['right']:.3f}, cVAE-GAN {b['right']:.3f}, SE of the gap {se:.3f} ({scale['div_classes']} classes "
                f"x {n} samples)", verdict(parts), f"at least 0.9: {'yes' if parts[0] else 'no'}; within 2 SE of the "
                f"baseline or above: {'yes' if parts[1] else 'no'}")
