@@ -101,7 +101,7 @@ def test_vlae_checkpoint_whose_saved_image_size_disagrees_with_its_weights_is_on
 def test_cmma_eval_of_several_checkpoints_gives_each_run_its_own_numbers(tmp_path, capsys):
     """a, b and b, a: each eval.json equals the run evaluated alone, written into its own
     folder; two runs of one model are two rows; an explicit --out receives the comparison."""
-    args = ["--dataset", "mnist", "--data-dir", MNIST, "--batch-size", "8", "--steps", "2", "--log-every", "1"]
+    args = ["--dataset", "mnist", "--data-dir", MNIST, "--batch-size", "8", "--steps", "1", "--log-every", "1"]
     cmma.main(args + ["--out", str(tmp_path / "a"), "--seed", "0"] + CMMA_EVAL)
     cmma.main(args + ["--out", str(tmp_path / "b"), "--seed", "5"] + CMMA_EVAL)
     alone = {k: json.load(open(tmp_path / k / "eval.json")) for k in "ab"}
@@ -120,7 +120,7 @@ def test_cmma_eval_of_several_checkpoints_gives_each_run_its_own_numbers(tmp_pat
 
 
 def test_disentangled_eval_of_several_checkpoints_gives_each_run_its_own_numbers(tmp_path):
-    args = ["--dataset", "toy", "--toy-points", "100", "--batch-size", "16", "--eval-images", "30", "--steps", "2"]
+    args = ["--dataset", "toy", "--toy-points", "100", "--batch-size", "16", "--eval-images", "30", "--steps", "1"]
     disentangled_vae.main(args + ["--out", str(tmp_path / "a"), "--seed", "0"])
     disentangled_vae.main(args + ["--out", str(tmp_path / "b"), "--seed", "5"])
     alone = {k: json.load(open(tmp_path / k / "eval.json")) for k in "ab"}

@@ -442,11 +442,11 @@ def test_output_piped_into_a_reader_that_closes_does_not_kill_the_run(mnist_dir,
     """`python vlae.py ... | head -1`: once head has gone, the log lines are dropped and the run
     trains on to its last step and checkpoint, exit 0, with no BrokenPipeError."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "vlae.py", "--data-dir", mnist_dir, "--out", str(tmp_path), "--steps", "6",
+    proc = subprocess.Popen([sys.executable, "vlae.py", "--data-dir", mnist_dir, "--out", str(tmp_path), "--steps", "3",
                              "--log-every", "1"] + FAST_MNIST, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     assert proc.stdout.readline()  # the first line, then the reader goes, as head's does
     proc.stdout.close()
     err = proc.stderr.read()
     assert proc.wait(timeout=300) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
-    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 6
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 3
