@@ -807,7 +807,7 @@ def load_models(cfg: Config, explicit: set, device) -> list:
         own = cfg.out if "out" in explicit and len(paths) == 1 else os.path.dirname(os.path.abspath(path))
         saved = resolve_defaults(dataclasses.replace(saved, out=own))
         model = build_model(saved, saved.attributes)
-        common.load_weights(model, state, "model", path)
+        common.load_weights(model, state, "model")
         loaded.append((saved, model.to(device).eval()))
     return loaded
 

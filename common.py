@@ -1242,12 +1242,12 @@ def checkpoint_file(path: str) -> str:
     return os.path.join(path, "checkpoint.pt") if os.path.isdir(path) else path
 
 
-def load_weights(module: nn.Module, state: dict, name: str, path: str) -> None:
-    """Load state['models'][name] into `module`, checked first: the entry must exist, every
+def load_weights(module: nn.Module, state: dict, name: str) -> None:
+    """Load state['models'][name] of the checkpoint `load_checkpoint` read into `module`, checked first: the entry must exist, every
     floating tensor be finite (a NaN-weight file would evaluate to NaN with exit 0), and the
     names and shapes fit the model built from the checkpoint's own settings. Each failure is a
     ValueError naming the checkpoint and what does not match."""
-    weights = state["models"].get(name)
+    weights, path = state["models"].get(name), state["path"]
     if not isinstance(weights, dict):
         raise ValueError(f"{path} holds no '{name}' weights (its models: {', '.join(map(str, state['models']))})"
                          f"{UNREADABLE_HINT}")
@@ -1647,7 +1647,7 @@ def restore_training_state(state: dict, models: dict, optimizers: dict, scaler: 
     and this rank's RNG state when the number of ranks is unchanged (resume is then exact; on
     another number of ranks each rank gets a fresh, distinct stream). Returns the step."""
     for k, m in models.items():
-        load_weights(unwrap(m), state, k, state.get("path", "the checkpoint"))
+        load_weights(unwrap(m), state, k)
     for k, o in optimizers.items():
         o.load_state_dict(state["optimizers"][k])
     scaler.load_state_dict(state["scaler"])

@@ -401,16 +401,15 @@ def load_folder(root: str, split: str = "train", image_size: int = 64,
                                 f"expects one sub-folder of images per class, e.g. {root}/alice/001.jpg")
     # hidden folders (.ipynb_checkpoints, .git) are not classes; neither are folders without images
     folders = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
-    groups, skipped = {}, {"sub-folder(s) (classes are not nested; move their images up)": [],
-                           f"file(s) of another format (read: {' '.join(IMAGE_EXTENSIONS)})": []}
+    groups, other = {}, []
     for name in folders:
         entries = sorted(f for f in os.listdir(os.path.join(root, name)) if not f.startswith("."))
         groups[name] = [f for f in entries if f.lower().endswith(IMAGE_EXTENSIONS)]
-        for f in entries:
-            if not f.lower().endswith(IMAGE_EXTENSIONS):
-                nested = os.path.isdir(os.path.join(root, name, f))
-                skipped[list(skipped)[0 if nested else 1]].append(os.path.join(name, f))
-    for why, items in skipped.items():
+        other += [os.path.join(name, f) for f in entries if not f.lower().endswith(IMAGE_EXTENSIONS)]
+    nested = [p for p in other if os.path.isdir(os.path.join(root, p))]
+    for why, items in (("sub-folder(s) (classes are not nested; move their images up)", nested),
+                       (f"file(s) of another format (read: {' '.join(IMAGE_EXTENSIONS)})",
+                        [p for p in other if p not in nested])):
         if items and verbose:
             print(f"{root}: skipping {len(items)} {why}: {', '.join(items[:3])}" + (" ..." if len(items) > 3 else ""),
                   file=sys.stderr)

@@ -1333,7 +1333,7 @@ def load_models(cfg: Config, explicit: set, device) -> list:
         own = cfg.out if "out" in explicit and len(paths) == 1 else os.path.dirname(os.path.abspath(path))
         saved = resolve_defaults(dataclasses.replace(saved, out=own))
         model = DisentangledVAE(saved, state["extra"]["n_classes"])
-        common.load_weights(model, state, "model", path)
+        common.load_weights(model, state, "model")
         model.to(device)
         refresh_batchnorm(saved, model, device)
         runs.append((saved, evaluation_mode(saved, model), state["extra"]["class_names"]))

@@ -673,7 +673,7 @@ def load_model(cfg: Config, explicit: set, device):
         saved = dataclasses.replace(saved, out=os.path.dirname(os.path.abspath(path)))
     saved = resolve_defaults(saved)
     model = VAEBEGAN(saved)
-    common.load_weights(model, state, "model", path)
+    common.load_weights(model, state, "model")
     return model.to(device).eval(), saved, controller
 
 

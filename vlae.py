@@ -550,7 +550,7 @@ def load_model(cfg: Config, explicit: set) -> tuple[VLAE, Config, dict]:
         saved = dataclasses.replace(saved, out=os.path.dirname(os.path.abspath(path)))
     saved = resolve_defaults(saved)
     model = build_model(saved)
-    common.load_weights(model, state, "model", path)
+    common.load_weights(model, state, "model")
     return model.eval(), saved, state
 
 
