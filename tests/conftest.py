@@ -10,6 +10,10 @@ DATA = os.path.join(ROOT, "tests", "data")
 sys.path.insert(0, ROOT)
 # The cache of decoded images goes to a temporary folder, never the user's ~/.cache.
 os.environ["FACE_VAE_CACHE"] = tempfile.mkdtemp(prefix="face-vae-cache-")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n 2` (pytest-xdist): one thread per worker, set before torch is imported, so the
+    # workers and the processes they start do not contend for the cores
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 @pytest.fixture

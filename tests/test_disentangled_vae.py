@@ -222,8 +222,8 @@ def rows(out):
 
 def test_mnist_run_losses_fall_then_eval_and_figures(tmp_path, capsys):
     out = str(tmp_path / "mnist")
-    dv.main(["--dataset", "mnist", "--data-dir", MNIST, "--out", out, "--steps", "20", "--batch-size", "16",
-             "--z-s-dim", "8", "--z-u-dim", "16", "--log-every", "5", "--bn-momentum", "0.1", "--eval-images", "200",
+    dv.main(["--dataset", "mnist", "--data-dir", MNIST, "--out", out, "--steps", "12", "--batch-size", "16",
+             "--z-s-dim", "8", "--z-u-dim", "16", "--log-every", "4", "--bn-momentum", "0.1", "--eval-images", "200",
              "--bn-images", "320", "--diversity-classes", "2", "--diversity-samples", "4"])
     r = rows(out)
     assert r[-1]["L_rec"] < 0.7 * r[0]["L_rec"] and r[-1]["L_GM"] < r[0]["L_GM"]

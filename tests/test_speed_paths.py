@@ -31,7 +31,7 @@ def tiny_config(name: str, identities: str):
     if name == "vlae":
         return vlae.resolve_defaults(vlae.Config(dataset="celeba", image_size=32, amp=True))
     if name == "cmma":
-        return cmma.resolve_defaults(cmma.Config(dataset="celeba", amp=True))
+        return cmma.resolve_defaults(cmma.Config(dataset="celeba", image_size=32, amp=True))
     if name == "vae_began":
         return vae_began.resolve_defaults(vae_began.Config(dataset="celeba", image_size=32, filters=8, latent_dim=16,
                                                            amp=True))
@@ -39,14 +39,14 @@ def tiny_config(name: str, identities: str):
         dataset="folder", data_dir=identities, arch="dcgan", filters=8, z_s_dim=8, z_u_dim=8, batch_size=8, amp=True))
 
 
-def tiny_stepper(name: str, faces: str, identities: str, channels_last: bool = False):
-    """(model, step(i) -> loss terms) on a small config of `name` and one real batch of 8 faces."""
+def tiny_stepper(name: str, faces: str, identities: str, channels_last: bool = False, images: int = 8):
+    """(model, step(i) -> loss terms) on a small config of `name` and one real batch of `images` faces."""
     cfg = tiny_config(name, identities)
     if name == "disentangled_vae":
         split, key = data.load_dataset("folder", identities, "train", 64, None, None, verbose=False), "class"
     else:
         split, key = data.load_celeba(faces, "train", cfg.image_size, None, None, verbose=False), "attributes"
-    x, labels = data.Batches(split, 8, 0, CPU, label_keys=(key,)).get(0)
+    x, labels = data.Batches(split, images, 0, CPU, label_keys=(key,)).get(0)
     n_labels = 40 if key == "attributes" else int(split.labels[key].max()) + 1
     model, step, _ = bench.build(name, cfg, n_labels, CPU)
     if channels_last:
@@ -56,12 +56,13 @@ def tiny_stepper(name: str, faces: str, identities: str, channels_last: bool = F
 
 @pytest.mark.parametrize("name", list(KEY))
 def test_bf16_autocast_step_matches_fp32_and_keeps_fp32_weights(name, monkeypatch, celeba_dir, identities_dir):
-    _, step = tiny_stepper(name, celeba_dir, identities_dir)
+    # 2 faces: bf16 convolutions on a CPU without bf16 units take seconds per step
+    _, step = tiny_stepper(name, celeba_dir, identities_dir, images=2)
     fp32 = [step(i) for i in range(2)]
     monkeypatch.setattr(common, "amp_dtype", lambda device, enabled: torch.bfloat16 if enabled else None)
     with common.autocast(CPU, True):
         assert torch.nn.functional.linear(torch.ones(1, 2), torch.ones(3, 2)).dtype == torch.bfloat16
-    model, step = tiny_stepper(name, celeba_dir, identities_dir)
+    model, step = tiny_stepper(name, celeba_dir, identities_dir, images=2)
     bf16 = [step(i) for i in range(2)]
     for terms in bf16:
         assert all(torch.isfinite(torch.as_tensor(v)).all() for v in terms.values())
