@@ -150,6 +150,8 @@ def test_eval_figures_and_edit_over_the_three_checkpoints(three_runs, tmp_path, 
     assert "elbo_nats_per_face" not in json.load(open(three_runs / "cgan" / "eval.json"))
     assert len(result["parzen_grid"]) == 21 and result["parzen_sigma"] == result["parzen_grid"][result["parzen_sigma_index"]]
     assert result["parzen_sigma_at_grid_edge"] == (result["parzen_sigma_index"] in (0, 20))
+    valid = result["parzen_valid_nats_per_face"]  # the window is the one best on the validation faces
+    assert len(set(valid)) > 1 and result["parzen_sigma_index"] == int(np.argmax(valid))
     assert "this run: CelebA test" in printed and "4 test faces, 4 validation faces, K = 8" in printed
     assert "the paper's, on LFW" in printed
     cmma.main(["figures", "--checkpoint", ckpts, "--out", str(tmp_path)])
@@ -270,6 +272,27 @@ def test_importance_estimate_is_the_weight_formula_whatever_the_chunk(monkeypatc
     for chunk in (3, 250):
         got = cmma.importance_log_likelihood(model, x, y, 7, chunk=chunk)
         assert torch.allclose(got, expected, rtol=1e-6)
+
+
+def test_importance_estimate_is_the_log_mean_of_the_weights_over_distinct_draws(monkeypatch):
+    """With k = 5 distinct draws z_k = mu + sigma eps_k (eps fixed and recorded), the estimate is
+    log (1/k) sum_k w_k, written out with torch.distributions: not the mean of log w_k (the
+    ELBO), not without its log k, not with z drawn from the prior."""
+    cfg, model = small_model()
+    eps = torch.randn(5, cfg.latent_dim, generator=torch.Generator().manual_seed(3))
+    monkeypatch.setattr(common, "reparameterize", lambda mu, logvar: mu + (0.5 * logvar).exp() * eps[:len(mu)])
+    x, y = torch.rand(1, 3, 64, 64), torch.randint(0, 2, (1, 40)).float()
+    with torch.no_grad():
+        mu, logvar = model.posterior(x, y)
+        z = mu + (0.5 * logvar).exp() * eps
+        g_mu, g_logvar = model.decode(z, y.expand(5, -1))
+        log_w = (normal(g_mu, g_logvar).log_prob(x.double()).flatten(1).sum(1)
+                 + normal(*model.prior(y)).log_prob(z.double()).sum(1) - normal(mu, logvar).log_prob(z.double()).sum(1))
+        got = cmma.importance_log_likelihood(model, x, y, 5)
+    assert log_w.std() > 1  # the weights differ, so the log-mean and the mean of logs differ
+    expected = torch.log(torch.exp(log_w - log_w.max()).mean()) + log_w.max()
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6, abs=1e-6)
+    assert got.item() > log_w.mean().item() + 0.01  # Jensen: above the ELBO of the same draws
 
 
 def test_a_training_step_moves_the_prior_network_f():

@@ -450,3 +450,19 @@ def test_output_piped_into_a_reader_that_closes_does_not_kill_the_run(mnist_dir,
     err = proc.stderr.read()
     assert proc.wait(timeout=300) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 3
+
+
+def test_heldout_mmd_compares_draws_of_q_with_standard_normal_draws():
+    """eval's held-out MMD reads z ~ q(z|x), not the means: codes whose q is N(0, I) itself score
+    ~0, the same means with a tiny variance (mu alone, all 0) score far above it, and draws of p
+    that are U(0, 1) or N(0, 4) instead of N(0, I) would move the first away from 0."""
+    torch.manual_seed(0)
+    n, dims = 2000, (3, 10)
+    zeros = [torch.zeros(n, d) for d in dims]
+    at_prior = vlae.heldout_mmd(zeros, zeros, torch.Generator().manual_seed(1))
+    means_only = vlae.heldout_mmd(zeros, [torch.full((n, d), -20.0) for d in dims], torch.Generator().manual_seed(1))
+    for d, same, point in zip(dims, at_prior, means_only):
+        # a point at 0 against N(0, I) under k = exp(-|a-b|^2 / D^2) (eq. 1-2): E_qq k = 1, and as
+        # |z|^2 ~ chi^2_D and |z - z'|^2 ~ 2 chi^2_D, E_qp k = (1 + 2/D^2)^(-D/2), E_pp k = (1 + 4/D^2)^(-D/2)
+        point_expected = 1 + (1 + 4 / d ** 2) ** (-d / 2) - 2 * (1 + 2 / d ** 2) ** (-d / 2)
+        assert abs(same) < 0.1 * point and point == pytest.approx(point_expected, rel=0.15)
