@@ -1,6 +1,7 @@
 """benchmarks/claims/ at a tiny scale: the report's shape, not its verdicts (the small-scale
 run is a benchmark: python benchmarks/claims vlae)."""
 import json
+import math
 import os
 import sys
 
@@ -102,6 +103,24 @@ def test_frechet_and_kernel_distances_are_zero_for_one_distribution_and_grow_wit
     kids = [shared.kernel_inception_distance(torch.randn(20, 3, generator=g), torch.randn(20, 3, generator=g))
             for _ in range(200)]
     assert abs(np.mean(kids)) < 0.1 * np.std(kids)
+
+
+def test_judge_scores_on_hand_made_class_probabilities():
+    """Four images read as two classes: two confidently 0, one confidently 1, one split 1/2
+    half and half. By hand: p(y) = (1/2, 3/8, 1/8, 0, ...); KL(p(y|x) || p(y)) is log 2, log 2,
+    log 8/3 and 1/2 log 4/3 + 1/2 log 4, so IS = exp of their mean; the argmax histogram
+    (2, 2, 0, ...) / 4 (the split image goes to the first of its tied classes, 1) is 0.5 from
+    uniform over ten (TV = 0.5 (0.4 + 0.4 + 8 x 0.1) = 0.8), and the rarest class has 0."""
+    probs = torch.zeros(4, 10)
+    probs[0, 0] = probs[1, 0] = probs[2, 1] = 1.0
+    probs[3, 1] = probs[3, 2] = 0.5
+    features = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    judge_ = shared.Judge(predict=None, accuracy=1.0, description="", read=lambda images: (probs, features))
+    scores = shared.judge_scores(judge_, torch.zeros(4, 1, 28, 28), features)
+    kls = [math.log(2), math.log(2), math.log(8 / 3), 0.5 * math.log(4 / 3) + 0.5 * math.log(4)]
+    assert scores["is"] == pytest.approx(math.exp(sum(kls) / 4), rel=1e-6)
+    assert scores["tv"] == pytest.approx(0.8) and scores["rarest"] == 0.0
+    assert scores["fd"] == pytest.approx(0.0, abs=1e-6)  # the same features on both sides
 
 
 def test_vae_began_claims_score_every_variant_with_the_judge_and_plot_both_controllers(tmp_path):
