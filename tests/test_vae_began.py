@@ -340,3 +340,14 @@ def test_kl_weight_0_is_the_former_default_beta_1_so_old_runs_resume_unchanged()
     it still does (0.1 x 16 / (3 x 32 x 32) here), so resuming them keeps their objective."""
     cfg = vae_began.resolve_defaults(vae_began.Config(image_size=32, latent_dim=16, kl_weight=0.0))
     assert cfg.kl_weight == pytest.approx(0.1 * 16 / (3 * 32 * 32))
+
+
+def test_g_batchnorm_normalises_the_generator_alone():
+    """--g-batchnorm puts a BatchNorm after each of G's convolutions (2 per scale), none in E or D;
+    off, the backbone is BEGAN's (no normalisation anywhere)."""
+    bn = lambda net: sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    cfg = vae_began.resolve_defaults(vae_began.Config(dataset="mnist", image_size=32, filters=4, latent_dim=8,
+                                                      g_batchnorm=True))
+    model = vae_began.VAEBEGAN(cfg)
+    assert bn(model.generator) == 2 * 3 and bn(model.encoder) == bn(model.discriminator) == 0
+    assert bn(vae_began.VAEBEGAN(dataclasses.replace(cfg, g_batchnorm=False))) == 0
