@@ -1,5 +1,6 @@
 """benchmarks/claims/ at a tiny scale: the report's shape, not its verdicts (the small-scale
 run is a benchmark: python benchmarks/claims vlae)."""
+import dataclasses
 import json
 import math
 import os
@@ -224,3 +225,19 @@ def test_spread_se_shrinks_with_the_number_of_points_as_one_over_root_n():
     small = spread_se(points[::4], labels[::4], draws=100)
     large = spread_se(points, labels, draws=100)
     assert 0 < large < small and small / large == pytest.approx(2.0, rel=0.35)  # 4x the points: half the SE
+
+
+def test_reuse_retrains_a_run_whose_settings_a_changed_default_would_alter(tmp_path, monkeypatch):
+    """--reuse keeps a finished run only if the script's current defaults resolve its argv to the
+    config it was trained with: the same argv under a new default is stale and is retrained."""
+    import disentangled_vae
+    argv = ["--dataset", "toy", "--toy-points", "50", "--batch-size", "16", "--eval-images", "20", "--steps", "2",
+            "--log-every", "1"]
+    first = shared.train_run(disentangled_vae, "toy", argv, str(tmp_path))
+    assert shared.same_settings(disentangled_vae, argv, first.out)
+    assert shared.train_run(disentangled_vae, "toy", argv, str(tmp_path), reuse=True).reused
+    resolve = disentangled_vae.resolve_defaults
+    monkeypatch.setattr(disentangled_vae, "resolve_defaults",
+                        lambda cfg: dataclasses.replace(resolve(cfg), kl_weight=resolve(cfg).kl_weight + 1))
+    assert not shared.same_settings(disentangled_vae, argv, first.out)
+    assert not shared.train_run(disentangled_vae, "toy", argv, str(tmp_path), reuse=True).reused

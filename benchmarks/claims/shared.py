@@ -81,7 +81,7 @@ def train_run(script, name: str, argv: list, work: str, reuse: bool = False) -> 
     out = os.path.join(work, name)
     steps = int(argv[argv.index("--steps") + 1])
     done, kept = os.path.join(out, "eval.json"), os.path.join(out, "claims_argv.json")
-    same = not os.path.exists(kept) or json.load(open(kept)) == argv
+    same = (not os.path.exists(kept) or json.load(open(kept)) == argv) and same_settings(script, argv, out)
     if reuse and os.path.exists(done) and same and common.load_checkpoint(out, script.SCRIPT)["step"] == steps:
         print(f"reusing {out}" + ("" if os.path.exists(kept) else " (trained before claims_argv.json was kept)"))
         seconds = common.read_jsonl(os.path.join(out, "metrics.jsonl"))[-1]["seconds"]
@@ -90,6 +90,20 @@ def train_run(script, name: str, argv: list, work: str, reuse: bool = False) -> 
     script.main(argv + ["--out", out, "--fresh"])
     common.save_json(kept, argv)
     return Run(name, out, split_description(out), steps, time.time() - t0)
+
+
+def same_settings(script, argv: list, out: str) -> bool:
+    """Whether the run in `out` was trained with the settings `argv` gives today: every field of its
+    config.json equals the field that the script's current defaults resolve argv to (a default
+    changed since the run was trained makes it stale, though its argv is the same)."""
+    path = os.path.join(out, "config.json")
+    if not os.path.exists(path):
+        return False
+    _, cfg, _, _ = common.parse_command(script.Config, argv + ["--out", out], "", script.SCRIPT, script.COMMANDS)
+    now = dataclasses.asdict(script.resolve_defaults(cfg))
+    saved = json.load(open(path))
+    # data_dir: argv names it (compared above), or it is the cwd's data/NAME, which nothing reads (toy)
+    return all(saved[k] == v for k, v in now.items() if k in saved and k not in ("out", "fresh", "data_dir"))
 
 
 def fmt(values, digits: int = 3) -> str:
