@@ -51,6 +51,9 @@ def test_mixture_samples_have_the_class_mean_and_covariance():
 
 
 def tiny(**kw):
+    """A small MNIST model at the paper's reading (q(z_s|x) a point, KL and adversary weights 1,
+    Sigma's lr the code's) unless kw says otherwise."""
+    kw = {"z_s_posterior": "point", "kl_weight": 1.0, "adv_weight": 1.0, "sigma_lr_scale": 1.0, **kw}
     cfg = dv.resolve_defaults(dv.Config(dataset="mnist", z_s_dim=4, z_u_dim=6, **kw))
     torch.manual_seed(0)
     return cfg, dv.DisentangledVAE(cfg, 10).eval()
@@ -539,3 +542,16 @@ def test_extra_adversary_steps_train_c_alone_on_the_batch_codes():
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith("classifier.") for k in changed)
     assert torch.nn.functional.cross_entropy(model.classifier(mu), c).item() < loss_before
+
+
+def test_defaults_are_the_measured_recipe_for_lr_livae_and_the_code_for_the_baseline():
+    """Lr-LiVAE: q(z_s|x) Gaussian, KL and adversary weights 10, Sigma's lr x20 (x1 on the toy);
+    the cVAE-GAN: the code's 1, 1 and 1. An explicit value, 0 included, is kept."""
+    resolved = lambda **kw: dv.resolve_defaults(dv.Config(**kw))
+    pick = lambda c: (c.z_s_posterior, c.kl_weight, c.adv_weight, c.sigma_lr_scale)
+    assert pick(resolved(dataset="mnist")) == ("gaussian", 10.0, 10.0, 20.0)
+    assert pick(resolved(dataset="folder")) == ("gaussian", 10.0, 10.0, 20.0)
+    assert pick(resolved(dataset="toy")) == ("gaussian", 10.0, 10.0, 1.0)
+    assert pick(resolved(dataset="mnist", model="cvae-gan")) == ("point", 1.0, 1.0, 1.0)
+    assert pick(resolved(dataset="mnist", z_s_posterior="point", kl_weight=0.0, adv_weight=0.0, sigma_lr_scale=2.0)) == (
+        "point", 0.0, 0.0, 2.0)
