@@ -730,8 +730,11 @@ def finetune_losses(model: DisentangledVAE, x: torch.Tensor, cfg: Config, mu_bar
     Gaussian (mu_bar, var_bar) instead of the class's component, no L_cls, L_C or L_adv (no label),
     and Dis without its projection term; prior samples z~_s ~ N(mu_bar, var_bar)."""
     z_s, z_u, x_hat, t = reconstruction_terms(model, x, None, cfg)
-    t.pop("q_z_s", None)
-    t["L_lkd"] = (0.5 * (z_s.float() - mu_bar) ** 2 / var_bar).sum(1).mean() + 0.5 * var_bar.log().sum()
+    if "q_z_s" in t:  # --z-s-posterior gaussian: KL(N(m, s) || N(mu_bar, var_bar)), as stage 2's L_lkd
+        mean_s, logvar_s = t.pop("q_z_s")
+        t["L_lkd"] = common.kl_normal(mean_s.float(), logvar_s.float(), mu_bar, var_bar.log()).mean()
+    else:  # a point code: -log N(z_s; mu_bar, var_bar) + const
+        t["L_lkd"] = (0.5 * (z_s.float() - mu_bar) ** 2 / var_bar).sum(1).mean() + 0.5 * var_bar.log().sum()
     t["L_Dis"] = t["L_GD"] = torch.zeros((), device=x.device)
     if model.discriminator is not None:
         x_tilde = model.decode(mu_bar + var_bar.sqrt() * torch.randn_like(z_s), torch.randn_like(z_u))

@@ -555,3 +555,24 @@ def test_defaults_are_the_measured_recipe_for_lr_livae_and_the_code_for_the_base
     assert pick(resolved(dataset="mnist", model="cvae-gan")) == ("point", 1.0, 1.0, 1.0)
     assert pick(resolved(dataset="mnist", z_s_posterior="point", kl_weight=0.0, adv_weight=0.0, sigma_lr_scale=2.0)) == (
         "point", 0.0, 0.0, 2.0)
+
+
+@pytest.mark.parametrize("posterior", ["gaussian", "point"])
+def test_finetune_lkd_is_against_the_total_gaussian_for_either_posterior(posterior):
+    """Sec. 3.6's L_lkd on unlabelled images, against N(mu_bar, var_bar): with a Gaussian q(z_s|x)
+    the exact KL (torch.distributions), as stage 2 uses; with a point code -log N(z_s; mu_bar,
+    var_bar) up to its constant."""
+    cfg, model = tiny(z_s_posterior=posterior)
+    x = torch.rand(5, 1, 28, 28) * 2 - 1
+    mu_bar, var_bar = torch.randn(4), torch.rand(4) + 0.5
+    torch.manual_seed(1)
+    with torch.no_grad():
+        t = dv.finetune_losses(model, x, cfg, mu_bar, var_bar)
+        mean_s, logvar_s = model.encode_s(x)
+    total = torch.distributions.Normal(mu_bar, var_bar.sqrt())
+    if posterior == "gaussian":
+        q = torch.distributions.Normal(mean_s, (0.5 * logvar_s).exp())
+        expected = torch.distributions.kl_divergence(q, total).sum(1).mean()
+    else:
+        expected = -(total.log_prob(mean_s).sum(1) + 0.5 * 4 * math.log(2 * math.pi)).mean()
+    assert t["L_lkd"].item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-5)
