@@ -53,7 +53,7 @@ benchmarks/claims reads the samples; `python benchmarks/claims vae_began` reruns
   with BatchNorm (--g-batchnorm) and l1 = 1e-2 at eta 0.75: 2,000, 2,000 and 1,997 "1"s). What
   holds it there: eq. 10 balances only the mean reconstruction error. With l1 = 1e-2, k_t reached
   the balance (e_t -0.010 over the second half) by making D reconstruct every "1"-like image
-  worse, the real ones included (L1 0.041 -> 0.058, other digits 0.07-0.10), so G's "1"s sat at
+  worse, the real ones included (L1 0.041 -> 0.058, other digits 0.066-0.102), so G's "1"s sat at
   L_g = 0.070 ~ eta L_d and nothing pushed it to other classes.
 - --g-batchnorm (G's convolutions batch-normalised, as the MNIST BEGAN ports) in VAE + BEGAN* +
   LSM, 2,000 steps: judge IS 4.16 and FD 399 against 3.59 and 469 without, class TV 0.42 against
