@@ -165,10 +165,11 @@ class Config(common.RunConfig):
                                             "precision, the code's s = softplus(v), v from 0.54, Sigma = 1 / s, no "
                                             "clamp (measured worse on the toy: see the docstring)",
                                   choices=("logvar", "precision"))
-    sigma_lr_scale: float = common.arg(0.0, "Sigma's learning rate as a multiple of --lr before --sigma-lr's rule "
-                                            "(0: 20 for lr-livae on MNIST and faces, measured, see the docstring; 1 "
-                                            "on the toy and for cvae-gan, the code). Adam moves log Sigma by about lr per step, so Sigma "
-                                            "cannot reach codes narrower than exp(-lr x stage-1 steps)", at_least=0.0)
+    sigma_lr_scale: float = common.arg(-1.0, "Sigma's learning rate as a multiple of --lr before --sigma-lr's rule "
+                                             "(-1: 20 for lr-livae on MNIST and faces, measured, see the docstring; "
+                                             "1 on the toy and for cvae-gan, the code). Adam moves log Sigma by about "
+                                             "lr per step, so Sigma cannot reach codes narrower than exp(-lr x "
+                                             "stage-1 steps)", above=0.0)
     z_s_posterior: str = common.arg("", "q(z_s|x): gaussian (E_s gives a mean and a log-variance; L_lkd becomes "
                                         "the KL to p(z_s|c); the default for lr-livae, measured, see the docstring), "
                                         "point (the paper: z_s = E_s(x), L_rec reaches E_s) or detached (a point, "
@@ -230,7 +231,8 @@ def resolve_defaults(cfg: Config) -> Config:
         out=cfg.out or os.path.join("runs", f"dvae-{cfg.dataset}-{cfg.model}"), steps=steps,
         sigma_lr=cfg.sigma_lr or ("fixed" if cfg.dataset == "toy" else "code"),
         # Lr-LiVAE's measured deviations (docstring); the cVAE-GAN keeps the code's values
-        sigma_lr_scale=cfg.sigma_lr_scale or (20.0 if cfg.model == "lr-livae" and cfg.dataset != "toy" else 1.0),
+        sigma_lr_scale=(cfg.sigma_lr_scale if cfg.sigma_lr_scale >= 0 else
+                        20.0 if cfg.model == "lr-livae" and cfg.dataset != "toy" else 1.0),
         kl_weight=cfg.kl_weight if cfg.kl_weight >= 0 else 10.0 if cfg.model == "lr-livae" else 1.0,
         adv_weight=cfg.adv_weight if cfg.adv_weight >= 0 else 10.0 if cfg.model == "lr-livae" else 1.0,
         z_s_posterior=cfg.z_s_posterior or ("gaussian" if cfg.model == "lr-livae" else "point"),

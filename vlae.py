@@ -757,7 +757,7 @@ def evaluate(cfg: Config, model: VLAE, device) -> dict:
     x_hat = torch.cat([model.decode(list(zs)) for zs in zip(*(m.split(250) for m in mus))])
     layers = range(len(model.latent_dims))
     g = torch.Generator().manual_seed(cfg.seed + 1)
-    mmd_heldout = heldout_mmd(mus, logvars, g)
+    mmd_heldout = heldout_mmd(mus, logvars, prior_draw(model, len(x), g, device))
     diff = (x_hat - x).float()
     result = {
         "heldout_images": len(x), "split": held.description, "bn_stats_images": getattr(model, "bn_stats_images", 0),
@@ -790,12 +790,11 @@ def evaluate(cfg: Config, model: VLAE, device) -> dict:
     return result
 
 
-def heldout_mmd(mus: list, logvars: list, g: torch.Generator) -> list:
+def heldout_mmd(mus: list, logvars: list, prior: list) -> list:
     """Per layer l, the unbiased MMD (eq. 1-2's kernel) between z_l ~ q(z_l|x), one draw per
-    held-out image from mus[l], logvars[l] (N, D_l) (the global RNG), and N draws of p(z_l) =
-    N(0, I) from `g`. A list of floats, one per layer; ~0 when q(z_l) = p(z_l), below 0 by noise."""
+    held-out image from mus[l], logvars[l] (N, D_l) (the global RNG), and prior[l], draws of p(z_l)
+    (`prior_draw`). A list of floats, one per layer; ~0 when q(z_l) = p(z_l), below 0 by noise."""
     z = [common.reparameterize(mu, logvar) for mu, logvar in zip(mus, logvars)]
-    prior = [torch.randn(mu.shape, generator=g).to(mu.device) for mu in mus]
     return [common.mmd(q, p, unbiased=True).item() for q, p in zip(z, prior)]
 
 

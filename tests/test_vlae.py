@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -459,8 +460,9 @@ def test_heldout_mmd_compares_draws_of_q_with_standard_normal_draws():
     torch.manual_seed(0)
     n, dims = 2000, (3, 10)
     zeros = [torch.zeros(n, d) for d in dims]
-    at_prior = vlae.heldout_mmd(zeros, zeros, torch.Generator().manual_seed(1))
-    means_only = vlae.heldout_mmd(zeros, [torch.full((n, d), -20.0) for d in dims], torch.Generator().manual_seed(1))
+    prior = lambda: vlae.prior_draw(types.SimpleNamespace(latent_dims=dims), n, torch.Generator().manual_seed(1), "cpu")
+    at_prior = vlae.heldout_mmd(zeros, zeros, prior())
+    means_only = vlae.heldout_mmd(zeros, [torch.full((n, d), -20.0) for d in dims], prior())
     for d, same, point in zip(dims, at_prior, means_only):
         # a point at 0 against N(0, I) under k = exp(-|a-b|^2 / D^2) (eq. 1-2): E_qq k = 1, and as
         # |z|^2 ~ chi^2_D and |z - z'|^2 ~ 2 chi^2_D, E_qp k = (1 + 2/D^2)^(-D/2), E_pp k = (1 + 4/D^2)^(-D/2)
