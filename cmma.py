@@ -427,6 +427,22 @@ def build_model(cfg: Config, attributes: int) -> nn.Module:
 # ----------------------------------------------------------------------------------------------
 # --- paper: losses ---
 # ----------------------------------------------------------------------------------------------
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def gaussian_log_likelihood(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+                            with_constant: bool = True) -> torch.Tensor:
+    """log N(x; mu, diag exp(logvar)) in nats per sample, summed over all non-batch dims.
+
+    `x`, `mu`, `logvar` broadcast to (B, ...); returns (B,). `with_constant=False` drops the
+    -1/2 log(2 pi) per element, the form some papers report.
+    """
+    per_element = -0.5 * (logvar + (x - mu).pow(2) * torch.exp(-logvar))
+    if with_constant:
+        per_element = per_element - 0.5 * LOG_2PI
+    return per_element.flatten(1).sum(dim=1)
+
+
 def elbo_terms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
     """Eq. 6-10 per image, nats: log p(x|z) with one z ~ q (B,), KL(q || prior) (B,), and the
     bound elbo = log p(x|z) - KL, plus the bound without constants (no log 2 pi per pixel, and
@@ -435,7 +451,7 @@ def elbo_terms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
     z = common.reparameterize(h_mu, h_logvar)                                   # eq. 10
     g_mu, g_logvar = model.decode(z, y)
     p_mu, p_logvar = model.prior(y)
-    log_px = common.gaussian_log_likelihood(x.float(), g_mu.float(), g_logvar.float())   # eq. 8
+    log_px = gaussian_log_likelihood(x.float(), g_mu.float(), g_logvar.float())   # eq. 8
     kl = common.kl_normal(h_mu.float(), h_logvar.float(), p_mu.float(), p_logvar.float())  # eq. 7
     constants = 0.5 * math.log(2 * math.pi) * x[0].numel() - 0.5 * h_mu.shape[1]
     elbo = log_px - kl
@@ -550,9 +566,9 @@ def importance_log_likelihood(model, x: torch.Tensor, y: torch.Tensor, k: int, c
             n = min(chunk, k - start)
             z = common.reparameterize(mu.expand(n, -1), logvar.expand(n, -1))
             g_mu, g_logvar = model.decode(z, yi.expand(n, -1))
-            log_w.append(common.gaussian_log_likelihood(xi.expand(n, *xi.shape), g_mu.float(), g_logvar.float())
-                         + common.gaussian_log_likelihood(z, p_mu.expand(n, -1), p_logvar.expand(n, -1))
-                         - common.gaussian_log_likelihood(z, mu.expand(n, -1), logvar.expand(n, -1)))
+            log_w.append(gaussian_log_likelihood(xi.expand(n, *xi.shape), g_mu.float(), g_logvar.float())
+                         + gaussian_log_likelihood(z, p_mu.expand(n, -1), p_logvar.expand(n, -1))
+                         - gaussian_log_likelihood(z, mu.expand(n, -1), logvar.expand(n, -1)))
         out.append(torch.logsumexp(torch.cat(log_w).double(), 0) - math.log(k))
         progress.update()
     return torch.stack(out)

@@ -24,7 +24,6 @@ import errno
 import datetime
 import functools
 import hashlib
-import itertools
 import json
 import math
 import os
@@ -44,9 +43,6 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 CHECKPOINT_VERSION = 2  # 2: RNG states as tensors (weights_only loading); 1 still loads
-LOG_2PI = math.log(2.0 * math.pi)
-
-
 # ----------------------------------------------------------------------------------------------
 # math
 # ----------------------------------------------------------------------------------------------
@@ -77,56 +73,6 @@ def kl_normal(mu_q: torch.Tensor, logvar_q: torch.Tensor,
     var_ratio = torch.exp(logvar_q - logvar_p)
     mean_term = (mu_q - mu_p).pow(2) * torch.exp(-logvar_p)
     return 0.5 * torch.sum(var_ratio + mean_term - 1.0 - (logvar_q - logvar_p), dim=-1)
-
-
-def gaussian_log_likelihood(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
-                            with_constant: bool = True) -> torch.Tensor:
-    """log N(x; mu, diag exp(logvar)) in nats per sample, summed over all non-batch dims.
-
-    `x`, `mu`, `logvar` broadcast to (B, ...); returns (B,). `with_constant=False` drops the
-    -1/2 log(2 pi) per element, the form some papers report.
-    """
-    per_element = -0.5 * (logvar + (x - mu).pow(2) * torch.exp(-logvar))
-    if with_constant:
-        per_element = per_element - 0.5 * LOG_2PI
-    return per_element.flatten(1).sum(dim=1)
-
-
-def gaussian_kernel(a: torch.Tensor, b: torch.Tensor, sigma2: float) -> torch.Tensor:
-    """k(a, b) = exp(-||a - b||^2 / sigma2) for every pair: (N, D), (M, D) -> (N, M).
-
-    Xu 2018 sec. 2.3. The squared distances are computed in float32 whatever the autocast
-    dtype, since bf16 distances of nearby codes round to 0.
-    """
-    a, b = a.float(), b.float()
-    sq_dist = (a.pow(2).sum(1, keepdim=True) + b.pow(2).sum(1).unsqueeze(0) - 2.0 * a @ b.T)
-    return torch.exp(-sq_dist.clamp_min(0.0) / sigma2)
-
-
-def mmd(q: torch.Tensor, p: torch.Tensor, sigma2: float | None = None,
-        unbiased: bool = False) -> torch.Tensor:
-    """Squared MMD between samples q (N, D) and p (M, D) under the Gaussian kernel; a scalar.
-
-    MMD^2 = E_qq[k] + E_pp[k] - 2 E_qp[k]   (Xu 2018 sec. 2.3; Gretton et al. 2012 eq. 3-5).
-    `sigma2` defaults to D^2, the dimension-scaled bandwidth of the InfoVAE/VLAE reference code
-    (exp(-mean_d (a_d - b_d)^2 / D)). The biased V-statistic (default, the reference's training
-    loss) averages all entries, diagonals included, so it is >= 0; the unbiased U-statistic
-    drops the diagonals of K_qq and K_pp and can dip below 0 when q = p.
-    Raises ValueError on mismatched dims, or fewer than 2 samples for the unbiased form.
-    """
-    if q.dim() != 2 or p.dim() != 2 or q.shape[1] != p.shape[1]:
-        raise ValueError(f"mmd needs (N, D) and (M, D) samples, got {tuple(q.shape)} and {tuple(p.shape)}")
-    if sigma2 is None:
-        sigma2 = float(q.shape[1]) ** 2
-    k_qq, k_pp, k_qp = gaussian_kernel(q, q, sigma2), gaussian_kernel(p, p, sigma2), gaussian_kernel(q, p, sigma2)
-    if not unbiased:
-        return k_qq.mean() + k_pp.mean() - 2.0 * k_qp.mean()
-    n, m = q.shape[0], p.shape[0]
-    if n < 2 or m < 2:
-        raise ValueError("the unbiased MMD estimator needs at least 2 samples on each side")
-    off_qq = (k_qq.sum() - k_qq.diagonal().sum()) / (n * (n - 1))
-    off_pp = (k_pp.sum() - k_pp.diagonal().sum()) / (m * (m - 1))
-    return off_qq + off_pp - 2.0 * k_qp.mean()
 
 
 def biased_mmd_floor(n: int, m: int, dim: int, sigma2: float | None = None) -> float:
@@ -213,20 +159,6 @@ def mlp_probe_accuracy(train_codes: torch.Tensor, train_labels: torch.Tensor, te
     return (predicted == test_labels).float().mean().item()
 
 
-def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """Indices of n items (all if fewer) drawn at random with every class as evenly represented
-    as its size allows: seeded, in increasing order. For class-sorted splits, where the first n
-    would cover only the first few classes."""
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(labels))
-    rank = np.empty(len(labels), np.int64)   # position of each item within its class, in `order`
-    for k in np.unique(labels):
-        members = order[labels[order] == k]
-        rank[members] = np.arange(len(members))
-    chosen = order[np.argsort(rank[order], kind="stable")][:n]
-    return np.sort(chosen)
-
-
 @torch.no_grad()
 def recompute_batchnorm(model: nn.Module, batches, forward=None, total: int = 0) -> int:
     """Replace every BatchNorm's running statistics by their population average over `batches`
@@ -263,68 +195,6 @@ def recompute_batchnorm(model: nn.Module, batches, forward=None, total: int = 0)
 # ----------------------------------------------------------------------------------------------
 # MS-SSIM (Wang, Simoncelli & Bovik 2003), the within-class diversity metric
 # ----------------------------------------------------------------------------------------------
-# Wang, Simoncelli & Bovik 2003's five scale weights. Within-class MS-SSIM as a diversity measure
-# is Odena et al. 2017 (AC-GAN, sec. 4.2), used by Bao et al. 2017 and by Zheng & Sun 2019's
-# Tables 2 and 6. A scale is used while the image at that scale still holds the 11x11 window, and the weights
-# of the scales used are renormalised: 64 px uses 3 scales (64, 32, 16), weights 0.0711, 0.4530,
-# 0.4760; 32 px uses 2 (0.1356, 0.8644); 28 px (MNIST) 2; 128 px 4.
-MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
-
-
-def gaussian_filter(x: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
-    """Separable 'valid' Gaussian blur of x (B, C, H, W)."""
-    t = torch.arange(size, dtype=x.dtype, device=x.device) - (size - 1) / 2
-    w = torch.exp(-t ** 2 / (2 * sigma ** 2))
-    w = (w / w.sum()).repeat(x.shape[1], 1)
-    x = F.conv2d(x, w[:, None, None, :], groups=x.shape[1])
-    return F.conv2d(x, w[:, None, :, None], groups=x.shape[1])
-
-
-def ssim_terms(a: torch.Tensor, b: torch.Tensor, data_range: float, window: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per image and channel (B, C): mean SSIM map and mean contrast-structure map, 11x11 window
-    of sd 1.5 (shrunk with the image below 11 pixels), K1 = 0.01, K2 = 0.03."""
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    sigma = 1.5 * window / 11
-    mu_a, mu_b = gaussian_filter(a, window, sigma), gaussian_filter(b, window, sigma)
-    var_a = gaussian_filter(a * a, window, sigma) - mu_a ** 2
-    var_b = gaussian_filter(b * b, window, sigma) - mu_b ** 2
-    cov = gaussian_filter(a * b, window, sigma) - mu_a * mu_b
-    cs = (2 * cov + c2) / (var_a + var_b + c2)
-    luminance = (2 * mu_a * mu_b + c1) / (mu_a ** 2 + mu_b ** 2 + c1)
-    return (luminance * cs).flatten(2).mean(2), cs.flatten(2).mean(2)
-
-
-def ms_ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    """Multi-scale SSIM (Wang, Simoncelli & Bovik 2003) of image pairs a, b (B, C, H, W) with
-    pixels in [0, data_range] -> (B,) in [0, 1] (1: identical). SSIM's luminance term assumes
-    non-negative intensities, so [-1, 1] images must be mapped to [0, 1] first. Per channel, as
-    tf.image.ssim_multiscale and pytorch-msssim: the contrast-structure terms of the finer
-    scales and the SSIM of the coarsest are clipped at 0, raised to their weights and
-    multiplied; then the channels are averaged. Scales: see MS_SSIM_WEIGHTS. Raises ValueError
-    on shape mismatch."""
-    if a.shape != b.shape or a.dim() != 4:
-        raise ValueError(f"ms_ssim needs two (B, C, H, W) batches of one shape, got {tuple(a.shape)}, {tuple(b.shape)}")
-    a, b = a.double(), b.double()
-    side = min(a.shape[-2:])
-    levels = max(1, min(5, 1 + int(math.floor(math.log2(side / 11))) if side >= 11 else 1))
-    weights = torch.tensor(MS_SSIM_WEIGHTS[:levels], dtype=a.dtype, device=a.device)
-    weights = weights / weights.sum()
-    factors = []
-    for level in range(levels):
-        ssim, cs = ssim_terms(a, b, data_range, min(11, side >> level))
-        factors.append(F.relu(ssim if level == levels - 1 else cs))
-        if level < levels - 1:
-            a, b = F.avg_pool2d(a, 2), F.avg_pool2d(b, 2)
-    per_channel = torch.prod(torch.stack(factors, -1) ** weights, dim=-1)     # (B, C)
-    return per_channel.mean(1).float()
-
-
-def pairwise_ms_ssim(images: torch.Tensor) -> torch.Tensor:
-    """Mean MS-SSIM over all unordered pairs of images (N, C, H, W) in [0, 1], N >= 2 -> scalar."""
-    i, j = zip(*itertools.combinations(range(len(images)), 2))
-    return ms_ssim(images[list(i)], images[list(j)]).mean()
-
-
 # ----------------------------------------------------------------------------------------------
 # sample quality: FID, KID and Inception Score through torch-fidelity (the optional metrics extra)
 # ----------------------------------------------------------------------------------------------
@@ -568,62 +438,6 @@ def write_json(path: str, record: dict, summary: str = "") -> None:
 # ----------------------------------------------------------------------------------------------
 # layers
 # ----------------------------------------------------------------------------------------------
-def conv_same(in_ch: int, out_ch: int, stride: int, kernel: int = 4) -> nn.Module:
-    """A Conv2d with TensorFlow 'SAME' padding for even kernels: out = in / stride (even sizes).
-
-    Stride 2 with k4 is padding 1; stride 1 with k4 pads (left 1, right 2, top 1, bottom 2),
-    the asymmetric padding TF uses. Raises ValueError for other strides.
-    """
-    if stride == 2 and kernel == 4:
-        return nn.Conv2d(in_ch, out_ch, kernel, 2, 1)
-    if stride == 1:
-        total = kernel - 1
-        pad = nn.ZeroPad2d((total // 2, total - total // 2, total // 2, total - total // 2))
-        return nn.Sequential(pad, nn.Conv2d(in_ch, out_ch, kernel, 1, 0))
-    raise ValueError(f"conv_same supports stride 1, or stride 2 with kernel 4; got {stride}, {kernel}")
-
-
-def conv_transpose_same(in_ch: int, out_ch: int, stride: int, kernel: int = 4) -> nn.Module:
-    """A ConvTranspose2d with TensorFlow 'SAME' sizes: out = in * stride.
-
-    Stride 2 with k4 is padding 1; stride 1 is the exact adjoint of `conv_same`, as TF's
-    conv2d_transpose is the gradient of its conv2d (for k4: crop 1 on the left/top and 2 on the
-    right/bottom of the full output).
-    """
-    if stride == 2 and kernel == 4:
-        return nn.ConvTranspose2d(in_ch, out_ch, kernel, 2, 1)
-    if stride == 1:
-        return _CroppedConvTranspose(in_ch, out_ch, kernel)
-    raise ValueError(f"conv_transpose_same supports stride 1, or stride 2 with kernel 4; got {stride}, {kernel}")
-
-
-class _CroppedConvTranspose(nn.Module):
-    def __init__(self, in_ch: int, out_ch: int, kernel: int):
-        super().__init__()
-        self.conv = nn.ConvTranspose2d(in_ch, out_ch, kernel, 1, 0)
-        self.lo = (kernel - 1) // 2  # 1 for k4: the adjoint of conv_same's (1, 2) padding
-        self.hi = (kernel - 1) - self.lo
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x)
-        return y[..., self.lo:y.shape[-2] - self.hi, self.lo:y.shape[-1] - self.hi]
-
-
-def bn_relu(layer: nn.Module, channels: int, m: float, dims: int = 2) -> nn.Sequential:
-    """layer -> BatchNorm (TF's eps 1e-3, momentum m) -> ReLU; dims 2 for conv, 1 for linear layers."""
-    bn = (nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d)(channels, eps=1e-3, momentum=m)
-    return nn.Sequential(layer, bn, nn.ReLU())
-
-
-def lrelu() -> nn.Module:
-    return nn.LeakyReLU(0.1)
-
-
-def deconv(cin: int, cout: int, k: int, stride: int) -> nn.ConvTranspose2d:
-    """TF 'SAME' transposed convolution: out = in * stride for odd k."""
-    return nn.ConvTranspose2d(cin, cout, k, stride, k // 2, output_padding=stride - 1)
-
-
 class Reshape(nn.Module):
     """(B, ...) -> (B, *shape): a flat fc output into feature maps."""
 
@@ -633,15 +447,6 @@ class Reshape(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(x.shape[0], *self.shape)
-
-
-def init_normal_(module: nn.Module, std: float = 0.02) -> None:
-    """DCGAN-style init used by the TF references: conv/linear weights ~ N(0, std), biases 0."""
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-            nn.init.normal_(m.weight, 0.0, std)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -101,6 +101,8 @@ experiment on classes never seen with labels is `finetune` (its figures: OUT/fin
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
 import os
 import signal
 import sys
@@ -264,57 +266,72 @@ def parse_crop(cfg: Config) -> tuple[int, int, int, int] | None:
 # ----------------------------------------------------------------------------------------------
 # --- paper: networks (sec. 4.1 and the supplement; VGG16-BN encoders as the code) ---
 # ----------------------------------------------------------------------------------------------
+def bn_relu(layer: nn.Module, channels: int, m: float, dims: int = 2) -> nn.Sequential:
+    """layer -> BatchNorm (TF's eps 1e-3, momentum m) -> ReLU; dims 2 for conv, 1 for linear layers."""
+    bn = (nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d)(channels, eps=1e-3, momentum=m)
+    return nn.Sequential(layer, bn, nn.ReLU())
+
+
+def lrelu() -> nn.Module:
+    return nn.LeakyReLU(0.1)
+
+
+def deconv(cin: int, cout: int, k: int, stride: int) -> nn.ConvTranspose2d:
+    """TF 'SAME' transposed convolution: out = in * stride for odd k."""
+    return nn.ConvTranspose2d(cin, cout, k, stride, k // 2, output_padding=stride - 1)
+
+
 def encoder_trunk(cfg: Config, channels: int) -> tuple[nn.Module, int]:
     """x -> features (B, F): the shared body of E_s and E_u (each has its own copy)."""
     m, s = cfg.bn_momentum, cfg.image_size
     if cfg.dataset == "toy":  # MLP 32-64-64, lrelu
-        return nn.Sequential(nn.Linear(2, 32), common.lrelu(), nn.Linear(32, 64), common.lrelu(), nn.Linear(64, 64), common.lrelu()), 64
+        return nn.Sequential(nn.Linear(2, 32), lrelu(), nn.Linear(32, 64), lrelu(), nn.Linear(64, 64), lrelu()), 64
     if cfg.dataset == "mnist":  # conv5 s2: 28 -> 14 -> 7 -> 4
-        convs = [common.bn_relu(nn.Conv2d(a, b, 5, 2, 2), b, m) for a, b in ((1, 64), (64, 128), (128, 256))]
-        return nn.Sequential(*convs, nn.Flatten(), common.bn_relu(nn.Linear(256 * 16, 1024), 1024, m, 1)), 1024
+        convs = [bn_relu(nn.Conv2d(a, b, 5, 2, 2), b, m) for a, b in ((1, 64), (64, 128), (128, 256))]
+        return nn.Sequential(*convs, nn.Flatten(), bn_relu(nn.Linear(256 * 16, 1024), 1024, m, 1)), 1024
     if cfg.arch == "dcgan":
         f, layers, c = cfg.filters, [], channels
         for width in (cfg.filters, 2 * f, 4 * f, 8 * f):
-            layers.append(common.bn_relu(nn.Conv2d(c, width, 4, 2, 1), width, m))
+            layers.append(bn_relu(nn.Conv2d(c, width, 4, 2, 1), width, m))
             c = width
-        return nn.Sequential(*layers, nn.Flatten(), common.bn_relu(nn.Linear(c * (s // 16) ** 2, 1024), 1024, m, 1)), 1024
+        return nn.Sequential(*layers, nn.Flatten(), bn_relu(nn.Linear(c * (s // 16) ** 2, 1024), 1024, m, 1)), 1024
     # VGG16-BN conv stack, the 5th max-pool replaced by a 2x2 average pool (paper B.2)
     layers, c = [], channels
     for block, (width, repeat) in enumerate(((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))):
         for _ in range(repeat):
-            layers.append(common.bn_relu(nn.Conv2d(c, width, 3, 1, 1), width, m))
+            layers.append(bn_relu(nn.Conv2d(c, width, 3, 1, 1), width, m))
             c = width
         layers.append(nn.MaxPool2d(2) if block < 4 else nn.AvgPool2d(2))
-    return nn.Sequential(*layers, nn.Flatten(), common.bn_relu(nn.Linear(512 * (s // 32) ** 2, 1024), 1024, m, 1)), 1024
+    return nn.Sequential(*layers, nn.Flatten(), bn_relu(nn.Linear(512 * (s // 32) ** 2, 1024), 1024, m, 1)), 1024
 
 
 def decoder_net(cfg: Config, channels: int) -> nn.Module:
     """G: [z_s, z_u] (B, z_s_dim + z_u_dim) -> x_hat (B, C, H, W) in [-1, 1] (toy: (B, 2))."""
     m, s, z = cfg.bn_momentum, cfg.image_size, cfg.z_s_dim + cfg.z_u_dim
     if cfg.dataset == "toy":
-        return nn.Sequential(nn.Linear(z, 32), common.lrelu(), nn.Linear(32, 64), common.lrelu(), nn.Linear(64, 64), common.lrelu(),
+        return nn.Sequential(nn.Linear(z, 32), lrelu(), nn.Linear(32, 64), lrelu(), nn.Linear(64, 64), lrelu(),
                              nn.Linear(64, 2))
     if cfg.dataset == "mnist":  # fc 1024 = 256x2x2 -> 7 -> 14 -> 28
-        return nn.Sequential(common.bn_relu(nn.Linear(z, 1024), 1024, m, 1), common.Reshape(256, 2, 2),
-                             common.bn_relu(nn.ConvTranspose2d(256, 256, 5, 2, 0), 256, m),
-                             common.bn_relu(nn.ConvTranspose2d(256, 128, 5, 2, 2, output_padding=1), 128, m),
-                             common.bn_relu(nn.ConvTranspose2d(128, 32, 5, 2, 2, output_padding=1), 32, m),
+        return nn.Sequential(bn_relu(nn.Linear(z, 1024), 1024, m, 1), common.Reshape(256, 2, 2),
+                             bn_relu(nn.ConvTranspose2d(256, 256, 5, 2, 0), 256, m),
+                             bn_relu(nn.ConvTranspose2d(256, 128, 5, 2, 2, output_padding=1), 128, m),
+                             bn_relu(nn.ConvTranspose2d(128, 32, 5, 2, 2, output_padding=1), 32, m),
                              nn.ConvTranspose2d(32, channels, 5, 1, 2), nn.Tanh())
     if cfg.arch == "dcgan":
         f, s0 = cfg.filters, s // 16
-        layers = [common.bn_relu(nn.Linear(z, 8 * f * s0 * s0), 8 * f * s0 * s0, m, 1), common.Reshape(8 * f, s0, s0)]
+        layers = [bn_relu(nn.Linear(z, 8 * f * s0 * s0), 8 * f * s0 * s0, m, 1), common.Reshape(8 * f, s0, s0)]
         for a, b in ((8 * f, 4 * f), (4 * f, 2 * f), (2 * f, f)):
-            layers.append(common.bn_relu(nn.ConvTranspose2d(a, b, 4, 2, 1), b, m))
+            layers.append(bn_relu(nn.ConvTranspose2d(a, b, 4, 2, 1), b, m))
         return nn.Sequential(*layers, nn.ConvTranspose2d(f, channels, 4, 2, 1), nn.Tanh())
     s0 = s // 32  # paper Tab. 4: fc1024 -> fc 2x2x512 -> thirteen 3x3 deconvolutions
-    layers = [common.bn_relu(nn.Linear(z, 1024), 1024, m, 1), common.bn_relu(nn.Linear(1024, 512 * s0 * s0), 512 * s0 * s0, m, 1),
+    layers = [bn_relu(nn.Linear(z, 1024), 1024, m, 1), bn_relu(nn.Linear(1024, 512 * s0 * s0), 512 * s0 * s0, m, 1),
               common.Reshape(512, s0, s0)]
     c = 512
     for width, stride in ((512, 2), (512, 1), (512, 1), (512, 2), (512, 1), (256, 1), (256, 2), (256, 1),
                           (128, 1), (128, 2), (64, 1), (64, 2)):
-        layers.append(common.bn_relu(common.deconv(c, width, 3, stride), width, m))
+        layers.append(bn_relu(deconv(c, width, 3, stride), width, m))
         c = width
-    return nn.Sequential(*layers, common.deconv(c, channels, 3, 1), nn.Tanh())
+    return nn.Sequential(*layers, deconv(c, channels, 3, 1), nn.Tanh())
 
 
 class ProjectionDiscriminator(nn.Module):
@@ -326,23 +343,23 @@ class ProjectionDiscriminator(nn.Module):
         super().__init__()
         sn = spectral_norm
         if cfg.dataset == "toy":
-            layers, width = [sn(nn.Linear(2, 32)), common.lrelu(), sn(nn.Linear(32, 64)), common.lrelu(), sn(nn.Linear(64, 64)), common.lrelu()], 64
+            layers, width = [sn(nn.Linear(2, 32)), lrelu(), sn(nn.Linear(32, 64)), lrelu(), sn(nn.Linear(64, 64)), lrelu()], 64
         elif cfg.dataset == "mnist":  # conv5 32 s1, 128 s2, 256 s2, 256 s2 (4x4) -> fc512
             layers, c = [], channels
             for width, stride in ((32, 1), (128, 2), (256, 2), (256, 2)):
-                layers += [sn(nn.Conv2d(c, width, 5, stride, 2)), common.lrelu()]
+                layers += [sn(nn.Conv2d(c, width, 5, stride, 2)), lrelu()]
                 c = width
-            layers += [nn.Flatten(), sn(nn.Linear(256 * 16, 512)), common.lrelu()]
+            layers += [nn.Flatten(), sn(nn.Linear(256 * 16, 512)), lrelu()]
             width = 512
         else:
             plan = ([(cfg.filters * k, 2) for k in (1, 2, 4, 8)] if cfg.arch == "dcgan" else
                     [(64, 2), (128, 2), (256, 1), (256, 2), (512, 1), (512, 2), (512, 2)])
             layers, c = [], channels
             for width, stride in plan:
-                layers += [sn(nn.Conv2d(c, width, 4 if cfg.arch == "dcgan" else 3, stride, 1)), common.lrelu()]
+                layers += [sn(nn.Conv2d(c, width, 4 if cfg.arch == "dcgan" else 3, stride, 1)), lrelu()]
                 c = width
             width = 1024  # global average pool -> fc1024 (paper Tab. 4)
-            layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), sn(nn.Linear(c, width)), common.lrelu()]
+            layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), sn(nn.Linear(c, width)), lrelu()]
         self.features = nn.Sequential(*layers)
         self.linear = sn(nn.Linear(width, 1))
         self.embed = sn(nn.Embedding(n_classes, width))
@@ -979,7 +996,7 @@ def heldout(cfg: Config, device, n: int | None = None,
     with labels: a seeded subset stratified by class (the splits are stored class by class, so the
     first n would hold only the first few classes)."""
     held = load_split(cfg, "test", verbose=False, which=which)
-    index = common.stratified_subset(held.labels["class"], n or cfg.eval_images, cfg.seed)
+    index = stratified_subset(held.labels["class"], n or cfg.eval_images, cfg.seed)
     return model_inputs(cfg, held.images[index], device), torch.from_numpy(held.labels["class"][index]).to(device), held
 
 
@@ -1264,13 +1281,89 @@ def encode_all(model: DisentangledVAE, x: torch.Tensor, c: torch.Tensor, chunk: 
 
 
 @torch.no_grad()
+def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Indices of n items (all if fewer) drawn at random with every class as evenly represented
+    as its size allows: seeded, in increasing order. For class-sorted splits, where the first n
+    would cover only the first few classes."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(labels))
+    rank = np.empty(len(labels), np.int64)   # position of each item within its class, in `order`
+    for k in np.unique(labels):
+        members = order[labels[order] == k]
+        rank[members] = np.arange(len(members))
+    chosen = order[np.argsort(rank[order], kind="stable")][:n]
+    return np.sort(chosen)
+
+
+# Wang, Simoncelli & Bovik 2003's five scale weights. Within-class MS-SSIM as a diversity measure
+# is Odena et al. 2017 (AC-GAN, sec. 4.2), used by Bao et al. 2017 and by Zheng & Sun 2019's
+# Tables 2 and 6. A scale is used while the image at that scale still holds the 11x11 window, and the weights
+# of the scales used are renormalised: 64 px uses 3 scales (64, 32, 16), weights 0.0711, 0.4530,
+# 0.4760; 32 px uses 2 (0.1356, 0.8644); 28 px (MNIST) 2; 128 px 4.
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+def gaussian_filter(x: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
+    """Separable 'valid' Gaussian blur of x (B, C, H, W)."""
+    t = torch.arange(size, dtype=x.dtype, device=x.device) - (size - 1) / 2
+    w = torch.exp(-t ** 2 / (2 * sigma ** 2))
+    w = (w / w.sum()).repeat(x.shape[1], 1)
+    x = F.conv2d(x, w[:, None, None, :], groups=x.shape[1])
+    return F.conv2d(x, w[:, None, :, None], groups=x.shape[1])
+
+
+def ssim_terms(a: torch.Tensor, b: torch.Tensor, data_range: float, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image and channel (B, C): mean SSIM map and mean contrast-structure map, 11x11 window
+    of sd 1.5 (shrunk with the image below 11 pixels), K1 = 0.01, K2 = 0.03."""
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    sigma = 1.5 * window / 11
+    mu_a, mu_b = gaussian_filter(a, window, sigma), gaussian_filter(b, window, sigma)
+    var_a = gaussian_filter(a * a, window, sigma) - mu_a ** 2
+    var_b = gaussian_filter(b * b, window, sigma) - mu_b ** 2
+    cov = gaussian_filter(a * b, window, sigma) - mu_a * mu_b
+    cs = (2 * cov + c2) / (var_a + var_b + c2)
+    luminance = (2 * mu_a * mu_b + c1) / (mu_a ** 2 + mu_b ** 2 + c1)
+    return (luminance * cs).flatten(2).mean(2), cs.flatten(2).mean(2)
+
+
+def ms_ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Multi-scale SSIM (Wang, Simoncelli & Bovik 2003) of image pairs a, b (B, C, H, W) with
+    pixels in [0, data_range] -> (B,) in [0, 1] (1: identical). SSIM's luminance term assumes
+    non-negative intensities, so [-1, 1] images must be mapped to [0, 1] first. Per channel, as
+    tf.image.ssim_multiscale and pytorch-msssim: the contrast-structure terms of the finer
+    scales and the SSIM of the coarsest are clipped at 0, raised to their weights and
+    multiplied; then the channels are averaged. Scales: see MS_SSIM_WEIGHTS. Raises ValueError
+    on shape mismatch."""
+    if a.shape != b.shape or a.dim() != 4:
+        raise ValueError(f"ms_ssim needs two (B, C, H, W) batches of one shape, got {tuple(a.shape)}, {tuple(b.shape)}")
+    a, b = a.double(), b.double()
+    side = min(a.shape[-2:])
+    levels = max(1, min(5, 1 + int(math.floor(math.log2(side / 11))) if side >= 11 else 1))
+    weights = torch.tensor(MS_SSIM_WEIGHTS[:levels], dtype=a.dtype, device=a.device)
+    weights = weights / weights.sum()
+    factors = []
+    for level in range(levels):
+        ssim, cs = ssim_terms(a, b, data_range, min(11, side >> level))
+        factors.append(F.relu(ssim if level == levels - 1 else cs))
+        if level < levels - 1:
+            a, b = F.avg_pool2d(a, 2), F.avg_pool2d(b, 2)
+    per_channel = torch.prod(torch.stack(factors, -1) ** weights, dim=-1)     # (B, C)
+    return per_channel.mean(1).float()
+
+
+def pairwise_ms_ssim(images: torch.Tensor) -> torch.Tensor:
+    """Mean MS-SSIM over all unordered pairs of images (N, C, H, W) in [0, 1], N >= 2 -> scalar."""
+    i, j = zip(*itertools.combinations(range(len(images)), 2))
+    return ms_ssim(images[list(i)], images[list(j)]).mean()
+
+
 def diversity(model: DisentangledVAE, cfg: Config, device) -> float:
     """Tables 2 and 6: mean MS-SSIM over all pairs of --diversity-samples generated images of a
     class, averaged over the first --diversity-classes classes (lower = more diverse)."""
     g, classes = torch.Generator().manual_seed(cfg.seed + 2), min(cfg.diversity_classes, model.n_classes)
     progress, scores = common.Progress("MS-SSIM diversity", classes, "classes"), []
     for k in range(classes):
-        scores.append(common.pairwise_ms_ssim((class_samples(model, [k], cfg.diversity_samples, g, device) + 1) / 2).item())
+        scores.append(pairwise_ms_ssim((class_samples(model, [k], cfg.diversity_samples, g, device) + 1) / 2).item())
         progress.update()
     return float(np.mean(scores))
 
@@ -1284,7 +1377,7 @@ def evaluate(runs: list, device) -> list:
         common.seed_everything(cfg.seed)  # every draw of the eval, so a checkpoint gives one eval.json
         x, c, held = heldout(cfg, device)
         train_set = load_split(cfg, "train", verbose=False)
-        index = common.stratified_subset(train_set.labels["class"], 10_000, cfg.seed)
+        index = stratified_subset(train_set.labels["class"], 10_000, cfg.seed)
         x_train = model_inputs(cfg, train_set.images[index], device)
         c_train = torch.from_numpy(train_set.labels["class"][index]).to(device)
         z_s, mu_u, logvar_u = encode_all(model, x, c)

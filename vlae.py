@@ -184,6 +184,56 @@ def parse_crop(cfg: Config) -> tuple[int, int, int, int] | None:
 # ----------------------------------------------------------------------------------------------
 # --- paper: model ---
 # ----------------------------------------------------------------------------------------------
+def conv_same(in_ch: int, out_ch: int, stride: int, kernel: int = 4) -> nn.Module:
+    """A Conv2d with TensorFlow 'SAME' padding for even kernels: out = in / stride (even sizes).
+
+    Stride 2 with k4 is padding 1; stride 1 with k4 pads (left 1, right 2, top 1, bottom 2),
+    the asymmetric padding TF uses. Raises ValueError for other strides.
+    """
+    if stride == 2 and kernel == 4:
+        return nn.Conv2d(in_ch, out_ch, kernel, 2, 1)
+    if stride == 1:
+        total = kernel - 1
+        pad = nn.ZeroPad2d((total // 2, total - total // 2, total // 2, total - total // 2))
+        return nn.Sequential(pad, nn.Conv2d(in_ch, out_ch, kernel, 1, 0))
+    raise ValueError(f"conv_same supports stride 1, or stride 2 with kernel 4; got {stride}, {kernel}")
+
+
+def conv_transpose_same(in_ch: int, out_ch: int, stride: int, kernel: int = 4) -> nn.Module:
+    """A ConvTranspose2d with TensorFlow 'SAME' sizes: out = in * stride.
+
+    Stride 2 with k4 is padding 1; stride 1 is the exact adjoint of `conv_same`, as TF's
+    conv2d_transpose is the gradient of its conv2d (for k4: crop 1 on the left/top and 2 on the
+    right/bottom of the full output).
+    """
+    if stride == 2 and kernel == 4:
+        return nn.ConvTranspose2d(in_ch, out_ch, kernel, 2, 1)
+    if stride == 1:
+        return _CroppedConvTranspose(in_ch, out_ch, kernel)
+    raise ValueError(f"conv_transpose_same supports stride 1, or stride 2 with kernel 4; got {stride}, {kernel}")
+
+
+class _CroppedConvTranspose(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, kernel: int):
+        super().__init__()
+        self.conv = nn.ConvTranspose2d(in_ch, out_ch, kernel, 1, 0)
+        self.lo = (kernel - 1) // 2  # 1 for k4: the adjoint of conv_same's (1, 2) padding
+        self.hi = (kernel - 1) - self.lo
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return y[..., self.lo:y.shape[-2] - self.hi, self.lo:y.shape[-1] - self.hi]
+
+
+def init_normal_(module: nn.Module, std: float = 0.02) -> None:
+    """DCGAN-style init used by the TF references: conv/linear weights ~ N(0, std), biases 0."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
 def batch_norm(channels: int, momentum: float, dims: int = 2) -> nn.Module:
     """TF's batch_norm defaults: eps 1e-3, no learned scale (gamma fixed at 1), learned shift."""
     bn = (nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d)(channels, eps=1e-3, momentum=momentum)
@@ -192,11 +242,11 @@ def batch_norm(channels: int, momentum: float, dims: int = 2) -> nn.Module:
 
 
 def conv_block(cin: int, cout: int, stride: int, m: float) -> nn.Module:
-    return nn.Sequential(common.conv_same(cin, cout, stride), batch_norm(cout, m), nn.LeakyReLU(0.1))
+    return nn.Sequential(conv_same(cin, cout, stride), batch_norm(cout, m), nn.LeakyReLU(0.1))
 
 
 def deconv_block(cin: int, cout: int, stride: int, m: float) -> nn.Module:
-    return nn.Sequential(common.conv_transpose_same(cin, cout, stride), batch_norm(cout, m), nn.LeakyReLU(0.1))
+    return nn.Sequential(conv_transpose_same(cin, cout, stride), batch_norm(cout, m), nn.LeakyReLU(0.1))
 
 
 def fc_block(cin: int, cout: int, m: float, act: str = "relu") -> nn.Module:
@@ -302,7 +352,7 @@ def celeba_ladder(size: int, dim: int, m: float, relu_quirk: bool) -> VLAE:
     heads = [GaussianHead(f, w, dim, relu_quirk and l == 3) for l, (f, w) in enumerate(zip(head_features, widths))]
     ladders = [nn.Sequential(fc_block(dim, c * s * s, m), common.Reshape(c, s, s))
                for c, s in ((64, s2), (256, s8), (512, s16))]
-    decoders = [nn.Sequential(deconv_block(128, 64, 2, m), common.conv_transpose_same(64, 3, 1)),   # -> 3 x s
+    decoders = [nn.Sequential(deconv_block(128, 64, 2, m), conv_transpose_same(64, 3, 1)),   # -> 3 x s
                 nn.Sequential(deconv_block(512, 128, 2, m), deconv_block(128, 128, 1, m),
                               deconv_block(128, 64, 2, m)),                                         # -> 64 x s/2
                 nn.Sequential(deconv_block(1024, 512, 1, m), deconv_block(512, 256, 2, m),
@@ -328,7 +378,7 @@ def mnist_ladder(size: int, dim: int, m: float, relu_quirk: bool) -> VLAE:
              GaussianHead(tower(1024), 1024, dim, relu_quirk)]
     ladders = [fc_block(dim, 1024, m, "lrelu"), fc_block(dim, 1024, m)]
     decoders = [nn.Sequential(fc_block(1024, 128 * s4 * s4, m), common.Reshape(128, s4, s4),
-                              deconv_block(128, 64, 2, m), common.conv_transpose_same(64, 1, 2)),
+                              deconv_block(128, 64, 2, m), conv_transpose_same(64, 1, 2)),
                 nn.Sequential(fc_block(1024, 1024, m), fc_block(1024, 1024, m), nn.Linear(1024, 1024)),
                 nn.Sequential(fc_block(dim, 1024, m), fc_block(1024, 1024, m), nn.Linear(1024, 1024))]
     return VLAE(trunk, heads, ladders, [GatedAdd(1024), GatedAdd(1024)], decoders)
@@ -338,7 +388,7 @@ def build_model(cfg: Config) -> VLAE:
     """The ladder for cfg.dataset, initialised like the reference: N(0, 0.02) blocks, Glorot heads."""
     make = mnist_ladder if cfg.dataset == "mnist" else celeba_ladder
     model = make(cfg.image_size, cfg.latent_dim, cfg.bn_momentum, cfg.relu_top_heads)
-    common.init_normal_(model, 0.02)
+    init_normal_(model, 0.02)
     for head in model.heads:
         head.init_glorot()
     return model
@@ -354,10 +404,47 @@ def reconstruction_error(x_hat: torch.Tensor, x: torch.Tensor, kind: str) -> tor
     return diff.abs().mean() if kind == "l1" else diff.pow(2).mean()
 
 
+def gaussian_kernel(a: torch.Tensor, b: torch.Tensor, sigma2: float) -> torch.Tensor:
+    """k(a, b) = exp(-||a - b||^2 / sigma2) for every pair: (N, D), (M, D) -> (N, M).
+
+    Xu 2018 sec. 2.3. The squared distances are computed in float32 whatever the autocast
+    dtype, since bf16 distances of nearby codes round to 0.
+    """
+    a, b = a.float(), b.float()
+    sq_dist = (a.pow(2).sum(1, keepdim=True) + b.pow(2).sum(1).unsqueeze(0) - 2.0 * a @ b.T)
+    return torch.exp(-sq_dist.clamp_min(0.0) / sigma2)
+
+
+def mmd(q: torch.Tensor, p: torch.Tensor, sigma2: float | None = None,
+        unbiased: bool = False) -> torch.Tensor:
+    """Squared MMD between samples q (N, D) and p (M, D) under the Gaussian kernel; a scalar.
+
+    MMD^2 = E_qq[k] + E_pp[k] - 2 E_qp[k]   (Xu 2018 sec. 2.3; Gretton et al. 2012 eq. 3-5).
+    `sigma2` defaults to D^2, the dimension-scaled bandwidth of the InfoVAE/VLAE reference code
+    (exp(-mean_d (a_d - b_d)^2 / D)). The biased V-statistic (default, the reference's training
+    loss) averages all entries, diagonals included, so it is >= 0; the unbiased U-statistic
+    drops the diagonals of K_qq and K_pp and can dip below 0 when q = p.
+    Raises ValueError on mismatched dims, or fewer than 2 samples for the unbiased form.
+    """
+    if q.dim() != 2 or p.dim() != 2 or q.shape[1] != p.shape[1]:
+        raise ValueError(f"mmd needs (N, D) and (M, D) samples, got {tuple(q.shape)} and {tuple(p.shape)}")
+    if sigma2 is None:
+        sigma2 = float(q.shape[1]) ** 2
+    k_qq, k_pp, k_qp = gaussian_kernel(q, q, sigma2), gaussian_kernel(p, p, sigma2), gaussian_kernel(q, p, sigma2)
+    if not unbiased:
+        return k_qq.mean() + k_pp.mean() - 2.0 * k_qp.mean()
+    n, m = q.shape[0], p.shape[0]
+    if n < 2 or m < 2:
+        raise ValueError("the unbiased MMD estimator needs at least 2 samples on each side")
+    off_qq = (k_qq.sum() - k_qq.diagonal().sum()) / (n * (n - 1))
+    off_pp = (k_pp.sum() - k_pp.diagonal().sum()) / (m * (m - 1))
+    return off_qq + off_pp - 2.0 * k_qp.mean()
+
+
 def mmd_per_layer(zs: list, n_prior: int) -> list:
     """Eq. 1-2 for each layer: biased MMD between the batch of codes z_l ~ q(z_l) (B, D) and
     n_prior fresh draws of N(0, I), kernel bandwidth sigma^2 = D^2. Scalars, >= 0."""
-    return [common.mmd(z.float(), torch.randn(n_prior, z.shape[1], device=z.device)) for z in zs]
+    return [mmd(z.float(), torch.randn(n_prior, z.shape[1], device=z.device)) for z in zs]
 
 
 def kl_per_layer(mus: list, logvars: list) -> list:
@@ -795,7 +882,7 @@ def heldout_mmd(mus: list, logvars: list, prior: list) -> list:
     held-out image from mus[l], logvars[l] (N, D_l) (the global RNG), and prior[l], draws of p(z_l)
     (`prior_draw`). A list of floats, one per layer; ~0 when q(z_l) = p(z_l), below 0 by noise."""
     z = [common.reparameterize(mu, logvar) for mu, logvar in zip(mus, logvars)]
-    return [common.mmd(q, p, unbiased=True).item() for q, p in zip(z, prior)]
+    return [mmd(q, p, unbiased=True).item() for q, p in zip(z, prior)]
 
 
 def eval_summary(r: dict) -> str:

@@ -4,6 +4,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from torch.distributions import Normal
 from PIL import Image
 
 import cmma
@@ -397,3 +398,12 @@ def test_cgan_tuning_scores_candidates_on_the_validation_faces_never_the_test_fa
     monkeypatch.setattr(cmma, "parzen_scores", lambda model, x, y, k, sigmas: seen.append(x) or torch.tensor([1.0, 2.0]))
     assert cmma.validation_parzen(cmma.Config(dataset="mnist"), None, torch.device("cpu")) == 2.0
     assert len(seen) == 1 and seen[0] is valid_xy[0]
+
+
+def test_gaussian_log_likelihood_matches_normal_log_prob():
+    torch.manual_seed(2)
+    x, mu, logvar = torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4)
+    expected = Normal(mu, (0.5 * logvar).exp()).log_prob(x).flatten(1).sum(1)
+    assert torch.allclose(cmma.gaussian_log_likelihood(x, mu, logvar), expected, atol=1e-4)
+    no_const = cmma.gaussian_log_likelihood(x, mu, logvar, with_constant=False)
+    assert torch.allclose(no_const - expected, torch.full((3,), 0.5 * math.log(2 * math.pi) * 32), atol=1e-4)

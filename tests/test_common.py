@@ -9,6 +9,7 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 import common
+import vlae
 
 
 def test_kl_to_standard_normal_matches_torch_distributions():
@@ -26,71 +27,11 @@ def test_kl_between_diagonal_gaussians_matches_torch_distributions():
     assert torch.allclose(common.kl_normal(mq, lq, mq, lq), torch.zeros(4), atol=1e-6)
 
 
-def test_gaussian_log_likelihood_matches_normal_log_prob():
-    torch.manual_seed(2)
-    x, mu, logvar = torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4)
-    expected = Normal(mu, (0.5 * logvar).exp()).log_prob(x).flatten(1).sum(1)
-    assert torch.allclose(common.gaussian_log_likelihood(x, mu, logvar), expected, atol=1e-4)
-    no_const = common.gaussian_log_likelihood(x, mu, logvar, with_constant=False)
-    assert torch.allclose(no_const - expected, torch.full((3,), 0.5 * math.log(2 * math.pi) * 32), atol=1e-4)
-
-
 def test_reparameterize_has_the_right_moments():
     torch.manual_seed(3)
     mu, logvar = torch.full((200_000, 1), 2.0), torch.full((200_000, 1), math.log(0.25))
     z = common.reparameterize(mu, logvar)
     assert abs(z.mean().item() - 2.0) < 0.01 and abs(z.std().item() - 0.5) < 0.01
-
-
-def test_mmd_of_a_sample_with_itself_is_zero_and_shifted_samples_score_higher():
-    torch.manual_seed(4)
-    q = torch.randn(300, 10)
-    assert common.mmd(q, q).item() == pytest.approx(0.0, abs=1e-6)
-    same = common.mmd(q, torch.randn(300, 10), unbiased=True).item()
-    shifted = common.mmd(q, torch.randn(300, 10) + 1.5, unbiased=True).item()
-    assert abs(same) < 0.005
-    assert shifted > 0.05 > 10 * abs(same)
-
-
-def test_mmd_default_bandwidth_is_the_reference_dimension_scaled_kernel():
-    # reference: k(a, b) = exp(-mean_d (a_d - b_d)^2 / D)  ==  exp(-||a - b||^2 / D^2)
-    torch.manual_seed(5)
-    a, b = torch.randn(20, 10), torch.randn(30, 10)
-    ref = lambda x, y: torch.exp(-((x[:, None] - y[None]) ** 2).mean(-1) / x.shape[1])
-    expected = ref(a, a).mean() + ref(b, b).mean() - 2 * ref(a, b).mean()
-    assert common.mmd(a, b).item() == pytest.approx(expected.item(), abs=1e-6)
-    assert torch.allclose(common.gaussian_kernel(a, b, 100.0), ref(a, b), atol=1e-6)
-
-
-def test_unbiased_mmd_known_value_in_one_dimension():
-    q, p = torch.tensor([[0.0], [1.0]]), torch.tensor([[0.0], [2.0]])
-    k = lambda d2: math.exp(-d2)  # D = 1: sigma^2 = 1
-    expected = k(1) + k(4) - 2 * (k(0) + k(4) + k(1) + k(1)) / 4
-    assert common.mmd(q, p, unbiased=True).item() == pytest.approx(expected, abs=1e-6)
-    with pytest.raises(ValueError):
-        common.mmd(q[:1], p, unbiased=True)
-    with pytest.raises(ValueError):
-        common.mmd(q, torch.zeros(2, 3))
-
-
-@pytest.mark.parametrize("stride,size,expected", [(2, 64, 32), (1, 8, 8), (2, 14, 7)])
-def test_conv_same_gives_tensorflow_output_sizes(stride, size, expected):
-    conv = common.conv_same(3, 5, stride)
-    assert conv(torch.zeros(1, 3, size, size)).shape == (1, 5, expected, expected)
-    deconv = common.conv_transpose_same(5, 3, stride)
-    assert deconv(torch.zeros(1, 5, expected, expected)).shape[-1] == expected * stride
-
-
-def test_stride_one_transposed_conv_is_the_adjoint_of_the_same_conv():
-    torch.manual_seed(6)
-    conv, deconv = common.conv_same(2, 3, 1), common.conv_transpose_same(3, 2, 1)
-    deconv.conv.weight.data.copy_(conv[1].weight.data)
-    x, y = torch.randn(1, 2, 6, 6), torch.randn(1, 3, 6, 6)
-    lhs = (torch.nn.functional.conv2d(conv[0](x), conv[1].weight) * y).sum()
-    rhs = (x * torch.nn.functional.conv_transpose2d(y, deconv.conv.weight)[..., 1:7, 1:7]).sum()
-    assert lhs.item() == pytest.approx(rhs.item(), rel=1e-5)
-    out = deconv(y) - deconv.conv.bias.view(1, -1, 1, 1)
-    assert (x * out).sum().item() == pytest.approx(lhs.item(), rel=1e-5)
 
 
 def test_image_grid_places_each_image_and_saves_png(tmp_path):
@@ -200,7 +141,7 @@ def test_biased_mmd_floor_is_the_estimators_mean_when_q_equals_p():
     assert common.biased_mmd_floor(100, 100, 2) == pytest.approx(0.01)
     torch.manual_seed(0)
     for n, m, d in ((100, 100, 10), (50, 200, 2)):
-        draws = torch.tensor([common.mmd(torch.randn(n, d), torch.randn(m, d)).item() for _ in range(400)])
+        draws = torch.tensor([vlae.mmd(torch.randn(n, d), torch.randn(m, d)).item() for _ in range(400)])
         assert draws.mean().item() == pytest.approx(common.biased_mmd_floor(n, m, d), rel=0.05)
 
 
@@ -251,18 +192,6 @@ def test_probes_fitted_together_equal_probes_fitted_alone():
     assert together == pytest.approx(alone, abs=0.01)
 
 
-def test_stratified_subset_covers_every_class_of_a_class_sorted_split():
-    labels = np.repeat(np.arange(10), 50)            # stored class by class, as split_per_class does
-    index = common.stratified_subset(labels, 30, seed=0)
-    assert len(index) == 30 and (np.diff(index) > 0).all()
-    assert (np.bincount(labels[index], minlength=10) == 3).all()
-    assert np.array_equal(index, common.stratified_subset(labels, 30, seed=0))
-    assert not np.array_equal(index, common.stratified_subset(labels, 30, seed=1))
-    assert len(common.stratified_subset(labels, 10_000, seed=0)) == 500
-    uneven = np.array([0] * 5 + [1] * 100)
-    assert np.bincount(uneven[common.stratified_subset(uneven, 20, seed=0)]).tolist() == [5, 15]
-
-
 def test_mlp_probe_reads_a_label_that_a_linear_probe_cannot():
     g = torch.Generator().manual_seed(0)
     codes = torch.rand(1200, 2, generator=g) * 2 - 1
@@ -271,61 +200,6 @@ def test_mlp_probe_reads_a_label_that_a_linear_probe_cannot():
     linear = common.probe_accuracy(codes[train], labels[train], codes[test], labels[test], 2)
     mlp = common.mlp_probe_accuracy(codes[train], labels[train], codes[test], labels[test], 2)
     assert linear < 0.7 and mlp > 0.9, (linear, mlp)
-
-
-def test_ms_ssim_is_one_for_identical_images_and_falls_with_noise():
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(2, 3, 64, 64, generator=g)
-    x = common.gaussian_filter(torch.nn.functional.pad(x, (5, 5, 5, 5), mode="reflect"), 11, 3.0)  # smooth, in [0, 1]
-    assert torch.allclose(common.ms_ssim(x, x), torch.ones(2), atol=1e-6)
-    scores = [common.ms_ssim(x, (x + s * torch.randn(x.shape, generator=g)).clamp(0, 1)).mean().item()
-              for s in (0.025, 0.1, 0.25)]
-    assert 1 > scores[0] > scores[1] > scores[2] > 0
-
-
-def flat(*values, side=64):
-    return torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1).expand(1, len(values), side, side).clone()
-
-
-def test_ms_ssim_of_a_constant_shift_is_the_closed_form_luminance_term():
-    # flat images: every contrast-structure term is (0 + C2) / (0 + C2) = 1, so MS-SSIM is the
-    # luminance term raised to the coarsest scale's weight (3 scales at 64 px), per channel
-    c1 = 0.01 ** 2
-    lum = lambda p, q: (2 * p * q + c1) / (p * p + q * q + c1)
-    w = common.MS_SSIM_WEIGHTS[2] / sum(common.MS_SSIM_WEIGHTS[:3])
-    # the [-1, 1] pair +-0.05 read in [0, 1]: 0.475 vs 0.525 is nearly the same grey
-    assert common.ms_ssim(flat(0.475), flat(0.525)).item() == pytest.approx(lum(0.475, 0.525) ** w, rel=1e-6)
-    assert common.ms_ssim(flat(0.475), flat(0.525)).item() > 0.99
-    # channels are scored on their own and averaged (one identical channel, one shifted)
-    got = common.ms_ssim(flat(0.3, 0.6), flat(0.3, 0.2)).item()
-    assert got == pytest.approx((1 + lum(0.6, 0.2) ** w) / 2, rel=1e-6)
-    # 2 scales at 32 px
-    w32 = common.MS_SSIM_WEIGHTS[1] / sum(common.MS_SSIM_WEIGHTS[:2])
-    assert common.ms_ssim(flat(0.2, side=32), flat(0.7, side=32)).item() == pytest.approx(lum(0.2, 0.7) ** w32, rel=1e-6)
-
-
-def test_ms_ssim_of_an_11_pixel_image_is_ssim_computed_by_hand():
-    # one scale and one 11x11 window: SSIM = (2 mu_a mu_b + C1)(2 cov + C2) / ((mu_a^2 + mu_b^2 + C1)(var_a + var_b + C2))
-    # with Gaussian-weighted (sd 1.5) means, variances and covariance
-    rng = np.random.default_rng(0)
-    a, b = rng.random((11, 11)), rng.random((11, 11))
-    t = np.arange(11) - 5.0
-    w = np.exp(-t ** 2 / (2 * 1.5 ** 2))
-    w = np.outer(w, w) / np.outer(w, w).sum()
-    mu_a, mu_b = (w * a).sum(), (w * b).sum()
-    var_a, var_b = (w * a * a).sum() - mu_a ** 2, (w * b * b).sum() - mu_b ** 2
-    cov = (w * a * b).sum() - mu_a * mu_b
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
-    ssim = (2 * mu_a * mu_b + c1) * (2 * cov + c2) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
-    got = common.ms_ssim(torch.tensor(a).view(1, 1, 11, 11), torch.tensor(b).view(1, 1, 11, 11)).item()
-    assert got == pytest.approx(max(ssim, 0.0), rel=1e-5)
-    b2 = 0.7 * a + 0.3 * b   # a related pair, for a value well above 0
-    cov2 = (w * a * b2).sum() - mu_a * (w * b2).sum()
-    mu_b2, var_b2 = (w * b2).sum(), (w * b2 * b2).sum() - (w * b2).sum() ** 2
-    ssim2 = (2 * mu_a * mu_b2 + c1) * (2 * cov2 + c2) / ((mu_a ** 2 + mu_b2 ** 2 + c1) * (var_a + var_b2 + c2))
-    assert ssim2 > 0.5
-    assert common.ms_ssim(torch.tensor(a).view(1, 1, 11, 11), torch.tensor(b2).view(1, 1, 11, 11)).item() == \
-        pytest.approx(ssim2, rel=1e-5)
 
 
 def test_device_names_are_checked_and_unwritable_paths_give_one_line(capsys, tmp_path):

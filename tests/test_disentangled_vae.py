@@ -576,3 +576,70 @@ def test_finetune_lkd_is_against_the_total_gaussian_for_either_posterior(posteri
     else:
         expected = -(total.log_prob(mean_s).sum(1) + 0.5 * 4 * math.log(2 * math.pi)).mean()
     assert t["L_lkd"].item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-5)
+
+
+def test_stratified_subset_covers_every_class_of_a_class_sorted_split():
+    labels = np.repeat(np.arange(10), 50)            # stored class by class, as split_per_class does
+    index = dv.stratified_subset(labels, 30, seed=0)
+    assert len(index) == 30 and (np.diff(index) > 0).all()
+    assert (np.bincount(labels[index], minlength=10) == 3).all()
+    assert np.array_equal(index, dv.stratified_subset(labels, 30, seed=0))
+    assert not np.array_equal(index, dv.stratified_subset(labels, 30, seed=1))
+    assert len(dv.stratified_subset(labels, 10_000, seed=0)) == 500
+    uneven = np.array([0] * 5 + [1] * 100)
+    assert np.bincount(uneven[dv.stratified_subset(uneven, 20, seed=0)]).tolist() == [5, 15]
+
+
+def test_ms_ssim_is_one_for_identical_images_and_falls_with_noise():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 64, 64, generator=g)
+    x = dv.gaussian_filter(torch.nn.functional.pad(x, (5, 5, 5, 5), mode="reflect"), 11, 3.0)  # smooth, in [0, 1]
+    assert torch.allclose(dv.ms_ssim(x, x), torch.ones(2), atol=1e-6)
+    scores = [dv.ms_ssim(x, (x + s * torch.randn(x.shape, generator=g)).clamp(0, 1)).mean().item()
+              for s in (0.025, 0.1, 0.25)]
+    assert 1 > scores[0] > scores[1] > scores[2] > 0
+
+
+def flat(*values, side=64):
+    return torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1).expand(1, len(values), side, side).clone()
+
+
+def test_ms_ssim_of_a_constant_shift_is_the_closed_form_luminance_term():
+    # flat images: every contrast-structure term is (0 + C2) / (0 + C2) = 1, so MS-SSIM is the
+    # luminance term raised to the coarsest scale's weight (3 scales at 64 px), per channel
+    c1 = 0.01 ** 2
+    lum = lambda p, q: (2 * p * q + c1) / (p * p + q * q + c1)
+    w = dv.MS_SSIM_WEIGHTS[2] / sum(dv.MS_SSIM_WEIGHTS[:3])
+    # the [-1, 1] pair +-0.05 read in [0, 1]: 0.475 vs 0.525 is nearly the same grey
+    assert dv.ms_ssim(flat(0.475), flat(0.525)).item() == pytest.approx(lum(0.475, 0.525) ** w, rel=1e-6)
+    assert dv.ms_ssim(flat(0.475), flat(0.525)).item() > 0.99
+    # channels are scored on their own and averaged (one identical channel, one shifted)
+    got = dv.ms_ssim(flat(0.3, 0.6), flat(0.3, 0.2)).item()
+    assert got == pytest.approx((1 + lum(0.6, 0.2) ** w) / 2, rel=1e-6)
+    # 2 scales at 32 px
+    w32 = dv.MS_SSIM_WEIGHTS[1] / sum(dv.MS_SSIM_WEIGHTS[:2])
+    assert dv.ms_ssim(flat(0.2, side=32), flat(0.7, side=32)).item() == pytest.approx(lum(0.2, 0.7) ** w32, rel=1e-6)
+
+
+def test_ms_ssim_of_an_11_pixel_image_is_ssim_computed_by_hand():
+    # one scale and one 11x11 window: SSIM = (2 mu_a mu_b + C1)(2 cov + C2) / ((mu_a^2 + mu_b^2 + C1)(var_a + var_b + C2))
+    # with Gaussian-weighted (sd 1.5) means, variances and covariance
+    rng = np.random.default_rng(0)
+    a, b = rng.random((11, 11)), rng.random((11, 11))
+    t = np.arange(11) - 5.0
+    w = np.exp(-t ** 2 / (2 * 1.5 ** 2))
+    w = np.outer(w, w) / np.outer(w, w).sum()
+    mu_a, mu_b = (w * a).sum(), (w * b).sum()
+    var_a, var_b = (w * a * a).sum() - mu_a ** 2, (w * b * b).sum() - mu_b ** 2
+    cov = (w * a * b).sum() - mu_a * mu_b
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    ssim = (2 * mu_a * mu_b + c1) * (2 * cov + c2) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    got = dv.ms_ssim(torch.tensor(a).view(1, 1, 11, 11), torch.tensor(b).view(1, 1, 11, 11)).item()
+    assert got == pytest.approx(max(ssim, 0.0), rel=1e-5)
+    b2 = 0.7 * a + 0.3 * b   # a related pair, for a value well above 0
+    cov2 = (w * a * b2).sum() - mu_a * (w * b2).sum()
+    mu_b2, var_b2 = (w * b2).sum(), (w * b2 * b2).sum() - (w * b2).sum() ** 2
+    ssim2 = (2 * mu_a * mu_b2 + c1) * (2 * cov2 + c2) / ((mu_a ** 2 + mu_b2 ** 2 + c1) * (var_a + var_b2 + c2))
+    assert ssim2 > 0.5
+    assert dv.ms_ssim(torch.tensor(a).view(1, 1, 11, 11), torch.tensor(b2).view(1, 1, 11, 11)).item() == \
+        pytest.approx(ssim2, rel=1e-5)

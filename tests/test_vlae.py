@@ -397,7 +397,7 @@ def test_the_training_mmd_compares_codes_with_standard_normal_draws(monkeypatch)
     """Eq. 1-2's p(z) = N(0, I): the draws mmd_per_layer hands to the MMD have mean 0 and
     variance 1 in every dim (U(0, 1) has mean 1/2, 2 N(0, I) variance 4), and a layer's own width."""
     seen = []
-    monkeypatch.setattr(vlae.common, "mmd", lambda q, p, *a, **k: seen.append(p) or (q.sum() * 0))
+    monkeypatch.setattr(vlae, "mmd", lambda q, p, *a, **k: seen.append(p) or (q.sum() * 0))
     torch.manual_seed(0)
     vlae.mmd_per_layer([torch.zeros(8, 3), torch.zeros(8, 5)], 40_000)
     assert [p.shape for p in seen] == [(40_000, 3), (40_000, 5)]
@@ -468,3 +468,54 @@ def test_heldout_mmd_compares_draws_of_q_with_standard_normal_draws():
         # |z|^2 ~ chi^2_D and |z - z'|^2 ~ 2 chi^2_D, E_qp k = (1 + 2/D^2)^(-D/2), E_pp k = (1 + 4/D^2)^(-D/2)
         point_expected = 1 + (1 + 4 / d ** 2) ** (-d / 2) - 2 * (1 + 2 / d ** 2) ** (-d / 2)
         assert abs(same) < 0.1 * point and point == pytest.approx(point_expected, rel=0.15)
+
+
+def test_mmd_of_a_sample_with_itself_is_zero_and_shifted_samples_score_higher():
+    torch.manual_seed(4)
+    q = torch.randn(300, 10)
+    assert vlae.mmd(q, q).item() == pytest.approx(0.0, abs=1e-6)
+    same = vlae.mmd(q, torch.randn(300, 10), unbiased=True).item()
+    shifted = vlae.mmd(q, torch.randn(300, 10) + 1.5, unbiased=True).item()
+    assert abs(same) < 0.005
+    assert shifted > 0.05 > 10 * abs(same)
+
+
+def test_mmd_default_bandwidth_is_the_reference_dimension_scaled_kernel():
+    # reference: k(a, b) = exp(-mean_d (a_d - b_d)^2 / D)  ==  exp(-||a - b||^2 / D^2)
+    torch.manual_seed(5)
+    a, b = torch.randn(20, 10), torch.randn(30, 10)
+    ref = lambda x, y: torch.exp(-((x[:, None] - y[None]) ** 2).mean(-1) / x.shape[1])
+    expected = ref(a, a).mean() + ref(b, b).mean() - 2 * ref(a, b).mean()
+    assert vlae.mmd(a, b).item() == pytest.approx(expected.item(), abs=1e-6)
+    assert torch.allclose(vlae.gaussian_kernel(a, b, 100.0), ref(a, b), atol=1e-6)
+
+
+def test_unbiased_mmd_known_value_in_one_dimension():
+    q, p = torch.tensor([[0.0], [1.0]]), torch.tensor([[0.0], [2.0]])
+    k = lambda d2: math.exp(-d2)  # D = 1: sigma^2 = 1
+    expected = k(1) + k(4) - 2 * (k(0) + k(4) + k(1) + k(1)) / 4
+    assert vlae.mmd(q, p, unbiased=True).item() == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(ValueError):
+        vlae.mmd(q[:1], p, unbiased=True)
+    with pytest.raises(ValueError):
+        vlae.mmd(q, torch.zeros(2, 3))
+
+
+@pytest.mark.parametrize("stride,size,expected", [(2, 64, 32), (1, 8, 8), (2, 14, 7)])
+def test_conv_same_gives_tensorflow_output_sizes(stride, size, expected):
+    conv = vlae.conv_same(3, 5, stride)
+    assert conv(torch.zeros(1, 3, size, size)).shape == (1, 5, expected, expected)
+    deconv = vlae.conv_transpose_same(5, 3, stride)
+    assert deconv(torch.zeros(1, 5, expected, expected)).shape[-1] == expected * stride
+
+
+def test_stride_one_transposed_conv_is_the_adjoint_of_the_same_conv():
+    torch.manual_seed(6)
+    conv, deconv = vlae.conv_same(2, 3, 1), vlae.conv_transpose_same(3, 2, 1)
+    deconv.conv.weight.data.copy_(conv[1].weight.data)
+    x, y = torch.randn(1, 2, 6, 6), torch.randn(1, 3, 6, 6)
+    lhs = (torch.nn.functional.conv2d(conv[0](x), conv[1].weight) * y).sum()
+    rhs = (x * torch.nn.functional.conv_transpose2d(y, deconv.conv.weight)[..., 1:7, 1:7]).sum()
+    assert lhs.item() == pytest.approx(rhs.item(), rel=1e-5)
+    out = deconv(y) - deconv.conv.bias.view(1, -1, 1, 1)
+    assert (x * out).sum().item() == pytest.approx(lhs.item(), rel=1e-5)

@@ -8,7 +8,6 @@ import time
 import numpy as np
 import torch
 
-import common
 import data
 import disentangled_vae
 
@@ -261,8 +260,8 @@ def gated_diversity(run_out: str, judge_: Judge, classes: int, n: int, seed: int
         images = ((disentangled_vae.class_samples(model, [k], n, g, device).float() + 1) / 2).clamp(0, 1).cpu()
         ok = judge_.predict(images) == digit[k]
         right.append(ok.float().mean().item())
-        all_pairs.append(1 - common.pairwise_ms_ssim(images).item())
-        gated.append(1 - common.pairwise_ms_ssim(images[ok]).item() if ok.sum() >= 2 else 0.0)
+        all_pairs.append(1 - disentangled_vae.pairwise_ms_ssim(images).item())
+        gated.append(1 - disentangled_vae.pairwise_ms_ssim(images[ok]).item() if ok.sum() >= 2 else 0.0)
     return {"right": float(np.mean(right)), "all": float(np.mean(all_pairs)), "gated": float(np.mean(gated))}
 
 
