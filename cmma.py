@@ -56,7 +56,7 @@ Usage:
     python cmma.py --dataset celeba --data-dir data/celeba --model cvae    # baselines
     python cmma.py --dataset celeba --data-dir data/celeba --model cgan
     python cmma.py eval --checkpoint runs/cmma-celeba-cmma/checkpoint.pt,runs/cmma-celeba-cvae/checkpoint.pt,runs/cmma-celeba-cgan/checkpoint.pt
-    python cmma.py eval --checkpoint (the same list) --fid --kid           # + FID / KID (metrics extra)
+    python benchmarks/fidelity.py cmma --checkpoint runs/cmma-celeba-cmma --fid --kid   # FID / KID (metrics extra)
     python cmma.py figures --checkpoint (the same list)                    # Figs. 4, 6, 7
     python cmma.py edit --checkpoint C --image face.jpg --set Eyeglasses=1 --set Smiling=0
 """
@@ -155,8 +155,8 @@ COMMANDS = {"train": common.Command("train a model (the default subcommand)"),
             "figures": common.Command("draw Fig. 4, 6 and 7 (side by side for several checkpoints)",
                                       common.CHECKPOINT_FLAGS),
             "eval": common.Command("Table 2 (ELBO, Parzen log-likelihood), Table 3 (attribute error) into "
-                                   "OUT/eval.json, one table for several checkpoints; --fid, --kid, --isc",
-                                   common.EVAL_FLAGS | {"eval_images", "valid_images", "parzen_samples",
+                                   "OUT/eval.json, one table for several checkpoints",
+                                   common.CHECKPOINT_FLAGS | {"eval_images", "valid_images", "parzen_samples",
                                                         "parzen_grid", "is_samples"}),
             "edit": common.Command("Fig. 6 on your own face: switch attributes on or off (--image, --set, --has)",
                                    common.CHECKPOINT_FLAGS, EDIT_FLAGS)}
@@ -812,20 +812,26 @@ def run_loop(cfg: Config, net, optimizers, scaler, batches, start: int, device, 
 # ----------------------------------------------------------------------------------------------
 # --- plumbing: sample / figures / eval / edit over one or several checkpoints ---
 # ----------------------------------------------------------------------------------------------
+def load_run(cfg: Config, explicit: set, device) -> tuple[Config, nn.Module, dict]:
+    """The config, the trained model (eval mode, on device) and the checkpoint's state, from
+    --checkpoint (a run folder or its file; default OUT/checkpoint.pt). Its outputs go to the run
+    folder unless --out is given."""
+    path = common.checkpoint_file(cfg.checkpoint or os.path.join(
+        cfg.out or os.path.join("runs", f"cmma-{cfg.dataset}-{cfg.model}"), "checkpoint.pt"))
+    state = common.load_checkpoint(path, SCRIPT, common.RUN_ENTRIES)
+    saved = common.merge_saved_config(cfg, state["config"], explicit, RUN_FIELDS, path, resume=False)
+    own = cfg.out if "out" in explicit else os.path.dirname(os.path.abspath(path))
+    saved = resolve_defaults(dataclasses.replace(saved, out=own))
+    model = build_model(saved, saved.attributes)
+    common.load_weights(model, state, "model")
+    return saved, model.to(device).eval(), state
+
+
 def load_models(cfg: Config, explicit: set, device) -> list:
     """[(config, model in eval mode on device)] for each comma-separated --checkpoint."""
-    paths = [p for p in cfg.checkpoint.split(",") if p] or [
-        os.path.join(cfg.out or os.path.join("runs", f"cmma-{cfg.dataset}-{cfg.model}"), "checkpoint.pt")]
-    loaded = []
-    for path in map(common.checkpoint_file, paths):
-        state = common.load_checkpoint(path, SCRIPT, common.RUN_ENTRIES)
-        saved = common.merge_saved_config(cfg, state["config"], explicit, RUN_FIELDS, path, resume=False)
-        own = cfg.out if "out" in explicit and len(paths) == 1 else os.path.dirname(os.path.abspath(path))
-        saved = resolve_defaults(dataclasses.replace(saved, out=own))
-        model = build_model(saved, saved.attributes)
-        common.load_weights(model, state, "model")
-        loaded.append((saved, model.to(device).eval()))
-    return loaded
+    paths = [p for p in cfg.checkpoint.split(",") if p] or [""]
+    explicit = explicit - {"out"} if len(paths) > 1 else explicit
+    return [load_run(dataclasses.replace(cfg, checkpoint=p), explicit, device)[:2] for p in paths]
 
 
 def draw_figures(runs: list, out: str, device) -> list:
@@ -916,8 +922,6 @@ def evaluate(runs: list, out: str, device) -> dict:
                            "face; elbo_no_constants drops the log 2pi per pixel and the -1 per latent of eq. 7-8; "
                            "Parzen: K samples per face from its attributes, sigma chosen on the valid faces from "
                            "parzen_grid ([0, 1] pixel units)")
-        if common.fidelity_requested(cfg):
-            result["fidelity"] = sample_quality(cfg, model, test, device)
         common.save_json(os.path.join(cfg.out, "eval.json"), result)
         table[run_label(cfg, [c for c, _ in runs])] = result
     print_tables(table)
@@ -930,21 +934,6 @@ def run_label(cfg: Config, configs: list) -> str:
     """The model's name, with its run folder where two compared runs share the model."""
     same = sum(c.model == cfg.model for c in configs) > 1
     return f"{cfg.model} ({os.path.basename(cfg.out)})" if same else cfg.model
-
-
-def sample_quality(cfg: Config, model: nn.Module, test: data.ImageSet, device) -> dict:
-    """--fid / --kid / --isc of faces generated from attributes drawn as the held-out faces have
-    them (whole rows of the test split's attributes, so their correlations are kept), through
-    torch-fidelity; z's noise eps comes from torch-fidelity."""
-    rows = torch.from_numpy(np.asarray(test.labels["attributes"], np.float32))
-    g = torch.Generator().manual_seed(cfg.seed)
-
-    def generate(eps: torch.Tensor) -> torch.Tensor:
-        y = rows[torch.randint(len(rows), (len(eps),), generator=g)].to(eps.device)
-        return model.generate(y, eps=eps) * 2 - 1  # [0, 1] -> [-1, 1]
-
-    labels = f"attribute rows drawn uniformly from the {len(rows)} test faces (the held-out label distribution)"
-    return common.sample_quality(cfg, generate, cfg.latent_dim, test, device, labels=labels, load_split=load_split)
 
 
 def eval_faces(cfg: Config, device) -> tuple:
@@ -990,9 +979,6 @@ def print_tables(table: dict) -> None:
     for name, r in table.items():
         if "is_log_p_x_given_y_nats_per_face" in r:
             print(f"  extra, importance-sampled log p(x|y): {name} {r['is_log_p_x_given_y_nats_per_face']:,.1f}")
-    for name, r in table.items():
-        if "fidelity" in r:
-            print(f"  {name:5s} {common.fidelity_summary(r['fidelity'])}")
 
 
 def sample(runs: list, out: str, device) -> None:
@@ -1085,8 +1071,6 @@ def main(argv: list | None = None) -> None:
         if mode == "train":
             return train(resolve_defaults(cfg), explicit)
         device = common.pick_device(cfg.device)
-        if mode == "eval" and cfg.real_isc:  # the protocol check: real images need no checkpoint
-            return common.real_image_score(resolve_defaults(cfg), load_split, device)
         runs = load_models(cfg, explicit, device)
         out = cfg.out or runs[0][0].out
         if mode == "edit":

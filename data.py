@@ -620,6 +620,12 @@ def decode_all(paths: list[str], crop, size: int, out: np.ndarray, verbose: bool
             pool.shutdown(cancel_futures=True)
 
 
+def default_cache_dir() -> str:
+    """$FACE_VAE_CACHE, else ~/.cache/face-vaes: the decoded images (data folders are often
+    read-only) and, under fidelity/, the real images' Inception features."""
+    return os.environ.get("FACE_VAE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "face-vaes")
+
+
 def cache_key(paths: list[str], crop, size: int) -> str:
     """sha256 over the cache version, every file's name, size and modification time (ns), the crop
     box and the size: a file replaced by another of the same byte size changes the key."""
@@ -645,7 +651,7 @@ def cached_decode(paths: list[str], crop, size: int, cache_dir: str | None, labe
     Where the cache folder is local to each machine (not shared by the nodes of a multi-node
     run), the first process of each node that does not see rank 0's file builds its own.
     """
-    cache_dir = cache_dir or common.default_cache_dir()
+    cache_dir = cache_dir or default_cache_dir()
     key = cache_key(paths, crop, size)
     path = os.path.join(cache_dir, f"{label}-{size}px-{key[:16]}.npy")
     if not (dist.is_available() and dist.is_initialized()):

@@ -90,7 +90,7 @@ Usage:
     python disentangled_vae.py --dataset mnist --model cvae-gan               # the baseline
     python disentangled_vae.py --dataset mnist --model cvae-gan --bao         # with Bao et al.'s pieces
     python disentangled_vae.py eval --checkpoint runs/dvae-mnist-lr-livae/checkpoint.pt,runs/dvae-mnist-cvae-gan/checkpoint.pt
-    python disentangled_vae.py eval --checkpoint (the same list) --fid --kid --isc   # + FID / KID / IS (metrics extra)
+    python benchmarks/fidelity.py disentangled_vae --checkpoint RUN --fid --kid --isc   # FID / KID / IS (metrics extra)
     python disentangled_vae.py figures --checkpoint runs/dvae-mnist-lr-livae/checkpoint.pt
     python disentangled_vae.py --dataset mnist --out runs/unseen --unseen-classes 7,8,9   # no labels of 7, 8, 9
     python disentangled_vae.py finetune --checkpoint runs/unseen/checkpoint.pt              # sec. 3.6 on them
@@ -217,8 +217,8 @@ COMMANDS = {"train": common.Command("train a model (the default subcommand)"),
             "figures": common.Command("draw the paper's figures (Fig. 2-7 for the data set) from a checkpoint",
                                       BN_FLAGS),
             "eval": common.Command("accuracies, diversity, reconstruction into OUT/eval.json; several checkpoints, "
-                                   "comma-separated, are compared in one table; --fid, --kid, --isc (metrics extra)",
-                                   common.EVAL_FLAGS | BN_FLAGS | {"eval_images", "diversity_classes",
+                                   "comma-separated, are compared in one table",
+                                   common.CHECKPOINT_FLAGS | BN_FLAGS | {"eval_images", "diversity_classes",
                                                                    "diversity_samples"}),
             "finetune": common.Command("sec. 3.6: train a run made with --unseen-classes on its unseen classes' "
                                        "unlabelled images, into OUT/finetune (an interrupted one resumes)",
@@ -1407,59 +1407,41 @@ def evaluate(runs: list, device) -> list:
                       "images are seeded subsets stratified by class; chance = 1 / the classes present; "
                       "pixels in [-1, 1], recon decodes (z_s, mu_u); KL in nats per image; active unit: "
                       "Var_x(mu_u) > 0.01; MS-SSIM over pairs of generated images of one class")
-        if common.fidelity_requested(cfg):
-            r["fidelity"] = sample_quality(cfg, model, held, device)
         common.save_json(os.path.join(cfg.out, "eval.json"), r)
         results.append(r)
-    skip = ("split", "units", "fidelity")  # one column per run, one row per number
+    skip = ("split", "units")  # one column per run, one row per number
     keys = [k for k in results[0] if k not in skip]
     keys += [k for r in results[1:] for k in r if k not in keys and k not in skip]
     print(f"{'':28s}" + "".join(f"{r['model']:>14s}" for r in results))
     for k in keys:
         cells = [r.get(k, "-") for r in results]
         print(f"{k:28s}" + "".join(f"{v:>14.4f}" if isinstance(v, float) else f"{str(v):>14s}" for v in cells))
-    for r in results:
-        if "fidelity" in r:
-            print(f"{r['model']}: {common.fidelity_summary(r['fidelity'])}")
     print("all numbers: " + ", ".join(common.shown(os.path.join(cfg.out, "eval.json")) for cfg, _, _ in runs))
     return results
 
 
-def sample_quality(cfg: Config, model: DisentangledVAE, held: data.ImageSet, device) -> dict:
-    """--fid / --kid / --isc of G(z~_s, z~_u): each class c drawn as often as the held-out images
-    have it, z~_s ~ p(z_s|c) (the baseline: its label embedding), z~_u ~ N(0, I); one
-    torch-fidelity draw holds eps_s and z_u side by side."""
-    if cfg.dataset == "toy":
-        raise ValueError("--fid, --kid and --isc score images; the toy data set is 2-D points")
-    classes = torch.from_numpy(held.labels["class"])
-    g = torch.Generator().manual_seed(cfg.seed)
-
-    def generate(z: torch.Tensor) -> torch.Tensor:
-        c = classes[torch.randint(len(classes), (len(z),), generator=g)].to(z.device)
-        eps_s, z_u = z.split([model.z_s_dim, model.z_u_dim], 1)
-        return model.decode(model.sample_s(c, eps_s), z_u)
-
-    labels = f"classes drawn uniformly from the {len(classes)} held-out images' labels (their class frequencies)"
-    return common.sample_quality(cfg, generate, model.z_s_dim + model.z_u_dim, held, device, labels=labels,
-                                 load_split=load_split)
+def load_run(cfg: Config, explicit: set, device) -> tuple[Config, DisentangledVAE, list]:
+    """The config, the trained model (eval mode, on device, population BatchNorm statistics) and
+    its class names, from --checkpoint (a run folder or its file; default OUT/checkpoint.pt). Its
+    outputs go to the run folder unless --out is given."""
+    path = common.checkpoint_file(cfg.checkpoint or os.path.join(
+        cfg.out or os.path.join("runs", f"dvae-{cfg.dataset}-{cfg.model}"), "checkpoint.pt"))
+    state = common.load_checkpoint(path, SCRIPT, common.RUN_ENTRIES)
+    saved = common.merge_saved_config(cfg, state["config"], explicit, RUN_FIELDS, path, resume=False)
+    own = cfg.out if "out" in explicit else os.path.dirname(os.path.abspath(path))
+    saved = resolve_defaults(dataclasses.replace(saved, out=own))
+    model = DisentangledVAE(saved, state["extra"]["n_classes"])
+    common.load_weights(model, state, "model")
+    model.to(device)
+    refresh_batchnorm(saved, model, device)
+    return saved, evaluation_mode(saved, model), state["extra"]["class_names"]
 
 
 def load_models(cfg: Config, explicit: set, device) -> list:
     """[(config, model in eval mode on device, class names)] for each comma-separated --checkpoint."""
-    paths = [p for p in cfg.checkpoint.split(",") if p] or [
-        os.path.join(cfg.out or os.path.join("runs", f"dvae-{cfg.dataset}-{cfg.model}"), "checkpoint.pt")]
-    runs = []
-    for path in map(common.checkpoint_file, paths):
-        state = common.load_checkpoint(path, SCRIPT, common.RUN_ENTRIES)
-        saved = common.merge_saved_config(cfg, state["config"], explicit, RUN_FIELDS, path, resume=False)
-        own = cfg.out if "out" in explicit and len(paths) == 1 else os.path.dirname(os.path.abspath(path))
-        saved = resolve_defaults(dataclasses.replace(saved, out=own))
-        model = DisentangledVAE(saved, state["extra"]["n_classes"])
-        common.load_weights(model, state, "model")
-        model.to(device)
-        refresh_batchnorm(saved, model, device)
-        runs.append((saved, evaluation_mode(saved, model), state["extra"]["class_names"]))
-    return runs
+    paths = [p for p in cfg.checkpoint.split(",") if p] or [""]
+    explicit = explicit - {"out"} if len(paths) > 1 else explicit
+    return [load_run(dataclasses.replace(cfg, checkpoint=p), explicit, device) for p in paths]
 
 
 def main(argv: list | None = None) -> None:
@@ -1472,8 +1454,6 @@ def main(argv: list | None = None) -> None:
             finetune(cfg, explicit)
             return
         device = common.pick_device(cfg.device)
-        if mode == "eval" and cfg.real_isc:  # the protocol check: real images need no checkpoint
-            return common.real_image_score(resolve_defaults(cfg), load_split, device)
         runs = load_models(cfg, explicit, device)
         if mode == "eval":
             evaluate(runs, device)

@@ -79,8 +79,8 @@ Usage:
     python vae_began.py --dataset celeba --data-dir data/celeba --image-size 128
     python vae_began.py --dataset cifar10 --data-dir data/cifar10 --image-size 32
     python vae_began.py eval --checkpoint runs/vae_began-celeba-64/checkpoint.pt
-    python vae_began.py eval --checkpoint runs/vae_began-cifar10-32/checkpoint.pt --isc   # Table 1 (metrics extra)
-    python vae_began.py eval --real-isc --dataset cifar10 --data-dir data/cifar10 --image-size 32   # real: 11.24
+    python benchmarks/fidelity.py vae_began --checkpoint runs/vae_began-cifar10-32 --isc   # Table 1 (metrics extra)
+    python benchmarks/fidelity.py vae_began --real-isc --dataset cifar10 --data-dir data/cifar10 --image-size 32   # 11.24
     python vae_began.py figures --checkpoint runs/vae_began-celeba-64/checkpoint.pt
 """
 from __future__ import annotations
@@ -167,9 +167,9 @@ COMMANDS = {"train": common.Command("train a model (the default subcommand)"),
             "sample": common.Command("draw OUT/figures/samples.png from a checkpoint", common.CHECKPOINT_FLAGS),
             "figures": common.Command("draw Fig. 4, 6 and 8, samples and the k_t curves from a checkpoint",
                                       common.CHECKPOINT_FLAGS),
-            "eval": common.Command("held-out losses, MMD, KL into OUT/eval.json; --isc (Table 1), --fid, --kid "
-                                   "(the metrics extra); --real-isc: the real images' IS, no checkpoint",
-                                   common.EVAL_FLAGS | {"eval_images"})}
+            "eval": common.Command("held-out losses, KL into OUT/eval.json (Table 1's IS: "
+                                   "benchmarks/fidelity.py)",
+                                   common.CHECKPOINT_FLAGS | {"eval_images"})}
 
 
 def resolve_defaults(cfg: Config) -> Config:
@@ -515,8 +515,6 @@ def evaluate(cfg: Config, model: VAEBEGAN, controller: dict, device) -> dict:
         result["active_units"] = common.active_units(mu.float())
     result["units"] = ("pixels in [-1, 1]; L1 = mean absolute error per element; m_global here has no L_v term; "
                        "kl_beta_per_pixel: L_n's weight as the beta against the summed L1 of L_e")
-    if common.fidelity_requested(cfg):  # Table 1's Inception Score, and FID / KID
-        result["fidelity"] = sample_quality(cfg, model, held, device)
     common.write_json(os.path.join(cfg.out, "eval.json"), result, eval_summary(result))
     return result
 
@@ -530,18 +528,7 @@ def eval_summary(r: dict) -> str:
     if "recon_l1_per_element" in r:
         lines.append(f"  VAE: reconstruction L1 {r['recon_l1_per_element']:.4f}, KL {r['kl_per_dim_nats']:.4f} nats "
                      f"per dim, {r['active_units']} active units")
-    if "fidelity" in r:
-        lines.append("  " + common.fidelity_summary(r["fidelity"]))
     return "\n".join(lines)
-
-
-def sample_quality(cfg: Config, model: VAEBEGAN, held: data.ImageSet, device) -> dict:
-    """--isc / --fid / --kid of G(z_g), z_g from the prior (U(-1, 1) as 2u - 1 with --noise
-    uniform), through torch-fidelity; Table 1 is IS on CIFAR-10, 50,000 samples, 10 splits."""
-    uniform = cfg.noise == "uniform"
-    generate = (lambda u: model.generator(2 * u - 1)) if uniform else model.generator
-    return common.sample_quality(cfg, generate, cfg.latent_dim, held, device,
-                                 z_type="uniform_0_1" if uniform else "normal", load_split=load_split)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -666,7 +653,9 @@ def draw_figures(cfg: Config, model: VAEBEGAN, device) -> list:
     return written
 
 
-def load_model(cfg: Config, explicit: set, device):
+def load_run(cfg: Config, explicit: set, device) -> tuple[Config, VAEBEGAN, dict]:
+    """The config, the trained model (eval mode, on device) and its controller state, from
+    --checkpoint (a run folder or its file; default OUT/checkpoint.pt)."""
     path = cfg.checkpoint or os.path.join(cfg.out or os.path.join("runs", f"vae_began-{cfg.dataset}-{cfg.image_size}"),
                                           "checkpoint.pt")
     if "," in path and not os.path.exists(path):
@@ -681,7 +670,7 @@ def load_model(cfg: Config, explicit: set, device):
     saved = resolve_defaults(saved)
     model = VAEBEGAN(saved)
     common.load_weights(model, state, "model")
-    return model.to(device).eval(), saved, controller
+    return saved, model.to(device).eval(), controller
 
 
 def main(argv: list | None = None) -> None:
@@ -690,9 +679,7 @@ def main(argv: list | None = None) -> None:
         if mode == "train":
             return train(resolve_defaults(cfg), explicit)
         device = common.pick_device(cfg.device)
-        if mode == "eval" and cfg.real_isc:  # the protocol check: real images need no checkpoint
-            return common.real_image_score(resolve_defaults(cfg), load_split, device)
-        model, cfg, controller = load_model(cfg, explicit, device)
+        cfg, model, controller = load_run(cfg, explicit, device)
         if mode == "eval":
             evaluate(cfg, model, controller, device)
         elif mode == "figures":

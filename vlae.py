@@ -60,7 +60,7 @@ Usage:
     python vlae.py sample  --checkpoint runs/vlae-celeba/checkpoint.pt
     python vlae.py figures --checkpoint runs/vlae-celeba/checkpoint.pt   # Figs 2-4, recon, samples
     python vlae.py eval    --checkpoint runs/vlae-celeba/checkpoint.pt   # eval.json
-    python vlae.py eval    --checkpoint runs/vlae-celeba/checkpoint.pt --fid --kid   # + FID / KID (metrics extra)
+    python benchmarks/fidelity.py vlae --checkpoint runs/vlae-celeba --fid --kid      # FID / KID (metrics extra)
 The same command resumes an interrupted run. The paper trained about 8 h (CelebA) and 1 h
 (MNIST) on one GTX 1080 Ti; the default budget is 100k steps of batch 100 (~62 epochs of CelebA's
 162,770 training faces on one process; under torchrun --batch-size is per process, and the run
@@ -148,9 +148,8 @@ COMMANDS = {"train": common.Command("train a model (the default subcommand)"),
                                      common.CHECKPOINT_FLAGS | {"bn_images"}),
             "figures": common.Command("draw the paper's figures (Fig. 2-4, samples, curves) from a checkpoint",
                                       common.CHECKPOINT_FLAGS | {"bn_images"}),
-            "eval": common.Command("held-out MMD per layer, reconstruction, probes into OUT/eval.json; --fid, "
-                                   "--kid, --isc (the metrics extra)",
-                                   common.EVAL_FLAGS | {"bn_images", "eval_images", "probe_images", "effect_bases"})}
+            "eval": common.Command("held-out MMD per layer, reconstruction, probes into OUT/eval.json",
+                                   common.CHECKPOINT_FLAGS | {"bn_images", "eval_images", "probe_images", "effect_bases"})}
 
 
 def resolve_defaults(cfg: Config) -> Config:
@@ -624,8 +623,10 @@ def refresh_batchnorm(cfg: Config, model: VLAE, device, train_set: data.ImageSet
     return getattr(model, "bn_stats_images", 0)
 
 
-def load_model(cfg: Config, explicit: set) -> tuple[VLAE, Config, dict]:
-    """The trained model (eval mode) and its config from --checkpoint (or OUT/checkpoint.pt)."""
+def load_run(cfg: Config, explicit: set, device) -> tuple[Config, VLAE, dict]:
+    """The config, the trained model (eval mode, on device, population BatchNorm statistics over
+    --bn-images) and the checkpoint's state, from --checkpoint (a run folder or its file; default
+    OUT/checkpoint.pt)."""
     path = cfg.checkpoint or os.path.join(cfg.out or os.path.join("runs", f"vlae-{cfg.dataset}"), "checkpoint.pt")
     if "," in path and not os.path.exists(path):
         raise ValueError(f"--checkpoint {path}: {SCRIPT}.py evaluates one checkpoint at a time; run the command "
@@ -638,7 +639,9 @@ def load_model(cfg: Config, explicit: set) -> tuple[VLAE, Config, dict]:
     saved = resolve_defaults(saved)
     model = build_model(saved)
     common.load_weights(model, state, "model")
-    return model.eval(), saved, state
+    model.to(device)
+    refresh_batchnorm(saved, model, device)
+    return saved, model.eval(), state
 
 
 def curve_keys(cfg: Config) -> list:
@@ -871,8 +874,6 @@ def evaluate(cfg: Config, model: VLAE, device) -> dict:
         "std over 64 redraws of one layer; BatchNorm statistics recomputed on bn_stats_images training images")
     if trained:
         result["train_last"] = dict(trained[-1])
-    if common.fidelity_requested(cfg):
-        result["fidelity"] = sample_quality(cfg, model, held, device)
     common.write_json(os.path.join(cfg.out, "eval.json"), result, eval_summary(result))
     return result
 
@@ -895,16 +896,7 @@ def eval_summary(r: dict) -> str:
              f"  effect score {per_layer(r['effect_score'], '{:.3f}'.format)} (pixel std when the layer is redrawn)"]
     lines += [f"  probe accuracy, {name} {per_layer(acc, '{:.2f}'.format)} (majority class "
               f"{r['probe_majority_accuracy'][name]:.2f})" for name, acc in r.get("probe_accuracy", {}).items()]
-    if "fidelity" in r:
-        lines.append("  " + common.fidelity_summary(r["fidelity"]))
     return "\n".join(lines)
-
-
-def sample_quality(cfg: Config, model: VLAE, held: data.ImageSet, device) -> dict:
-    """--fid / --kid / --isc of decode(z_0..z_L), every layer's z_l ~ N(0, I), through torch-fidelity
-    (FID of CelebA 64x64 against its held-out test split)."""
-    return common.sample_quality(cfg, lambda z: model.decode(list(z.split(model.latent_dims, 1))),
-                                 sum(model.latent_dims), held, device, load_split=load_split)
 
 
 def sample(cfg: Config, model: VLAE, device, n: int = 100) -> str:
@@ -925,12 +917,8 @@ def main(argv: list | None = None) -> None:
     with common.user_errors():
         if mode == "train":
             return train(resolve_defaults(cfg), explicit)
-        if mode == "eval" and cfg.real_isc:  # the protocol check: real images need no checkpoint
-            return common.real_image_score(resolve_defaults(cfg), load_split, common.pick_device(cfg.device))
-        model, cfg, _ = load_model(cfg, explicit)
         device = common.pick_device(cfg.device)
-        model.to(device)
-        refresh_batchnorm(cfg, model, device)
+        cfg, model, _ = load_run(cfg, explicit, device)
         {"sample": sample, "figures": draw_figures, "eval": evaluate}[mode](cfg, model, device)
 
 

@@ -8,6 +8,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "tests", "data")
 sys.path.insert(0, ROOT)
+sys.path.insert(1, os.path.join(ROOT, "benchmarks"))  # benchmarks/fidelity.py, benchmarks/claims/
 # The cache of decoded images goes to a temporary folder, never the user's ~/.cache.
 os.environ["FACE_VAE_CACHE"] = tempfile.mkdtemp(prefix="face-vae-cache-")
 if os.environ.get("PYTEST_XDIST_WORKER"):

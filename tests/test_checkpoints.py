@@ -24,10 +24,10 @@ TRAIN = {"vlae": (vlae, ["--dataset", "mnist", "--data-dir", MNIST, "--batch-siz
                                                  "--eval-images", "30"]),
          "vae_began": (vae_began, ["--data-dir", CELEBA, "--image-size", "32", "--filters", "8", "--latent-dim", "16",
                                    "--eval-images", "8"])}
-LOADERS = {"vlae": lambda cfg, explicit: vlae.load_model(cfg, explicit)[1],
+LOADERS = {"vlae": lambda cfg, explicit: vlae.load_run(cfg, explicit, torch.device("cpu"))[0],
            "cmma": lambda cfg, explicit: cmma.load_models(cfg, explicit, torch.device("cpu"))[0][0],
            "disentangled_vae": lambda cfg, explicit: disentangled_vae.load_models(cfg, explicit, torch.device("cpu"))[0][0],
-           "vae_began": lambda cfg, explicit: vae_began.load_model(cfg, explicit, torch.device("cpu"))[1]}
+           "vae_began": lambda cfg, explicit: vae_began.load_run(cfg, explicit, torch.device("cpu"))[0]}
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +136,7 @@ def test_eval_names_the_flag_to_drop_and_a_saved_data_folder_that_is_gone(runs, 
     state = torch.load(runs / "vlae" / "checkpoint.pt", map_location="cpu", weights_only=False)
     assert os.path.isabs(state["config"]["data_dir"])  # evaluating from another folder finds the data
     line = error_line(capsys, lambda: vlae.main(["eval", "--checkpoint", str(runs / "vlae"), "--image-size", "64"]))
-    assert "drop --image-size (a checkpoint is evaluated with its own settings)" in line and "--fresh" not in line
+    assert "--image-size is a training flag: `eval` takes the model's settings from its checkpoint" in line
     state["config"]["data_dir"] = "data/moved-away"
     torch.save(state, tmp_path / "checkpoint.pt")
     line = error_line(capsys, lambda: vlae.main(["sample", "--checkpoint", str(tmp_path / "checkpoint.pt")]))

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 import os
@@ -241,7 +242,8 @@ def test_heldout_error_matches_training_error_with_recomputed_batchnorm(faces_ru
     train_l1 = np.mean([r["recon"] for r in common.read_jsonl(os.path.join(faces_run, "metrics.jsonl"))[-3:]])
     recomputed = json.load(open(os.path.join(faces_run, "eval.json")))["recon_l1_per_element"]
     assert abs(recomputed - train_l1) < 0.15 * train_l1
-    model, cfg, _ = vlae.load_model(vlae.Config(checkpoint=os.path.join(faces_run, "checkpoint.pt")), set())
+    cfg, model, _ = vlae.load_run(vlae.Config(checkpoint=faces_run, bn_images=0), {"bn_images"}, "cpu")
+    cfg = dataclasses.replace(cfg, bn_images=160)
     x, _ = vlae.heldout_images(cfg, 40, "cpu")
     with torch.no_grad():
         running_l1 = (model.decode(model.encode(x)[0]) - x).abs().mean().item()  # the training-time statistics
@@ -276,14 +278,14 @@ def test_sample_figures_and_eval_need_only_the_checkpoint(faces_run, tmp_path, c
                                  "checkpoint" in capsys.readouterr().err
 
 
-def test_eval_fid_of_samples_drawn_on_every_layer(faces_run, tmp_path, tiny_extractor, monkeypatch):
+def test_fid_of_samples_drawn_on_every_layer(faces_run, tmp_path, tiny_extractor, monkeypatch):
     seen = []
     decode = vlae.VLAE.decode
     monkeypatch.setattr(vlae.VLAE, "decode", lambda self, zs: seen.append([z.shape[1] for z in zs]) or decode(self, zs))
-    vlae.main(["eval", "--checkpoint", os.path.join(faces_run, "checkpoint.pt"), "--out", str(tmp_path),
-               "--eval-images", "20", "--probe-images", "0", "--fid", "--feature-extractor", tiny_extractor,
-               "--fidelity-samples", "30"])
-    fidelity = json.load(open(tmp_path / "eval.json"))["fidelity"]
+    import fidelity as fidelity_module
+    fidelity_module.main(["vlae", "--checkpoint", faces_run, "--out", str(tmp_path), "--fid", "--feature-extractor",
+                          tiny_extractor, "--fidelity-samples", "30"])
+    fidelity = json.load(open(tmp_path / "fidelity.json"))
     assert fidelity["fid"] > 0 and fidelity["samples"]["images"] == 30 and "greyscale" not in fidelity
     assert fidelity["real"]["split"] == "test" and fidelity["real"]["images"] == 40  # the bundled CelebA test split
     assert [10, 10, 10, 10] in seen  # the 40-dim draw is cut into the four layers' codes

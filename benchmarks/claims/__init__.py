@@ -11,7 +11,7 @@
     python benchmarks/claims all --scale medium --dry-run --device cpu   # its path end to end on a CPU
 
 (`python benchmarks/claims ...`, the old entry point, runs the same.) Each paper's module
-trains the runs it needs through the script's own public functions (its `main`, `load_model`,
+trains the runs it needs through the script's own public functions (its `main`, `load_run`,
 encoder and decoder), then tests one claim per function. A claim function's docstring quotes the
 claim, says where the paper makes it and what counts as holding, decided before the run; it
 returns a `Row` (claim | where | what we measured | holds?). The rows and the figures they cite

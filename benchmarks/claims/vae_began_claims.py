@@ -64,7 +64,7 @@ HALF_CHECKPOINT = "checkpoint_half.pt"  # VAE + BEGAN* + LSM's checkpoint at hal
 @torch.no_grad()
 def began_samples(run_out: str, n: int, seed: int, device, checkpoint: str = "checkpoint.pt") -> torch.Tensor:
     """n samples of a vae_began run (its `checkpoint` file) from its prior, (n, C, S, S) in [0, 1]."""
-    model, cfg, _ = vae_began.load_model(vae_began.Config(checkpoint=os.path.join(run_out, checkpoint)), set(), device)
+    cfg, model, _ = vae_began.load_run(vae_began.Config(checkpoint=os.path.join(run_out, checkpoint)), set(), device)
     z = vae_began.prior_noise(n, cfg, device, torch.Generator().manual_seed(seed))
     return torch.cat([model.generator(c) for c in z.split(500)]).float().add(1).div(2).clamp(0, 1).cpu()
 
@@ -222,7 +222,7 @@ def easiest_class(run_out: str, device, n: int = 2000) -> dict:
     """D's L1 reconstruction error of held-out real digits per class (pixels in [-1, 1]): the
     class D reconstructs best, its error, the mean over all digits and their ratio, which eta
     (BEGAN's balance L_g = eta L_d) is met by a G that draws only that class."""
-    model, cfg, _ = vae_began.load_model(vae_began.Config(checkpoint=os.path.join(run_out, "checkpoint.pt")), set(), device)
+    cfg, model, _ = vae_began.load_run(vae_began.Config(checkpoint=run_out), set(), device)
     x, held = vae_began.heldout(cfg, device, n)
     labels = torch.from_numpy(held.labels["class"][:len(x)])
     err = torch.cat([(model.discriminator(c)[1] - c).abs().flatten(1).mean(1).cpu() for c in x.split(500)])
@@ -436,7 +436,7 @@ def claims_vae_began(args, device) -> None:
         scores, classes = judge_all(runs, reader, args, scale, device)
         n_real, judged_by = len(reader[1]), reader[0].description
         face_run = runs["faces"]
-        face_cfg = vae_began.load_model(vae_began.Config(checkpoint=face_run.out), set(), device)[1]
+        face_cfg = vae_began.load_run(vae_began.Config(checkpoint=face_run.out), set(), device)[0]
         real = vae_began.heldout(face_cfg, device, 500)[0].float().add(1).div(2).cpu()
         div = face_diversity(face_run.out, real, len(real), args.seed, device)
         easiest = {v: easiest_class(runs[v].out, device) for v in GAN_VARIANTS}

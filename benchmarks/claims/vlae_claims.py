@@ -46,9 +46,7 @@ def vlae_mnist_runs(args, scale: dict) -> dict:
 
 def load_vlae(run: Run, device):
     """The trained model (eval mode, population BatchNorm statistics) and its config."""
-    model, cfg, _ = vlae.load_model(vlae.Config(checkpoint=os.path.join(run.out, "checkpoint.pt")), set())
-    model.to(device)
-    vlae.refresh_batchnorm(cfg, model, device)
+    cfg, model, _ = vlae.load_run(vlae.Config(checkpoint=run.out), set(), device)
     return model, cfg
 
 
