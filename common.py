@@ -37,7 +37,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 CHECKPOINT_VERSION = 2  # 2: RNG states as tensors (weights_only loading); 1 still loads
@@ -73,88 +72,10 @@ def kl_normal(mu_q: torch.Tensor, logvar_q: torch.Tensor,
     return 0.5 * torch.sum(var_ratio + mean_term - 1.0 - (logvar_q - logvar_p), dim=-1)
 
 
-def biased_mmd_floor(n: int, m: int, dim: int, sigma2: float | None = None) -> float:
-    """The expected value of the biased (V-statistic) `mmd` when q = p = N(0, I_dim), from n and
-    m samples: (1/n + 1/m) * (1 - E_pp[k]), the kernel's diagonal (k = 1) counted in the means.
-
-    For z, z' ~ N(0, I_D), ||z - z'||^2 is 2 chi^2_D, so E exp(-||z - z'||^2 / sigma2) =
-    (1 + 4 / sigma2)^(-D/2). With the default sigma2 = D^2 and n = m = 100: 0.0036 at D = 10,
-    0.0100 at D = 2. A training MMD near this value is as small as that estimator can go.
-    """
-    sigma2 = float(dim) ** 2 if sigma2 is None else sigma2
-    return (1.0 / n + 1.0 / m) * (1.0 - (1.0 + 4.0 / sigma2) ** (-dim / 2.0))
-
-
 def active_units(mu: torch.Tensor, threshold: float = 0.01) -> int:
     """Latent dims whose posterior mean moves with the input: Var_x[mu_d] > threshold (Burda et
     al. 2016, sec. 5.2). `mu` (N, D) encoder means of N held-out inputs; returns a count in 0..D."""
     return int((mu.float().var(dim=0) > threshold).sum().item())
-
-
-def fit_linear_probe(codes: torch.Tensor, labels: torch.Tensor, n_classes: int, steps: int = 500):
-    """A linear softmax classifier fitted on `codes` (N, D) and `labels` (N,) int64 in
-    0..n_classes-1: full-batch Adam (lr 1e-2, weight decay 1e-4, `steps` steps) on codes
-    standardised with their own mean and std. Returns predict(codes (M, D)) -> (M,) int64 classes."""
-    return fit_linear_probes([codes], labels, n_classes, steps)[0]
-
-
-def fit_linear_probes(code_sets: Sequence[torch.Tensor], labels: torch.Tensor, n_classes: int, steps: int = 500):
-    """`fit_linear_probe` on each of several code sets (each (N, D_i)) for the same labels, fitted
-    together for speed: the probes share no parameter and their losses add, so each one's Adam
-    steps are those of a fit on its own. Returns one predict function per code set."""
-    stats = [(c.float().mean(0), c.float().std(0) + 1e-6) for c in code_sets]
-    inputs = [(c.float() - m) / s for c, (m, s) in zip(code_sets, stats)]
-    probes = nn.ModuleList(nn.Linear(a.shape[1], n_classes) for a in inputs).to(labels.device)
-    opt = torch.optim.Adam(probes.parameters(), lr=1e-2, weight_decay=1e-4)
-    progress = Progress(f"linear probes ({len(inputs)} x {len(labels)} codes)", steps, "steps")
-    with torch.enable_grad():
-        for _ in range(steps):
-            opt.zero_grad()
-            sum(F.cross_entropy(p(a), labels) for p, a in zip(probes, inputs)).backward()
-            opt.step()
-            progress.update()
-
-    def predictor(probe: nn.Module, mean: torch.Tensor, std: torch.Tensor):
-        @torch.no_grad()
-        def predict(x: torch.Tensor) -> torch.Tensor:
-            return probe((x.float() - mean) / std).argmax(1)
-        return predict
-    return [predictor(p, m, s) for p, (m, s) in zip(probes, stats)]
-
-
-def probe_accuracy(train_codes, train_labels: torch.Tensor, test_codes, test_labels: torch.Tensor,
-                   n_classes: int, steps: int = 500):
-    """Held-out accuracy in [0, 1] of a linear probe (`fit_linear_probe`) fitted on the training
-    codes: how much of a label a code carries, read linearly. Codes (N, D), labels (N,) int64.
-    Given lists of code sets (e.g. one per latent layer), one independent probe each, fitted
-    together (`fit_linear_probes`), and a list of accuracies."""
-    if isinstance(train_codes, torch.Tensor):
-        return probe_accuracy([train_codes], train_labels, [test_codes], test_labels, n_classes, steps)[0]
-    predicts = fit_linear_probes(train_codes, train_labels, n_classes, steps)
-    return [(predict(b) == test_labels).float().mean().item() for predict, b in zip(predicts, test_codes)]
-
-
-def mlp_probe_accuracy(train_codes: torch.Tensor, train_labels: torch.Tensor, test_codes: torch.Tensor,
-                       test_labels: torch.Tensor, n_classes: int, hidden: int = 256, steps: int = 500) -> float:
-    """Held-out accuracy in [0, 1] of a one-hidden-layer MLP probe (`hidden` ReLU units; full-batch
-    Adam, lr 1e-2, weight decay 1e-4, `steps` steps, codes standardised as the linear probe's):
-    label information that a linear probe can miss, as an MLP adversary would find it.
-    Codes (N, D), labels (N,) int64."""
-    mean, std = train_codes.float().mean(0), train_codes.float().std(0) + 1e-6
-    probe = nn.Sequential(nn.Linear(train_codes.shape[1], hidden), nn.ReLU(),
-                          nn.Linear(hidden, n_classes)).to(train_labels.device)
-    opt = torch.optim.Adam(probe.parameters(), lr=1e-2, weight_decay=1e-4)
-    inputs = (train_codes.float() - mean) / std
-    progress = Progress(f"MLP probe ({len(inputs)} codes)", steps, "steps")
-    with torch.enable_grad():
-        for _ in range(steps):
-            opt.zero_grad()
-            F.cross_entropy(probe(inputs), train_labels).backward()
-            opt.step()
-            progress.update()
-    with torch.no_grad():
-        predicted = probe((test_codes.float() - mean) / std).argmax(1)
-    return (predicted == test_labels).float().mean().item()
 
 
 @torch.no_grad()

@@ -1376,20 +1376,13 @@ def evaluate(runs: list, device) -> list:
     for cfg, model, names in runs:
         common.seed_everything(cfg.seed)  # every draw of the eval, so a checkpoint gives one eval.json
         x, c, held = heldout(cfg, device)
-        train_set = load_split(cfg, "train", verbose=False)
-        index = stratified_subset(train_set.labels["class"], 10_000, cfg.seed)
-        x_train = model_inputs(cfg, train_set.images[index], device)
-        c_train = torch.from_numpy(train_set.labels["class"][index]).to(device)
         z_s, mu_u, logvar_u = encode_all(model, x, c)
-        _, mu_train, _ = encode_all(model, x_train, c_train)
         x_hat = torch.cat([model.decode(a, b) for a, b in zip(z_s.split(250), mu_u.split(250))])
         kl_dims = (0.5 * (mu_u ** 2 + logvar_u.exp() - 1 - logvar_u)).mean(0)
         r = {"model": cfg.model + (" --bao" if cfg.bao else ""), "heldout": len(x), "classes": model.n_classes, "split": held.description,
              "classes_present": int(len(c.unique())),
              "chance_accuracy": 1.0 / len(c.unique()),
              "majority_accuracy": float(np.bincount(c.cpu().numpy()).max() / len(c)),
-             "acc_z_u_probe": common.probe_accuracy(mu_train, c_train, mu_u, c, model.n_classes),
-             "acc_z_u_mlp_probe": common.mlp_probe_accuracy(mu_train, c_train, mu_u, c, model.n_classes),
              "recon_mse_per_element": (x_hat - x).pow(2).mean().item(),
              "kl_z_u_nats": kl_dims.sum().item(),
              "active_units_z_u": common.active_units(mu_u),
@@ -1402,9 +1395,8 @@ def evaluate(runs: list, device) -> list:
             r["ms_ssim_within_class"] = diversity(model, cfg, device)
             r["diversity_1_minus_ms_ssim"] = 1.0 - r["ms_ssim_within_class"]
         r["units"] = ("accuracies in [0, 1] on held-out images: z_s by the nearest mixture component (argmax of "
-                      "eq. 7's logits), z_u by the trained adversary C and by fresh linear and MLP (256 "
-                      "ReLU) probes on mu_u, fitted on up to 10,000 training images; held-out and training "
-                      "images are seeded subsets stratified by class; chance = 1 / the classes present; "
+                      "eq. 7's logits), z_u by the trained adversary C (probes: benchmarks/probes.py); "
+                      "held-out images are a seeded subset stratified by class; chance = 1 / the classes present; "
                       "pixels in [-1, 1], recon decodes (z_s, mu_u); KL in nats per image; active unit: "
                       "Var_x(mu_u) > 0.01; MS-SSIM over pairs of generated images of one class")
         common.save_json(os.path.join(cfg.out, "eval.json"), r)

@@ -97,9 +97,6 @@ ARITHMETIC = {
     "smile": ({"Male": 1, "Smiling": 1}, {"Male": 1, "Smiling": 0}, {"Male": 0, "Smiling": 0}),
 }
 BN_CHUNK = 250  # images per forward when recomputing the BatchNorm statistics
-PROBE_ATTRIBUTES = ("Smiling", "Male", "Eyeglasses", "Blond_Hair", "Wearing_Hat")  # eval's linear probes
-
-
 # ----------------------------------------------------------------------------------------------
 # config
 # ----------------------------------------------------------------------------------------------
@@ -135,21 +132,18 @@ class Config(common.RunConfig):
                                       "running ones before eval, figures and sample (0: keep the running ones)")
     eval_images: int = common.arg(1000, "held-out images for eval (reconstruction, MMD, active units; at least 2, "
                                         "as the unbiased MMD needs)", at_least=2)
-    probe_images: int = common.arg(10_000, "training images whose codes fit eval's linear probes (0: no probes)")
-    effect_bases: int = common.arg(8, "eval: base draws of the other layers for each layer's effect score (each "
-                                      "redraws the layer 64 times)", at_least=1)
 
 
 # the flags that may differ from the checkpoint a run resumes or evaluates
-RUN_FIELDS = common.RUN_FIELDS | {"eval_images", "bn_images", "probe_images", "effect_bases"}
+RUN_FIELDS = common.RUN_FIELDS | {"eval_images", "bn_images"}
 # the subcommands and their flags: the last three need only --checkpoint (or --out)
 COMMANDS = {"train": common.Command("train a model (the default subcommand)"),
             "sample": common.Command("draw OUT/figures/samples.png from a checkpoint",
                                      common.CHECKPOINT_FLAGS | {"bn_images"}),
             "figures": common.Command("draw the paper's figures (Fig. 2-4, samples, curves) from a checkpoint",
                                       common.CHECKPOINT_FLAGS | {"bn_images"}),
-            "eval": common.Command("held-out MMD per layer, reconstruction, probes into OUT/eval.json",
-                                   common.CHECKPOINT_FLAGS | {"bn_images", "eval_images", "probe_images", "effect_bases"})}
+            "eval": common.Command("held-out MMD per layer, reconstruction, active units into OUT/eval.json",
+                                   common.CHECKPOINT_FLAGS | {"bn_images", "eval_images"})}
 
 
 def resolve_defaults(cfg: Config) -> Config:
@@ -166,7 +160,7 @@ def resolve_defaults(cfg: Config) -> Config:
     common.check_run_config(cfg)
     checks = [(cfg.prior_samples >= 2, "--prior-samples must be >= 2"),
               (cfg.mmd_weight > 0 and cfg.kl_recon_weight > 0, "--mmd-weight and --kl-recon-weight must be > 0"),
-              (cfg.bn_images >= 0 and cfg.probe_images >= 0, "--bn-images and --probe-images must be >= 0"),
+              (cfg.bn_images >= 0, "--bn-images must be >= 0"),
               (cfg.latent_dim >= 1, f"--latent-dim must be >= 1, got {cfg.latent_dim}"),
               (4 <= cfg.image_size <= 1024, f"--image-size must be between 4 and 1024 pixels, got {cfg.image_size}"),
               (cfg.image_size % (16 if faces else 4) == 0,
@@ -561,24 +555,6 @@ def pick_by_attributes(dataset: data.ImageSet, wanted: dict, n: int) -> np.ndarr
     return found if len(found) else None
 
 
-@torch.no_grad()
-def effect_scores(model: VLAE, g: torch.Generator, device, bases: int = 8, resamples: int = 64) -> list:
-    """Per-layer effect score (Fig. 3 in one number; the paper reports none): the per-pixel std over `resamples` redraws of
-    layer l with the others fixed, averaged over pixels and `bases` draws of the others.
-    [-1, 1] pixel units; a layer the decoder ignores scores 0."""
-    scores = []
-    base_draws = [prior_draw(model, 1, g, device) for _ in range(bases)]
-    progress = common.Progress("effect scores", len(model.latent_dims) * bases, "bases")
-    for layer in range(len(model.latent_dims)):
-        total = 0.0
-        for base in base_draws:
-            images = fig_resample_layer(model, layer, base, g, device, n=int(math.sqrt(resamples)))
-            total += images.float().std(dim=0).mean().item()
-            progress.update()
-        scores.append(total / bases)
-    return scores
-
-
 # ----------------------------------------------------------------------------------------------
 # --- plumbing: run folder, checkpoints ---
 # ----------------------------------------------------------------------------------------------
@@ -803,44 +779,12 @@ def encode_means(model: VLAE, x: torch.Tensor, chunk: int = 250) -> tuple[list, 
             [torch.cat([p[1][l] for p in parts]).float() for l in layers])
 
 
-def probe_targets(dataset: data.ImageSet, index) -> dict:
-    """The labels a probe can read off the codes: name -> ((N,) int64 labels, classes). MNIST and
-    folder data give 'class'; CelebA gives the binary PROBE_ATTRIBUTES it has."""
-    targets = {}
-    if "class" in dataset.labels:
-        targets["class"] = (dataset.labels["class"][index], len(dataset.names["class"]))
-    names = dataset.names.get("attributes", [])
-    if "attributes" in dataset.labels and dataset.labels["attributes"].dtype == np.uint8:
-        for name in (n for n in PROBE_ATTRIBUTES if n in names):
-            targets[name] = (dataset.labels["attributes"][index, names.index(name)].astype(np.int64), 2)
-    return targets
-
-
-def layer_probes(cfg: Config, model: VLAE, held: data.ImageSet, held_mus: list, device) -> dict:
-    """Held-out accuracy of a linear probe on each layer's mu_l, per label (common.probe_accuracy),
-    fitted on the codes of --probe-images training images; with the majority-class share. None
-    with --probe-images 0."""
-    if cfg.probe_images == 0:
-        return {}
-    train_set = load_split(cfg, "train", verbose=False)
-    pick = np.sort(np.random.default_rng(cfg.seed).permutation(len(train_set))[:cfg.probe_images])
-    train_mus, _ = encode_means(model, as_inputs(train_set.images[pick], device))
-    train_targets, held_targets = probe_targets(train_set, pick), probe_targets(held, np.arange(len(held_mus[0])))
-    accuracy, majority = {}, {}
-    for name, (y_train, classes) in train_targets.items():
-        y_held = held_targets[name][0]
-        y_train_t, y_held_t = torch.from_numpy(y_train).to(device), torch.from_numpy(y_held).to(device)
-        accuracy[name] = common.probe_accuracy(train_mus, y_train_t, held_mus, y_held_t, classes)  # one probe per layer
-        majority[name] = float(np.bincount(y_held, minlength=classes).max() / len(y_held))
-    return {"probe_accuracy": accuracy, "probe_majority_accuracy": majority, "probe_train_images": len(pick)}
-
-
 @torch.no_grad()
 def evaluate(cfg: Config, model: VLAE, device) -> dict:
-    """Held-out numbers, written to OUT/eval.json and printed: reconstruction error, per layer
-    the unbiased MMD, active units, linear-probe accuracies and the effect score; the last
-    training MMD (biased) beside the value that estimator gives when q = p. Every random draw
-    is seeded from --seed, so the same checkpoint gives the same eval.json."""
+    """Held-out numbers, written to OUT/eval.json and printed: reconstruction error, and per layer
+    the unbiased MMD (eq. 1-2) and the active units. Every random draw is seeded from --seed, so
+    the same checkpoint gives the same eval.json. (Probes and effect scores, which the paper does
+    not report: benchmarks/probes.py.)"""
     common.seed_everything(cfg.seed)
     x, held = heldout_images(cfg, cfg.eval_images, device)
     mus, logvars = encode_means(model, x)
@@ -857,21 +801,12 @@ def evaluate(cfg: Config, model: VLAE, device) -> dict:
         "latent_dims": list(model.latent_dims),
         "active_units": [common.active_units(mus[l]) for l in layers],
         "mmd_heldout_unbiased": mmd_heldout,
-        **layer_probes(cfg, model, held, mus, device),
-        "effect_score": effect_scores(model, g, device, cfg.effect_bases),
     }
-    trained = common.read_jsonl(os.path.join(cfg.out, "metrics.jsonl"))
-    if trained and cfg.reg == "mmd":
-        result["mmd_train_biased"] = [trained[-1].get(f"mmd_{l}") for l in layers]
-        result["mmd_train_biased_at_q_eq_p"] = [common.biased_mmd_floor(cfg.batch_size, cfg.prior_samples, d)
-                                                for d in model.latent_dims]
     result["units"] = (
         "pixels in [-1, 1]; reconstructions decode the encoder means mu_l(x); active unit: Var_x[mu_d] > 0.01 "
-        "over the held-out images; probe: held-out accuracy of a linear softmax probe on mu_l fitted on "
-        "training codes; MMD with k = exp(-||a-b||^2 / D^2): held-out on samples z_l ~ q(z_l|x) vs as many "
-        "N(0, I) draws (unbiased), training on a batch vs --prior-samples draws (biased: its expected value "
-        "when q = p is mmd_train_biased_at_q_eq_p, not 0; one batch may fall below it); effect_score = mean per-pixel "
-        "std over 64 redraws of one layer; BatchNorm statistics recomputed on bn_stats_images training images")
+        "over the held-out images; MMD with k = exp(-||a-b||^2 / D^2) on samples z_l ~ q(z_l|x) vs as many "
+        "N(0, I) draws (unbiased); BatchNorm statistics recomputed on bn_stats_images training images")
+    trained = common.read_jsonl(os.path.join(cfg.out, "metrics.jsonl"))
     if trained:
         result["train_last"] = dict(trained[-1])
     common.write_json(os.path.join(cfg.out, "eval.json"), result, eval_summary(result))
@@ -892,10 +827,7 @@ def eval_summary(r: dict) -> str:
     lines = [f"eval on {r['heldout_images']} held-out images: reconstruction L1 {r['recon_l1_per_element']:.4f} per "
              f"pixel value in [-1, 1]; per layer z0 (bottom) to z{len(r['latent_dims']) - 1} (top):",
              f"  held-out MMD to N(0, I) {per_layer(r['mmd_heldout_unbiased'], '{:.4f}'.format)} (unbiased; 0: q = p)",
-             f"  active units {per_layer(r['active_units'], str)} (of {per_layer(r['latent_dims'], str)} dims)",
-             f"  effect score {per_layer(r['effect_score'], '{:.3f}'.format)} (pixel std when the layer is redrawn)"]
-    lines += [f"  probe accuracy, {name} {per_layer(acc, '{:.2f}'.format)} (majority class "
-              f"{r['probe_majority_accuracy'][name]:.2f})" for name, acc in r.get("probe_accuracy", {}).items()]
+             f"  active units {per_layer(r['active_units'], str)} (of {per_layer(r['latent_dims'], str)} dims)"]
     return "\n".join(lines)
 
 

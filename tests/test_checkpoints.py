@@ -18,7 +18,7 @@ CELEBA = os.path.join(ROOT, "tests", "data", "celeba")
 CMMA_EVAL = ["--eval-images", "4", "--valid-images", "4", "--parzen-samples", "8", "--is-samples", "4"]
 # one or two steps of each script at tiny settings, with the smallest end-of-run eval
 TRAIN = {"vlae": (vlae, ["--dataset", "mnist", "--data-dir", MNIST, "--batch-size", "8", "--eval-images", "20",
-                         "--probe-images", "40", "--bn-images", "40", "--effect-bases", "2"]),
+                         "--bn-images", "40"]),
          "cmma": (cmma, ["--dataset", "mnist", "--data-dir", MNIST, "--batch-size", "8"] + CMMA_EVAL),
          "disentangled_vae": (disentangled_vae, ["--dataset", "toy", "--toy-points", "100", "--batch-size", "16",
                                                  "--eval-images", "30"]),

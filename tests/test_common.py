@@ -9,7 +9,6 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 import common
-import vlae
 
 
 def test_kl_to_standard_normal_matches_torch_distributions():
@@ -134,33 +133,12 @@ def test_stop_signal_turns_sighup_into_a_flag_too():
     assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
 
 
-def test_biased_mmd_floor_is_the_estimators_mean_when_q_equals_p():
-    """Closed form (1/n + 1/m)(1 - (1 + 4/sigma2)^(-D/2)) against 400 draws of the estimator,
-    and the hand values 0.0036 (D = 10) and 0.01 (D = 2) at n = m = 100."""
-    assert common.biased_mmd_floor(100, 100, 10) == pytest.approx(0.02 * (1 - 1.04 ** -5))
-    assert common.biased_mmd_floor(100, 100, 2) == pytest.approx(0.01)
-    torch.manual_seed(0)
-    for n, m, d in ((100, 100, 10), (50, 200, 2)):
-        draws = torch.tensor([vlae.mmd(torch.randn(n, d), torch.randn(m, d)).item() for _ in range(400)])
-        assert draws.mean().item() == pytest.approx(common.biased_mmd_floor(n, m, d), rel=0.05)
-
-
 def test_active_units_counts_dims_whose_mean_varies():
     mu = torch.zeros(1000, 4)
     mu[:, 0] = torch.linspace(-1, 1, 1000)      # variance 0.33: active
     mu[:, 1] = 0.05 * torch.linspace(-1, 1, 1000)  # variance 0.0008: inactive
     mu[:, 3] = 0.2 * torch.linspace(-1, 1, 1000)   # variance 0.013: active
     assert common.active_units(mu) == 2 and common.active_units(mu, threshold=0.5) == 0
-
-
-def test_linear_probe_reads_a_linear_label_and_not_noise():
-    torch.manual_seed(0)
-    y = torch.randint(3, (600,))
-    centres = torch.tensor([[3.0, 0.0], [0.0, 3.0], [-3.0, -3.0]])
-    codes = centres[y] + 0.5 * torch.randn(600, 2)
-    assert common.probe_accuracy(codes[:400], y[:400], codes[400:], y[400:], 3) > 0.97
-    noise = torch.randn(600, 2)
-    assert common.probe_accuracy(noise[:400], y[:400], noise[400:], y[400:], 3) < 0.45
 
 
 def test_recompute_batchnorm_gives_the_population_statistics():
@@ -176,30 +154,6 @@ def test_recompute_batchnorm_gives_the_population_statistics():
     assert torch.allclose(bn.running_var, torch.stack([b.var(0) for b in batches]).mean(0), atol=1e-4)
     assert bn.momentum == 0.001 and not model.training
     assert common.recompute_batchnorm(torch.nn.Linear(2, 2), [torch.zeros(1, 2)]) == 0
-
-
-def test_probes_fitted_together_equal_probes_fitted_alone():
-    torch.manual_seed(0)
-    y = torch.randint(3, (300,))
-    sets = [torch.randn(300, 2) + y[:, None].float(), torch.randn(300, 5)]
-    torch.manual_seed(1)
-    together = common.probe_accuracy(sets, y, sets, y, 3, steps=100)
-    alone = []
-    for s in sets:
-        torch.manual_seed(1)
-        alone.append(common.probe_accuracy(s, y, s, y, 3, steps=100))
-    assert together[0] > 0.6 and together[1] < 0.6
-    assert together == pytest.approx(alone, abs=0.01)
-
-
-def test_mlp_probe_reads_a_label_that_a_linear_probe_cannot():
-    g = torch.Generator().manual_seed(0)
-    codes = torch.rand(1200, 2, generator=g) * 2 - 1
-    labels = ((codes[:, 0] > 0) ^ (codes[:, 1] > 0)).long()      # XOR: no line separates it
-    train, test = slice(0, 1000), slice(1000, None)
-    linear = common.probe_accuracy(codes[train], labels[train], codes[test], labels[test], 2)
-    mlp = common.mlp_probe_accuracy(codes[train], labels[train], codes[test], labels[test], 2)
-    assert linear < 0.7 and mlp > 0.9, (linear, mlp)
 
 
 def test_device_names_are_checked_and_unwritable_paths_give_one_line(capsys, tmp_path):

@@ -235,7 +235,7 @@ def test_mnist_run_losses_fall_then_eval_and_figures(tmp_path, capsys):
     assert 0 <= result["ms_ssim_within_class"] <= 1 and result["active_units_z_u"] <= 16
     # 200 stratified held-out digits hold every class (the first 200 of the class-sorted split would not)
     assert result["classes_present"] == 10 and result["chance_accuracy"] == pytest.approx(0.1)
-    assert 0 < result["majority_accuracy"] < 0.2 and 0 <= result["acc_z_u_mlp_probe"] <= 1
+    assert 0 < result["majority_accuracy"] < 0.2
     for name in ("samples_per_class", "fig4a_interpolate_z_s", "fig4b_interpolate_z_u", "fig6_swap", "fig7_inpainting"):
         assert os.path.exists(os.path.join(out, "figures", name + ".png"))
 

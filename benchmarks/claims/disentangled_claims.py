@@ -10,6 +10,7 @@ import torch
 
 import data
 import disentangled_vae
+import probes
 
 from .shared import (
     Judge, Row, Run, accuracy_gap_se, data_folder, eval_json, footer, judge, publish, scale_settings, train_run,
@@ -126,8 +127,7 @@ def toy_code_sources(run_out: str) -> dict:
     decoder fine?), and p(z_s|c) refitted to those codes (per-class mean and variance: the
     Gaussian L_lkd would reach with E_s fixed). Also the widths sqrt(Sigma_k) / sd(E_s(x) | c = k)
     per class and dim: 1 where prior samples land where the encoder puts real points."""
-    cfg, model, _ = disentangled_vae.load_models(disentangled_vae.Config(checkpoint=os.path.join(run_out, "checkpoint.pt")),
-                                                 set(), torch.device("cpu"))[0]
+    cfg, model, _ = disentangled_vae.load_run(disentangled_vae.Config(checkpoint=run_out), set(), torch.device("cpu"))
     points, labels = data.toy_data(cfg.toy_points, cfg.seed)
     train = data.toy_split(cfg.toy_points, "train")
     z_s, y = model.code_s(torch.from_numpy(points[train])), torch.from_numpy(labels[train])
@@ -206,13 +206,14 @@ def claim_toy_on_curve(runs: dict) -> Row:
                verdict([ok]), f"{ours:.0%} on their curve", note)
 
 
-def claim_codes(run: Run, items: str = "digits", label: str = "label") -> list:
+def claim_codes(run: Run, device, items: str = "digits", label: str = "label") -> list:
     """Sec. 4.3: z_s carries the label, z_u does not (on digits, or on faces with the identity as
     the label). z_s (a check: stage 1's L_cls trains it directly) holds if its held-out accuracy
     (nearest mixture component) is at least 0.9; z_u holds if the adversary C reads mu_u within
     2x chance (eq. 5's game won) and both the linear and the MLP probe on mu_u stay within 0.1 of
     the chance level of the classes present ('mixed' if some of the three hold)."""
-    r = eval_json(run)
+    cfg, model, _ = disentangled_vae.load_run(disentangled_vae.Config(checkpoint=run.out), set(), device)
+    r = {**eval_json(run), **probes.disentangled_z_u_probes(cfg, model, device)}
     z_s = r["acc_z_s_nearest_component"]
     lin, mlp, chance, adv = r["acc_z_u_probe"], r["acc_z_u_mlp_probe"], r["chance_accuracy"], r["acc_z_u_adversary"]
     parts = [adv <= 2 * chance, lin <= chance + 0.1, mlp <= chance + 0.1]
@@ -232,8 +233,7 @@ def claim_codes(run: Run, items: str = "digits", label: str = "label") -> list:
 def swap_reading(run_out: str, judge_: Judge, which: str, n: int, seed: int, device) -> tuple[float, float]:
     """G(z_s of image a, mu_u of image b) for n held-out pairs of different classes (`which`:
     seen or unseen classes); the share the judge reads as a's class, and as b's."""
-    cfg, model, _ = disentangled_vae.load_models(disentangled_vae.Config(checkpoint=os.path.join(run_out, "checkpoint.pt")),
-                                                 set(), device)[0]
+    cfg, model, _ = disentangled_vae.load_run(disentangled_vae.Config(checkpoint=run_out), set(), device)
     held = disentangled_vae.load_split(cfg, "test", verbose=False, which=which)
     digit = np.array([int(name) for name in held.names["class"]])[held.labels["class"]]
     g = np.random.default_rng(seed)
@@ -252,8 +252,7 @@ def gated_diversity(run_out: str, judge_: Judge, classes: int, n: int, seed: int
     """n samples of each of the first `classes` classes, z~_s ~ p(z_s|c), z~_u ~ N(0, I): the share
     the judge reads as their class, and 1 - mean pairwise MS-SSIM within each class over all
     samples and over only those read right (a class with fewer than 2 counts as 0), averaged."""
-    cfg, model, names = disentangled_vae.load_models(
-        disentangled_vae.Config(checkpoint=os.path.join(run_out, "checkpoint.pt")), set(), device)[0]
+    cfg, model, names = disentangled_vae.load_run(disentangled_vae.Config(checkpoint=run_out), set(), device)
     g, digit = torch.Generator().manual_seed(seed + 2), [int(name) for name in names]
     right, all_pairs, gated = [], [], []
     for k in range(min(classes, model.n_classes)):
@@ -342,14 +341,14 @@ def claims_disentangled(args, device) -> None:
     scale, t0 = scale_settings(DISENTANGLED_SCALES, args), time.time()
     runs = disentangled_runs(args, scale)
     judge_ = judge(args, device)
-    rows = [claim_toy_spread(runs), claim_toy_on_curve(runs), *claim_codes(runs["lr-livae"])]
+    rows = [claim_toy_spread(runs), claim_toy_on_curve(runs), *claim_codes(runs["lr-livae"], device)]
     swaps = claims_swaps(runs, judge_, scale, args.seed, device)
     read = class_samples_read(runs, judge_, scale, args.seed, device)
     rows += [swaps[0], claim_samples_read(*read, scale), claim_diversity(*read, scale), swaps[1]]
     figures = copy_figures(runs, scale, args)
     if scale["face_steps"]:
         runs["faces"] = face_run(args, scale)
-        rows += claim_codes(runs["faces"], "faces", "identity")
+        rows += claim_codes(runs["faces"], device, "faces", "identity")
     header = ["Paper: Z. Zheng & L. Sun, Disentangling Latent Space for VAE by Label Relevant/Irrelevant "
               "Dimensions, CVPR 2019",
               f"Data: MNIST digits under --data-dir ({args.data_dir}) with the digits {scale['unseen']} kept out of "

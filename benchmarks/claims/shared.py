@@ -20,6 +20,7 @@ from . import ROOT
 
 import common  # noqa: E402
 import data  # noqa: E402
+import probes  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -112,10 +113,10 @@ def fmt(values, digits: int = 3) -> str:
 
 
 def pixel_probe(train: data.ImageSet, test: data.ImageSet, device):
-    """A linear classifier on raw pixels (common.fit_linear_probe), fitted on the training split:
+    """A linear classifier on raw pixels (probes.fit_linear_probe), fitted on the training split:
     it reads the digit class of generated images. Returns (predict, held-out accuracy)."""
     (x, y), (x_test, y_test) = digits(train), digits(test)
-    predict = common.fit_linear_probe(x.flatten(1).to(device), y.to(device), 10)
+    predict = probes.fit_linear_probe(x.flatten(1).to(device), y.to(device), 10)
     accuracy = (predict(x_test.flatten(1).to(device)).cpu() == y_test).float().mean().item()
     return predict, accuracy
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 import common
 import data
+import probes
 import vlae
 
 from .shared import (
@@ -39,8 +40,7 @@ def vlae_mnist_runs(args, scale: dict) -> dict:
     argv = ["--dataset", "mnist", "--data-dir", mnist, "--steps", str(scale["mnist_steps"]),
             "--batch-size", str(scale["mnist_batch"]), "--seed", str(args.seed), "--log-every", "100"]
     if args.scale == "tiny" or args.dry_run:
-        argv += ["--eval-images", "100", "--probe-images", "200", "--bn-images", "200", "--log-every", "1",
-                 "--effect-bases", "2"]
+        argv += ["--eval-images", "100", "--bn-images", "200", "--log-every", "1"]
     return {"mmd": train_run(vlae, "mnist-mmd", argv + ["--reg", "mmd"], args.work, args.reuse)}
 
 
@@ -48,6 +48,18 @@ def load_vlae(run: Run, device):
     """The trained model (eval mode, population BatchNorm statistics) and its config."""
     cfg, model, _ = vlae.load_run(vlae.Config(checkpoint=run.out), set(), device)
     return model, cfg
+
+
+def run_numbers(run: Run, args, device, probe: bool = True) -> dict:
+    """The run's eval.json with benchmarks/probes.py's numbers on the same held-out images:
+    per-layer linear-probe accuracies (fitted on 10,000 training images; 200 / 40 in a tiny run)
+    and effect scores (8 bases; 2 in a tiny run)."""
+    model, cfg = load_vlae(run, device)
+    result = eval_json(run)
+    tiny = args.scale == "tiny" or args.dry_run
+    probe_images = (200 if cfg.dataset == "mnist" else 40) if tiny else 10_000
+    return {**result, **probes.vlae_numbers(cfg, model, device, result["heldout_images"], probe_images if probe else 0,
+                                            2 if tiny else 8)}
 
 
 def probe_row(claim: str, where: str, what: str, acc: list, hi: int, lo: int, result: dict, note: str) -> Row:
@@ -63,11 +75,11 @@ def probe_row(claim: str, where: str, what: str, acc: list, hi: int, lo: int, re
                "" if ok else note)
 
 
-def claim_probe_hierarchy(run: Run) -> Row:
+def claim_probe_hierarchy(run: Run, args, device) -> Row:
     """"Deep layers hold high-level features" (sec. 2.2; Fig. 2's reading: the top layer is the
     digit's identity). Holds if a linear probe on the top layer's mu reads the held-out digit
     class more accurately than the same probe on the bottom layer's mu, by more than 2 SE."""
-    result = eval_json(run)
+    result = run_numbers(run, args, device)
     acc = result["probe_accuracy"]["class"]
     return probe_row("A linear probe reads the digit class better from the top layer than from the bottom",
                      "sec. 2.2, Fig. 2", "digit class", acc, len(acc) - 1, 0, result,
@@ -183,11 +195,9 @@ def vlae_face_runs(args, scale: dict) -> dict:
     argv += ["--image-size", str(scale["face_size"]), "--steps", str(scale["face_steps"]),
              "--batch-size", str(scale["face_batch"]), "--seed", str(args.seed), "--log-every", "50"]
     if args.scale == "tiny" or args.dry_run:
-        argv += ["--eval-images", "20", "--probe-images", "40", "--bn-images", "40", "--log-every", "1",
-                 "--effect-bases", "2"]
+        argv += ["--eval-images", "20", "--bn-images", "40", "--log-every", "1"]
     # the KL run serves only the MMD-vs-KL row (active units, reconstruction): no identity probes
-    return {reg: train_run(vlae, f"faces-{reg}", argv + ["--reg", reg] + (["--probe-images", "0"] if reg == "kl" else []),
-                           args.work, args.reuse) for reg in ("mmd", "kl")}
+    return {reg: train_run(vlae, f"faces-{reg}", argv + ["--reg", reg], args.work, args.reuse) for reg in ("mmd", "kl")}
 
 
 @torch.no_grad()
@@ -229,7 +239,7 @@ def claims_faces(run: Run, args, device) -> tuple[list, list]:
     used (each effect score above 1% of the largest); identity deeper (z2's probe beats z0's by
     more than 2 SE); Fig. 4's arithmetic (`claim_arithmetic`)."""
     model, cfg = load_vlae(run, device)
-    result = eval_json(run)
+    result = run_numbers(run, args, device)
     effect = result["effect_score"]
     rows = [claim_fig3_colour(model, effect, args, device),
             Row("Every latent layer changes the image (none is ignored)", "sec. 2.2, Fig. 3",
@@ -319,7 +329,7 @@ def claims_vlae(args, device) -> None:
     runs = vlae_mnist_runs(args, scale)
     os.makedirs(os.path.join(args.out, "vlae"), exist_ok=True)
     fig2_rows, _ = claims_fig2(runs["mmd"], device, args.seed, scale["bases"])
-    rows = [claim_probe_hierarchy(runs["mmd"]), *fig2_rows]
+    rows = [claim_probe_hierarchy(runs["mmd"], args, device), *fig2_rows]
     figures = [(copy_figure(runs["mmd"], "fig2_manifold.png", args),
                 f"Fig. 2 (MMD model, MNIST, {runs['mmd'].steps} steps): the bottom, middle and top layer's 2-D code "
                 f"on a 15 x 15 grid over [-3, 3]^2, left to right, the other layers drawn from N(0, I) in each cell")]
