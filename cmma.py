@@ -669,60 +669,70 @@ def faces_and_attributes(dataset: data.ImageSet, index, device) -> tuple[torch.T
     return (x + 1) / 2, y
 
 
-def setup_run(cfg: Config, explicit: set, device, rank: int, world: int):
-    cfg, state = common.checkpoint_to_resume(cfg, explicit, SCRIPT, RUN_FIELDS, resolve_defaults)
-    common.seed_everything(cfg.seed)
-    model = build_model(cfg, cfg.attributes).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    optimizers, scaler = make_optimizers(model, cfg), common.make_grad_scaler(device, cfg.amp)
-    common.seed_everything(cfg.seed, rank)
-    start = 0
-    if state is not None:
-        start = common.restore_training_state(state, {"model": model}, optimizers, scaler, rank, world, cfg.seed)
-        common.print0(f"resuming {cfg.out}/checkpoint.pt at step {start}")
-    return cfg, model, optimizers, scaler, start
-
-
-def curve_keys(cfg: Config) -> list:
-    return ["loss", "d_loss", "g_loss", "images_per_s"] if cfg.model == "cgan" else ["loss", "log_px", "kl", "images_per_s"]
-
-
 def train(cfg: Config, explicit: set, figures: bool = True) -> nn.Module:
-    """Train cfg.model for cfg.steps (resuming OUT/checkpoint.pt), then draw its figures and write
-    OUT/eval.json (as the `eval` subcommand, with its flags: --eval-images, --parzen-samples, ...);
-    returns the trained model. A cgan with --tune first chooses its lr, lr_d and init_std
-    (`tune_cgan`); its trial runs draw nothing and evaluate only on the validation faces."""
+    """Train cfg.model for cfg.steps into cfg.out (or resume the checkpoint there exactly), then
+    draw its figures and write OUT/eval.json (as the `eval` subcommand, with its flags); returns
+    the trained model. One flat loop with the log, checkpoint and stop-signal cadence inline. A
+    cgan with --tune first chooses its lr, lr_d and init_std (`tune_cgan`); its trial runs draw
+    nothing and evaluate only on the validation faces."""
     if cfg.tune and cfg.model == "cgan":
         cfg = tune_cgan(cfg, explicit)
     rank, world, local_rank = common.init_distributed()
     device = common.pick_device(cfg.device, local_rank)
     train_set = load_split(cfg, "train", verbose=common.is_main())
-    for held in ("test", "valid"):  # decoded now: a broken held-out image stops the run before training
-        load_split(cfg, held, verbose=False)
-    found = train_set.labels["attributes"].shape[1]
-    if cfg.attributes and cfg.attributes != found:  # y's size is the data's: a smaller y would drop columns
-        raise ValueError(f"--attributes {cfg.attributes}: the data set has {found} attributes per image, and y takes "
-                         f"them all; leave --attributes out (it is set from the data)")
-    cfg = dataclasses.replace(cfg, attributes=found)
-    cfg, model, optimizers, scaler, start = setup_run(cfg, explicit, device, rank, world)
+    cfg = dataclasses.replace(cfg, attributes=attribute_count(cfg, train_set))
+    cfg, state = common.checkpoint_to_resume(cfg, explicit, SCRIPT, RUN_FIELDS, resolve_defaults)  # locks cfg.out
+    common.seed_everything(cfg.seed)  # the same initial weights on every rank
+    model = build_model(cfg, cfg.attributes).to(device, memory_format=torch.channels_last if device.type == "cuda"
+                                                else torch.preserve_format)
+    optimizers, scaler = make_optimizers(model, cfg), common.make_grad_scaler(device, cfg.amp)
+    start = common.restore_training_state(state, {"model": model}, optimizers, scaler, cfg.seed)  # 0 for a fresh run
     batches = data.Batches(train_set, cfg.batch_size, cfg.seed, device, rank, world, ("attributes",),
                            channels_last=device.type == "cuda")
-    earlier = common.start_run_folder(cfg, train_set.description, model, start, device, label=f"{cfg.model}: ")
-    net = model
-    if world > 1:
-        net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None,
-                  find_unused_parameters=cfg.model == "cgan")  # G is idle in D's pass
-    # compile outside DDP (torch's advice): the graph is split at DDP's buckets, so the
-    # gradient all-reduce overlaps the backward
-    net = torch.compile(net) if cfg.compile else net
-    run_loop(cfg, net, optimizers, scaler, batches, start, device, earlier)
-    common.cleanup_distributed()
-    model.eval()
+    meter = common.start_run_folder(cfg, train_set, model, start, device, cfg.batch_size * cfg.grad_accum * world,
+                                    label=f"{cfg.model}: ")
+    net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
+              find_unused_parameters=cfg.model == "cgan") if world > 1 else model  # G is idle in D's pass
+    net = torch.compile(net) if cfg.compile else net  # outside DDP (torch's advice): the all-reduce overlaps the backward
+    bad = torch.zeros((), dtype=torch.bool, device=device)  # a NaN or inf loss so far; read only at log and save steps
+    with common.StopSignal() as stop:
+        for step in range(start + 1, cfg.steps + 1):  # `step` optimizer steps done after this one
+            micro = [batches.get((step - 1) * cfg.grad_accum + i) for i in range(cfg.grad_accum)]
+            terms = train_step(net, optimizers, scaler, [((x + 1) / 2, labels["attributes"].float())
+                                                         for x, labels in micro], cfg, device)  # x in [0, 1]
+            bad |= ~torch.isfinite(terms["loss"])
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                common.check_finite(bad, step, cfg.out)
+                meter.log(step, terms)
+            stopping = stop.poll(step, device)
+            if step % cfg.ckpt_every == 0 or step == cfg.steps or stopping:
+                common.check_finite(bad, step, cfg.out)  # a NaN never overwrites the last good checkpoint
+                with meter.paused():
+                    common.save_training_state(cfg, SCRIPT, step, {"model": model}, optimizers, scaler, curve_keys(cfg))
+            if stopping:
+                stop.exit(step)
+    common.cleanup_distributed()  # the figures and eval below run on rank 0 alone
     if rank == 0 and figures:
-        draw_figures([(cfg, model)], cfg.out, device)
+        draw_figures([(cfg, model.eval())], cfg.out, device)
         evaluate([(cfg, model)], cfg.out, device)
-    return model
+    return model.eval()
+
+
+def attribute_count(cfg: Config, train_set: data.ImageSet) -> int:
+    """y's size, the data's attributes per image (a smaller y would drop columns); the held-out
+    splits are decoded now, so a broken held-out image stops the run before training. ValueError
+    for an --attributes that differs from the data's."""
+    for held in ("test", "valid"):
+        load_split(cfg, held, verbose=False)
+    found = train_set.labels["attributes"].shape[1]
+    if cfg.attributes and cfg.attributes != found:
+        raise ValueError(f"--attributes {cfg.attributes}: the data set has {found} attributes per image, and y takes "
+                         f"them all; leave --attributes out (it is set from the data)")
+    return found
+
+
+def curve_keys(cfg: Config) -> list:
+    return ["loss", "d_loss", "g_loss", "images_per_s"] if cfg.model == "cgan" else ["loss", "log_px", "kl", "images_per_s"]
 
 
 TUNABLE = ("lr", "lr_d", "init_std")
@@ -792,21 +802,6 @@ def validation_parzen(cfg: Config, model: nn.Module, device) -> float:
     _, (x, y), _ = eval_faces(cfg, device)
     torch.manual_seed(cfg.seed)
     return parzen_scores(model, x, y, cfg.parzen_samples, parzen_sigmas(cfg.parzen_grid)).max().item()
-
-
-def run_loop(cfg: Config, net, optimizers, scaler, batches, start: int, device, earlier: float) -> None:
-    """Steps start..cfg.steps; the monitor logs, checks for NaN, checkpoints and handles signals."""
-    def save(step: int) -> None:
-        common.save_training_state(cfg.out, SCRIPT, step, dataclasses.asdict(cfg), {"model": net},
-                                   optimizers, scaler, curve_keys(cfg))
-
-    with common.TrainingMonitor(cfg.out, cfg.steps, cfg.log_every, cfg.ckpt_every, start,
-                                cfg.batch_size * cfg.grad_accum * batches.world_size, device, save, earlier) as monitor:
-        for step in range(start, cfg.steps):
-            micro = [batches.get(step * cfg.grad_accum + i) for i in range(cfg.grad_accum)]
-            terms = train_step(net, optimizers, scaler, [((x + 1) / 2, labels["attributes"].float()) for x, labels in micro],
-                               cfg, device)
-            monitor.after_step(step + 1, terms)
 
 
 # ----------------------------------------------------------------------------------------------

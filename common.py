@@ -31,7 +31,7 @@ import signal
 import sys
 import time
 from contextlib import contextmanager, nullcontext
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 import numpy as np
 import torch
@@ -558,6 +558,21 @@ class StopSignal:
         for s, h in self._old.items():
             signal.signal(s, h)
 
+    def poll(self, step: int, device: torch.device) -> bool:
+        """Whether to stop after `step`: a signal arrived on this rank or, under torch.distributed,
+        on any rank (a collective, so polled every 10 steps: all ranks stop at the same step)."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return self.raised is not None
+        return step % 10 == 0 and any_rank(self.raised is not None, device)
+
+    def exit(self, step: int) -> NoReturn:
+        """After the checkpoint: say so, and exit with 128 + the signal's number (143 for SIGTERM,
+        130 for SIGINT), the shell's "killed by it", so a scheduler or a `&&` chain does not read a
+        stopped run as a finished one. The same command resumes."""
+        print0(f"stopped by {self.raised or 'a signal on another rank'} at step {step}; checkpoint saved, run the "
+               f"same command to resume")
+        raise SystemExit(128 + getattr(signal, self.raised or "SIGTERM", signal.SIGTERM))
+
 
 # ----------------------------------------------------------------------------------------------
 # checkpoints: atomic, complete, with clear errors
@@ -916,7 +931,7 @@ def wrote(path: str, replaced: bool) -> None:
     print(f"wrote {shown(path)}" + (" (it replaced the file that was there)" if replaced else ""))
 
 
-def fail(message: str) -> "NoReturn":  # noqa: F821
+def fail(message: str) -> NoReturn:
     """Print one clear line to stderr and exit with status 2 (bad arguments or input)."""
     print(f"error: {message}", file=sys.stderr, flush=True)
     raise SystemExit(2)
@@ -965,24 +980,43 @@ def check_finite(bad: torch.Tensor, step: int, out: str) -> None:
                             f"--lr, or --no-amp")
 
 
-def log_metrics(out: str, step: int, steps: int, terms: dict, images_per_s: float, elapsed: float,
-                start_step: int, earlier: float = 0.0) -> None:
-    """Average `terms` over ranks; print a log line with images/s and ETA, and append a row to
-    OUT/metrics.jsonl (rank 0). `seconds` adds the wall time of the runs this one resumes."""
-    values = {k: all_reduce_mean(v).item() if isinstance(v, torch.Tensor) else v for k, v in terms.items()}
-    eta = (steps - step) * elapsed / max(step - start_step, 1)
-    print0(f"step {step}/{steps} | " + " ".join(f"{k} {v:.4g}" for k, v in values.items())
-           + f" | {images_per_s:.0f} img/s | eta {format_eta(eta)}")
-    if is_main():
-        append_jsonl(os.path.join(out, "metrics.jsonl"),
-                     {"step": step, **values, "images_per_s": images_per_s, "seconds": earlier + elapsed})
+class Meter:
+    """The log of a training run: every `log` call averages the loss terms over ranks, prints a
+    line with images/s (all ranks) and the ETA, and appends a row to OUT/metrics.jsonl (rank 0)
+    with the wall time, counting the runs it resumes (`earlier` seconds). Time spent inside
+    `with meter.paused():` (a checkpoint) is left out of images/s."""
+
+    def __init__(self, out: str, steps: int, start: int, images_per_step: int, earlier: float = 0.0):
+        self.out, self.steps, self.start, self.images_per_step, self.earlier = out, steps, start, images_per_step, earlier
+        self.t0 = self.t_log = time.time()
+        self.step_log = start
+
+    def log(self, step: int, terms: dict) -> None:
+        values = {k: all_reduce_mean(v).item() if isinstance(v, torch.Tensor) else v for k, v in terms.items()}
+        now = time.time()
+        rate = (step - self.step_log) * self.images_per_step / max(now - self.t_log, 1e-9)
+        eta = (self.steps - step) * (now - self.t0) / max(step - self.start, 1)
+        print0(f"step {step}/{self.steps} | " + " ".join(f"{k} {v:.4g}" for k, v in values.items())
+               + f" | {rate:.0f} img/s | eta {format_eta(eta)}")
+        if is_main():
+            append_jsonl(os.path.join(self.out, "metrics.jsonl"),
+                         {"step": step, **values, "images_per_s": rate, "seconds": self.earlier + now - self.t0})
+        self.t_log, self.step_log = now, step
+
+    @contextmanager
+    def paused(self):
+        t = time.time()
+        yield
+        self.t_log += time.time() - t
 
 
-def start_run_folder(cfg: Any, data_description: str, model: nn.Module, start: int, device: torch.device,
-                     label: str = "") -> float:
+def start_run_folder(cfg: Any, train_set: Any, model: nn.Module, start: int, device: torch.device,
+                     images_per_step: int, label: str = "") -> Meter:
     """Rank 0: create OUT/figures, write OUT/config.json (the config, the data split, the world
     size), drop metrics rows after `start` (a resumed run logs them again), and print the run's
-    header line. Returns the wall-time seconds of the runs being resumed."""
+    header: data, processes, parameters, the global batch and how many epochs the run is.
+    Returns the run's Meter, which counts the wall time of the runs being resumed."""
+    data_description = train_set.description
     out, world = cfg.out, dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     if is_main():
         os.makedirs(os.path.join(out, "figures"), exist_ok=True)
@@ -992,21 +1026,26 @@ def start_run_folder(cfg: Any, data_description: str, model: nn.Module, start: i
                   {**dataclasses.asdict(cfg), "data": data_description, "world_size": world})
         truncate_jsonl(os.path.join(out, "metrics.jsonl"), start)
     print0(f"{label}{data_description}; {world} process(es) on {device}, "
-           f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")
+           f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters; global batch {images_per_step} "
+           f"({cfg.batch_size} per process x {cfg.grad_accum} micro-batches x {world} processes): {cfg.steps} steps "
+           f"are {cfg.steps * images_per_step / len(train_set):.1f} epochs of {len(train_set)}")
     rows = read_jsonl(os.path.join(out, "metrics.jsonl")) if start else []
-    return rows[-1]["seconds"] if rows and rows[-1]["step"] <= start else 0.0
+    earlier = rows[-1]["seconds"] if rows and rows[-1]["step"] <= start else 0.0
+    return Meter(out, cfg.steps, start, images_per_step, earlier)
 
 
-def save_training_state(out: str, script: str, step: int, config: dict, models: dict, optimizers: dict,
+def save_training_state(cfg: Any, script: str, step: int, models: dict, optimizers: dict,
                         scaler: torch.amp.GradScaler, curve_keys: Sequence[str], extra: dict | None = None) -> None:
     """Collective: gather every rank's RNG state and weights' fingerprint, then rank 0 writes
-    OUT/checkpoint.pt atomically (`models` and `optimizers` are name -> module / optimizer dicts;
-    `extra` any other state, e.g. a controller's) and redraws curves.png. Raises RuntimeError,
-    writing nothing, when the ranks' copies of a model have drifted apart (`check_replicas_agree`)."""
+    cfg.out/checkpoint.pt atomically (the config, `models` and `optimizers` as name -> module /
+    optimizer dicts, `extra` any other state, e.g. a controller's) and redraws curves.png. Raises
+    RuntimeError, writing nothing, when the ranks' copies of a model have drifted apart
+    (`check_replicas_agree`); CheckpointWriteError (the previous checkpoint kept) on a failed write."""
+    out = cfg.out
     rng, fingerprints = zip(*gather_objects((rng_state(), parameter_fingerprint(models))))
     check_replicas_agree(fingerprints)
     if is_main():
-        save_checkpoint(os.path.join(out, "checkpoint.pt"), script, step=step, config=config,
+        save_checkpoint(os.path.join(out, "checkpoint.pt"), script, step=step, config=dataclasses.asdict(cfg),
                         models={k: unwrap(m).state_dict() for k, m in models.items()},
                         optimizers={k: o.state_dict() for k, o in optimizers.items()},
                         scaler=scaler.state_dict(), rng=list(rng), world_size=len(rng), extra=extra or {})
@@ -1115,11 +1154,18 @@ def checkpoint_to_resume(cfg: Any, explicit: set, script: str, run_fields: set, 
     return resolve(merge_saved_config(cfg, state["config"], explicit, run_fields, path)), state
 
 
-def restore_training_state(state: dict, models: dict, optimizers: dict, scaler: torch.amp.GradScaler,
-                           rank: int, world: int, seed: int) -> int:
-    """Load weights, optimizer moments and the scaler from a `save_training_state` checkpoint,
-    and this rank's RNG state when the number of ranks is unchanged (resume is then exact; on
-    another number of ranks each rank gets a fresh, distinct stream). Returns the step."""
+def restore_training_state(state: dict | None, models: dict, optimizers: dict, scaler: torch.amp.GradScaler,
+                           seed: int) -> int:
+    """The step a run starts from. A fresh run (state None): 0, each rank's RNGs seeded with
+    seed + rank. A resumed one: load weights, optimizer moments and the scaler from a
+    `save_training_state` checkpoint, and this rank's RNG state when the number of ranks is
+    unchanged (resume is then exact; on another number of ranks each rank gets a fresh,
+    distinct stream); returns its step."""
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    if state is None:
+        seed_everything(seed, rank)
+        return 0
     for k, m in models.items():
         load_weights(unwrap(m), state, k)
     for k, o in optimizers.items():
@@ -1129,64 +1175,5 @@ def restore_training_state(state: dict, models: dict, optimizers: dict, scaler: 
         set_rng_state(state["rng"][rank])
     else:
         seed_everything(seed + 7919 * state["step"], rank)
+    print0(f"resuming {state['path']} at step {state['step']}")
     return state["step"]
-
-
-class TrainingMonitor:
-    """The bookkeeping around a script's step loop, so the loop itself shows only the paper:
-
-        with TrainingMonitor(...) as monitor:
-            for step in range(start, steps):
-                terms = train_step(...)
-                monitor.after_step(step + 1, terms)
-
-    After each step: remember a non-finite loss (no GPU sync), and every `log_every` steps check
-    it (NonFiniteLoss), print and append metrics with images/s; every `ckpt_every` steps, at the
-    last step and when SIGTERM/SIGINT arrived on any rank, call `save(step)` (which must be
-    collective, e.g. `save_training_state`); after a signal, exit with status 128 + the signal's
-    number (143 for SIGTERM, 130 for SIGINT), the shell's convention for "killed by it", so a
-    scheduler or a `&&` chain does not read a stopped run as a finished one; the same command
-    resumes. `images_per_step` counts all ranks.
-    """
-
-    def __init__(self, out: str, steps: int, log_every: int, ckpt_every: int, start: int,
-                 images_per_step: int, device: torch.device, save, earlier: float = 0.0):
-        self.out, self.steps, self.log_every, self.ckpt_every = out, steps, log_every, ckpt_every
-        self.start, self.images_per_step, self.device, self.save = start, images_per_step, device, save
-        self.earlier, self.bad = earlier, torch.zeros((), dtype=torch.bool, device=device)
-        self.t0 = self.t_log = time.time()
-        self.step_log = self.saved = start
-        self.distributed = dist.is_available() and dist.is_initialized()
-        self.signal = StopSignal()
-
-    def __enter__(self) -> "TrainingMonitor":
-        self.signal.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.signal.__exit__(*exc)
-
-    def after_step(self, step: int, terms: dict) -> None:
-        """`step` counts the steps done; `terms` holds the detached scalar losses, 'loss' first."""
-        self.bad |= ~torch.isfinite(terms["loss"])
-        if step % self.log_every == 0 or step == self.steps:
-            check_finite(self.bad, step, self.out)
-            rate = (step - self.step_log) * self.images_per_step / max(time.time() - self.t_log, 1e-9)
-            log_metrics(self.out, step, self.steps, terms, rate, time.time() - self.t0, self.start, self.earlier)
-            self.t_log, self.step_log = time.time(), step
-        polled = not self.distributed or step % 10 == 0  # a collective, so not on every step
-        stopping = any_rank(self.signal.raised is not None, self.device) if polled else False
-        if step % self.ckpt_every == 0 or step == self.steps or stopping:
-            t_save = time.time()
-            check_finite(self.bad, step, self.out)
-            try:
-                self.save(step)
-            except CheckpointWriteError as e:
-                kept = f"the last good one, at step {self.saved}, is kept" if self.saved else "no checkpoint was saved yet"
-                raise CheckpointWriteError(f"{e} [step {step}: {kept}]") from None
-            self.saved = step
-            self.t_log += time.time() - t_save  # images/s leaves the save out
-        if stopping:
-            print0(f"stopped by {self.signal.raised or 'a signal on another rank'} at step {step}; "
-                   f"checkpoint saved, run the same command to resume")
-            raise SystemExit(128 + getattr(signal, self.signal.raised or "SIGTERM", signal.SIGTERM))

@@ -1051,38 +1051,52 @@ def curve_keys(cfg: Config) -> list:
 # ----------------------------------------------------------------------------------------------
 # --- plumbing: training loop ---
 # ----------------------------------------------------------------------------------------------
-def setup_run(cfg: Config, state: dict | None, n_classes: int, device, rank: int, world: int):
-    """Model, optimizers, scaler and the step to start from: fresh, or `state` (the checkpoint
-    in OUT) resumed exactly."""
-    common.seed_everything(cfg.seed)  # the same initial weights on every rank
-    model = DisentangledVAE(cfg, n_classes).to(device)
-    if device.type == "cuda" and cfg.dataset != "toy":
-        model = model.to(memory_format=torch.channels_last)
-    optimizers, scaler = make_optimizers(model, cfg, device), common.make_grad_scaler(device, cfg.amp)
-    common.seed_everything(cfg.seed, rank)
-    start = 0
-    if state is not None:
-        if state["extra"]["n_classes"] != n_classes:
-            raise ValueError(f"{cfg.out}/checkpoint.pt has {state['extra']['n_classes']} classes but the data now "
-                             f"has {n_classes}; pass --fresh or another --out")
-        start = common.restore_training_state(state, {"model": model}, optimizers, scaler, rank, world, cfg.seed)
-        common.print0(f"resuming {cfg.out}/checkpoint.pt at step {start}")
-    return cfg, model, optimizers, scaler, start
-
-
 def train(cfg: Config, explicit: set) -> None:
+    """Train into cfg.out, or resume the checkpoint there exactly, then draw the figures and write
+    eval.json: one flat loop with the log, checkpoint and stop-signal cadence inline. Toy runs
+    also keep generated points every 10 epochs for Fig. 2."""
     rank, world, local_rank = common.init_distributed()
     device = common.pick_device(cfg.device, local_rank)
-    cfg, state = common.checkpoint_to_resume(cfg, explicit, SCRIPT, RUN_FIELDS, resolve_defaults)
+    cfg, state = common.checkpoint_to_resume(cfg, explicit, SCRIPT, RUN_FIELDS, resolve_defaults)  # locks cfg.out
     train_set = load_split(cfg, "train", verbose=common.is_main())  # first: the classes size the model
     load_split(cfg, "test", verbose=False)  # decoded now: a broken held-out image stops the run before training
     names = train_set.names["class"]
-    cfg, model, optimizers, scaler, start = setup_run(cfg, state, len(names), device, rank, world)
+    if state is not None and state["extra"]["n_classes"] != len(names):
+        raise ValueError(f"{cfg.out}/checkpoint.pt has {state['extra']['n_classes']} classes but the data now has "
+                         f"{len(names)}; pass --fresh or another --out")
+    common.seed_everything(cfg.seed)  # the same initial weights on every rank
+    model = DisentangledVAE(cfg, len(names)).to(device, memory_format=torch.channels_last if device.type == "cuda"
+                                                and cfg.dataset != "toy" else torch.preserve_format)
+    optimizers, scaler = make_optimizers(model, cfg, device), common.make_grad_scaler(device, cfg.amp)
+    start = common.restore_training_state(state, {"model": model}, optimizers, scaler, cfg.seed)  # 0 for a fresh run
     batches = make_batches(cfg, train_set, device, rank, world)
-    earlier = common.start_run_folder(cfg, f"{train_set.description}; {len(names)} classes", model, start, device,
-                                      label=f"{cfg.model}: ")
-    run_loop(cfg, model, optimizers, scaler, batches, names, start, device, earlier)
-    common.cleanup_distributed()
+    batch_at, epoch_steps = batch_reader(cfg, batches), batches.steps_per_epoch
+    meter = common.start_run_folder(cfg, train_set, model, start, device, cfg.batch_size * cfg.grad_accum * world
+                                    * (cfg.n_gm if cfg.model == "lr-livae" else 1), f"{cfg.model}, {len(names)} classes: ")
+    forward = torch.compile(stage2_losses) if cfg.compile else stage2_losses
+    bad = torch.zeros((), dtype=torch.bool, device=device)  # a NaN or inf loss so far; read only at log and save steps
+    with common.StopSignal() as stop:
+        for step in range(start + 1, cfg.steps + 1):  # `step` outer iterations done after this one
+            for group in optimizers["sigma"].param_groups if "sigma" in optimizers else ():
+                group["lr"] = sigma_learning_rate(cfg, step - 1, epoch_steps)
+            if cfg.dataset == "toy" and (step - 1) % (10 * epoch_steps) == 0 and common.is_main():
+                save_toy_snapshot(cfg, model, (step - 1) // epoch_steps, device)
+            terms = train_step(model, optimizers, batch_at, step - 1, cfg, device, forward, scaler)
+            bad |= ~torch.isfinite(terms["loss"])
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                common.check_finite(bad, step, cfg.out)
+                meter.log(step, terms)
+            stopping = stop.poll(step, device)
+            if step % cfg.ckpt_every == 0 or step == cfg.steps or stopping:
+                common.check_finite(bad, step, cfg.out)  # a NaN never overwrites the last good checkpoint
+                with meter.paused():
+                    common.save_training_state(cfg, SCRIPT, step, {"model": model}, optimizers, scaler, curve_keys(cfg),
+                                               extra={"n_classes": len(names), "class_names": names})
+            if stopping:
+                stop.exit(step)
+    if cfg.dataset == "toy" and common.is_main():
+        save_toy_snapshot(cfg, model, cfg.steps // epoch_steps, device)
+    common.cleanup_distributed()  # the figures and eval below run on rank 0 alone
     if rank == 0:  # after the last checkpoint, so a resumed run still continues exactly
         refresh_batchnorm(cfg, model, device)
         evaluation_mode(cfg, model)
@@ -1114,8 +1128,7 @@ def finetune(cfg: Config, explicit: set) -> str:
     print(f"finetune: {unseen.description}; {cfg.finetune_steps} steps, labels unused"
           + (f"; resumed at step {start}" if start else ""))
     save = lambda step: common.save_training_state(
-        out, SCRIPT, step, dataclasses.asdict(dataclasses.replace(run_cfg, out=out)), {"model": model}, optimizers,
-        scaler, (), extra={"n_classes": model.n_classes, "class_names": names, "finetuned_on": unseen.names["class"],
+        dataclasses.replace(run_cfg, out=out), SCRIPT, step, {"model": model}, optimizers, scaler, (), extra={"n_classes": model.n_classes, "class_names": names, "finetuned_on": unseen.names["class"],
                            "finetune_steps": cfg.finetune_steps})
     # stage 2's step and routing, with the unlabelled objectives (E_s, E_u, G, Dis learn; C and the mixture do not)
     forward = lambda model_, x, c, cfg_: finetune_losses(model_, x, cfg_, *moments)
@@ -1151,7 +1164,7 @@ def resume_finetune(cfg: Config, out: str, model: DisentangledVAE, optimizers: d
                          f"the run's own checkpoint (it is replaced), or a larger --finetune-steps to go on from it"
                          if "optimizers" in state else f"{path} holds an earlier finetune (saved without its "
                          f"optimizer state, so it cannot be resumed): pass --fresh to finetune again")
-    return common.restore_training_state(state, {"model": model}, optimizers, scaler, 0, 1, 0)
+    return common.restore_training_state(state, {"model": model}, optimizers, scaler, 0)
 
 
 @torch.no_grad()
@@ -1172,31 +1185,6 @@ def draw_unseen_figures(cfg: Config, model: DisentangledVAE, device) -> list:
     common.save_grid(model.decode(z_s, z_u.repeat_interleave(len(steps), 0)), written[1], len(steps))
     print("figures: " + ", ".join(written))
     return written
-
-
-def run_loop(cfg: Config, model, optimizers, scaler, batches, names, start, device, earlier) -> None:
-    """Steps start..cfg.steps; the monitor logs, checks for NaN, checkpoints and handles signals.
-    Toy runs also keep generated points every 10 epochs for Fig. 2."""
-    forward = torch.compile(stage2_losses) if cfg.compile else stage2_losses
-    batch_at = batch_reader(cfg, batches)
-    images_per_step = cfg.batch_size * cfg.grad_accum * batches.world_size * (cfg.n_gm if cfg.model == "lr-livae" else 1)
-
-    def save(step: int) -> None:
-        common.save_training_state(cfg.out, SCRIPT, step, dataclasses.asdict(cfg), {"model": model}, optimizers,
-                                   scaler, curve_keys(cfg), extra={"n_classes": len(names), "class_names": names})
-
-    with common.TrainingMonitor(cfg.out, cfg.steps, cfg.log_every, cfg.ckpt_every, start, images_per_step,
-                                device, save, earlier) as monitor:
-        for step in range(start, cfg.steps):
-            if "sigma" in optimizers:
-                for group in optimizers["sigma"].param_groups:
-                    group["lr"] = sigma_learning_rate(cfg, step, batches.steps_per_epoch)
-            if cfg.dataset == "toy" and step % (10 * batches.steps_per_epoch) == 0 and common.is_main():
-                save_toy_snapshot(cfg, model, step // batches.steps_per_epoch, device)
-            terms = train_step(model, optimizers, batch_at, step, cfg, device, forward, scaler)
-            monitor.after_step(step + 1, terms)
-    if cfg.dataset == "toy" and common.is_main():
-        save_toy_snapshot(cfg, model, cfg.steps // batches.steps_per_epoch, device)
 
 
 # ----------------------------------------------------------------------------------------------

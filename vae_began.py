@@ -560,65 +560,56 @@ def curve_keys(cfg: Config) -> list:
             "active_units", "images_per_s"]
 
 
-def setup_run(cfg: Config, explicit: set, device, rank: int, world: int):
-    cfg, state = common.checkpoint_to_resume(cfg, explicit, SCRIPT, RUN_FIELDS, resolve_defaults)
-    common.seed_everything(cfg.seed)
-    model = VAEBEGAN(cfg).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    optimizers, scaler = make_optimizers(model, cfg, device), common.make_grad_scaler(device, cfg.amp)
-    controller = Controller.start(gains(cfg), device)
-    common.seed_everything(cfg.seed, rank)
-    start = 0
-    if state is not None:
-        start = common.restore_training_state(state, {"model": model}, optimizers, scaler, rank, world, cfg.seed)
-        controller.load_state_dict(state["extra"]["controller"])
-        common.print0(f"resuming {cfg.out}/checkpoint.pt at step {start} (k_t {controller.k.item():.4f})")
-    return cfg, model, optimizers, controller, scaler, start
-
-
 def train(cfg: Config, explicit: set) -> None:
+    """Train into cfg.out, or resume the checkpoint there exactly (the controller's k_t and
+    integral too), then draw the figures and write eval.json: one flat loop with the log,
+    checkpoint and stop-signal cadence inline. (--compile compiles the forward of `losses`; the
+    hand-routed backward stays eager.)"""
     rank, world, local_rank = common.init_distributed()
     device = common.pick_device(cfg.device, local_rank)
-    cfg, model, optimizers, controller, scaler, start = setup_run(cfg, explicit, device, rank, world)
+    cfg, state = common.checkpoint_to_resume(cfg, explicit, SCRIPT, RUN_FIELDS, resolve_defaults)  # locks cfg.out
+    common.seed_everything(cfg.seed)  # the same initial weights on every rank
+    model = VAEBEGAN(cfg).to(device, memory_format=torch.channels_last if device.type == "cuda" else
+                             torch.preserve_format)
+    optimizers, scaler = make_optimizers(model, cfg, device), common.make_grad_scaler(device, cfg.amp)
+    controller = Controller.start(gains(cfg), device)
+    start = common.restore_training_state(state, {"model": model}, optimizers, scaler, cfg.seed)  # 0 for a fresh run
+    if state is not None:
+        controller.load_state_dict(state["extra"]["controller"])
     train_set = load_split(cfg, "train", verbose=common.is_main())
     load_split(cfg, "test", verbose=False)  # decoded now: a broken held-out image stops the run before training
-    batches = data.Batches(train_set, cfg.batch_size, cfg.seed, device, rank, world,
-                           channels_last=device.type == "cuda")
-    earlier = common.start_run_folder(cfg, train_set.description, model, start, device)
-    run_loop(cfg, model, optimizers, controller, scaler, batches, start, device, earlier)
-    common.cleanup_distributed()
+    batches = data.Batches(train_set, cfg.batch_size, cfg.seed, device, rank, world, channels_last=device.type == "cuda")
+    meter = common.start_run_folder(cfg, train_set, model, start, device, cfg.batch_size * cfg.grad_accum * world)
+    forward = torch.compile(losses) if cfg.compile else losses
+    bad, warned = torch.zeros((), dtype=torch.bool, device=device), False  # a NaN or inf loss so far
+    with common.StopSignal() as stop:
+        for step in range(start + 1, cfg.steps + 1):  # `step` optimizer steps done after this one
+            for group in (g for opt in optimizers.values() for g in opt.param_groups):
+                group["lr"] = learning_rate(cfg, step - 1)
+            xs = [batches.get((step - 1) * cfg.grad_accum + i)[0] for i in range(cfg.grad_accum)]
+            terms = train_step(model, optimizers, controller, xs, cfg, device, forward, scaler)
+            bad |= ~torch.isfinite(terms["loss"])
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                common.check_finite(bad, step, cfg.out)
+                meter.log(step, terms)
+                if cfg.vae and not warned and terms["active_units"].item() == 0 and terms["L_n"].item() < 1e-3:
+                    warned = True  # once: the encoder has collapsed to the prior (a fresh one has KL > 0)
+                    common.print0(f"warning: no active units at step {step} and KL {terms['L_n'].item():.2g} nats "
+                                  f"per dim: q(z|x) has collapsed to the prior, so Fig. 6 and Fig. 8 will show "
+                                  f"nothing; lower --kl-weight (now {cfg.kl_weight:.3g})")
+            stopping = stop.poll(step, device)
+            if step % cfg.ckpt_every == 0 or step == cfg.steps or stopping:
+                common.check_finite(bad, step, cfg.out)  # a NaN never overwrites the last good checkpoint
+                with meter.paused():
+                    common.save_training_state(cfg, SCRIPT, step, {"model": model}, optimizers, scaler, curve_keys(cfg),
+                                               extra={"controller": controller.state_dict()})
+            if stopping:
+                stop.exit(step)
+    common.cleanup_distributed()  # the figures and eval below run on rank 0 alone
     if rank == 0:
         model.eval()
         draw_figures(cfg, model, device)
         evaluate(cfg, model, controller.state_dict(), device)
-
-
-def run_loop(cfg: Config, model, optimizers, controller, scaler, batches, start, device, earlier) -> None:
-    """Steps start..cfg.steps; the monitor logs, checks for NaN, checkpoints and handles signals.
-    (--compile compiles the forward of `losses`; the hand-routed backward stays eager.)"""
-    forward = torch.compile(losses) if cfg.compile else losses
-
-    def save(step: int) -> None:
-        common.save_training_state(cfg.out, SCRIPT, step, dataclasses.asdict(cfg), {"model": model}, optimizers,
-                                   scaler, curve_keys(cfg), extra={"controller": controller.state_dict()})
-
-    warned = False
-    with common.TrainingMonitor(cfg.out, cfg.steps, cfg.log_every, cfg.ckpt_every, start,
-                                cfg.batch_size * cfg.grad_accum * batches.world_size, device, save, earlier) as monitor:
-        for step in range(start, cfg.steps):
-            for opt in optimizers.values():
-                for group in opt.param_groups:
-                    group["lr"] = learning_rate(cfg, step)
-            xs = [batches.get(step * cfg.grad_accum + i)[0] for i in range(cfg.grad_accum)]
-            terms = train_step(model, optimizers, controller, xs, cfg, device, forward, scaler)
-            monitor.after_step(step + 1, terms)
-            if (cfg.vae and (step + 1) % cfg.log_every == 0 and not warned and terms["active_units"].item() == 0
-                    and terms["L_n"].item() < 1e-3):
-                warned = True  # once: the encoder has collapsed to the prior (a fresh one has KL > 0)
-                common.print0(f"warning: no active units at step {step + 1} and KL {terms['L_n'].item():.2g} nats "
-                              f"per dim: q(z|x) has collapsed to the prior, so Fig. 6 and Fig. 8 will show nothing; "
-                              f"lower --kl-weight (now {cfg.kl_weight:.3g})")
 
 
 def draw_figures(cfg: Config, model: VAEBEGAN, device) -> list:

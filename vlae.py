@@ -628,61 +628,46 @@ def curve_keys(cfg: Config) -> list:
 # ----------------------------------------------------------------------------------------------
 # --- plumbing: training loop ---
 # ----------------------------------------------------------------------------------------------
-def setup_run(cfg: Config, explicit: set, device, rank: int, world: int):
-    """Model, optimizer, scaler and the step to start from: a fresh run, or the checkpoint in
-    OUT resumed exactly (weights, Adam moments, scaler, step and this rank's RNG states)."""
-    cfg, state = common.checkpoint_to_resume(cfg, explicit, SCRIPT, RUN_FIELDS, resolve_defaults)
-    common.seed_everything(cfg.seed)  # the same initial weights on every rank
-    model = build_model(cfg).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, fused=device.type == "cuda")
-    scaler = common.make_grad_scaler(device, cfg.amp)
-    common.seed_everything(cfg.seed, rank)
-    if state is None:
-        return cfg, model, optimizer, scaler, 0
-    start = common.restore_training_state(state, {"model": model}, {"optimizer": optimizer}, scaler,
-                                          rank, world, cfg.seed)
-    common.print0(f"resuming {cfg.out}/checkpoint.pt at step {start}")
-    return cfg, model, optimizer, scaler, start
-
-
 def train(cfg: Config, explicit: set) -> None:
+    """Train into cfg.out, or resume the checkpoint there exactly, then draw the figures and write
+    eval.json: one flat loop (nanoGPT's shape) with the log, checkpoint and stop-signal cadence
+    inline. Under torchrun every rank runs it; rank 0 logs, saves and evaluates."""
     rank, world, local_rank = common.init_distributed()
     device = common.pick_device(cfg.device, local_rank)
-    cfg, model, optimizer, scaler, start = setup_run(cfg, explicit, device, rank, world)
+    cfg, state = common.checkpoint_to_resume(cfg, explicit, SCRIPT, RUN_FIELDS, resolve_defaults)  # locks cfg.out
+    common.seed_everything(cfg.seed)  # the same initial weights on every rank
+    model = build_model(cfg).to(device, memory_format=torch.channels_last if device.type == "cuda" else
+                                torch.preserve_format)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, betas=(0.9, 0.999),
+                                 fused=device.type == "cuda")
+    scaler = common.make_grad_scaler(device, cfg.amp)
+    models, optimizers = {"model": model}, {"optimizer": optimizer}
+    start = common.restore_training_state(state, models, optimizers, scaler, cfg.seed)  # 0 for a fresh run
     train_set = load_split(cfg, "train", verbose=common.is_main())
     check_heldout(cfg)
-    batches = data.Batches(train_set, cfg.batch_size, cfg.seed, device, rank, world,
-                           channels_last=device.type == "cuda")
-    earlier = common.start_run_folder(cfg, train_set.description, model, start, device)
-    global_batch = cfg.batch_size * cfg.grad_accum * world
-    common.print0(f"global batch {global_batch} ({cfg.batch_size} per process x {cfg.grad_accum} micro-batches x "
-                  f"{world} processes): {cfg.steps} steps are {cfg.steps * global_batch / len(train_set):.1f} "
-                  f"epochs of {len(train_set)} images")
+    batches = data.Batches(train_set, cfg.batch_size, cfg.seed, device, rank, world, channels_last=device.type == "cuda")
+    meter = common.start_run_folder(cfg, train_set, model, start, device, cfg.batch_size * cfg.grad_accum * world)
     net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
-    # compile outside DDP (torch's advice): the graph is split at DDP's buckets, so the
-    # gradient all-reduce overlaps the backward
-    net = torch.compile(net) if cfg.compile else net
-    run_loop(cfg, net, optimizer, scaler, batches, start, device, earlier)
+    net = torch.compile(net) if cfg.compile else net  # outside DDP (torch's advice): the all-reduce overlaps the backward
+    bad = torch.zeros((), dtype=torch.bool, device=device)  # a NaN or inf loss so far; read only at log and save steps
+    with common.StopSignal() as stop:
+        for step in range(start + 1, cfg.steps + 1):  # `step` optimizer steps done after this one
+            xs = [batches.get((step - 1) * cfg.grad_accum + i)[0] for i in range(cfg.grad_accum)]
+            terms = train_step(net, optimizer, scaler, xs, cfg, step - 1, device)
+            bad |= ~torch.isfinite(terms["loss"])
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                common.check_finite(bad, step, cfg.out)
+                meter.log(step, terms)
+            stopping = stop.poll(step, device)
+            if step % cfg.ckpt_every == 0 or step == cfg.steps or stopping:
+                common.check_finite(bad, step, cfg.out)  # a NaN never overwrites the last good checkpoint
+                with meter.paused():
+                    common.save_training_state(cfg, SCRIPT, step, models, optimizers, scaler, curve_keys(cfg))
+            if stopping:
+                stop.exit(step)
     common.cleanup_distributed()  # the figures and eval below run on rank 0 alone
     if rank == 0:
-        finish(cfg, common.unwrap(net), device, train_set)
-
-
-def run_loop(cfg: Config, net, optimizer, scaler, batches, start: int, device, earlier: float = 0.0) -> None:
-    """Steps start..cfg.steps; the monitor logs, checks for NaN, checkpoints and handles signals."""
-    def save(step: int) -> None:
-        common.save_training_state(cfg.out, SCRIPT, step, dataclasses.asdict(cfg), {"model": net},
-                                   {"optimizer": optimizer}, scaler, curve_keys(cfg))
-
-    with common.TrainingMonitor(cfg.out, cfg.steps, cfg.log_every, cfg.ckpt_every, start,
-                                cfg.batch_size * cfg.grad_accum * batches.world_size, device, save, earlier) as monitor:
-        for step in range(start, cfg.steps):
-            xs = [batches.get(step * cfg.grad_accum + i)[0] for i in range(cfg.grad_accum)]
-            terms = train_step(net, optimizer, scaler, xs, cfg, step, device)
-            monitor.after_step(step + 1, terms)
+        finish(cfg, model, device, train_set)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -237,10 +237,11 @@ def test_loss_scaling_gives_the_unscaled_step_and_skips_a_network_whose_gradient
     assert changed == {"encoder": True, "generator": False, "discriminator": True}
     assert scaler.get_scale() == 2.0 ** 9
     # the scale is part of the training state a checkpoint keeps and a resume restores
-    common.save_training_state(str(tmp_path), "vae_began", 1, {}, {"model": model}, opts, scaler, [])
+    common.save_training_state(dataclasses.replace(cfg, out=str(tmp_path)), "vae_began", 1, {"model": model}, opts,
+                               scaler, [])
     restored = torch.amp.GradScaler("cpu", init_scale=1.0)
     common.restore_training_state(common.load_checkpoint(str(tmp_path), "vae_began"), {"model": model}, opts,
-                                  restored, 0, 1, 0)
+                                  restored, 0)
     assert restored.get_scale() == 2.0 ** 9
 
 
