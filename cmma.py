@@ -62,6 +62,7 @@ Usage:
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import itertools
@@ -145,23 +146,6 @@ class Config(common.RunConfig):
 # the flags that may differ from the checkpoint a run resumes or evaluates
 RUN_FIELDS = common.RUN_FIELDS | {"eval_images", "valid_images", "parzen_samples", "parzen_grid", "is_samples",
                                    "tune", "tune_steps"}
-# the subcommands and their flags: the others need only --checkpoint (several, comma-separated)
-EDIT_FLAGS = ((("--image",), {"default": "", "help": "the face to edit (any image; aligned CelebA-like faces work best)"}),
-              (("--set",), {"action": "append", "default": [], "metavar": "NAME=0|1",
-                            "help": "an attribute to switch on (1) or off (0); repeat for several"}),
-              (("--has",), {"default": "", "metavar": "NAME,NAME", "help": "attributes the face already has"}))
-COMMANDS = {"train": common.Command("train a model (the default subcommand)"),
-            "sample": common.Command("draw faces from attribute vectors of held-out faces", common.CHECKPOINT_FLAGS),
-            "figures": common.Command("draw Fig. 4, 6 and 7 (side by side for several checkpoints)",
-                                      common.CHECKPOINT_FLAGS),
-            "eval": common.Command("Table 2 (ELBO, Parzen log-likelihood), Table 3 (attribute error) into "
-                                   "OUT/eval.json, one table for several checkpoints",
-                                   common.CHECKPOINT_FLAGS | {"eval_images", "valid_images", "parzen_samples",
-                                                        "parzen_grid", "is_samples"}),
-            "edit": common.Command("Fig. 6 on your own face: switch attributes on or off (--image, --set, --has)",
-                                   common.CHECKPOINT_FLAGS, EDIT_FLAGS)}
-
-
 def resolve_defaults(cfg: Config) -> Config:
     cfg = dataclasses.replace(cfg, data_dir=os.path.abspath(cfg.data_dir or os.path.join("data", cfg.dataset)),
                               out=cfg.out or os.path.join("runs", f"cmma-{cfg.dataset}-{cfg.model}"),
@@ -1061,7 +1045,24 @@ def edit_user_image(runs: list, cfg: Config, image: str, changes: list, has: str
 # main
 # ----------------------------------------------------------------------------------------------
 def main(argv: list | None = None) -> None:
-    mode, cfg, explicit, own = common.parse_command(Config, argv, __doc__.split("\n")[0], "cmma.py", COMMANDS)
+    parser = argparse.ArgumentParser(prog="cmma.py", description=__doc__.split("\n")[0],
+                                     epilog="With no subcommand, cmma.py trains; SUBCOMMAND --help lists its flags.")
+    sub = parser.add_subparsers(dest="command", title="subcommands")
+    common.add_fields(sub.add_parser("train", help="train a model (the default subcommand)"), Config)
+    read = common.CHECKPOINT_FLAGS  # the model's settings come from its checkpoint(s), comma-separated
+    common.add_fields(sub.add_parser("sample", help="draw faces from attribute vectors of held-out faces"), Config, read)
+    common.add_fields(sub.add_parser("figures", help="draw Fig. 4, 6 and 7 (side by side for several checkpoints)"),
+                      Config, read)
+    common.add_fields(sub.add_parser("eval", help="Table 2 (ELBO, Parzen log-likelihood), Table 3 (attribute error) "
+                                                  "into OUT/eval.json, one table for several checkpoints"), Config,
+                      read | {"eval_images", "valid_images", "parzen_samples", "parzen_grid", "is_samples"})
+    edit = common.add_fields(sub.add_parser("edit", help="Fig. 6 on your own face: switch attributes on or off"),
+                             Config, read)
+    edit.add_argument("--image", default="", help="the face to edit (any image; aligned CelebA-like faces work best)")
+    edit.add_argument("--set", action="append", default=[], metavar="NAME=0|1",
+                      help="an attribute to switch on (1) or off (0); repeat for several")
+    edit.add_argument("--has", default="", metavar="NAME,NAME", help="attributes the face already has")
+    mode, cfg, explicit, own = common.parse(parser, Config, argv)
     with common.user_errors():
         if mode == "train":
             return train(resolve_defaults(cfg), explicit)

@@ -285,12 +285,7 @@ def check_run_config(cfg: Any) -> None:
               file=sys.stderr)
 
 
-def _help_format(prog: str) -> argparse.HelpFormatter:
-    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32, width=100)
-
-
-def add_fields(parser: argparse.ArgumentParser, config_cls: type, names: set | None = None,
-               with_defaults: bool = True) -> None:
+def add_fields(parser: argparse.ArgumentParser, config_cls: type, names: set | None = None) -> argparse.ArgumentParser:
     """One --flag per field of the dataclass `config_cls` (only those in `names`, if given).
 
     Underscores become dashes; bools get --flag/--no-flag; a None default takes the type of
@@ -303,7 +298,7 @@ def add_fields(parser: argparse.ArgumentParser, config_cls: type, names: set | N
         help_text = f.metadata.get("help", "")
         if "default" not in help_text:
             help_text += f" (default: {f.default})"
-        kwargs = {"default": f.default if with_defaults else argparse.SUPPRESS, "help": help_text}
+        kwargs = {"default": f.default, "help": help_text}
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
         annotation = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
@@ -312,6 +307,7 @@ def add_fields(parser: argparse.ArgumentParser, config_cls: type, names: set | N
         else:
             kind = int if annotation.startswith("int") else float if annotation.startswith("float") else str
             parser.add_argument(name, type=kind, **kwargs)
+    return parser
 
 
 # The flags of the commands that read a checkpoint (sample, figures, eval, ...): the model and
@@ -319,65 +315,37 @@ def add_fields(parser: argparse.ArgumentParser, config_cls: type, names: set | N
 CHECKPOINT_FLAGS = frozenset({"checkpoint", "out", "data_dir", "cache_dir", "device", "amp"})
 
 
-@dataclasses.dataclass
-class Command:
-    """A subcommand: its one-line help, the config fields it takes as flags (None: all of them,
-    as `train`) and flags of its own, as (flags, add_argument keywords) pairs."""
-    help: str
-    fields: frozenset | None = None
-    own: tuple = ()
-
-
-def build_command_parser(config_cls: type, description: str, prog: str, commands: dict,
-                         with_defaults: bool = True) -> argparse.ArgumentParser:
-    """`prog SUBCOMMAND --flags`: one argparse subparser per entry of `commands` (name -> Command),
-    each with only its own flags, so `prog eval --help` lists eval's."""
-    parser = argparse.ArgumentParser(
-        prog=prog, description=description, formatter_class=_help_format,
-        epilog=f"With no subcommand, {prog} trains. `python {prog} SUBCOMMAND --help` lists that subcommand's\n"
-               f"flags (train: every flag of the model, with its paper default).")
-    sub = parser.add_subparsers(dest="command", title="subcommands", metavar="{" + ",".join(commands) + "}")
-    for name, command in commands.items():
-        p = sub.add_parser(name, help=command.help, description=command.help, formatter_class=_help_format)
-        add_fields(p, config_cls, command.fields, with_defaults)
-        for flags, kwargs in command.own:
-            p.add_argument(*flags, **({**kwargs, "default": argparse.SUPPRESS} if not with_defaults else kwargs))
-    return parser
-
-
-def parse_command(config_cls: type, argv: Sequence[str] | None, description: str, prog: str,
-                  commands: dict) -> tuple[str, Any, set, dict]:
-    """Parse `prog [SUBCOMMAND] --flags` (no subcommand: train). Returns the subcommand, the
-    config (fields a subcommand does not take keep their defaults), the set of fields given
-    explicitly (they override a checkpoint's config where allowed) and the subcommand's own flags.
-
-    A training flag given to a checkpoint command exits with one `error:` line: the model's
-    settings come from its checkpoint.
-    """
+def parse(parser: argparse.ArgumentParser, config_cls: type, argv: Sequence[str] | None) -> tuple[str, Any, set, dict]:
+    """Parse `prog [SUBCOMMAND] --flags` with a script's argparse parser, whose subparsers (dest
+    "command") each hold their flags (`add_fields`); no subcommand means train. Returns the
+    subcommand, the config (fields a subcommand does not take keep their defaults), the fields
+    given explicitly (they override a checkpoint's config where allowed) and the subcommand's own
+    flags. A training flag given to a checkpoint command, a stray or misplaced word and an unknown
+    flag each exit with one `error:` line (status 2)."""
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for p in commands.values():
+        p.allow_abbrev = False  # a flag counts as given only when spelled out, as `explicit` reads it
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or (argv[0] not in commands and argv[0] not in ("-h", "--help")):
         argv = ["train"] + argv
-    args, unknown = build_command_parser(config_cls, description, prog, commands).parse_known_args(argv)
-    command = args.command
-    fields = {f.name for f in dataclasses.fields(config_cls)}
+    args, unknown = parser.parse_known_args(argv)
+    command, prog, fields = args.command, parser.prog, {f.name for f in dataclasses.fields(config_cls)}
     for flag in (a.split("=")[0] for a in unknown if a.startswith("--")):
-        name = flag[2:].replace("-", "_")
-        if name.removeprefix("no_") in fields:
+        if flag[2:].replace("-", "_").removeprefix("no_") in fields:
             fail(f"{flag} is a training flag: `{command}` takes the model's settings from its checkpoint "
                  f"(python {prog} {command} --help lists its flags)")
     words = [a for a in unknown if a.isidentifier()]  # a stray word: a mistyped or misplaced subcommand
+    if words and words[0] in commands:
+        fail(f"the subcommand `{words[0]}` must come first: python {prog} {words[0]} --flags")
     if words:
-        if words[0] in commands:
-            fail(f"the subcommand `{words[0]}` must come first: python {prog} {words[0]} --flags")
         fail(f"`{words[0]}` is not a subcommand: the subcommands are {', '.join(commands)} (python {prog} --help)")
     if unknown:
         fail(f"unrecognized arguments for `{command}`: {' '.join(unknown)} (python {prog} {command} --help)")
-    quiet = build_command_parser(config_cls, description, prog, commands, with_defaults=False)
-    given = vars(quiet.parse_known_args(argv)[0])
     values = vars(args)
+    given = {a.split("=")[0][2:].replace("-", "_") for a in argv[1:] if a.startswith("--")}
+    explicit = {name for name in fields if name in given or f"no_{name}" in given}
     own = {k: v for k, v in values.items() if k not in fields and k != "command"}
-    cfg = config_cls(**{k: v for k, v in values.items() if k in fields})
-    return command, cfg, {k for k in given if k in fields}, own
+    return command, config_cls(**{k: v for k, v in values.items() if k in fields}), explicit, own
 
 
 # ----------------------------------------------------------------------------------------------

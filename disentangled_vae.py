@@ -100,6 +100,7 @@ experiment on classes never seen with labels is `finetune` (its figures: OUT/fin
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import itertools
 import math
@@ -210,21 +211,6 @@ class Config(common.RunConfig):
 
 RUN_FIELDS = common.RUN_FIELDS | {"eval_images", "bn_images", "eval_bn", "diversity_classes", "diversity_samples",
                                    "finetune_steps"}
-# the subcommands and their flags: the others need only --checkpoint (or --out)
-BN_FLAGS = common.CHECKPOINT_FLAGS | {"bn_images", "eval_bn"}
-COMMANDS = {"train": common.Command("train a model (the default subcommand)"),
-            "sample": common.Command("draw OUT/figures/samples_per_class.png from a checkpoint", BN_FLAGS),
-            "figures": common.Command("draw the paper's figures (Fig. 2-7 for the data set) from a checkpoint",
-                                      BN_FLAGS),
-            "eval": common.Command("accuracies, diversity, reconstruction into OUT/eval.json; several checkpoints, "
-                                   "comma-separated, are compared in one table",
-                                   common.CHECKPOINT_FLAGS | BN_FLAGS | {"eval_images", "diversity_classes",
-                                                                   "diversity_samples"}),
-            "finetune": common.Command("sec. 3.6: train a run made with --unseen-classes on its unseen classes' "
-                                       "unlabelled images, into OUT/finetune (an interrupted one resumes)",
-                                       BN_FLAGS | {"finetune_steps", "fresh"})}
-
-
 def resolve_defaults(cfg: Config) -> Config:
     """Fill the dataset-dependent defaults (0 / '' fields) and check the values."""
     faces = cfg.dataset in ("celeba", "folder")
@@ -1425,8 +1411,21 @@ def load_models(cfg: Config, explicit: set, device) -> list:
 
 
 def main(argv: list | None = None) -> None:
-    mode, cfg, explicit, _ = common.parse_command(Config, argv, __doc__.split("\n")[0], "disentangled_vae.py",
-                                                  COMMANDS)
+    parser = argparse.ArgumentParser(prog="disentangled_vae.py", description=__doc__.split("\n")[0],
+                                     epilog="With no subcommand, it trains; SUBCOMMAND --help lists its flags.")
+    sub = parser.add_subparsers(dest="command", title="subcommands")
+    common.add_fields(sub.add_parser("train", help="train a model (the default subcommand)"), Config)
+    read = common.CHECKPOINT_FLAGS | {"bn_images", "eval_bn"}  # the model's settings come from its checkpoint
+    common.add_fields(sub.add_parser("sample", help="draw OUT/figures/samples_per_class.png"), Config, read)
+    common.add_fields(sub.add_parser("figures", help="draw the paper's figures (Fig. 2-7 for the data set)"), Config,
+                      read)
+    common.add_fields(sub.add_parser("eval", help="accuracies, diversity, reconstruction into OUT/eval.json; several "
+                                                  "checkpoints, comma-separated, are compared in one table"), Config,
+                      read | {"eval_images", "diversity_classes", "diversity_samples"})
+    common.add_fields(sub.add_parser("finetune", help="sec. 3.6: train a run made with --unseen-classes on its unseen "
+                                                      "classes' unlabelled images, into OUT/finetune"), Config,
+                      read | {"finetune_steps", "fresh"})
+    mode, cfg, explicit, _ = common.parse(parser, Config, argv)
     with common.user_errors():
         if mode == "train":
             return train(resolve_defaults(cfg), explicit)

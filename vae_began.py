@@ -85,6 +85,7 @@ Usage:
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import os
@@ -162,16 +163,6 @@ class Config(common.RunConfig):
 
 # the flags that may differ from the checkpoint a run resumes or evaluates
 RUN_FIELDS = common.RUN_FIELDS | {"eval_images"}
-# the subcommands and their flags: the last three need only --checkpoint (or --out)
-COMMANDS = {"train": common.Command("train a model (the default subcommand)"),
-            "sample": common.Command("draw OUT/figures/samples.png from a checkpoint", common.CHECKPOINT_FLAGS),
-            "figures": common.Command("draw Fig. 4, 6 and 8, samples and the k_t curves from a checkpoint",
-                                      common.CHECKPOINT_FLAGS),
-            "eval": common.Command("held-out losses, KL into OUT/eval.json (Table 1's IS: "
-                                   "benchmarks/fidelity.py)",
-                                   common.CHECKPOINT_FLAGS | {"eval_images"})}
-
-
 def resolve_defaults(cfg: Config) -> Config:
     cfg = dataclasses.replace(cfg, data_dir=os.path.abspath(cfg.data_dir or os.path.join("data", cfg.dataset)),
                               out=cfg.out or os.path.join("runs", f"vae_began-{cfg.dataset}-{cfg.image_size}"),
@@ -665,7 +656,16 @@ def load_run(cfg: Config, explicit: set, device) -> tuple[Config, VAEBEGAN, dict
 
 
 def main(argv: list | None = None) -> None:
-    mode, cfg, explicit, _ = common.parse_command(Config, argv, __doc__.split("\n")[0], "vae_began.py", COMMANDS)
+    parser = argparse.ArgumentParser(prog="vae_began.py", description=__doc__.split("\n")[0],
+                                     epilog="With no subcommand, vae_began.py trains; SUBCOMMAND --help lists its flags.")
+    sub = parser.add_subparsers(dest="command", title="subcommands")
+    common.add_fields(sub.add_parser("train", help="train a model (the default subcommand)"), Config)
+    read = common.CHECKPOINT_FLAGS  # the model's settings come from its checkpoint
+    common.add_fields(sub.add_parser("sample", help="draw OUT/figures/samples.png from a checkpoint"), Config, read)
+    common.add_fields(sub.add_parser("figures", help="draw Fig. 4, 6 and 8, samples and the k_t curves"), Config, read)
+    common.add_fields(sub.add_parser("eval", help="held-out losses, KL into OUT/eval.json (Table 1's IS: "
+                                                  "benchmarks/fidelity.py)"), Config, read | {"eval_images"})
+    mode, cfg, explicit, _ = common.parse(parser, Config, argv)
     with common.user_errors():
         if mode == "train":
             return train(resolve_defaults(cfg), explicit)

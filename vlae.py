@@ -69,6 +69,7 @@ paper's claims on MNIST and faces (docs/claims/vlae.md).
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import math
@@ -136,16 +137,6 @@ class Config(common.RunConfig):
 
 # the flags that may differ from the checkpoint a run resumes or evaluates
 RUN_FIELDS = common.RUN_FIELDS | {"eval_images", "bn_images"}
-# the subcommands and their flags: the last three need only --checkpoint (or --out)
-COMMANDS = {"train": common.Command("train a model (the default subcommand)"),
-            "sample": common.Command("draw OUT/figures/samples.png from a checkpoint",
-                                     common.CHECKPOINT_FLAGS | {"bn_images"}),
-            "figures": common.Command("draw the paper's figures (Fig. 2-4, samples, curves) from a checkpoint",
-                                      common.CHECKPOINT_FLAGS | {"bn_images"}),
-            "eval": common.Command("held-out MMD per layer, reconstruction, active units into OUT/eval.json",
-                                   common.CHECKPOINT_FLAGS | {"bn_images", "eval_images"})}
-
-
 def resolve_defaults(cfg: Config) -> Config:
     """Fill the dataset-dependent defaults (0 / '' fields) and check the values."""
     faces = cfg.dataset != "mnist"
@@ -829,14 +820,23 @@ def sample(cfg: Config, model: VLAE, device, n: int = 100) -> str:
 # main
 # ----------------------------------------------------------------------------------------------
 def main(argv: list | None = None) -> None:
-    usage = __doc__.split("\n")[0] + "\n  e.g. python vlae.py eval --checkpoint runs/vlae-celeba/checkpoint.pt"
-    mode, cfg, explicit, _ = common.parse_command(Config, argv, usage, "vlae.py", COMMANDS)
+    parser = argparse.ArgumentParser(prog="vlae.py", description=__doc__.split("\n")[0],
+                                     epilog="With no subcommand, vlae.py trains; SUBCOMMAND --help lists its flags.")
+    sub = parser.add_subparsers(dest="command", title="subcommands")
+    common.add_fields(sub.add_parser("train", help="train a model (the default subcommand)"), Config)
+    read = common.CHECKPOINT_FLAGS | {"bn_images"}  # the model's settings come from its checkpoint
+    common.add_fields(sub.add_parser("sample", help="draw OUT/figures/samples.png from a checkpoint"), Config, read)
+    common.add_fields(sub.add_parser("figures", help="draw the paper's figures (Fig. 2-4, samples, curves)"), Config,
+                      read)
+    common.add_fields(sub.add_parser("eval", help="held-out MMD per layer, reconstruction, active units into "
+                                                  "OUT/eval.json"), Config, read | {"eval_images"})
+    command, cfg, explicit, _ = common.parse(parser, Config, argv)
     with common.user_errors():
-        if mode == "train":
+        if command == "train":
             return train(resolve_defaults(cfg), explicit)
         device = common.pick_device(cfg.device)
         cfg, model, _ = load_run(cfg, explicit, device)
-        {"sample": sample, "figures": draw_figures, "eval": evaluate}[mode](cfg, model, device)
+        {"sample": sample, "figures": draw_figures, "eval": evaluate}[command](cfg, model, device)
 
 
 if __name__ == "__main__":

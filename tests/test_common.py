@@ -1,3 +1,4 @@
+import argparse
 import dataclasses
 import math
 import os
@@ -85,11 +86,13 @@ def test_config_parser_marks_explicit_flags_and_merge_refuses_conflicts(capsys):
         amp: bool = common.arg(True, "autocast")
         name: str = common.arg("a", "name", choices=("a", "b"))
 
-    commands = {"train": common.Command("train it")}
-    _, cfg, explicit, _ = common.parse_command(C, ["--steps", "5", "--no-amp"], "test", "p.py", commands)
+    parser = argparse.ArgumentParser(prog="p.py")
+    common.add_fields(parser.add_subparsers(dest="command").add_parser("train"), C)
+    _, cfg, explicit, _ = common.parse(parser, C, ["--steps", "5", "--no-amp"])
     assert (cfg.steps, cfg.lr, cfg.amp, cfg.name) == (5, 0.1, False, "a") and explicit == {"steps", "amp"}
+    assert common.parse(parser, C, ["--steps=7", "--lr", "0.1"])[2] == {"steps", "lr"}  # given, even at its default
     with pytest.raises(SystemExit):
-        common.parse_command(C, ["train", "--help"], "test", "p.py", commands)
+        common.parse(parser, C, ["train", "--help"])
     assert "(default: 0.1)" in capsys.readouterr().out
     saved = {"steps": 3, "lr": 0.5, "amp": True, "name": "b"}
     merged = common.merge_saved_config(cfg, saved, {"steps"}, {"steps"}, "ckpt")
@@ -251,22 +254,27 @@ def test_each_subcommand_parses_and_lists_only_its_own_flags(capsys):
         steps: int = common.arg(10, "steps")
         out: str = common.arg("", "output folder")
         amp: bool = common.arg(True, "autocast")
-    commands = {"train": common.Command("train it"), "eval": common.Command("score it", frozenset({"out"})),
-                "edit": common.Command("edit it", frozenset({"out"}), ((("--set",), {"action": "append", "default": []}),))}
-    assert common.parse_command(C, ["--steps", "5"], "d", "p.py", commands)[:3] == ("train", C(steps=5), {"steps"})
-    mode, cfg, explicit, own = common.parse_command(C, ["edit", "--set", "a=1", "--set", "b=0", "--out", "o"], "d",
-                                                    "p.py", commands)
-    assert (mode, cfg, explicit, own) == ("edit", C(out="o"), {"out"}, {"set": ["a=1", "b=0"]})
+    parser = argparse.ArgumentParser(prog="p.py")
+    sub = parser.add_subparsers(dest="command")
+    common.add_fields(sub.add_parser("train"), C)
+    common.add_fields(sub.add_parser("eval"), C, {"out"})
+    common.add_fields(sub.add_parser("edit"), C, {"out"}).add_argument("--set", action="append", default=[])
+    assert common.parse(parser, C, ["--steps", "5"])[:3] == ("train", C(steps=5), {"steps"})
+    assert common.parse(parser, C, ["edit", "--set", "a=1", "--set", "b=0", "--out", "o"]) == \
+        ("edit", C(out="o"), {"out"}, {"set": ["a=1", "b=0"]})
     for argv in (["eval", "--help"], ["--help"]):
         with pytest.raises(SystemExit):
-            common.parse_command(C, argv, "d", "p.py", commands)
+            common.parse(parser, C, argv)
         text = capsys.readouterr().out
         assert ("--out" in text and "--steps" not in text) if argv[0] == "eval" else "{train,eval,edit}" in text
+    with pytest.raises(SystemExit):  # no abbreviations: --step is not --steps
+        common.parse(parser, C, ["--step", "3"])
+    assert "unrecognized arguments for `train`: --step 3" in capsys.readouterr().err
     for argv, message in ((["eval", "--no-amp"], "--no-amp is a training flag: `eval` takes"),
                           (["eval", "--bogus", "1"], "unrecognized arguments for `eval`: --bogus 1"),
                           (["evaluate", "--out", "o"], "`evaluate` is not a subcommand: the subcommands are train, "
                                                        "eval, edit"),
                           (["--out", "o", "eval"], "the subcommand `eval` must come first: python p.py eval")):
         with pytest.raises(SystemExit) as stop:
-            common.parse_command(C, argv, "d", "p.py", commands)
+            common.parse(parser, C, argv)
         assert stop.value.code == 2 and message in capsys.readouterr().err
