@@ -71,12 +71,8 @@ import math
 import os
 import sys
 
-try:  # before anything else needs them: a missing install is one line, not a traceback
-    import numpy as np
-    import torch
-except ModuleNotFoundError as e:
-    raise SystemExit(f"error: the Python package {e.name!r} is not installed in {sys.executable}: "
-                     f"pip install -r requirements.txt") from None
+import numpy as np
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
@@ -795,12 +791,8 @@ def load_run(cfg: Config, explicit: set, device) -> tuple[Config, nn.Module, dic
     """The config, the trained model (eval mode, on device) and the checkpoint's state, from
     --checkpoint (a run folder or its file; default OUT/checkpoint.pt). Its outputs go to the run
     folder unless --out is given."""
-    path = common.checkpoint_file(cfg.checkpoint or os.path.join(
-        cfg.out or os.path.join("runs", f"cmma-{cfg.dataset}-{cfg.model}"), "checkpoint.pt"))
-    state = common.load_checkpoint(path, SCRIPT, common.RUN_ENTRIES)
-    saved = common.merge_saved_config(cfg, state["config"], explicit, RUN_FIELDS, path, resume=False)
-    own = cfg.out if "out" in explicit else os.path.dirname(os.path.abspath(path))
-    saved = resolve_defaults(dataclasses.replace(saved, out=own))
+    saved, state = common.checkpoint_to_evaluate(cfg, explicit, SCRIPT, RUN_FIELDS, resolve_defaults,
+                                                 os.path.join("runs", f"cmma-{cfg.dataset}-{cfg.model}"))
     model = build_model(saved, saved.attributes)
     common.load_weights(model, state, "model")
     return saved, model.to(device).eval(), state

@@ -1099,6 +1099,25 @@ def _release_run_lock(f) -> None:
         pass
 
 
+def checkpoint_to_evaluate(cfg: Any, explicit: set, script: str, run_fields: set, resolve,
+                           default_out: str) -> tuple[Any, dict]:
+    """(config, state) of the checkpoint that sample / figures / eval read: --checkpoint, a run
+    folder or its checkpoint.pt (default OUT's, else `default_out`'s). The saved config wins, but
+    for `run_fields` given on the command line (merge_saved_config); `resolve` fills the script's
+    derived defaults; outputs go to the run's own folder unless --out is given. ValueError for a
+    comma-separated list (one run at a time) and for what load_checkpoint refuses."""
+    path = cfg.checkpoint or os.path.join(cfg.out or default_out, "checkpoint.pt")
+    if "," in path and not os.path.exists(path):
+        raise ValueError(f"--checkpoint {path}: {script}.py evaluates one checkpoint at a time; run the command "
+                         f"once per checkpoint (each writes into its own run folder)")
+    path = checkpoint_file(path)
+    state = load_checkpoint(path, script, RUN_ENTRIES)
+    saved = merge_saved_config(cfg, state["config"], explicit, run_fields, path, resume=False)
+    if "out" not in explicit:
+        saved = dataclasses.replace(saved, out=os.path.dirname(os.path.abspath(path)))
+    return resolve(saved), state
+
+
 def checkpoint_to_resume(cfg: Any, explicit: set, script: str, run_fields: set, resolve) -> tuple[Any, dict | None]:
     """(config, state) of the checkpoint in cfg.out that this run resumes, or (cfg, None) for a
     fresh run (none there, or --fresh). First takes the run's lock on cfg.out (`lock_run_folder`):

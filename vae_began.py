@@ -89,14 +89,9 @@ import argparse
 import dataclasses
 import math
 import os
-import sys
 
-try:  # before anything else needs them: a missing install is one line, not a traceback
-    import numpy as np
-    import torch
-except ModuleNotFoundError as e:
-    raise SystemExit(f"error: the Python package {e.name!r} is not installed in {sys.executable}: "
-                     f"pip install -r requirements.txt") from None
+import numpy as np
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -638,21 +633,11 @@ def draw_figures(cfg: Config, model: VAEBEGAN, device) -> list:
 def load_run(cfg: Config, explicit: set, device) -> tuple[Config, VAEBEGAN, dict]:
     """The config, the trained model (eval mode, on device) and its controller state, from
     --checkpoint (a run folder or its file; default OUT/checkpoint.pt)."""
-    path = cfg.checkpoint or os.path.join(cfg.out or os.path.join("runs", f"vae_began-{cfg.dataset}-{cfg.image_size}"),
-                                          "checkpoint.pt")
-    if "," in path and not os.path.exists(path):
-        raise ValueError(f"--checkpoint {path}: {SCRIPT}.py evaluates one checkpoint at a time; run the command "
-                         f"once per checkpoint (each writes into its own run folder)")
-    path = common.checkpoint_file(path)
-    state = common.load_checkpoint(path, SCRIPT, common.RUN_ENTRIES)
-    controller = state["extra"]["controller"]
-    saved = common.merge_saved_config(cfg, state["config"], explicit, RUN_FIELDS, path, resume=False)
-    if "out" not in explicit:
-        saved = dataclasses.replace(saved, out=os.path.dirname(os.path.abspath(path)))
-    saved = resolve_defaults(saved)
+    saved, state = common.checkpoint_to_evaluate(cfg, explicit, SCRIPT, RUN_FIELDS, resolve_defaults, os.path.join(
+        "runs", f"vae_began-{cfg.dataset}-{cfg.image_size}"))
     model = VAEBEGAN(saved)
     common.load_weights(model, state, "model")
-    return saved, model.to(device).eval(), controller
+    return saved, model.to(device).eval(), state["extra"]["controller"]
 
 
 def main(argv: list | None = None) -> None:

@@ -74,14 +74,9 @@ import contextlib
 import dataclasses
 import math
 import os
-import sys
 
-try:  # before anything else needs them: a missing install is one line, not a traceback
-    import numpy as np
-    import torch
-except ModuleNotFoundError as e:
-    raise SystemExit(f"error: the Python package {e.name!r} is not installed in {sys.executable}: "
-                     f"pip install -r requirements.txt") from None
+import numpy as np
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -137,105 +132,43 @@ class Config(common.RunConfig):
 
 # the flags that may differ from the checkpoint a run resumes or evaluates
 RUN_FIELDS = common.RUN_FIELDS | {"eval_images", "bn_images"}
-def resolve_defaults(cfg: Config) -> Config:
-    """Fill the dataset-dependent defaults (0 / '' fields) and check the values."""
-    faces = cfg.dataset != "mnist"
-    cfg = dataclasses.replace(
-        cfg,
-        data_dir=os.path.abspath(cfg.data_dir or os.path.join("data", cfg.dataset)),
-        out=cfg.out or os.path.join("runs", f"vlae-{cfg.dataset}"),
-        image_size=cfg.image_size or (64 if faces else 28),
-        latent_dim=cfg.latent_dim or (10 if faces else 2),
-        mmd_weight=cfg.mmd_weight or (1.0 if faces else 2.0),
-        kl_recon_weight=cfg.kl_recon_weight or (0.5 if faces else 4.0))
-    common.check_run_config(cfg)
-    checks = [(cfg.prior_samples >= 2, "--prior-samples must be >= 2"),
-              (cfg.mmd_weight > 0 and cfg.kl_recon_weight > 0, "--mmd-weight and --kl-recon-weight must be > 0"),
-              (cfg.bn_images >= 0, "--bn-images must be >= 0"),
-              (cfg.latent_dim >= 1, f"--latent-dim must be >= 1, got {cfg.latent_dim}"),
-              (4 <= cfg.image_size <= 1024, f"--image-size must be between 4 and 1024 pixels, got {cfg.image_size}"),
-              (cfg.image_size % (16 if faces else 4) == 0,
-               f"--image-size must be a multiple of {16 if faces else 4} for {cfg.dataset}, got {cfg.image_size}")]
-    common.require(checks)
-    parse_crop(cfg)
-    return cfg
-
-
-def parse_crop(cfg: Config) -> tuple[int, int, int, int] | None:
-    return common.parse_crop(cfg.crop, CELEBA_CROP if cfg.dataset == "celeba" else None)
-
-
 # ----------------------------------------------------------------------------------------------
 # --- paper: model ---
 # ----------------------------------------------------------------------------------------------
-def conv_same(in_ch: int, out_ch: int, stride: int, kernel: int = 4) -> nn.Module:
-    """A Conv2d with TensorFlow 'SAME' padding for even kernels: out = in / stride (even sizes).
+class VLAE(nn.Module):
+    """The ladder. Built by `celeba_ladder` / `mnist_ladder` from four lists of blocks:
+    trunk g_0..g_{L-2}, heads e_0..e_{L-1}, ladders v_0..v_{L-2} with their combine, and
+    decoder blocks f_0..f_{L-1} (f_{L-1} takes z_{L-1} alone)."""
 
-    Stride 2 with k4 is padding 1; stride 1 with k4 pads (left 1, right 2, top 1, bottom 2),
-    the asymmetric padding TF uses. Raises ValueError for other strides.
-    """
-    if stride == 2 and kernel == 4:
-        return nn.Conv2d(in_ch, out_ch, kernel, 2, 1)
-    if stride == 1:
-        total = kernel - 1
-        pad = nn.ZeroPad2d((total // 2, total - total // 2, total // 2, total - total // 2))
-        return nn.Sequential(pad, nn.Conv2d(in_ch, out_ch, kernel, 1, 0))
-    raise ValueError(f"conv_same supports stride 1, or stride 2 with kernel 4; got {stride}, {kernel}")
-
-
-def conv_transpose_same(in_ch: int, out_ch: int, stride: int, kernel: int = 4) -> nn.Module:
-    """A ConvTranspose2d with TensorFlow 'SAME' sizes: out = in * stride.
-
-    Stride 2 with k4 is padding 1; stride 1 is the exact adjoint of `conv_same`, as TF's
-    conv2d_transpose is the gradient of its conv2d (for k4: crop 1 on the left/top and 2 on the
-    right/bottom of the full output).
-    """
-    if stride == 2 and kernel == 4:
-        return nn.ConvTranspose2d(in_ch, out_ch, kernel, 2, 1)
-    if stride == 1:
-        return _CroppedConvTranspose(in_ch, out_ch, kernel)
-    raise ValueError(f"conv_transpose_same supports stride 1, or stride 2 with kernel 4; got {stride}, {kernel}")
-
-
-class _CroppedConvTranspose(nn.Module):
-    def __init__(self, in_ch: int, out_ch: int, kernel: int):
+    def __init__(self, trunk, heads, ladders, combines, decoders):
         super().__init__()
-        self.conv = nn.ConvTranspose2d(in_ch, out_ch, kernel, 1, 0)
-        self.lo = (kernel - 1) // 2  # 1 for k4: the adjoint of conv_same's (1, 2) padding
-        self.hi = (kernel - 1) - self.lo
+        self.trunk, self.heads = nn.ModuleList(trunk), nn.ModuleList(heads)
+        self.ladders, self.combines = nn.ModuleList(ladders), nn.ModuleList(combines)
+        self.decoders = nn.ModuleList(decoders)
+        self.latent_dims = [h.mu.out_features for h in heads]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x)
-        return y[..., self.lo:y.shape[-2] - self.hi, self.lo:y.shape[-1] - self.hi]
+    def encode(self, x: torch.Tensor) -> tuple[list, list]:
+        """x (B, C, H, W) in [-1, 1] -> lists over layers of mu_l, logvar_l, each (B, D_l)."""
+        mus, logvars, h = [], [], x
+        for l, head in enumerate(self.heads):
+            mu, logvar = head(h)
+            mus.append(mu)
+            logvars.append(logvar)
+            if l < len(self.trunk):
+                h = self.trunk[l](h)  # h_{l+1} = g_l(h_l)
+        return mus, logvars
 
+    def decode(self, zs: list) -> torch.Tensor:
+        """Codes z_0..z_{L-1}, each (B, D_l) -> x_hat (B, C, H, W) in [-1, 1]."""
+        t = self.decoders[-1](zs[-1])  # t_{L-1} = f_{L-1}(z_{L-1})
+        for l in reversed(range(len(self.ladders))):
+            t = self.decoders[l](self.combines[l](t, self.ladders[l](zs[l])))
+        return 2.0 * torch.sigmoid(t) - 1.0
 
-def init_normal_(module: nn.Module, std: float = 0.02) -> None:
-    """DCGAN-style init used by the TF references: conv/linear weights ~ N(0, std), biases 0."""
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-            nn.init.normal_(m.weight, 0.0, std)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-
-
-def batch_norm(channels: int, momentum: float, dims: int = 2) -> nn.Module:
-    """TF's batch_norm defaults: eps 1e-3, no learned scale (gamma fixed at 1), learned shift."""
-    bn = (nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d)(channels, eps=1e-3, momentum=momentum)
-    bn.weight.requires_grad_(False)
-    return bn
-
-
-def conv_block(cin: int, cout: int, stride: int, m: float) -> nn.Module:
-    return nn.Sequential(conv_same(cin, cout, stride), batch_norm(cout, m), nn.LeakyReLU(0.1))
-
-
-def deconv_block(cin: int, cout: int, stride: int, m: float) -> nn.Module:
-    return nn.Sequential(conv_transpose_same(cin, cout, stride), batch_norm(cout, m), nn.LeakyReLU(0.1))
-
-
-def fc_block(cin: int, cout: int, m: float, act: str = "relu") -> nn.Module:
-    return nn.Sequential(nn.Linear(cin, cout), batch_norm(cout, m, dims=1),
-                         nn.ReLU() if act == "relu" else nn.LeakyReLU(0.1))
+    def forward(self, x: torch.Tensor) -> dict:
+        mus, logvars = self.encode(x)
+        zs = [common.reparameterize(mu, lv) for mu, lv in zip(mus, logvars)]
+        return {"mu": mus, "logvar": logvars, "z": zs, "x_hat": self.decode(zs)}
 
 
 class GaussianHead(nn.Module):
@@ -280,42 +213,6 @@ class GatedAdd(nn.Module):
 
     def forward(self, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return t + self.gate * v
-
-
-class VLAE(nn.Module):
-    """The ladder. Built by `celeba_ladder` / `mnist_ladder` from four lists of blocks:
-    trunk g_0..g_{L-2}, heads e_0..e_{L-1}, ladders v_0..v_{L-2} with their combine, and
-    decoder blocks f_0..f_{L-1} (f_{L-1} takes z_{L-1} alone)."""
-
-    def __init__(self, trunk, heads, ladders, combines, decoders):
-        super().__init__()
-        self.trunk, self.heads = nn.ModuleList(trunk), nn.ModuleList(heads)
-        self.ladders, self.combines = nn.ModuleList(ladders), nn.ModuleList(combines)
-        self.decoders = nn.ModuleList(decoders)
-        self.latent_dims = [h.mu.out_features for h in heads]
-
-    def encode(self, x: torch.Tensor) -> tuple[list, list]:
-        """x (B, C, H, W) in [-1, 1] -> lists over layers of mu_l, logvar_l, each (B, D_l)."""
-        mus, logvars, h = [], [], x
-        for l, head in enumerate(self.heads):
-            mu, logvar = head(h)
-            mus.append(mu)
-            logvars.append(logvar)
-            if l < len(self.trunk):
-                h = self.trunk[l](h)  # h_{l+1} = g_l(h_l)
-        return mus, logvars
-
-    def decode(self, zs: list) -> torch.Tensor:
-        """Codes z_0..z_{L-1}, each (B, D_l) -> x_hat (B, C, H, W) in [-1, 1]."""
-        t = self.decoders[-1](zs[-1])  # t_{L-1} = f_{L-1}(z_{L-1})
-        for l in reversed(range(len(self.ladders))):
-            t = self.decoders[l](self.combines[l](t, self.ladders[l](zs[l])))
-        return 2.0 * torch.sigmoid(t) - 1.0
-
-    def forward(self, x: torch.Tensor) -> dict:
-        mus, logvars = self.encode(x)
-        zs = [common.reparameterize(mu, lv) for mu, lv in zip(mus, logvars)]
-        return {"mu": mus, "logvar": logvars, "z": zs, "x_hat": self.decode(zs)}
 
 
 def celeba_ladder(size: int, dim: int, m: float, relu_quirk: bool) -> VLAE:
@@ -376,6 +273,77 @@ def build_model(cfg: Config) -> VLAE:
     for head in model.heads:
         head.init_glorot()
     return model
+
+
+# layers in the reference's TensorFlow conventions
+def batch_norm(channels: int, momentum: float, dims: int = 2) -> nn.Module:
+    """TF's batch_norm defaults: eps 1e-3, no learned scale (gamma fixed at 1), learned shift."""
+    bn = (nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d)(channels, eps=1e-3, momentum=momentum)
+    bn.weight.requires_grad_(False)
+    return bn
+
+
+def conv_block(cin: int, cout: int, stride: int, m: float) -> nn.Module:
+    return nn.Sequential(conv_same(cin, cout, stride), batch_norm(cout, m), nn.LeakyReLU(0.1))
+
+
+def deconv_block(cin: int, cout: int, stride: int, m: float) -> nn.Module:
+    return nn.Sequential(conv_transpose_same(cin, cout, stride), batch_norm(cout, m), nn.LeakyReLU(0.1))
+
+
+def fc_block(cin: int, cout: int, m: float, act: str = "relu") -> nn.Module:
+    return nn.Sequential(nn.Linear(cin, cout), batch_norm(cout, m, dims=1),
+                         nn.ReLU() if act == "relu" else nn.LeakyReLU(0.1))
+
+
+def conv_same(in_ch: int, out_ch: int, stride: int, kernel: int = 4) -> nn.Module:
+    """A Conv2d with TensorFlow 'SAME' padding for even kernels: out = in / stride (even sizes).
+
+    Stride 2 with k4 is padding 1; stride 1 with k4 pads (left 1, right 2, top 1, bottom 2),
+    the asymmetric padding TF uses. Raises ValueError for other strides.
+    """
+    if stride == 2 and kernel == 4:
+        return nn.Conv2d(in_ch, out_ch, kernel, 2, 1)
+    if stride == 1:
+        total = kernel - 1
+        pad = nn.ZeroPad2d((total // 2, total - total // 2, total // 2, total - total // 2))
+        return nn.Sequential(pad, nn.Conv2d(in_ch, out_ch, kernel, 1, 0))
+    raise ValueError(f"conv_same supports stride 1, or stride 2 with kernel 4; got {stride}, {kernel}")
+
+
+def conv_transpose_same(in_ch: int, out_ch: int, stride: int, kernel: int = 4) -> nn.Module:
+    """A ConvTranspose2d with TensorFlow 'SAME' sizes: out = in * stride.
+
+    Stride 2 with k4 is padding 1; stride 1 is the exact adjoint of `conv_same`, as TF's
+    conv2d_transpose is the gradient of its conv2d (for k4: crop 1 on the left/top and 2 on the
+    right/bottom of the full output).
+    """
+    if stride == 2 and kernel == 4:
+        return nn.ConvTranspose2d(in_ch, out_ch, kernel, 2, 1)
+    if stride == 1:
+        return _CroppedConvTranspose(in_ch, out_ch, kernel)
+    raise ValueError(f"conv_transpose_same supports stride 1, or stride 2 with kernel 4; got {stride}, {kernel}")
+
+
+class _CroppedConvTranspose(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, kernel: int):
+        super().__init__()
+        self.conv = nn.ConvTranspose2d(in_ch, out_ch, kernel, 1, 0)
+        self.lo = (kernel - 1) // 2  # 1 for k4: the adjoint of conv_same's (1, 2) padding
+        self.hi = (kernel - 1) - self.lo
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return y[..., self.lo:y.shape[-2] - self.hi, self.lo:y.shape[-1] - self.hi]
+
+
+def init_normal_(module: nn.Module, std: float = 0.02) -> None:
+    """DCGAN-style init used by the TF references: conv/linear weights ~ N(0, std), biases 0."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -549,6 +517,35 @@ def pick_by_attributes(dataset: data.ImageSet, wanted: dict, n: int) -> np.ndarr
 # ----------------------------------------------------------------------------------------------
 # --- plumbing: run folder, checkpoints ---
 # ----------------------------------------------------------------------------------------------
+def resolve_defaults(cfg: Config) -> Config:
+    """Fill the dataset-dependent defaults (0 / '' fields) and check the values."""
+    faces = cfg.dataset != "mnist"
+    cfg = dataclasses.replace(
+        cfg,
+        data_dir=os.path.abspath(cfg.data_dir or os.path.join("data", cfg.dataset)),
+        out=cfg.out or os.path.join("runs", f"vlae-{cfg.dataset}"),
+        image_size=cfg.image_size or (64 if faces else 28),
+        latent_dim=cfg.latent_dim or (10 if faces else 2),
+        mmd_weight=cfg.mmd_weight or (1.0 if faces else 2.0),
+        kl_recon_weight=cfg.kl_recon_weight or (0.5 if faces else 4.0))
+    common.check_run_config(cfg)
+    checks = [(cfg.prior_samples >= 2, "--prior-samples must be >= 2"),
+              (cfg.mmd_weight > 0 and cfg.kl_recon_weight > 0, "--mmd-weight and --kl-recon-weight must be > 0"),
+              (cfg.bn_images >= 0, "--bn-images must be >= 0"),
+              (cfg.latent_dim >= 1, f"--latent-dim must be >= 1, got {cfg.latent_dim}"),
+              (4 <= cfg.image_size <= 1024, f"--image-size must be between 4 and 1024 pixels, got {cfg.image_size}"),
+              (cfg.image_size % (16 if faces else 4) == 0,
+               f"--image-size must be a multiple of {16 if faces else 4} for {cfg.dataset}, got {cfg.image_size}")]
+    common.require(checks)
+    parse_crop(cfg)
+    return cfg
+
+
+def parse_crop(cfg: Config) -> tuple[int, int, int, int] | None:
+    return common.parse_crop(cfg.crop, CELEBA_CROP if cfg.dataset == "celeba" else None)
+
+
+
 def load_split(cfg: Config, split: str, verbose: bool = True) -> data.ImageSet:
     """`split` of --dataset at --image-size and --crop, through the decoded-image cache."""
     return data.load_dataset(cfg.dataset, cfg.data_dir, split, cfg.image_size, parse_crop(cfg), cfg.cache_dir or None,
@@ -594,16 +591,8 @@ def load_run(cfg: Config, explicit: set, device) -> tuple[Config, VLAE, dict]:
     """The config, the trained model (eval mode, on device, population BatchNorm statistics over
     --bn-images) and the checkpoint's state, from --checkpoint (a run folder or its file; default
     OUT/checkpoint.pt)."""
-    path = cfg.checkpoint or os.path.join(cfg.out or os.path.join("runs", f"vlae-{cfg.dataset}"), "checkpoint.pt")
-    if "," in path and not os.path.exists(path):
-        raise ValueError(f"--checkpoint {path}: {SCRIPT}.py evaluates one checkpoint at a time; run the command "
-                         f"once per checkpoint (each writes into its own run folder)")
-    path = common.checkpoint_file(path)
-    state = common.load_checkpoint(path, SCRIPT, common.RUN_ENTRIES)
-    saved = common.merge_saved_config(cfg, state["config"], explicit, RUN_FIELDS, path, resume=False)
-    if "out" not in explicit:
-        saved = dataclasses.replace(saved, out=os.path.dirname(os.path.abspath(path)))
-    saved = resolve_defaults(saved)
+    saved, state = common.checkpoint_to_evaluate(cfg, explicit, SCRIPT, RUN_FIELDS, resolve_defaults,
+                                                 os.path.join("runs", f"vlae-{cfg.dataset}"))
     model = build_model(saved)
     common.load_weights(model, state, "model")
     model.to(device)
