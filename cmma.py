@@ -142,152 +142,6 @@ class Config(common.RunConfig):
 # the flags that may differ from the checkpoint a run resumes or evaluates
 RUN_FIELDS = common.RUN_FIELDS | {"eval_images", "valid_images", "parzen_samples", "parzen_grid", "is_samples",
                                    "tune", "tune_steps"}
-def resolve_defaults(cfg: Config) -> Config:
-    cfg = dataclasses.replace(cfg, data_dir=os.path.abspath(cfg.data_dir or os.path.join("data", cfg.dataset)),
-                              out=cfg.out or os.path.join("runs", f"cmma-{cfg.dataset}-{cfg.model}"),
-                              lr_d=cfg.lr_d or cfg.lr, channels=cfg.channels or (1 if cfg.dataset == "mnist" else 3))
-    common.check_run_config(cfg)
-    checks = [(cfg.image_size >= 32 and cfg.image_size % 8 == 0,
-               f"--image-size must be a multiple of 8 from 32 (64 is the paper's), got {cfg.image_size}"),
-              (cfg.init_std >= 0 and cfg.tune_steps >= 0, "--init-std and --tune-steps must be >= 0"),
-              (0 < cfg.width <= 4, f"--width must be in (0, 4], got {cfg.width}"),
-              (cfg.logvar_min < cfg.logvar_max, "--logvar-min must be below --logvar-max"),
-              (cfg.parzen_samples >= 1 and cfg.is_samples >= 1, "--parzen-samples and --is-samples must be >= 1")]
-    common.require(checks)
-    parzen_sigmas(cfg.parzen_grid)
-    tune_grid(cfg.tune)
-    return cfg
-
-
-def parzen_sigmas(grid: str) -> torch.Tensor:
-    """--parzen-grid 'lo,hi,n' -> n log-spaced window widths (S,) from lo to hi. Raises
-    ValueError naming the flag for anything but 0 < lo < hi and n >= 2."""
-    try:
-        lo, hi, n = (float(v) for v in grid.split(","))
-    except ValueError:
-        lo = hi = n = 0.0
-    if not (0 < lo < hi and n >= 2 and n == int(n)):
-        raise ValueError(f"--parzen-grid must be lo,hi,n with 0 < lo < hi and n >= 2 (e.g. 0.01,1,21), got {grid!r}")
-    return torch.logspace(math.log10(lo), math.log10(hi), int(n))
-
-
-def crop_for(cfg: Config):
-    return CELEBA_CROP if cfg.dataset == "celeba" else None
-
-
-# ----------------------------------------------------------------------------------------------
-# --- paper: networks (sec. 4.1) ---
-# ----------------------------------------------------------------------------------------------
-def feature_side(size: int) -> int:
-    """Side of h's last feature map for a size x size image (64 -> 10, 32 -> 2)."""
-    return ((size - 4) // 2 - 4) // 2 - 3
-
-
-def conv_widths(width: float) -> tuple[int, int, int]:
-    """The three convolution widths, the paper's (192, 96, 48) times `width`."""
-    return tuple(max(1, round(c * width)) for c in (192, 96, 48))
-
-
-def decoder_side(size: int) -> int:
-    """Side of g's first feature map so that its three x2 upsamplings and unpadded convs end at
-    `size` (64 -> 10, 32 -> 6): 8 s - 16 = size."""
-    return (size + 16) // 8
-
-
-class ConvFeatures(nn.Module):
-    """h's convolutional stack: CxSxS -> conv5 192 -> pool -> relu -> conv5 96 -> pool -> relu
-    -> conv4 48 -> relu -> 48 * feature_side(S)^2 features (4,800 at 64 px; unpadded convs, as
-    Torch7's default). With `condition` = A, y (B, A) enters the first convolution as A tiled
-    constant maps: with unpadded convolutions that is exactly a learned linear map of y added to
-    each of conv1's 192 output maps, which is how it is computed (the CGAN's discriminator)."""
-
-    def __init__(self, channels: int, size: int, width: float = 1.0, condition: int = 0):
-        super().__init__()
-        c1, c2, c3 = conv_widths(width)
-        self.conv1 = nn.Conv2d(channels, c1, 5)                                        # 64 -> 60
-        self.tiled_y = nn.Linear(condition, c1, bias=False) if condition else None
-        self.rest = nn.Sequential(nn.MaxPool2d(2), nn.ReLU(),                          # 60 -> 30
-                                  nn.Conv2d(c1, c2, 5), nn.MaxPool2d(2), nn.ReLU(),    # 26 -> 13
-                                  nn.Conv2d(c2, c3, 4), nn.ReLU(), nn.Flatten())       # 10x10x48
-        self.out_features = c3 * feature_side(size) ** 2
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        t = self.conv1(x)
-        if self.tiled_y is not None:
-            t = t + self.tiled_y(y)[:, :, None, None]
-        return self.rest(t)
-
-
-class GaussianEncoder(nn.Module):
-    """h: image (B, C, S, S) in [0, 1] (and y (B, A) with `extra`=A) -> (mu, logvar), (B, J)."""
-
-    def __init__(self, latent_dim: int, channels: int, size: int, width: float = 1.0, extra: int = 0):
-        super().__init__()
-        self.features = ConvFeatures(channels, size, width)
-        n = self.features.out_features + extra
-        self.mu, self.logvar = nn.Linear(n, latent_dim), nn.Linear(n, latent_dim)
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None):
-        f = self.features(x)
-        if y is not None:
-            f = torch.cat([f, y], dim=1)
-        return self.mu(f), self.logvar(f)
-
-
-class AttributeEncoder(nn.Module):
-    """f: attributes (B, A) -> p_f(z|y) as (mu, logvar), (B, J): 800 softplus units, two heads."""
-
-    def __init__(self, attributes: int, hidden: int, latent_dim: int):
-        super().__init__()
-        self.hidden = nn.Sequential(nn.Linear(attributes, hidden), nn.Softplus())
-        self.mu, self.logvar = nn.Linear(hidden, latent_dim), nn.Linear(hidden, latent_dim)
-
-    def forward(self, y: torch.Tensor):
-        h = self.hidden(y)
-        return self.mu(h), self.logvar(h)
-
-
-class GaussianDecoder(nn.Module):
-    """g: code (B, J [+ A]) -> p_g(x|z) as (mean in [0, 1], log-variance), each (B, C, S, S).
-
-    Linear -> 48 x s x s (s = 10 at 64 px) -> up2, conv3 96, relu -> up2, conv3 192, relu -> up2
-    -> two parallel conv5 to C channels: the mean (sigmoid) and the log-variance, squashed into
-    logvar_range by lo + (hi - lo) * sigmoid(.) (deviation: the paper leaves it unbounded)."""
-
-    def __init__(self, in_features: int, channels: int, size: int, logvar_range: tuple[float, float],
-                 width: float = 1.0):
-        super().__init__()
-        c1, c2, c3 = conv_widths(width)
-        self.side, self.c3 = decoder_side(size), c3
-        self.fc = nn.Linear(in_features, c3 * self.side ** 2)
-        up = nn.Upsample(scale_factor=2, mode="nearest")
-        self.body = nn.Sequential(up, nn.Conv2d(c3, c2, 3), nn.ReLU(),          # 20 -> 18
-                                  up, nn.Conv2d(c2, c1, 3), nn.ReLU(), up)      # 36 -> 34 -> 68
-        self.mean, self.logvar = nn.Conv2d(c1, channels, 5), nn.Conv2d(c1, channels, 5)   # 68 -> 64
-        self.logvar_range = logvar_range
-
-    def forward(self, code: torch.Tensor):
-        t = self.body(self.fc(code).view(-1, self.c3, self.side, self.side))
-        # A smooth bound, not a clamp: Adagrad's first steps move each of the log-variance conv's
-        # 4,800 weights by about lr, so an unbounded or clamped head ran to -9 by step 2 at lr 1e-3
-        # and its gradient, 0 at a clamp, could not bring it back; the squash keeps it alive
-        lo, hi = self.logvar_range
-        return torch.sigmoid(self.mean(t)), lo + (hi - lo) * torch.sigmoid(self.logvar(t))
-
-
-class Discriminator(nn.Module):
-    """CGAN's D, shaped like h: y tiled into the first convolution (see ConvFeatures) and joined
-    again to the conv features -> one logit (B,). x (B, C, S, S) in [0, 1]."""
-
-    def __init__(self, channels: int, size: int, attributes: int, width: float = 1.0):
-        super().__init__()
-        self.features = ConvFeatures(channels, size, width, condition=attributes)
-        self.out = nn.Linear(self.features.out_features + attributes, 1)
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.out(torch.cat([self.features(x, y), y], dim=1)).squeeze(1)
-
-
 # ----------------------------------------------------------------------------------------------
 # --- paper: the three models ---
 # ----------------------------------------------------------------------------------------------
@@ -405,6 +259,119 @@ def build_model(cfg: Config, attributes: int) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------------------------
+# --- paper: their networks (sec. 4.1) ---
+# ----------------------------------------------------------------------------------------------
+def feature_side(size: int) -> int:
+    """Side of h's last feature map for a size x size image (64 -> 10, 32 -> 2)."""
+    return ((size - 4) // 2 - 4) // 2 - 3
+
+
+def conv_widths(width: float) -> tuple[int, int, int]:
+    """The three convolution widths, the paper's (192, 96, 48) times `width`."""
+    return tuple(max(1, round(c * width)) for c in (192, 96, 48))
+
+
+def decoder_side(size: int) -> int:
+    """Side of g's first feature map so that its three x2 upsamplings and unpadded convs end at
+    `size` (64 -> 10, 32 -> 6): 8 s - 16 = size."""
+    return (size + 16) // 8
+
+
+class ConvFeatures(nn.Module):
+    """h's convolutional stack: CxSxS -> conv5 192 -> pool -> relu -> conv5 96 -> pool -> relu
+    -> conv4 48 -> relu -> 48 * feature_side(S)^2 features (4,800 at 64 px; unpadded convs, as
+    Torch7's default). With `condition` = A, y (B, A) enters the first convolution as A tiled
+    constant maps: with unpadded convolutions that is exactly a learned linear map of y added to
+    each of conv1's 192 output maps, which is how it is computed (the CGAN's discriminator)."""
+
+    def __init__(self, channels: int, size: int, width: float = 1.0, condition: int = 0):
+        super().__init__()
+        c1, c2, c3 = conv_widths(width)
+        self.conv1 = nn.Conv2d(channels, c1, 5)                                        # 64 -> 60
+        self.tiled_y = nn.Linear(condition, c1, bias=False) if condition else None
+        self.rest = nn.Sequential(nn.MaxPool2d(2), nn.ReLU(),                          # 60 -> 30
+                                  nn.Conv2d(c1, c2, 5), nn.MaxPool2d(2), nn.ReLU(),    # 26 -> 13
+                                  nn.Conv2d(c2, c3, 4), nn.ReLU(), nn.Flatten())       # 10x10x48
+        self.out_features = c3 * feature_side(size) ** 2
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        t = self.conv1(x)
+        if self.tiled_y is not None:
+            t = t + self.tiled_y(y)[:, :, None, None]
+        return self.rest(t)
+
+
+class GaussianEncoder(nn.Module):
+    """h: image (B, C, S, S) in [0, 1] (and y (B, A) with `extra`=A) -> (mu, logvar), (B, J)."""
+
+    def __init__(self, latent_dim: int, channels: int, size: int, width: float = 1.0, extra: int = 0):
+        super().__init__()
+        self.features = ConvFeatures(channels, size, width)
+        n = self.features.out_features + extra
+        self.mu, self.logvar = nn.Linear(n, latent_dim), nn.Linear(n, latent_dim)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None):
+        f = self.features(x)
+        if y is not None:
+            f = torch.cat([f, y], dim=1)
+        return self.mu(f), self.logvar(f)
+
+
+class AttributeEncoder(nn.Module):
+    """f: attributes (B, A) -> p_f(z|y) as (mu, logvar), (B, J): 800 softplus units, two heads."""
+
+    def __init__(self, attributes: int, hidden: int, latent_dim: int):
+        super().__init__()
+        self.hidden = nn.Sequential(nn.Linear(attributes, hidden), nn.Softplus())
+        self.mu, self.logvar = nn.Linear(hidden, latent_dim), nn.Linear(hidden, latent_dim)
+
+    def forward(self, y: torch.Tensor):
+        h = self.hidden(y)
+        return self.mu(h), self.logvar(h)
+
+
+class GaussianDecoder(nn.Module):
+    """g: code (B, J [+ A]) -> p_g(x|z) as (mean in [0, 1], log-variance), each (B, C, S, S).
+
+    Linear -> 48 x s x s (s = 10 at 64 px) -> up2, conv3 96, relu -> up2, conv3 192, relu -> up2
+    -> two parallel conv5 to C channels: the mean (sigmoid) and the log-variance, squashed into
+    logvar_range by lo + (hi - lo) * sigmoid(.) (deviation: the paper leaves it unbounded)."""
+
+    def __init__(self, in_features: int, channels: int, size: int, logvar_range: tuple[float, float],
+                 width: float = 1.0):
+        super().__init__()
+        c1, c2, c3 = conv_widths(width)
+        self.side, self.c3 = decoder_side(size), c3
+        self.fc = nn.Linear(in_features, c3 * self.side ** 2)
+        up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.body = nn.Sequential(up, nn.Conv2d(c3, c2, 3), nn.ReLU(),          # 20 -> 18
+                                  up, nn.Conv2d(c2, c1, 3), nn.ReLU(), up)      # 36 -> 34 -> 68
+        self.mean, self.logvar = nn.Conv2d(c1, channels, 5), nn.Conv2d(c1, channels, 5)   # 68 -> 64
+        self.logvar_range = logvar_range
+
+    def forward(self, code: torch.Tensor):
+        t = self.body(self.fc(code).view(-1, self.c3, self.side, self.side))
+        # A smooth bound, not a clamp: Adagrad's first steps move each of the log-variance conv's
+        # 4,800 weights by about lr, so an unbounded or clamped head ran to -9 by step 2 at lr 1e-3
+        # and its gradient, 0 at a clamp, could not bring it back; the squash keeps it alive
+        lo, hi = self.logvar_range
+        return torch.sigmoid(self.mean(t)), lo + (hi - lo) * torch.sigmoid(self.logvar(t))
+
+
+class Discriminator(nn.Module):
+    """CGAN's D, shaped like h: y tiled into the first convolution (see ConvFeatures) and joined
+    again to the conv features -> one logit (B,). x (B, C, S, S) in [0, 1]."""
+
+    def __init__(self, channels: int, size: int, attributes: int, width: float = 1.0):
+        super().__init__()
+        self.features = ConvFeatures(channels, size, width, condition=attributes)
+        self.out = nn.Linear(self.features.out_features + attributes, 1)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.cat([self.features(x, y), y], dim=1)).squeeze(1)
+
+
+# ----------------------------------------------------------------------------------------------
 # --- paper: losses ---
 # ----------------------------------------------------------------------------------------------
 LOG_2PI = math.log(2.0 * math.pi)
@@ -500,6 +467,18 @@ def make_optimizers(model: nn.Module, cfg: Config) -> dict:
 # ----------------------------------------------------------------------------------------------
 # --- paper: evaluation (Tables 2 and 3) ---
 # ----------------------------------------------------------------------------------------------
+def parzen_sigmas(grid: str) -> torch.Tensor:
+    """--parzen-grid 'lo,hi,n' -> n log-spaced window widths (S,) from lo to hi. Raises
+    ValueError naming the flag for anything but 0 < lo < hi and n >= 2."""
+    try:
+        lo, hi, n = (float(v) for v in grid.split(","))
+    except ValueError:
+        lo = hi = n = 0.0
+    if not (0 < lo < hi and n >= 2 and n == int(n)):
+        raise ValueError(f"--parzen-grid must be lo,hi,n with 0 < lo < hi and n >= 2 (e.g. 0.01,1,21), got {grid!r}")
+    return torch.logspace(math.log10(lo), math.log10(hi), int(n))
+
+
 def parzen_log_likelihood(x: torch.Tensor, samples: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
     """Gaussian Parzen-window log-density of one face under K generated samples, for each window.
 
@@ -631,6 +610,27 @@ def fig6_class_edits(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 # --- plumbing: data, checkpoints, training loop ---
 # ----------------------------------------------------------------------------------------------
+def resolve_defaults(cfg: Config) -> Config:
+    cfg = dataclasses.replace(cfg, data_dir=os.path.abspath(cfg.data_dir or os.path.join("data", cfg.dataset)),
+                              out=cfg.out or os.path.join("runs", f"cmma-{cfg.dataset}-{cfg.model}"),
+                              lr_d=cfg.lr_d or cfg.lr, channels=cfg.channels or (1 if cfg.dataset == "mnist" else 3))
+    common.check_run_config(cfg)
+    checks = [(cfg.image_size >= 32 and cfg.image_size % 8 == 0,
+               f"--image-size must be a multiple of 8 from 32 (64 is the paper's), got {cfg.image_size}"),
+              (cfg.init_std >= 0 and cfg.tune_steps >= 0, "--init-std and --tune-steps must be >= 0"),
+              (0 < cfg.width <= 4, f"--width must be in (0, 4], got {cfg.width}"),
+              (cfg.logvar_min < cfg.logvar_max, "--logvar-min must be below --logvar-max"),
+              (cfg.parzen_samples >= 1 and cfg.is_samples >= 1, "--parzen-samples and --is-samples must be >= 1")]
+    common.require(checks)
+    parzen_sigmas(cfg.parzen_grid)
+    tune_grid(cfg.tune)
+    return cfg
+
+
+def crop_for(cfg: Config):
+    return CELEBA_CROP if cfg.dataset == "celeba" else None
+
+
 def load_split(cfg: Config, split: str, verbose: bool = True) -> data.ImageSet:
     """The split with labels['attributes'] (N, A): CelebA's 40, LFW's 73, or MNIST's class as a
     one-hot vector of 10 (names '0'..'9')."""

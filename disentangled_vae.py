@@ -121,7 +121,6 @@ SCRIPT = "disentangled_vae"
 CELEBA_CROP = (50, 25, 128, 128)  # top, left, height, width: a face-centred crop of aligned CelebA
 LOGVAR_RANGE = 8.0  # --sigma-param logvar: |log Sigma_k| is clamped (our former choice, not the code's)
 PRECISION_INIT = 0.54  # the code's raw precision parameter: softplus(0.54) = 1.0, Sigma_k = I at the start
-# Fig. 7's corruptions as boxes (top, bottom, left, right) in fractions of a face-centred image
 # Fig. 7's masks, (top, bottom, left, right): the halves as fractions of the image; the face parts
 # in pixels of the aligned 178x218 CelebA source, mapped through the crop in use (`mask_for`)
 FACE_MASKS = {"right_half": (0.0, 1.0, 0.5, 1.0), "eyes": (96, 124, 40, 138),
@@ -206,47 +205,72 @@ class Config(common.RunConfig):
 
 RUN_FIELDS = common.RUN_FIELDS | {"eval_images", "bn_images", "eval_bn", "diversity_classes", "diversity_samples",
                                    "finetune_steps"}
-def resolve_defaults(cfg: Config) -> Config:
-    """Fill the dataset-dependent defaults (0 / '' fields) and check the values."""
-    faces = cfg.dataset in ("celeba", "folder")
-    dims = {"mnist": (32, 100), "toy": (2, 2)}.get(cfg.dataset, (512, 512))
-    toy_epoch = len(data.toy_split(cfg.toy_points, "train")) // max(cfg.batch_size, 1)  # checked below
-    steps = cfg.steps if cfg.steps >= 0 else 50 * toy_epoch if cfg.dataset == "toy" else 52_000
-    cfg = dataclasses.replace(
-        cfg, data_dir=os.path.abspath(cfg.data_dir or os.path.join("data", cfg.dataset)),
-        out=cfg.out or os.path.join("runs", f"dvae-{cfg.dataset}-{cfg.model}"), steps=steps,
-        sigma_lr=cfg.sigma_lr or ("fixed" if cfg.dataset == "toy" else "code"),
-        # Lr-LiVAE's measured deviations (docstring); the cVAE-GAN keeps the code's values
-        sigma_lr_scale=(cfg.sigma_lr_scale if cfg.sigma_lr_scale >= 0 else
-                        20.0 if cfg.model == "lr-livae" and cfg.dataset != "toy" else 1.0),
-        kl_weight=cfg.kl_weight if cfg.kl_weight >= 0 else 10.0 if cfg.model == "lr-livae" else 1.0,
-        adv_weight=cfg.adv_weight if cfg.adv_weight >= 0 else 10.0 if cfg.model == "lr-livae" else 1.0,
-        z_s_posterior=cfg.z_s_posterior or ("gaussian" if cfg.model == "lr-livae" else "point"),
-        image_size=cfg.image_size or (64 if faces else 28 if cfg.dataset == "mnist" else 0),
-        z_s_dim=cfg.z_s_dim or dims[0], z_u_dim=cfg.z_u_dim or dims[1])
-    common.check_run_config(cfg)
-    multiple = 32 if cfg.arch == "vgg" else 16
-    checks = [(cfg.dataset != "mnist" or cfg.image_size == 28, "the MNIST networks need --image-size 28"),
-              (not faces or cfg.image_size % multiple == 0,
-               f"--arch {cfg.arch} needs --image-size a multiple of {multiple}, got {cfg.image_size}"),
-              (cfg.n_gm >= 1, "--n-gm must be >= 1"),
-              (cfg.z_s_dim >= 1 and cfg.z_u_dim >= 1, "--z-s-dim and --z-u-dim must be >= 1"),
-              (cfg.diversity_samples >= 2, "--diversity-samples must be >= 2"),
-              (not cfg.bao or cfg.model == "cvae-gan", "--bao adds Bao et al.'s pieces to the baseline: use it with "
-                                                       "--model cvae-gan"),
-              (not cfg.bao or cfg.gan, "--bao's feature matching needs the discriminator: drop --no-gan")]
-    common.require(checks)
-    parse_crop(cfg)
-    return cfg
-
-
-def parse_crop(cfg: Config) -> tuple[int, int, int, int] | None:
-    return common.parse_crop(cfg.crop, CELEBA_CROP if cfg.dataset == "celeba" else None)
-
-
 # ----------------------------------------------------------------------------------------------
 # --- paper: networks (sec. 4.1 and the supplement; VGG16-BN encoders as the code) ---
 # ----------------------------------------------------------------------------------------------
+class DisentangledVAE(nn.Module):
+    """Lr-LiVAE (E_s, E_u, G, the mixture prior, C, Dis) or the cVAE-GAN baseline (a label
+    embedding in place of E_s and the prior; no C; with --bao, E_u(x, c) and an image classifier)."""
+
+    def __init__(self, cfg: Config, n_classes: int):
+        super().__init__()
+        channels = 1 if cfg.dataset == "mnist" else 3
+        self.n_classes, self.z_s_dim, self.z_u_dim, self.kind = n_classes, cfg.z_s_dim, cfg.z_u_dim, cfg.model
+        self.bao, self.z_s_posterior = cfg.bao, cfg.z_s_posterior
+        trunk_u, width = encoder_trunk(cfg, channels)
+        self.encoder_u = (LabelAwareEncoder(trunk_u, width, n_classes, cfg.z_u_dim) if cfg.bao else
+                          nn.Sequential(trunk_u, nn.Linear(width, 2 * cfg.z_u_dim)))
+        if cfg.bao:
+            self.image_classifier = ImageClassifier(*encoder_trunk(cfg, channels), n_classes)
+        self.decoder = decoder_net(cfg, channels)
+        if cfg.model == "lr-livae":
+            trunk_s, width = encoder_trunk(cfg, channels)
+            self.encoder_s = nn.Sequential(trunk_s, nn.Linear(width, cfg.z_s_dim * (2 if cfg.z_s_posterior == "gaussian" else 1)))
+            self.prior = GaussianMixturePrior(n_classes, cfg.z_s_dim, cfg.sigma_param)
+            self.classifier = LatentClassifier(cfg.z_u_dim, n_classes, 64 if cfg.dataset == "toy" else 256)
+        else:
+            self.label_embedding = nn.Embedding(n_classes, cfg.z_s_dim)
+        self.discriminator = ProjectionDiscriminator(cfg, channels, n_classes) if cfg.gan else None
+
+    def encode_u(self, x: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """q(z_u|x) as (mu, logvar), each (B, z_u_dim); with --bao q(z_u|x, c), and c (B,) is required."""
+        if not self.bao:
+            return self.encoder_u(x).chunk(2, dim=1)
+        if c is None:
+            raise ValueError("the --bao encoder reads the label: pass c to encode_u")
+        return self.encoder_u(x, c).chunk(2, dim=1)
+
+    def encode_s(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """q(z_s|x): (E_s(x), None) for a point mass; (mean, logvar) with --z-s-posterior gaussian."""
+        h = self.encoder_s(x)
+        return tuple(h.chunk(2, dim=1)) if self.z_s_posterior == "gaussian" else (h, None)
+
+    def code_s(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """z_s of images x: E_s(x) (its mean); the baseline has none and embeds the label c instead."""
+        return self.encode_s(x)[0] if self.kind == "lr-livae" else self.label_embedding(c)
+
+    def sample_s(self, c: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
+        """z~_s ~ p(z_s|c) (the baseline: its label embedding, deterministic), (B, z_s_dim)."""
+        return self.prior.sample(c, eps) if self.kind == "lr-livae" else self.label_embedding(c)
+
+    def decode(self, z_s: torch.Tensor, z_u: torch.Tensor) -> torch.Tensor:
+        return self.decoder(torch.cat([z_s, z_u], dim=1))
+
+    def groups(self) -> dict:
+        """The parameter groups that each take their own objective and Adam (sec. 3.5, as the code)."""
+        g = {"encoder_u": list(self.encoder_u.parameters()), "decoder": list(self.decoder.parameters())}
+        if self.kind == "lr-livae":
+            g["encoder_s"] = list(self.encoder_s.parameters())
+            g["classifier"] = list(self.classifier.parameters())
+        else:
+            g["decoder"] += list(self.label_embedding.parameters())  # learned with G
+        if self.discriminator is not None:
+            g["discriminator"] = list(self.discriminator.parameters())
+        if self.bao:
+            g["image_classifier"] = list(self.image_classifier.parameters())
+        return g
+
+
 def bn_relu(layer: nn.Module, channels: int, m: float, dims: int = 2) -> nn.Sequential:
     """layer -> BatchNorm (TF's eps 1e-3, momentum m) -> ReLU; dims 2 for conv, 1 for linear layers."""
     bn = (nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d)(channels, eps=1e-3, momentum=m)
@@ -430,69 +454,6 @@ class ImageClassifier(nn.Module):
         """(logits (B, K), features (B, F))."""
         h = self.trunk(x)
         return self.linear(h), h
-
-
-class DisentangledVAE(nn.Module):
-    """Lr-LiVAE (E_s, E_u, G, the mixture prior, C, Dis) or the cVAE-GAN baseline (a label
-    embedding in place of E_s and the prior; no C; with --bao, E_u(x, c) and an image classifier)."""
-
-    def __init__(self, cfg: Config, n_classes: int):
-        super().__init__()
-        channels = 1 if cfg.dataset == "mnist" else 3
-        self.n_classes, self.z_s_dim, self.z_u_dim, self.kind = n_classes, cfg.z_s_dim, cfg.z_u_dim, cfg.model
-        self.bao, self.z_s_posterior = cfg.bao, cfg.z_s_posterior
-        trunk_u, width = encoder_trunk(cfg, channels)
-        self.encoder_u = (LabelAwareEncoder(trunk_u, width, n_classes, cfg.z_u_dim) if cfg.bao else
-                          nn.Sequential(trunk_u, nn.Linear(width, 2 * cfg.z_u_dim)))
-        if cfg.bao:
-            self.image_classifier = ImageClassifier(*encoder_trunk(cfg, channels), n_classes)
-        self.decoder = decoder_net(cfg, channels)
-        if cfg.model == "lr-livae":
-            trunk_s, width = encoder_trunk(cfg, channels)
-            self.encoder_s = nn.Sequential(trunk_s, nn.Linear(width, cfg.z_s_dim * (2 if cfg.z_s_posterior == "gaussian" else 1)))
-            self.prior = GaussianMixturePrior(n_classes, cfg.z_s_dim, cfg.sigma_param)
-            self.classifier = LatentClassifier(cfg.z_u_dim, n_classes, 64 if cfg.dataset == "toy" else 256)
-        else:
-            self.label_embedding = nn.Embedding(n_classes, cfg.z_s_dim)
-        self.discriminator = ProjectionDiscriminator(cfg, channels, n_classes) if cfg.gan else None
-
-    def encode_u(self, x: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """q(z_u|x) as (mu, logvar), each (B, z_u_dim); with --bao q(z_u|x, c), and c (B,) is required."""
-        if not self.bao:
-            return self.encoder_u(x).chunk(2, dim=1)
-        if c is None:
-            raise ValueError("the --bao encoder reads the label: pass c to encode_u")
-        return self.encoder_u(x, c).chunk(2, dim=1)
-
-    def encode_s(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """q(z_s|x): (E_s(x), None) for a point mass; (mean, logvar) with --z-s-posterior gaussian."""
-        h = self.encoder_s(x)
-        return tuple(h.chunk(2, dim=1)) if self.z_s_posterior == "gaussian" else (h, None)
-
-    def code_s(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        """z_s of images x: E_s(x) (its mean); the baseline has none and embeds the label c instead."""
-        return self.encode_s(x)[0] if self.kind == "lr-livae" else self.label_embedding(c)
-
-    def sample_s(self, c: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
-        """z~_s ~ p(z_s|c) (the baseline: its label embedding, deterministic), (B, z_s_dim)."""
-        return self.prior.sample(c, eps) if self.kind == "lr-livae" else self.label_embedding(c)
-
-    def decode(self, z_s: torch.Tensor, z_u: torch.Tensor) -> torch.Tensor:
-        return self.decoder(torch.cat([z_s, z_u], dim=1))
-
-    def groups(self) -> dict:
-        """The parameter groups that each take their own objective and Adam (sec. 3.5, as the code)."""
-        g = {"encoder_u": list(self.encoder_u.parameters()), "decoder": list(self.decoder.parameters())}
-        if self.kind == "lr-livae":
-            g["encoder_s"] = list(self.encoder_s.parameters())
-            g["classifier"] = list(self.classifier.parameters())
-        else:
-            g["decoder"] += list(self.label_embedding.parameters())  # learned with G
-        if self.discriminator is not None:
-            g["discriminator"] = list(self.discriminator.parameters())
-        if self.bao:
-            g["image_classifier"] = list(self.image_classifier.parameters())
-        return g
 
 
 # ----------------------------------------------------------------------------------------------
@@ -901,6 +862,44 @@ def scatter_panel(points: np.ndarray, labels: np.ndarray, title: str, size: int 
 # ----------------------------------------------------------------------------------------------
 # --- plumbing: data ---
 # ----------------------------------------------------------------------------------------------
+def resolve_defaults(cfg: Config) -> Config:
+    """Fill the dataset-dependent defaults (0 / '' fields) and check the values."""
+    faces = cfg.dataset in ("celeba", "folder")
+    dims = {"mnist": (32, 100), "toy": (2, 2)}.get(cfg.dataset, (512, 512))
+    toy_epoch = len(data.toy_split(cfg.toy_points, "train")) // max(cfg.batch_size, 1)  # checked below
+    steps = cfg.steps if cfg.steps >= 0 else 50 * toy_epoch if cfg.dataset == "toy" else 52_000
+    cfg = dataclasses.replace(
+        cfg, data_dir=os.path.abspath(cfg.data_dir or os.path.join("data", cfg.dataset)),
+        out=cfg.out or os.path.join("runs", f"dvae-{cfg.dataset}-{cfg.model}"), steps=steps,
+        sigma_lr=cfg.sigma_lr or ("fixed" if cfg.dataset == "toy" else "code"),
+        # Lr-LiVAE's measured deviations (docstring); the cVAE-GAN keeps the code's values
+        sigma_lr_scale=(cfg.sigma_lr_scale if cfg.sigma_lr_scale >= 0 else
+                        20.0 if cfg.model == "lr-livae" and cfg.dataset != "toy" else 1.0),
+        kl_weight=cfg.kl_weight if cfg.kl_weight >= 0 else 10.0 if cfg.model == "lr-livae" else 1.0,
+        adv_weight=cfg.adv_weight if cfg.adv_weight >= 0 else 10.0 if cfg.model == "lr-livae" else 1.0,
+        z_s_posterior=cfg.z_s_posterior or ("gaussian" if cfg.model == "lr-livae" else "point"),
+        image_size=cfg.image_size or (64 if faces else 28 if cfg.dataset == "mnist" else 0),
+        z_s_dim=cfg.z_s_dim or dims[0], z_u_dim=cfg.z_u_dim or dims[1])
+    common.check_run_config(cfg)
+    multiple = 32 if cfg.arch == "vgg" else 16
+    checks = [(cfg.dataset != "mnist" or cfg.image_size == 28, "the MNIST networks need --image-size 28"),
+              (not faces or cfg.image_size % multiple == 0,
+               f"--arch {cfg.arch} needs --image-size a multiple of {multiple}, got {cfg.image_size}"),
+              (cfg.n_gm >= 1, "--n-gm must be >= 1"),
+              (cfg.z_s_dim >= 1 and cfg.z_u_dim >= 1, "--z-s-dim and --z-u-dim must be >= 1"),
+              (cfg.diversity_samples >= 2, "--diversity-samples must be >= 2"),
+              (not cfg.bao or cfg.model == "cvae-gan", "--bao adds Bao et al.'s pieces to the baseline: use it with "
+                                                       "--model cvae-gan"),
+              (not cfg.bao or cfg.gan, "--bao's feature matching needs the discriminator: drop --no-gan")]
+    common.require(checks)
+    parse_crop(cfg)
+    return cfg
+
+
+def parse_crop(cfg: Config) -> tuple[int, int, int, int] | None:
+    return common.parse_crop(cfg.crop, CELEBA_CROP if cfg.dataset == "celeba" else None)
+
+
 def load_split(cfg: Config, split: str, verbose: bool = True, which: str = "seen") -> data.ImageSet:
     """The ImageSet of `split` with a 'class' label (toy: the points, 80/20 cut per class),
     restricted to the seen classes (or with which='unseen' to --unseen-classes)."""

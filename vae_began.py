@@ -158,46 +158,39 @@ class Config(common.RunConfig):
 
 # the flags that may differ from the checkpoint a run resumes or evaluates
 RUN_FIELDS = common.RUN_FIELDS | {"eval_images"}
-def resolve_defaults(cfg: Config) -> Config:
-    cfg = dataclasses.replace(cfg, data_dir=os.path.abspath(cfg.data_dir or os.path.join("data", cfg.dataset)),
-                              out=cfg.out or os.path.join("runs", f"vae_began-{cfg.dataset}-{cfg.image_size}"),
-                              kl_weight=cfg.kl_weight or cfg.gamma * cfg.latent_dim / (channels(cfg) * cfg.image_size ** 2))
-    common.check_run_config(cfg)
-    checks = [(cfg.image_size in (32, 64, 128), f"--image-size must be 32, 64 or 128, got {cfg.image_size}"),
-              (cfg.dataset != "cifar10" or cfg.image_size == 32, "CIFAR-10 images are 32x32: pass --image-size 32"),
-              (cfg.dataset != "mnist" or cfg.image_size == 32, "MNIST digits are trained at 32x32: pass --image-size 32"),
-              (cfg.filters >= 1 and cfg.latent_dim >= 1, "--filters and --latent-dim must be >= 1"),
-              (cfg.vae or cfg.gan, "--no-vae --no-gan leaves nothing to train: drop one of them")]
-    common.require(checks)
-    gains(cfg)
-    crop_for(cfg)
-    return cfg
-
-
+# ----------------------------------------------------------------------------------------------
+# --- paper: the BEGAN backbone (sec. 4; Berthelot et al. 2017) ---
+# ----------------------------------------------------------------------------------------------
 def channels(cfg: Config) -> int:
     return 1 if cfg.dataset == "mnist" else 3
 
 
-def prior_noise(n: int, cfg: Config, device, g: torch.Generator | None = None) -> torch.Tensor:
-    """z_g (n, N) from p(z): N(0, I) (sec. 3.1) or, with --noise uniform, U(-1, 1) (BEGAN). Drawn
-    on the device from its RNG, or on the CPU from `g` (figures and eval: the same draws anywhere)."""
-    on = dict(device=device) if g is None else dict(generator=g)
-    z = torch.rand(n, cfg.latent_dim, **on) * 2 - 1 if cfg.noise == "uniform" else torch.randn(n, cfg.latent_dim, **on)
-    return z.to(device)
+class VAEBEGAN(nn.Module):
+    """E (mu, logvar heads), G and D, each with its own optimizer."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        s, n, dim = cfg.image_size, cfg.filters, cfg.latent_dim
+        c = channels(cfg)
+        self.encoder = Encoder(s, n, dim, heads=2, channels=c) if cfg.vae else None
+        self.generator = Decoder(s, n, dim, cfg.skips, c, cfg.g_batchnorm)
+        self.discriminator = AutoEncoder(s, n, dim, cfg.skips, c) if cfg.gan else None
+        self.latent_dim = dim
+        if cfg.init == "xavier":  # BEGAN's TF code: Xavier-uniform weights, zero biases
+            for m in self.modules():
+                if isinstance(m, (nn.Conv2d, nn.Linear)):
+                    nn.init.xavier_uniform_(m.weight)
+                    nn.init.zeros_(m.bias)
+
+    def encode(self, x: torch.Tensor):
+        """q(z|x) as (mu, logvar), each (B, N)."""
+        return self.encoder(x).chunk(2, dim=1)
+
+    def networks(self) -> dict:
+        nets = {"encoder": self.encoder, "generator": self.generator, "discriminator": self.discriminator}
+        return {name: net for name, net in nets.items() if net is not None}
 
 
-def gains(cfg: Config) -> tuple[float, float, float]:
-    """(l1, l2, l3) of eq. 12; --controller p zeroes l2 and l3 (BEGAN)."""
-    try:
-        l1, l2, l3 = (float(v) for v in cfg.gains.split(","))
-    except ValueError:
-        raise ValueError(f"--gains must be three numbers l1,l2,l3, got {cfg.gains!r}") from None
-    return (l1, 0.0, 0.0) if cfg.controller == "p" else (l1, l2, l3)
-
-
-# ----------------------------------------------------------------------------------------------
-# --- paper: the BEGAN backbone (sec. 4; Berthelot et al. 2017) ---
-# ----------------------------------------------------------------------------------------------
 def conv_elu(cin: int, cout: int, stride: int = 1, batchnorm: bool = False) -> nn.Module:
     """3x3 convolution + ELU (BEGAN); with `batchnorm`, BatchNorm between them (--g-batchnorm)."""
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), *([nn.BatchNorm2d(cout)] if batchnorm else []), nn.ELU())
@@ -263,35 +256,17 @@ class AutoEncoder(nn.Module):
         return h, self.decoder(h)
 
 
-class VAEBEGAN(nn.Module):
-    """E (mu, logvar heads), G and D, each with its own optimizer."""
-
-    def __init__(self, cfg: Config):
-        super().__init__()
-        s, n, dim = cfg.image_size, cfg.filters, cfg.latent_dim
-        c = channels(cfg)
-        self.encoder = Encoder(s, n, dim, heads=2, channels=c) if cfg.vae else None
-        self.generator = Decoder(s, n, dim, cfg.skips, c, cfg.g_batchnorm)
-        self.discriminator = AutoEncoder(s, n, dim, cfg.skips, c) if cfg.gan else None
-        self.latent_dim = dim
-        if cfg.init == "xavier":  # BEGAN's TF code: Xavier-uniform weights, zero biases
-            for m in self.modules():
-                if isinstance(m, (nn.Conv2d, nn.Linear)):
-                    nn.init.xavier_uniform_(m.weight)
-                    nn.init.zeros_(m.bias)
-
-    def encode(self, x: torch.Tensor):
-        """q(z|x) as (mu, logvar), each (B, N)."""
-        return self.encoder(x).chunk(2, dim=1)
-
-    def networks(self) -> dict:
-        nets = {"encoder": self.encoder, "generator": self.generator, "discriminator": self.discriminator}
-        return {name: net for name, net in nets.items() if net is not None}
-
-
 # ----------------------------------------------------------------------------------------------
 # --- paper: losses and the controller ---
 # ----------------------------------------------------------------------------------------------
+def prior_noise(n: int, cfg: Config, device, g: torch.Generator | None = None) -> torch.Tensor:
+    """z_g (n, N) from p(z): N(0, I) (sec. 3.1) or, with --noise uniform, U(-1, 1) (BEGAN). Drawn
+    on the device from its RNG, or on the CPU from `g` (figures and eval: the same draws anywhere)."""
+    on = dict(device=device) if g is None else dict(generator=g)
+    z = torch.rand(n, cfg.latent_dim, **on) * 2 - 1 if cfg.noise == "uniform" else torch.randn(n, cfg.latent_dim, **on)
+    return z.to(device)
+
+
 def l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Mean absolute error over all elements (the paper's |.|, BEGAN with p = 1)."""
     return (a.float() - b.float()).abs().mean()
@@ -353,6 +328,15 @@ def controller_error(l_d, l_g, l_v, cfg: Config):
     balance eta = (E L_g + alpha E L_v) / E L_d, as M_global reads it."""
     sign = 1.0 if cfg.eq11 == "printed" else -1.0
     return cfg.eta * l_d - l_g + sign * cfg.alpha * l_v
+
+
+def gains(cfg: Config) -> tuple[float, float, float]:
+    """(l1, l2, l3) of eq. 12; --controller p zeroes l2 and l3 (BEGAN)."""
+    try:
+        l1, l2, l3 = (float(v) for v in cfg.gains.split(","))
+    except ValueError:
+        raise ValueError(f"--gains must be three numbers l1,l2,l3, got {cfg.gains!r}") from None
+    return (l1, 0.0, 0.0) if cfg.controller == "p" else (l1, l2, l3)
 
 
 @dataclasses.dataclass
@@ -520,6 +504,22 @@ def eval_summary(r: dict) -> str:
 # ----------------------------------------------------------------------------------------------
 # --- plumbing ---
 # ----------------------------------------------------------------------------------------------
+def resolve_defaults(cfg: Config) -> Config:
+    cfg = dataclasses.replace(cfg, data_dir=os.path.abspath(cfg.data_dir or os.path.join("data", cfg.dataset)),
+                              out=cfg.out or os.path.join("runs", f"vae_began-{cfg.dataset}-{cfg.image_size}"),
+                              kl_weight=cfg.kl_weight or cfg.gamma * cfg.latent_dim / (channels(cfg) * cfg.image_size ** 2))
+    common.check_run_config(cfg)
+    checks = [(cfg.image_size in (32, 64, 128), f"--image-size must be 32, 64 or 128, got {cfg.image_size}"),
+              (cfg.dataset != "cifar10" or cfg.image_size == 32, "CIFAR-10 images are 32x32: pass --image-size 32"),
+              (cfg.dataset != "mnist" or cfg.image_size == 32, "MNIST digits are trained at 32x32: pass --image-size 32"),
+              (cfg.filters >= 1 and cfg.latent_dim >= 1, "--filters and --latent-dim must be >= 1"),
+              (cfg.vae or cfg.gan, "--no-vae --no-gan leaves nothing to train: drop one of them")]
+    common.require(checks)
+    gains(cfg)
+    crop_for(cfg)
+    return cfg
+
+
 def crop_for(cfg: Config):
     return common.parse_crop(cfg.crop, CELEBA_CROP if cfg.dataset == "celeba" else None)
 
