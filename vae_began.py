@@ -161,10 +161,6 @@ RUN_FIELDS = common.RUN_FIELDS | {"eval_images"}
 # ----------------------------------------------------------------------------------------------
 # --- paper: the BEGAN backbone (sec. 4; Berthelot et al. 2017) ---
 # ----------------------------------------------------------------------------------------------
-def channels(cfg: Config) -> int:
-    return 1 if cfg.dataset == "mnist" else 3
-
-
 class VAEBEGAN(nn.Module):
     """E (mu, logvar heads), G and D, each with its own optimizer."""
 
@@ -189,6 +185,10 @@ class VAEBEGAN(nn.Module):
     def networks(self) -> dict:
         nets = {"encoder": self.encoder, "generator": self.generator, "discriminator": self.discriminator}
         return {name: net for name, net in nets.items() if net is not None}
+
+
+def channels(cfg: Config) -> int:
+    return 1 if cfg.dataset == "mnist" else 3
 
 
 def conv_elu(cin: int, cout: int, stride: int = 1, batchnorm: bool = False) -> nn.Module:
