@@ -663,8 +663,7 @@ def train(cfg: Config, explicit: set, figures: bool = True) -> nn.Module:
     cfg = dataclasses.replace(cfg, attributes=attribute_count(cfg, train_set))
     cfg, state = common.checkpoint_to_resume(cfg, explicit, SCRIPT, RUN_FIELDS, resolve_defaults)  # locks cfg.out
     common.seed_everything(cfg.seed)  # the same initial weights on every rank
-    model = build_model(cfg, cfg.attributes).to(device, memory_format=torch.channels_last if device.type == "cuda"
-                                                else torch.preserve_format)
+    model = build_model(cfg, cfg.attributes).to(device, memory_format=common.memory_format(device))
     optimizers, scaler = make_optimizers(model, cfg), common.make_grad_scaler(device, cfg.amp)
     start = common.restore_training_state(state, {"model": model}, optimizers, scaler, cfg.seed)  # 0 for a fresh run
     batches = data.Batches(train_set, cfg.batch_size, cfg.seed, device, rank, world, ("attributes",),

@@ -388,6 +388,11 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
 
 
+def memory_format(device: torch.device, images: bool = True) -> torch.memory_format:
+    """channels_last for image networks on CUDA (cuDNN's fast layout for convolutions); else as is."""
+    return torch.channels_last if device.type == "cuda" and images else torch.preserve_format
+
+
 def make_grad_scaler(device: torch.device, enabled: bool) -> torch.amp.GradScaler:
     """A GradScaler that is active only for fp16 autocast (bf16 and fp32 need none)."""
     return torch.amp.GradScaler("cuda", enabled=amp_dtype(device, enabled) == torch.float16)

@@ -1038,15 +1038,9 @@ def train(cfg: Config, explicit: set) -> None:
     rank, world, local_rank = common.init_distributed()
     device = common.pick_device(cfg.device, local_rank)
     cfg, state = common.checkpoint_to_resume(cfg, explicit, SCRIPT, RUN_FIELDS, resolve_defaults)  # locks cfg.out
-    train_set = load_split(cfg, "train", verbose=common.is_main())  # first: the classes size the model
-    load_split(cfg, "test", verbose=False)  # decoded now: a broken held-out image stops the run before training
-    names = train_set.names["class"]
-    if state is not None and state["extra"]["n_classes"] != len(names):
-        raise ValueError(f"{cfg.out}/checkpoint.pt has {state['extra']['n_classes']} classes but the data now has "
-                         f"{len(names)}; pass --fresh or another --out")
+    train_set, names = training_classes(cfg, state)  # first: the classes size the model
     common.seed_everything(cfg.seed)  # the same initial weights on every rank
-    model = DisentangledVAE(cfg, len(names)).to(device, memory_format=torch.channels_last if device.type == "cuda"
-                                                and cfg.dataset != "toy" else torch.preserve_format)
+    model = DisentangledVAE(cfg, len(names)).to(device, memory_format=common.memory_format(device, cfg.dataset != "toy"))
     optimizers, scaler = make_optimizers(model, cfg, device), common.make_grad_scaler(device, cfg.amp)
     start = common.restore_training_state(state, {"model": model}, optimizers, scaler, cfg.seed)  # 0 for a fresh run
     batches = make_batches(cfg, train_set, device, rank, world)
@@ -1079,9 +1073,21 @@ def train(cfg: Config, explicit: set) -> None:
     common.cleanup_distributed()  # the figures and eval below run on rank 0 alone
     if rank == 0:  # after the last checkpoint, so a resumed run still continues exactly
         refresh_batchnorm(cfg, model, device)
-        evaluation_mode(cfg, model)
-        draw_figures(cfg, model, names, device)
+        draw_figures(cfg, evaluation_mode(cfg, model), names, device)
         evaluate([(cfg, model, names)], device)
+
+
+def training_classes(cfg: Config, state: dict | None) -> tuple[data.ImageSet, list]:
+    """The training split and its class names; the held-out split is decoded now, so a broken
+    held-out image stops the run before training. ValueError when the checkpoint being resumed
+    has another number of classes than the data now."""
+    train_set = load_split(cfg, "train", verbose=common.is_main())
+    load_split(cfg, "test", verbose=False)
+    names = train_set.names["class"]
+    if state is not None and state["extra"]["n_classes"] != len(names):
+        raise ValueError(f"{cfg.out}/checkpoint.pt has {state['extra']['n_classes']} classes but the data now has "
+                         f"{len(names)}; pass --fresh or another --out")
+    return train_set, names
 
 
 def finetune(cfg: Config, explicit: set) -> str:

@@ -351,9 +351,13 @@ class Controller:
     e2: torch.Tensor
 
     @classmethod
-    def start(cls, gains: tuple, device) -> "Controller":
+    def start(cls, gains: tuple, device, state: dict | None = None) -> "Controller":
+        """k_0 = 0 and no past errors, or the state a checkpoint saved (`state_dict`)."""
         zero = torch.zeros((), dtype=torch.float64, device=device)
-        return cls(gains, zero.clone(), zero.clone(), zero.clone())
+        controller = cls(gains, zero.clone(), zero.clone(), zero.clone())
+        if state is not None:
+            controller.load_state_dict(state)
+        return controller
 
     def update(self, error: torch.Tensor) -> torch.Tensor:
         l1_, l2_, l3_ = self.gains
@@ -547,21 +551,16 @@ def curve_keys(cfg: Config) -> list:
 
 
 def train(cfg: Config, explicit: set) -> None:
-    """Train into cfg.out, or resume the checkpoint there exactly (the controller's k_t and
-    integral too), then draw the figures and write eval.json: one flat loop with the log,
-    checkpoint and stop-signal cadence inline. (--compile compiles the forward of `losses`; the
-    hand-routed backward stays eager.)"""
+    """Train into cfg.out, or resume the checkpoint there exactly (k_t too), then draw the figures
+    and write eval.json. (--compile compiles `losses`; the hand-routed backward stays eager.)"""
     rank, world, local_rank = common.init_distributed()
     device = common.pick_device(cfg.device, local_rank)
     cfg, state = common.checkpoint_to_resume(cfg, explicit, SCRIPT, RUN_FIELDS, resolve_defaults)  # locks cfg.out
     common.seed_everything(cfg.seed)  # the same initial weights on every rank
-    model = VAEBEGAN(cfg).to(device, memory_format=torch.channels_last if device.type == "cuda" else
-                             torch.preserve_format)
+    model = VAEBEGAN(cfg).to(device, memory_format=common.memory_format(device))
     optimizers, scaler = make_optimizers(model, cfg, device), common.make_grad_scaler(device, cfg.amp)
-    controller = Controller.start(gains(cfg), device)
+    controller = Controller.start(gains(cfg), device, state and state["extra"]["controller"])
     start = common.restore_training_state(state, {"model": model}, optimizers, scaler, cfg.seed)  # 0 for a fresh run
-    if state is not None:
-        controller.load_state_dict(state["extra"]["controller"])
     train_set = load_split(cfg, "train", verbose=common.is_main())
     load_split(cfg, "test", verbose=False)  # decoded now: a broken held-out image stops the run before training
     batches = data.Batches(train_set, cfg.batch_size, cfg.seed, device, rank, world, channels_last=device.type == "cuda")
@@ -578,11 +577,7 @@ def train(cfg: Config, explicit: set) -> None:
             if step % cfg.log_every == 0 or step == cfg.steps:
                 common.check_finite(bad, step, cfg.out)
                 meter.log(step, terms)
-                if cfg.vae and not warned and terms["active_units"].item() == 0 and terms["L_n"].item() < 1e-3:
-                    warned = True  # once: the encoder has collapsed to the prior (a fresh one has KL > 0)
-                    common.print0(f"warning: no active units at step {step} and KL {terms['L_n'].item():.2g} nats "
-                                  f"per dim: q(z|x) has collapsed to the prior, so Fig. 6 and Fig. 8 will show "
-                                  f"nothing; lower --kl-weight (now {cfg.kl_weight:.3g})")
+                warned = warned or warn_if_collapsed(cfg, step, terms)
             stopping = stop.poll(step, device)
             if step % cfg.ckpt_every == 0 or step == cfg.steps or stopping:
                 common.check_finite(bad, step, cfg.out)  # a NaN never overwrites the last good checkpoint
@@ -593,9 +588,19 @@ def train(cfg: Config, explicit: set) -> None:
                 stop.exit(step)
     common.cleanup_distributed()  # the figures and eval below run on rank 0 alone
     if rank == 0:
-        model.eval()
-        draw_figures(cfg, model, device)
+        draw_figures(cfg, model.eval(), device)
         evaluate(cfg, model, controller.state_dict(), device)
+
+
+def warn_if_collapsed(cfg: Config, step: int, terms: dict) -> bool:
+    """Say once (returns True when it said it) that q(z|x) has collapsed to the prior: no active
+    units and a KL near 0 (a fresh encoder has KL > 0), so Fig. 6 and Fig. 8 would show nothing."""
+    if not (cfg.vae and terms["active_units"].item() == 0 and terms["L_n"].item() < 1e-3):
+        return False
+    common.print0(f"warning: no active units at step {step} and KL {terms['L_n'].item():.2g} nats per dim: q(z|x) "
+                  f"has collapsed to the prior, so Fig. 6 and Fig. 8 will show nothing; lower --kl-weight (now "
+                  f"{cfg.kl_weight:.3g})")
+    return True
 
 
 def draw_figures(cfg: Config, model: VAEBEGAN, device) -> list:

@@ -616,8 +616,7 @@ def train(cfg: Config, explicit: set) -> None:
     device = common.pick_device(cfg.device, local_rank)
     cfg, state = common.checkpoint_to_resume(cfg, explicit, SCRIPT, RUN_FIELDS, resolve_defaults)  # locks cfg.out
     common.seed_everything(cfg.seed)  # the same initial weights on every rank
-    model = build_model(cfg).to(device, memory_format=torch.channels_last if device.type == "cuda" else
-                                torch.preserve_format)
+    model = build_model(cfg).to(device, memory_format=common.memory_format(device))
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, betas=(0.9, 0.999),
                                  fused=device.type == "cuda")
     scaler = common.make_grad_scaler(device, cfg.amp)
