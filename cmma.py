@@ -650,11 +650,9 @@ def faces_and_attributes(dataset: data.ImageSet, index, device) -> tuple[torch.T
 
 
 def train(cfg: Config, explicit: set, figures: bool = True) -> nn.Module:
-    """Train cfg.model for cfg.steps into cfg.out (or resume the checkpoint there exactly), then
-    draw its figures and write OUT/eval.json (as the `eval` subcommand, with its flags); returns
-    the trained model. One flat loop with the log, checkpoint and stop-signal cadence inline. A
-    cgan with --tune first chooses its lr, lr_d and init_std (`tune_cgan`); its trial runs draw
-    nothing and evaluate only on the validation faces."""
+    """Train cfg.model into cfg.out (or resume the checkpoint there exactly), then draw its figures
+    and write OUT/eval.json; returns the model. A cgan with --tune first chooses its lr, lr_d and
+    init_std (`tune_cgan`, whose trial runs pass figures=False)."""
     if cfg.tune and cfg.model == "cgan":
         cfg = tune_cgan(cfg, explicit)
     rank, world, local_rank = common.init_distributed()
@@ -857,47 +855,50 @@ def pick_faces(cfg: Config, dataset: data.ImageSet, names: list, n: int = 6):
 
 
 def evaluate(runs: list, out: str, device) -> dict:
-    """Tables 2 and 3 (plus the IS estimate) for each run; each eval.json, and the table printed."""
-    table = {}
-    for cfg, model in runs:  # each under its own saved settings (seed, subsets, grid), as if evaluated alone
-        (x_test, y_test), (x_val, y_val), (test, valid) = eval_faces(cfg, device)
-        sigmas = parzen_sigmas(cfg.parzen_grid)
-        common.seed_everything(cfg.seed)  # every draw of the eval, so a checkpoint gives one eval.json
-        val_scores = parzen_scores(model, x_val, y_val, cfg.parzen_samples, sigmas)
-        best = int(val_scores.argmax())
-        if best in (0, len(sigmas) - 1):
-            print(f"warning: {cfg.model}'s Parzen window {sigmas[best].item():.4g} is at the "
-                  f"{'low' if best == 0 else 'high'} end of --parzen-grid {cfg.parzen_grid}: the score is cut by "
-                  f"the grid; widen it", file=sys.stderr)
-        result = {"model": cfg.model, "data": test.description, "test_faces": len(x_test), "valid_faces": len(x_val),
-                  "subsets": "seeded random subsets of the test and validation splits, disjoint"
-                             + (" halves of the one held-out split" if test.files == valid.files else ""),
-                  "parzen_samples": cfg.parzen_samples,
-                  "parzen_sigma": sigmas[best].item(), "parzen_sigma_index": best,
-                  "parzen_grid": [s.item() for s in sigmas], "parzen_sigma_at_grid_edge": best in (0, len(sigmas) - 1),
-                  "parzen_valid_nats_per_face": val_scores.tolist(),
-                  "parzen_test_nats_per_face": parzen_scores(model, x_test, y_test, cfg.parzen_samples,
-                                                             sigmas[best:best + 1]).item()}
-        if cfg.model == "cgan":
-            result.update(lr_g=cfg.lr, lr_d=cfg.lr_d, init_std=cfg.init_std, tuned=read_tuning(cfg.out))
-        else:
-            with torch.no_grad():
-                terms = [elbo_terms(model, xb, yb) for xb, yb in zip(x_test.split(250), y_test.split(250))]
-            for key in ("elbo", "elbo_no_constants", "log_px", "kl"):
-                result[f"{key}_nats_per_face"] = torch.cat([t[key] for t in terms]).mean().item()
-            result["is_samples"] = cfg.is_samples
-            result["is_log_p_x_given_y_nats_per_face"] = importance_log_likelihood(
-                model, x_test, y_test, cfg.is_samples).mean().item()
-        result["units"] = ("nats per 64x64x3 face, pixels in [0, 1]; elbo = E_q log p(x|z) - KL with one z per "
-                           "face; elbo_no_constants drops the log 2pi per pixel and the -1 per latent of eq. 7-8; "
-                           "Parzen: K samples per face from its attributes, sigma chosen on the valid faces from "
-                           "parzen_grid ([0, 1] pixel units)")
-        common.save_json(os.path.join(cfg.out, "eval.json"), result)
-        table[run_label(cfg, [c for c, _ in runs])] = result
+    """Tables 2 and 3 (plus the IS estimate) for each run (`evaluate_run`), and the table printed."""
+    table = {run_label(cfg, [c for c, _ in runs]): evaluate_run(cfg, model, device) for cfg, model in runs}
     print_tables(table)
     if len(runs) > 1 and out not in {c.out for c, _ in runs}:  # an explicit --out: the comparison goes there
         common.save_json(os.path.join(out, "eval_comparison.json"), table)
     return table
+
+
+def evaluate_run(cfg: Config, model: nn.Module, device) -> dict:
+    """One run's Table 2 (ELBO) and Table 3 (Parzen log-likelihood, its window chosen on the
+    validation faces) on its own saved settings (seed, subsets, grid), into its OUT/eval.json."""
+    (x_test, y_test), (x_val, y_val), (test, valid) = eval_faces(cfg, device)
+    sigmas = parzen_sigmas(cfg.parzen_grid)
+    common.seed_everything(cfg.seed)  # every draw of the eval, so a checkpoint gives one eval.json
+    val_scores = parzen_scores(model, x_val, y_val, cfg.parzen_samples, sigmas)
+    best = int(val_scores.argmax())
+    if best in (0, len(sigmas) - 1):
+        print(f"warning: {cfg.model}'s Parzen window {sigmas[best].item():.4g} is at the "
+              f"{'low' if best == 0 else 'high'} end of --parzen-grid {cfg.parzen_grid}: the score is cut by "
+              f"the grid; widen it", file=sys.stderr)
+    result = {"model": cfg.model, "data": test.description, "test_faces": len(x_test), "valid_faces": len(x_val),
+              "subsets": "seeded random subsets of the test and validation splits, disjoint"
+                         + (" halves of the one held-out split" if test.files == valid.files else ""),
+              "parzen_samples": cfg.parzen_samples, "parzen_sigma": sigmas[best].item(), "parzen_sigma_index": best,
+              "parzen_grid": [s.item() for s in sigmas], "parzen_sigma_at_grid_edge": best in (0, len(sigmas) - 1),
+              "parzen_valid_nats_per_face": val_scores.tolist(),
+              "parzen_test_nats_per_face": parzen_scores(model, x_test, y_test, cfg.parzen_samples,
+                                                         sigmas[best:best + 1]).item()}
+    if cfg.model == "cgan":
+        result.update(lr_g=cfg.lr, lr_d=cfg.lr_d, init_std=cfg.init_std, tuned=read_tuning(cfg.out))
+    else:
+        with torch.no_grad():
+            terms = [elbo_terms(model, xb, yb) for xb, yb in zip(x_test.split(250), y_test.split(250))]
+        for key in ("elbo", "elbo_no_constants", "log_px", "kl"):
+            result[f"{key}_nats_per_face"] = torch.cat([t[key] for t in terms]).mean().item()
+        result["is_samples"] = cfg.is_samples
+        result["is_log_p_x_given_y_nats_per_face"] = importance_log_likelihood(
+            model, x_test, y_test, cfg.is_samples).mean().item()
+    result["units"] = ("nats per 64x64x3 face, pixels in [0, 1]; elbo = E_q log p(x|z) - KL with one z per "
+                       "face; elbo_no_constants drops the log 2pi per pixel and the -1 per latent of eq. 7-8; "
+                       "Parzen: K samples per face from its attributes, sigma chosen on the valid faces from "
+                       "parzen_grid ([0, 1] pixel units)")
+    common.save_json(os.path.join(cfg.out, "eval.json"), result)
+    return result
 
 
 def run_label(cfg: Config, configs: list) -> str:
@@ -985,16 +986,11 @@ def check_changes(changes: list) -> None:
         raise ValueError(f"--set gives {', '.join(twice)} more than once: give each attribute one value")
 
 
-def edit_user_image(runs: list, cfg: Config, image: str, changes: list, has: str, device) -> str:
-    """`edit`: crop and resize the user's aligned face like the training data, set attributes,
-    and write [input, reconstruction, edited] side by side for each model. The original
-    attributes are the face's own when the data set lists it, else the training set's base
-    (`attribute_levels`) with --has switched on. On MNIST `--set D=1` asks for digit D."""
-    if image and os.path.isdir(image):
-        raise ValueError(f"--image {image!r} is a folder: pass one aligned face photo (CelebA-style) in it")
-    if not image or not os.path.isfile(image):
-        raise FileNotFoundError(f"--image {image!r} not found: pass an aligned face photo (CelebA-style)")
-    train_set = load_split(runs[0][0], "train", verbose=False)
+def edit_attributes(cfg: Config, image: str, changes: list, has: str) -> tuple[np.ndarray, np.ndarray]:
+    """`edit`'s attribute vectors (A,) before and after: the face's own when the data set lists
+    it, else the training set's base (`attribute_levels`) with --has switched on; then each --set
+    NAME=0|1 applied (on MNIST, `--set D=1` asks for digit D alone). ValueError for a bad --set."""
+    train_set = load_split(cfg, "train", verbose=False)
     names = train_set.names["attributes"]
     base, _, on = attribute_levels(cfg, train_set.labels["attributes"])
     listed = own_attributes(cfg, image)
@@ -1014,6 +1010,17 @@ def edit_user_image(runs: list, cfg: Config, image: str, changes: list, has: str
         if cfg.dataset == "mnist":  # one class at a time
             y_new[:] = 0.0
         y_new[i] = on[i] if value == "1" else (0.0 if cfg.dataset != "lfw" else base[i] - (on[i] - base[i]))
+    return y_orig, y_new
+
+
+def edit_user_image(runs: list, cfg: Config, image: str, changes: list, has: str, device) -> str:
+    """`edit`: crop and resize the user's aligned face like the training data, set attributes
+    (`edit_attributes`), and write [input, reconstruction, edited] side by side for each model."""
+    if image and os.path.isdir(image):
+        raise ValueError(f"--image {image!r} is a folder: pass one aligned face photo (CelebA-style) in it")
+    if not image or not os.path.isfile(image):
+        raise FileNotFoundError(f"--image {image!r} not found: pass an aligned face photo (CelebA-style)")
+    y_orig, y_new = edit_attributes(cfg, image, changes, has)
     try:
         with Image.open(image) as im:
             crop = crop_for(cfg) if im.size == (178, 218) else None

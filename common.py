@@ -1,19 +1,18 @@
-"""The small shared kernel of the four face-VAE scripts.
+"""The kit the four face-VAE scripts share: only what two or more of `vlae.py`, `cmma.py`,
+`disentangled_vae.py` and `vae_began.py` use. A kit, not a framework: no loop object, no
+sub-command framework, no paper's equation (each paper's own maths lives in its script).
 
-Only what at least two of `vlae.py`, `cmma.py`, `disentangled_vae.py` and `vae_began.py` use:
+* math      - reparameterisation, KL to N(0, I) and between diagonal Gaussians, active units,
+              BatchNorm population statistics
+* images    - [-1, 1] / [0, 1] tensors to uint8 grids and PNG files (PIL, no torchvision), Reshape
+* config    - a documented dataclass -> argparse flags (`arg`, `add_fields`, `parse`), range checks
+* runtime   - device, seeds, autocast, torch.distributed helpers, rank-0 printing, a SIGTERM flag
+* runs      - atomic checkpoints holding every RNG state, resume and evaluate a run folder, its
+              lock, JSONL metrics with img/s and ETA (`Meter`), a PIL loss-curve plot, one-line
+              errors for what a user can fix
 
-* math      - reparameterisation, KL divergences, Gaussian log-likelihood, kernel MMD, the
-              linear and MLP probes, stratified subsets, BatchNorm population statistics
-* MS-SSIM   - the within-class diversity metric (Lr-LiVAE's Tables 2 and 6)
-* layers    - TF-'SAME' 4x4 convolutions (the reference code is TensorFlow), N(0, 0.02) init,
-              BatchNorm-ReLU blocks, TF-'SAME' transposed convolutions, Reshape
-* images    - [-1, 1] / [0, 1] tensors to uint8 grids and PNG files (PIL, no torchvision)
-* plumbing  - config dataclass -> argparse, device / seed / autocast / torch.distributed helpers,
-              atomic checkpoints holding every RNG state, JSONL metrics, a PIL loss-curve plot,
-              a SIGTERM/SIGINT flag.
-
-Units: log-likelihoods and KLs are in nats, summed over the event dimensions, one value per
-sample (shape (B,)); callers average over the batch themselves.
+Units: KLs are in nats, summed over the event dimensions, one value per sample (shape (B,));
+callers average over the batch themselves.
 """
 from __future__ import annotations
 
@@ -538,11 +537,11 @@ class StopSignal:
             return self.raised is not None
         return step % 10 == 0 and any_rank(self.raised is not None, device)
 
-    def exit(self, step: int) -> NoReturn:
+    def exit(self, step: int, what: str = "step") -> NoReturn:
         """After the checkpoint: say so, and exit with 128 + the signal's number (143 for SIGTERM,
         130 for SIGINT), the shell's "killed by it", so a scheduler or a `&&` chain does not read a
         stopped run as a finished one. The same command resumes."""
-        print0(f"stopped by {self.raised or 'a signal on another rank'} at step {step}; checkpoint saved, run the "
+        print0(f"stopped by {self.raised or 'a signal on another rank'} at {what} {step}; checkpoint saved, run the "
                f"same command to resume")
         raise SystemExit(128 + getattr(signal, self.raised or "SIGTERM", signal.SIGTERM))
 

@@ -333,6 +333,19 @@ def read_idx(path: str) -> np.ndarray:
     return body.reshape(shape)
 
 
+def read_mnist_pair(img_path: str, lab_path: str) -> tuple[np.ndarray, np.ndarray]:
+    """An MNIST images file and its labels file: (N, 28, 28) uint8 and (N,) int64 digits 0-9.
+    ValueError when the counts differ or a label is not a digit (a damaged or foreign file)."""
+    images, labels = read_idx(img_path), read_idx(lab_path).astype(np.int64)
+    if len(images) != len(labels):
+        raise ValueError(f"{img_path} holds {len(images)} images but {lab_path} {len(labels)} labels")
+    if len(labels) and labels.max() > 9:
+        bad = int(np.argmax(labels > 9))
+        raise ValueError(f"{lab_path}: label {labels[bad]} at position {bad} is not a digit 0-9; the file is "
+                         f"damaged or not MNIST's: download it again")
+    return images, labels
+
+
 def load_mnist(root: str, split: str = "train", image_size: int = 28) -> ImageSet:
     """MNIST `split`: 'train' (60k) / 'test' (10k t10k); 'valid' is the test set.
 
@@ -360,13 +373,7 @@ def load_mnist(root: str, split: str = "train", image_size: int = 28) -> ImageSe
     else:
         raise FileNotFoundError(f"MNIST test files missing in {os.path.abspath(root)}.\n"
                                 + MNIST_HELP.format(root=os.path.abspath(root)))
-    images, labels = read_idx(img_path), read_idx(lab_path).astype(np.int64)
-    if len(images) != len(labels):
-        raise ValueError(f"{img_path} holds {len(images)} images but {lab_path} {len(labels)} labels")
-    if len(labels) and labels.max() > 9:
-        bad = int(np.argmax(labels > 9))
-        raise ValueError(f"{lab_path}: label {labels[bad]} at position {bad} is not a digit 0-9; the file is "
-                         f"damaged or not MNIST's: download it again")
+    images, labels = read_mnist_pair(img_path, lab_path)
     if index is None and split != "train" and not have_train:
         index, how = mnist_sample_split(len(images), split), "no train files: seeded 20% of t10k"
     if index is not None:

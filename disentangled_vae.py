@@ -105,7 +105,6 @@ import dataclasses
 import itertools
 import math
 import os
-import signal
 
 import numpy as np
 import torch
@@ -1033,8 +1032,7 @@ def curve_keys(cfg: Config) -> list:
 # ----------------------------------------------------------------------------------------------
 def train(cfg: Config, explicit: set) -> None:
     """Train into cfg.out, or resume the checkpoint there exactly, then draw the figures and write
-    eval.json: one flat loop with the log, checkpoint and stop-signal cadence inline. Toy runs
-    also keep generated points every 10 epochs for Fig. 2."""
+    eval.json. Toy runs also keep generated points every 10 epochs for Fig. 2."""
     rank, world, local_rank = common.init_distributed()
     device = common.pick_device(cfg.device, local_rank)
     cfg, state = common.checkpoint_to_resume(cfg, explicit, SCRIPT, RUN_FIELDS, resolve_defaults)  # locks cfg.out
@@ -1091,12 +1089,9 @@ def training_classes(cfg: Config, state: dict | None) -> tuple[data.ImageSet, li
 
 
 def finetune(cfg: Config, explicit: set) -> str:
-    """`finetune` (sec. 3.6): load a run trained with --unseen-classes, train it --finetune-steps
-    steps on the unseen classes' training images without their labels (`finetune_losses` through
-    `stage2_step`), write
-    OUT/finetune/checkpoint.pt, and draw the swap and z_s interpolation on held-out images of the
-    unseen classes (`draw_unseen_figures`). Returns the folder. Raises ValueError for a run
-    without unseen classes or a baseline (it has no E_s)."""
+    """Sec. 3.6: train a run made with --unseen-classes --finetune-steps steps on the unseen classes'
+    images without labels (`finetune_losses` through `stage2_step`) into OUT/finetune, then draw
+    `draw_unseen_figures`; returns that folder. ValueError for a baseline or no unseen classes."""
     device = common.pick_device(cfg.device)
     run_cfg, model, names = load_models(cfg, explicit, device)[0]
     if not run_cfg.unseen_classes or model.kind != "lr-livae":
@@ -1114,8 +1109,9 @@ def finetune(cfg: Config, explicit: set) -> str:
     print(f"finetune: {unseen.description}; {cfg.finetune_steps} steps, labels unused"
           + (f"; resumed at step {start}" if start else ""))
     save = lambda step: common.save_training_state(
-        dataclasses.replace(run_cfg, out=out), SCRIPT, step, {"model": model}, optimizers, scaler, (), extra={"n_classes": model.n_classes, "class_names": names, "finetuned_on": unseen.names["class"],
-                           "finetune_steps": cfg.finetune_steps})
+        dataclasses.replace(run_cfg, out=out), SCRIPT, step, {"model": model}, optimizers, scaler, (), extra={
+            "n_classes": model.n_classes, "class_names": names, "finetuned_on": unseen.names["class"],
+            "finetune_steps": cfg.finetune_steps})
     # stage 2's step and routing, with the unlabelled objectives (E_s, E_u, G, Dis learn; C and the mixture do not)
     forward = lambda model_, x, c, cfg_: finetune_losses(model_, x, cfg_, *moments)
     with common.StopSignal() as stop:
@@ -1126,9 +1122,7 @@ def finetune(cfg: Config, explicit: set) -> str:
                       + " ".join(f"{k} {t[k].item():.4g}" for k in ("L_rec", "L_KL", "L_lkd", "L_Dis", "L_GD")))
             if stop.raised and step + 1 < cfg.finetune_steps:
                 save(step + 1)
-                print(f"stopped by {stop.raised} at finetune step {step + 1}; checkpoint saved in {out}, run the "
-                      f"same command to resume")
-                raise SystemExit(128 + getattr(signal, stop.raised))
+                stop.exit(step + 1, "finetune step")
     refresh_batchnorm(run_cfg, model, device)
     evaluation_mode(run_cfg, model)
     save(cfg.finetune_steps)
@@ -1343,38 +1337,41 @@ def diversity(model: DisentangledVAE, cfg: Config, device) -> float:
 
 
 @torch.no_grad()
+def evaluate_run(cfg: Config, model: DisentangledVAE, device) -> dict:
+    """One run's held-out numbers, written to its OUT/eval.json: accuracies of z_s (nearest
+    mixture component) and of the adversary C on mu_u, reconstruction, z_u's KL and active units,
+    and the intra-class diversity (Table 2). Seeded: a checkpoint gives one eval.json."""
+    common.seed_everything(cfg.seed)
+    x, c, held = heldout(cfg, device)
+    z_s, mu_u, logvar_u = encode_all(model, x, c)
+    x_hat = torch.cat([model.decode(a, b) for a, b in zip(z_s.split(250), mu_u.split(250))])
+    kl_dims = (0.5 * (mu_u ** 2 + logvar_u.exp() - 1 - logvar_u)).mean(0)
+    r = {"model": cfg.model + (" --bao" if cfg.bao else ""), "heldout": len(x), "classes": model.n_classes,
+         "split": held.description, "classes_present": int(len(c.unique())), "chance_accuracy": 1.0 / len(c.unique()),
+         "majority_accuracy": float(np.bincount(c.cpu().numpy()).max() / len(c)),
+         "recon_mse_per_element": (x_hat - x).pow(2).mean().item(), "kl_z_u_nats": kl_dims.sum().item(),
+         "active_units_z_u": common.active_units(mu_u),
+         "bn_stats_images": getattr(model, "bn_stats_images", 0), "z_u_dim": model.z_u_dim}
+    if model.kind == "lr-livae":
+        d, logdet = mixture_logits(z_s, *model.prior.params())
+        r["acc_z_s_nearest_component"] = ((-d - 0.5 * logdet).argmax(1) == c).float().mean().item()
+        r["acc_z_u_adversary"] = (model.classifier(mu_u).argmax(1) == c).float().mean().item()
+    if cfg.dataset != "toy":
+        r["ms_ssim_within_class"] = diversity(model, cfg, device)
+        r["diversity_1_minus_ms_ssim"] = 1.0 - r["ms_ssim_within_class"]
+    r["units"] = ("accuracies in [0, 1] on held-out images: z_s by the nearest mixture component (argmax of "
+                  "eq. 7's logits), z_u by the trained adversary C (probes: benchmarks/probes.py); "
+                  "held-out images are a seeded subset stratified by class; chance = 1 / the classes present; "
+                  "pixels in [-1, 1], recon decodes (z_s, mu_u); KL in nats per image; active unit: "
+                  "Var_x(mu_u) > 0.01; MS-SSIM over pairs of generated images of one class")
+    common.save_json(os.path.join(cfg.out, "eval.json"), r)
+    return r
+
+
 def evaluate(runs: list, device) -> list:
-    """For each (config, model, class names): the held-out numbers into its OUT/eval.json;
-    with several runs (e.g. lr-livae and cvae-gan), a side-by-side table on stdout."""
-    results = []
-    for cfg, model, names in runs:
-        common.seed_everything(cfg.seed)  # every draw of the eval, so a checkpoint gives one eval.json
-        x, c, held = heldout(cfg, device)
-        z_s, mu_u, logvar_u = encode_all(model, x, c)
-        x_hat = torch.cat([model.decode(a, b) for a, b in zip(z_s.split(250), mu_u.split(250))])
-        kl_dims = (0.5 * (mu_u ** 2 + logvar_u.exp() - 1 - logvar_u)).mean(0)
-        r = {"model": cfg.model + (" --bao" if cfg.bao else ""), "heldout": len(x), "classes": model.n_classes, "split": held.description,
-             "classes_present": int(len(c.unique())),
-             "chance_accuracy": 1.0 / len(c.unique()),
-             "majority_accuracy": float(np.bincount(c.cpu().numpy()).max() / len(c)),
-             "recon_mse_per_element": (x_hat - x).pow(2).mean().item(),
-             "kl_z_u_nats": kl_dims.sum().item(),
-             "active_units_z_u": common.active_units(mu_u),
-             "bn_stats_images": getattr(model, "bn_stats_images", 0), "z_u_dim": model.z_u_dim}
-        if model.kind == "lr-livae":
-            d, logdet = mixture_logits(z_s, *model.prior.params())
-            r["acc_z_s_nearest_component"] = ((-d - 0.5 * logdet).argmax(1) == c).float().mean().item()
-            r["acc_z_u_adversary"] = (model.classifier(mu_u).argmax(1) == c).float().mean().item()
-        if cfg.dataset != "toy":
-            r["ms_ssim_within_class"] = diversity(model, cfg, device)
-            r["diversity_1_minus_ms_ssim"] = 1.0 - r["ms_ssim_within_class"]
-        r["units"] = ("accuracies in [0, 1] on held-out images: z_s by the nearest mixture component (argmax of "
-                      "eq. 7's logits), z_u by the trained adversary C (probes: benchmarks/probes.py); "
-                      "held-out images are a seeded subset stratified by class; chance = 1 / the classes present; "
-                      "pixels in [-1, 1], recon decodes (z_s, mu_u); KL in nats per image; active unit: "
-                      "Var_x(mu_u) > 0.01; MS-SSIM over pairs of generated images of one class")
-        common.save_json(os.path.join(cfg.out, "eval.json"), r)
-        results.append(r)
+    """`evaluate_run` for each (config, model, class names); with several runs (e.g. lr-livae and
+    cvae-gan), a side-by-side table on stdout."""
+    results = [evaluate_run(cfg, model, device) for cfg, model, _ in runs]
     skip = ("split", "units")  # one column per run, one row per number
     keys = [k for k in results[0] if k not in skip]
     keys += [k for r in results[1:] for k in r if k not in keys and k not in skip]
