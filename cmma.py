@@ -27,7 +27,7 @@ Baselines in this file, with the same networks (`--model`):
     cgan  Mirza & Osindero 2014: generator shaped like g ([noise, y] -> sigmoid image),
           discriminator shaped like h, y tiled into its first convolution and joined again to its
           features (at the last layer alone D could largely ignore y). Sec. 4.4 chose its learning
-          rates and weight scale on the validation log-likelihood: `--tune`.
+          rates and weight scale on the validation log-likelihood: benchmarks/tune_cgan.py.
 
 Choices the paper does not make, or makes differently (each a flag):
     --dataset celeba     the default data, 40 binary attributes; the paper's LFW (73 real-valued
@@ -65,8 +65,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import itertools
-import json
 import math
 import os
 import sys
@@ -117,10 +115,6 @@ class Config(common.RunConfig):
     lr_d: float = common.arg(0.0, "cgan: discriminator Adagrad learning rate (0: same as --lr)", at_least=0.0)
     init_std: float = common.arg(0.0, "cgan: weights drawn from N(0, init_std^2), biases 0 (0: PyTorch's default "
                                       "init)", at_least=0.0)
-    tune: str = common.arg("", "cgan: choose lr, lr_d and init_std as the paper did (sec. 4.4), by the validation "
-                               "Parzen log-likelihood after --tune-steps, e.g. 'lr=1e-4,1e-3;lr_d=1e-4,1e-3;init_std=0,0.02'; "
-                               "every combination is tried, the winner trained for --steps and reported")
-    tune_steps: int = common.arg(0, "cgan --tune: steps per candidate (0: a tenth of --steps)")
     image_size: int = common.arg(64, "image side in pixels, a multiple of 8 from 32 (64: the paper's layer sizes)")
     width: float = common.arg(1.0, "channel multiplier of every convolution (1: the paper's 192/96/48; "
                                    "smaller for laptop-scale runs)", above=0.0)
@@ -140,8 +134,7 @@ class Config(common.RunConfig):
 
 
 # the flags that may differ from the checkpoint a run resumes or evaluates
-RUN_FIELDS = common.RUN_FIELDS | {"eval_images", "valid_images", "parzen_samples", "parzen_grid", "is_samples",
-                                   "tune", "tune_steps"}
+RUN_FIELDS = common.RUN_FIELDS | {"eval_images", "valid_images", "parzen_samples", "parzen_grid", "is_samples"}
 # ----------------------------------------------------------------------------------------------
 # --- paper: the three models ---
 # ----------------------------------------------------------------------------------------------
@@ -617,13 +610,12 @@ def resolve_defaults(cfg: Config) -> Config:
     common.check_run_config(cfg)
     checks = [(cfg.image_size >= 32 and cfg.image_size % 8 == 0,
                f"--image-size must be a multiple of 8 from 32 (64 is the paper's), got {cfg.image_size}"),
-              (cfg.init_std >= 0 and cfg.tune_steps >= 0, "--init-std and --tune-steps must be >= 0"),
+              (cfg.init_std >= 0, "--init-std must be >= 0"),
               (0 < cfg.width <= 4, f"--width must be in (0, 4], got {cfg.width}"),
               (cfg.logvar_min < cfg.logvar_max, "--logvar-min must be below --logvar-max"),
               (cfg.parzen_samples >= 1 and cfg.is_samples >= 1, "--parzen-samples and --is-samples must be >= 1")]
     common.require(checks)
     parzen_sigmas(cfg.parzen_grid)
-    tune_grid(cfg.tune)
     return cfg
 
 
@@ -651,10 +643,7 @@ def faces_and_attributes(dataset: data.ImageSet, index, device) -> tuple[torch.T
 
 def train(cfg: Config, explicit: set, figures: bool = True) -> nn.Module:
     """Train cfg.model into cfg.out (or resume the checkpoint there exactly), then draw its figures
-    and write OUT/eval.json; returns the model. A cgan with --tune first chooses its lr, lr_d and
-    init_std (`tune_cgan`, whose trial runs pass figures=False)."""
-    if cfg.tune and cfg.model == "cgan":
-        cfg = tune_cgan(cfg, explicit)
+    and write OUT/eval.json (not with figures=False); returns the model in eval mode."""
     rank, world, local_rank = common.init_distributed()
     device = common.pick_device(cfg.device, local_rank)
     train_set = load_split(cfg, "train", verbose=common.is_main())
@@ -710,75 +699,6 @@ def attribute_count(cfg: Config, train_set: data.ImageSet) -> int:
 
 def curve_keys(cfg: Config) -> list:
     return ["loss", "d_loss", "g_loss", "images_per_s"] if cfg.model == "cgan" else ["loss", "log_px", "kl", "images_per_s"]
-
-
-TUNABLE = ("lr", "lr_d", "init_std")
-
-
-def tune_grid(text: str) -> list[dict]:
-    """--tune 'lr=a,b;lr_d=c;init_std=d,e' -> every combination as a dict of floats. Raises
-    ValueError naming the flag for an unknown name or a value that is not a number."""
-    axes = {}
-    for part in (p for p in text.split(";") if p.strip()):
-        name, _, values = part.partition("=")
-        name = name.strip()
-        if name not in TUNABLE:
-            raise ValueError(f"--tune: unknown setting {name!r}; tunable are {', '.join(TUNABLE)} "
-                             f"(e.g. 'lr=1e-4,1e-3;lr_d=1e-4,1e-3;init_std=0,0.02')")
-        try:
-            axes[name] = [float(v) for v in values.split(",")]
-        except ValueError:
-            raise ValueError(f"--tune: {part!r} must be NAME=number,number,...") from None
-    return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
-
-
-def tune_cgan(cfg: Config, explicit: set) -> Config:
-    """Sec. 4.4: "For CGAN, we selected the learning rate of generator and discriminator and the
-    variance of weights by verifying the conditional log-likelihood on the validation set." Each
-    --tune combination trains --tune-steps steps into OUT/tune/candidate-i and is scored by the best
-    Parzen log-likelihood over --parzen-grid on the validation faces (`eval_subsets`); the winner's
-    values are returned in cfg, and every score goes to OUT/tune.json (reused when it exists)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ValueError("--tune runs in one process; tune first, then pass the chosen --lr, --lr-d and "
-                         "--init-std (OUT/tune.json) to torchrun")
-    steps, path = cfg.tune_steps or max(1, cfg.steps // 10), os.path.join(cfg.out, "tune.json")
-    if os.path.exists(path) and not cfg.fresh:
-        with open(path) as f:
-            saved = json.load(f)
-        if saved["grid"] == cfg.tune and saved["tune_steps"] == steps:
-            common.print0(f"--tune: reusing {path}: {saved['chosen']}")
-            return dataclasses.replace(cfg, **saved["chosen"])
-    device, results = common.pick_device(cfg.device), []
-    for i, candidate in enumerate(tune_grid(cfg.tune)):
-        if "lr" in candidate and "lr_d" not in candidate and "lr_d" not in explicit:
-            candidate["lr_d"] = candidate["lr"]  # --lr-d's default: the same as --lr
-        trial = dataclasses.replace(cfg, tune="", steps=steps, out=os.path.join(cfg.out, "tune", f"candidate-{i}"),
-                                    **candidate)
-        model = train(trial, explicit, figures=False)
-        results.append({**candidate, "valid_parzen_nats_per_face": validation_parzen(trial, model, device)})
-        common.print0(f"--tune: {candidate} -> {results[-1]['valid_parzen_nats_per_face']:,.1f} nats per face")
-    best = max(results, key=lambda r: r["valid_parzen_nats_per_face"])
-    chosen = {k: best[k] for k in TUNABLE if k in best}
-    common.save_json(path, {"grid": cfg.tune, "tune_steps": steps, "valid_faces": cfg.valid_images,
-                            "parzen_samples": cfg.parzen_samples, "candidates": results, "chosen": chosen})
-    common.print0(f"--tune: chose {chosen}")
-    return dataclasses.replace(cfg, **chosen)
-
-
-def read_tuning(out: str) -> dict | None:
-    """OUT/tune.json (the candidates and the choice) when the run was tuned, else None."""
-    path = os.path.join(out, "tune.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
-def validation_parzen(cfg: Config, model: nn.Module, device) -> float:
-    """The best Parzen log-likelihood over --parzen-grid on the validation faces, nats per face."""
-    _, (x, y), _ = eval_faces(cfg, device)
-    torch.manual_seed(cfg.seed)
-    return parzen_scores(model, x, y, cfg.parzen_samples, parzen_sigmas(cfg.parzen_grid)).max().item()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -884,7 +804,7 @@ def evaluate_run(cfg: Config, model: nn.Module, device) -> dict:
               "parzen_test_nats_per_face": parzen_scores(model, x_test, y_test, cfg.parzen_samples,
                                                          sigmas[best:best + 1]).item()}
     if cfg.model == "cgan":
-        result.update(lr_g=cfg.lr, lr_d=cfg.lr_d, init_std=cfg.init_std, tuned=read_tuning(cfg.out))
+        result.update(lr_g=cfg.lr, lr_d=cfg.lr_d, init_std=cfg.init_std)
     else:
         with torch.no_grad():
             terms = [elbo_terms(model, xb, yb) for xb, yb in zip(x_test.split(250), y_test.split(250))]
@@ -944,9 +864,8 @@ def print_tables(table: dict) -> None:
         edge = "  AT THE GRID'S EDGE" if r["parzen_sigma_at_grid_edge"] else ""
         print(f"  {name:5s} {r['parzen_test_nats_per_face']:12,.1f}   (sigma {r['parzen_sigma']:.4f}{edge})")
         if r["model"] == "cgan":
-            how = (f"chosen by --tune over {len(r['tuned']['candidates'])} candidates" if r["tuned"]
-                   else "not tuned (--tune)")
-            print(f"        lr_G {r['lr_g']:.3g}, lr_D {r['lr_d']:.3g}, init_std {r['init_std'] or 'PyTorch default'}: {how}")
+            print(f"        lr_G {r['lr_g']:.3g}, lr_D {r['lr_d']:.3g}, init_std {r['init_std'] or 'PyTorch default'} "
+                  f"(sec. 4.4's tuning: benchmarks/tune_cgan.py)")
     for name, r in table.items():
         if "is_log_p_x_given_y_nats_per_face" in r:
             print(f"  extra, importance-sampled log p(x|y): {name} {r['is_log_p_x_given_y_nats_per_face']:,.1f}")

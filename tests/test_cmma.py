@@ -178,17 +178,21 @@ def test_eval_figures_and_edit_over_the_three_checkpoints(three_runs, tmp_path, 
         assert message in capsys.readouterr().err
 
 
-def test_gan_resume_is_exact(tmp_path):
-    args = ["--model", "cgan", "--data-dir", CELEBA, "--batch-size", "4", "--log-every", "1", "--width", "0.5",
-            "--tune", "init_std=0,0.02", "--tune-steps", "1"] + SMALL_EVAL
-    cmma.main(args + ["--out", str(tmp_path / "a"), "--steps", "4"])
-    cmma.main(args + ["--out", str(tmp_path / "b"), "--steps", "2"])
-    cmma.main(args + ["--out", str(tmp_path / "b"), "--steps", "4"])
+def test_tuned_gan_resume_is_exact(tmp_path):
+    """benchmarks/tune_cgan.py (sec. 4.4) picks the candidate with the best validation Parzen LL,
+    trains it, and a resumed run reuses its tune.json and continues to the bit."""
+    import tune_cgan
+    args = ["--grid", "init_std=0,0.02", "--tune-steps", "1", "--data-dir", CELEBA, "--batch-size", "4",
+            "--log-every", "1", "--width", "0.5"] + SMALL_EVAL
+    tune_cgan.main(args + ["--out", str(tmp_path / "a"), "--steps", "4"])
+    tune_cgan.main(args + ["--out", str(tmp_path / "b"), "--steps", "2"])
+    tune_cgan.main(args + ["--out", str(tmp_path / "b"), "--steps", "4"])
     a, b = (common.load_checkpoint(str(tmp_path / k), "cmma") for k in "ab")
     assert all(torch.equal(a["models"]["model"][k], b["models"]["model"][k]) for k in a["models"]["model"])
-    assert set(a["optimizers"]) == {"generator", "discriminator"}
-    tuned = cmma.read_tuning(str(tmp_path / "b"))  # the resumed run reuses its tune.json, same choice
+    assert set(a["optimizers"]) == {"generator", "discriminator"} and a["config"]["model"] == "cgan"
+    tuned = tune_cgan.read_tuning(str(tmp_path / "b"))
     best = max(tuned["candidates"], key=lambda c: c["valid_parzen_nats_per_face"])
+    assert [c["init_std"] for c in tuned["candidates"]] == [0.0, 0.02]
     assert tuned["chosen"] == {"init_std": best["init_std"]} and a["config"]["init_std"] == best["init_std"]
 
 
@@ -364,13 +368,14 @@ def test_figure_base_is_the_training_mode_and_edit_reads_the_faces_own_attribute
 
 
 def test_tune_grid_lists_every_combination_and_refuses_unknown_settings():
-    grid = cmma.tune_grid("lr=1e-4,1e-3;init_std=0,0.02")
+    import tune_cgan
+    grid = tune_cgan.tune_grid("lr=1e-4,1e-3;init_std=0,0.02")
     assert grid == [{"lr": 1e-4, "init_std": 0.0}, {"lr": 1e-4, "init_std": 0.02},
                     {"lr": 1e-3, "init_std": 0.0}, {"lr": 1e-3, "init_std": 0.02}]
     with pytest.raises(ValueError, match="unknown setting 'beta'"):
-        cmma.tune_grid("beta=1,2")
+        tune_cgan.tune_grid("beta=1,2")
     with pytest.raises(ValueError, match="NAME=number"):
-        cmma.tune_grid("lr=fast")
+        tune_cgan.tune_grid("lr=fast")
 
 
 def test_cgan_losses_are_the_non_saturating_bce_written_out_and_g_pushes_d_up():
@@ -393,11 +398,12 @@ def test_cgan_losses_are_the_non_saturating_bce_written_out_and_g_pushes_d_up():
 def test_cgan_tuning_scores_candidates_on_the_validation_faces_never_the_test_faces(monkeypatch):
     """Sec. 4.4 chooses the CGAN's settings on the validation set: validation_parzen hands the
     validation subset of eval_faces to the Parzen scores, not the test subset."""
+    import tune_cgan
     seen = []
     test_xy, valid_xy = (torch.zeros(2, 1), torch.zeros(2, 1)), (torch.ones(3, 1), torch.ones(3, 1))
     monkeypatch.setattr(cmma, "eval_faces", lambda cfg, device: (test_xy, valid_xy, None))
     monkeypatch.setattr(cmma, "parzen_scores", lambda model, x, y, k, sigmas: seen.append(x) or torch.tensor([1.0, 2.0]))
-    assert cmma.validation_parzen(cmma.Config(dataset="mnist"), None, torch.device("cpu")) == 2.0
+    assert tune_cgan.validation_parzen(cmma.Config(dataset="mnist"), None, torch.device("cpu")) == 2.0
     assert len(seen) == 1 and seen[0] is valid_xy[0]
 
 

@@ -1,6 +1,7 @@
 """cmma: Pandey & Dukkipati 2016, the conditional multimodal autoencoder's claims."""
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import time
@@ -9,6 +10,8 @@ import numpy as np
 import torch
 
 import cmma
+import common
+import tune_cgan
 
 from .shared import (
     Judge, Row, data_folder, eval_json, judge, machine, report_path, scale_settings, train_run, update_readme, verdict,
@@ -36,7 +39,8 @@ CMMA_SCALES = {
 
 def cmma_runs(args, scale: dict) -> dict:
     """CMMA (the paper) and its CVAE and CGAN baselines on the same digits, steps, batch and seed;
-    the CGAN's lr and weight scale chosen by --tune on the validation Parzen LL, as the paper did."""
+    the CGAN's lr and weight scale chosen on the validation Parzen LL, as the paper did
+    (benchmarks/tune_cgan.py, its candidates in WORK/cgan-tune)."""
     mnist = data_folder(args.data_dir, "mnist", "MNIST's gzipped IDX files")
     argv = ["--dataset", "mnist", "--data-dir", mnist, "--image-size", str(scale["size"]),
             "--width", str(scale["width"]), "--steps", str(scale["steps"]), "--batch-size", str(scale["batch"]),
@@ -44,12 +48,25 @@ def cmma_runs(args, scale: dict) -> dict:
             "--seed", str(args.seed), "--log-every", "100" if args.scale != "tiny" and not args.dry_run else "1"]
     runs = {}
     for model in ("cmma", "cvae", "cgan"):
-        tune = ["--tune", scale["tune"], "--tune-steps", str(scale["tune_steps"])]
-        runs[model] = train_run(cmma, model, argv + ["--model", model] + cmma_eval_flags(scale)
-                                + (tune if model == "cgan" else []), args.work, args.reuse)  # each writes its eval.json
+        chosen = [] if model != "cgan" else tuned_flags(argv + cmma_eval_flags(scale), scale, args)
+        runs[model] = train_run(cmma, model, argv + ["--model", model] + cmma_eval_flags(scale) + chosen,
+                                args.work, args.reuse)  # each writes its eval.json
     ckpts = ",".join(os.path.join(r.out, "checkpoint.pt") for r in runs.values())
     cmma.main(["figures", "--checkpoint", ckpts, "--out", os.path.join(args.work, "cmma-compare")])
     return runs
+
+
+def tuned_flags(argv: list, scale: dict, args) -> list:
+    """The CGAN's --lr, --lr-d and --init-std chosen by benchmarks/tune_cgan.py over scale['tune']
+    (each candidate trained scale['tune_steps'] steps into WORK/cgan-tune/tune/; its tune.json
+    reused with --reuse)."""
+    out = os.path.join(args.work, "cgan-tune")
+    parser = argparse.ArgumentParser(prog="cmma.py")
+    common.add_fields(parser.add_subparsers(dest="command").add_parser("train"), cmma.Config)
+    extra = ["--model", "cgan", "--out", out] + ([] if args.reuse else ["--fresh"])
+    _, cfg, explicit, _ = common.parse(parser, cmma.Config, argv + extra)
+    chosen = tune_cgan.tune(cmma.resolve_defaults(cfg), explicit, scale["tune"], scale["tune_steps"])
+    return [a for k, v in chosen.items() for a in (f"--{k.replace('_', '-')}", repr(v))]
 
 
 def cmma_eval_flags(scale: dict) -> list:
@@ -104,8 +121,9 @@ def claim_cmma_parzen(runs: dict) -> Row:
     holds = "no" if edge else verdict(parts)
     order = " > ".join(sorted(ll, key=ll.get, reverse=True)).upper()
     cgan = r["cgan"]
+    tuning = tune_cgan.read_tuning(os.path.join(os.path.dirname(runs["cgan"].out), "cgan-tune"))
     tuned = (f"CGAN lr_G {cgan['lr_g']:.3g}, lr_D {cgan['lr_d']:.3g}, init_std {cgan['init_std'] or 'default'}, "
-             f"chosen from {len(cgan['tuned']['candidates'])} by validation Parzen LL" if cgan["tuned"] else "CGAN not tuned")
+             f"chosen from {len(tuning['candidates'])} by validation Parzen LL" if tuning else "CGAN not tuned")
     note = ""
     if not all(parts):
         note = (f"the measured order is {order}. Hypothesis, not measured: a Parzen window on {r['cmma']['test_faces']} digits at "
@@ -237,7 +255,7 @@ def claims_cmma(args, device) -> None:
               f"Judge: {judge_.description}",
               *[f"Run `{r.name}`: {r.data}; {r.steps} steps; " + (f"trained in {r.seconds:.0f} s (an earlier "
                 f"invocation's run, reused)" if r.reused else f"trained and drawn in {r.seconds:.0f} s"
-                + (" including --tune" if r.name == "cgan" else "")) for r in runs.values()],
+                + (" including its tuning (benchmarks/tune_cgan.py)" if r.name == "cgan" else "")) for r in runs.values()],
               f"Machine: {machine()}; this invocation took {time.time() - t0:.0f} s"
               + (" (it reused finished runs, --reuse)" if any(r.reused for r in runs.values()) else ""),
               f"Reproduce: `python benchmarks/claims cmma --scale {args.scale}` (data from --data-dir; the runs "
