@@ -32,15 +32,14 @@ defaults change three of them, see "Measured deviations" below):
 Training alternates two stages EVERY iteration (paper sec. 3.5): n_gm = 3 steps of L_GM on
 three fresh batches (E_s, mu_k, Sigma_k), then one joint step of all networks on the last batch.
 
-The baseline (`--model cvae-gan`): the same E_u, G, Dis and losses, but z_s is a learned
-embedding of the label (no E_s, no mixture prior, no adversarial classifier), so G(embed(c), z_u)
-is a conditional VAE-GAN. Alone it is in the spirit of Bao et al. 2017's CVAE-GAN, the paper's
-comparison, but not that model: its encoder does not see the label, and it has neither the
-auxiliary classifier nor the feature-matching losses. `--bao` adds those three pieces: E_u(x, c)
-(the one-hot label into its last layer), an image classifier trained on real images, G trained by
-mean feature matching on Dis' features and, per class, on the classifier's (in place of L_GD),
-and E_u and G by pairwise feature matching of x and x_hat. Still ours: the hinge projection Dis
-(the same for both models) and Bao's loss weights replaced by means over features, weight 1.
+The baseline (`--model cvae-gan`), Bao et al. 2017's CVAE-GAN, the paper's comparison: the same
+G, Dis and losses, but z_s is a learned embedding of the label (no E_s, no mixture prior, no
+adversarial classifier), so G(embed(c), z_u) is a conditional VAE-GAN, with Bao et al.'s three
+pieces: E_u(x, c) (the one-hot label into its last layer), an image classifier trained on real
+images, G trained by mean feature matching on Dis' features and, per class, on the classifier's
+(in place of L_GD), and E_u and G by pairwise feature matching of x and x_hat. Still ours: the
+hinge projection Dis (the same for both models) and Bao's loss weights replaced by means over
+features, weight 1.
 
 Choices where the paper is silent: no margin (alpha = 0, `--margin 0.1` for
 L-GM's), hinge GAN, Sigma parametrised by a log-variance clamped to +-8 (`--sigma-param precision`:
@@ -88,7 +87,6 @@ Usage:
     python disentangled_vae.py --dataset folder --data-dir data/facescrub     # one folder per class
     python disentangled_vae.py --dataset toy                                  # Fig. 2, 2-D
     python disentangled_vae.py --dataset mnist --model cvae-gan               # the baseline
-    python disentangled_vae.py --dataset mnist --model cvae-gan --bao         # with Bao et al.'s pieces
     python disentangled_vae.py eval --checkpoint runs/dvae-mnist-lr-livae/checkpoint.pt,runs/dvae-mnist-cvae-gan/checkpoint.pt
     python benchmarks/fidelity.py disentangled_vae --checkpoint RUN --fid --kid --isc   # FID / KID / IS (metrics extra)
     python disentangled_vae.py figures --checkpoint runs/dvae-mnist-lr-livae/checkpoint.pt
@@ -134,12 +132,9 @@ FACE_PARTS = ("eyes", "nose_mouth")
 class Config(common.RunConfig):
     dataset: str = common.arg("celeba", "celeba (identities as classes), mnist, folder (one sub-folder per "
                                         "class) or toy (Fig. 2)", choices=("celeba", "mnist", "folder", "toy"))
-    model: str = common.arg("lr-livae", "lr-livae (the paper) or cvae-gan (its baseline, a conditional VAE-GAN; "
-                                        "add --bao for Bao et al.'s label-aware encoder, classifier and feature matching)",
+    model: str = common.arg("lr-livae", "lr-livae (the paper) or cvae-gan (its baseline, Bao et al. 2017's "
+                                        "CVAE-GAN: E_u sees the label, an auxiliary image classifier, feature matching)",
                             choices=("lr-livae", "cvae-gan"))
-    bao: bool = common.arg(False, "--model cvae-gan: Bao et al. 2017's CVAE-GAN pieces - E_u sees the label, an "
-                                  "auxiliary image classifier, and mean feature matching for G (on Dis' and the "
-                                  "classifier's features) in place of its hinge loss")
     steps: int = common.arg(-1, "outer iterations (-1: 52,000, the code's released checkpoint; toy: 50 epochs; "
                                 "0: no training, evaluate the initial or resumed network)")
     batch_size: int = common.arg(96, "images per step per process (code: 96; at least 2, as BatchNorm needs)",
@@ -209,17 +204,17 @@ RUN_FIELDS = common.RUN_FIELDS | {"eval_images", "bn_images", "eval_bn", "divers
 # ----------------------------------------------------------------------------------------------
 class DisentangledVAE(nn.Module):
     """Lr-LiVAE (E_s, E_u, G, the mixture prior, C, Dis) or the cVAE-GAN baseline (a label
-    embedding in place of E_s and the prior; no C; with --bao, E_u(x, c) and an image classifier)."""
+    embedding in place of E_s and the prior; no C; E_u(x, c) and an image classifier)."""
 
     def __init__(self, cfg: Config, n_classes: int):
         super().__init__()
         channels = 1 if cfg.dataset == "mnist" else 3
         self.n_classes, self.z_s_dim, self.z_u_dim, self.kind = n_classes, cfg.z_s_dim, cfg.z_u_dim, cfg.model
-        self.bao, self.z_s_posterior = cfg.bao, cfg.z_s_posterior
+        self.bao, self.z_s_posterior = cfg.model == "cvae-gan", cfg.z_s_posterior  # Bao et al.'s pieces
         trunk_u, width = encoder_trunk(cfg, channels)
-        self.encoder_u = (LabelAwareEncoder(trunk_u, width, n_classes, cfg.z_u_dim) if cfg.bao else
+        self.encoder_u = (LabelAwareEncoder(trunk_u, width, n_classes, cfg.z_u_dim) if self.bao else
                           nn.Sequential(trunk_u, nn.Linear(width, 2 * cfg.z_u_dim)))
-        if cfg.bao:
+        if self.bao:
             self.image_classifier = ImageClassifier(*encoder_trunk(cfg, channels), n_classes)
         self.decoder = decoder_net(cfg, channels)
         if cfg.model == "lr-livae":
@@ -232,11 +227,11 @@ class DisentangledVAE(nn.Module):
         self.discriminator = ProjectionDiscriminator(cfg, channels, n_classes) if cfg.gan else None
 
     def encode_u(self, x: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """q(z_u|x) as (mu, logvar), each (B, z_u_dim); with --bao q(z_u|x, c), and c (B,) is required."""
+        """q(z_u|x) as (mu, logvar), each (B, z_u_dim); for the cvae-gan q(z_u|x, c), and c (B,) is required."""
         if not self.bao:
             return self.encoder_u(x).chunk(2, dim=1)
         if c is None:
-            raise ValueError("the --bao encoder reads the label: pass c to encode_u")
+            raise ValueError("the cvae-gan encoder reads the label: pass c to encode_u")
         return self.encoder_u(x, c).chunk(2, dim=1)
 
     def encode_s(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -523,7 +518,7 @@ def feature_matching(f_real: torch.Tensor, f_fake: torch.Tensor, c: torch.Tensor
 
 
 def bao_terms(model: DisentangledVAE, x: torch.Tensor, x_hat: torch.Tensor, c: torch.Tensor, z_u: torch.Tensor) -> dict:
-    """--bao: Bao et al. 2017's losses (sec. 3) on real images x, reconstructions x_hat and samples
+    """The cvae-gan: Bao et al. 2017's losses (sec. 3) on real images x, reconstructions x_hat and samples
     x_tilde of the batch's own classes c (so the per-class matching compares like with like).
     L_Dis stays our hinge (eq. 10-11, the same Dis for both models); L_GD becomes G's mean feature
     matching on Dis' features and, per class, on the classifier's; L_pair is the pairwise feature
@@ -887,9 +882,8 @@ def resolve_defaults(cfg: Config) -> Config:
               (cfg.n_gm >= 1, "--n-gm must be >= 1"),
               (cfg.z_s_dim >= 1 and cfg.z_u_dim >= 1, "--z-s-dim and --z-u-dim must be >= 1"),
               (cfg.diversity_samples >= 2, "--diversity-samples must be >= 2"),
-              (not cfg.bao or cfg.model == "cvae-gan", "--bao adds Bao et al.'s pieces to the baseline: use it with "
-                                                       "--model cvae-gan"),
-              (not cfg.bao or cfg.gan, "--bao's feature matching needs the discriminator: drop --no-gan")]
+              (cfg.model != "cvae-gan" or cfg.gan, "--model cvae-gan's feature matching needs the discriminator: "
+                                                   "drop --no-gan")]
     common.require(checks)
     parse_crop(cfg)
     return cfg
@@ -1024,7 +1018,7 @@ def evaluation_mode(cfg: Config, model: DisentangledVAE) -> DisentangledVAE:
 def curve_keys(cfg: Config) -> list:
     keys = ["L_rec", "L_KL"]
     keys += ["L_GM", "acc_z_s", "L_lkd", "L_adv", "L_C"] if cfg.model == "lr-livae" else []
-    return keys + (["L_Dis", "L_GD"] if cfg.gan else []) + (["L_pair", "L_aux"] if cfg.bao else []) + ["images_per_s"]
+    return keys + (["L_Dis", "L_GD"] if cfg.gan else []) + (["L_pair", "L_aux"] if cfg.model == "cvae-gan" else []) + ["images_per_s"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1346,7 +1340,7 @@ def evaluate_run(cfg: Config, model: DisentangledVAE, device) -> dict:
     z_s, mu_u, logvar_u = encode_all(model, x, c)
     x_hat = torch.cat([model.decode(a, b) for a, b in zip(z_s.split(250), mu_u.split(250))])
     kl_dims = (0.5 * (mu_u ** 2 + logvar_u.exp() - 1 - logvar_u)).mean(0)
-    r = {"model": cfg.model + (" --bao" if cfg.bao else ""), "heldout": len(x), "classes": model.n_classes,
+    r = {"model": cfg.model, "heldout": len(x), "classes": model.n_classes,
          "split": held.description, "classes_present": int(len(c.unique())), "chance_accuracy": 1.0 / len(c.unique()),
          "majority_accuracy": float(np.bincount(c.cpu().numpy()).max() / len(c)),
          "recon_mse_per_element": (x_hat - x).pow(2).mean().item(), "kl_z_u_nats": kl_dims.sum().item(),

@@ -144,10 +144,10 @@ def test_feature_matching_is_the_squared_distance_of_batch_means_per_class():
     assert dv.feature_matching(real, fake, torch.tensor([0, 0, 1, 1])).item() == pytest.approx(3.0)
 
 
-def test_bao_baseline_encoder_reads_the_label_and_each_loss_reaches_its_own_networks():
-    """--bao: E_u(x, c); the image classifier learns only L_aux (its cross-entropy on real
+def test_the_baseline_encoder_reads_the_label_and_each_loss_reaches_its_own_networks():
+    """The cvae-gan (Bao et al.'s CVAE-GAN): E_u(x, c); the image classifier learns only L_aux (its cross-entropy on real
     images); E_u takes 10 L_rec + L_KL + L_pair, G that plus the feature matching L_GD, Dis L_Dis."""
-    cfg, model = tiny(model="cvae-gan", bao=True)
+    cfg, model = tiny(model="cvae-gan")
     x, c = torch.rand(4, 1, 28, 28) * 2 - 1, torch.tensor([0, 1, 1, 3])
     with pytest.raises(ValueError, match="pass c"):
         model.encode_u(x)
@@ -173,8 +173,8 @@ def test_bao_baseline_encoder_reads_the_label_and_each_loss_reaches_its_own_netw
     check("encoder_u", 10 * captured["L_rec"] + captured["L_KL"] + captured["L_pair"])
     check("decoder", 10 * captured["L_rec"] + captured["L_pair"] + captured["L_GD"])
     check("discriminator", captured["L_Dis"])
-    with pytest.raises(ValueError, match="--model cvae-gan"):
-        dv.resolve_defaults(dv.Config(dataset="mnist", bao=True))
+    with pytest.raises(ValueError, match="needs the discriminator: drop --no-gan"):
+        dv.resolve_defaults(dv.Config(dataset="mnist", model="cvae-gan", gan=False))
 
 
 def test_uniform_cross_entropy_is_log_k_for_equal_logits_and_kl_is_per_dimension():
