@@ -211,14 +211,14 @@ class DisentangledVAE(nn.Module):
         channels = 1 if cfg.dataset == "mnist" else 3
         self.n_classes, self.z_s_dim, self.z_u_dim, self.kind = n_classes, cfg.z_s_dim, cfg.z_u_dim, cfg.model
         self.bao, self.z_s_posterior = cfg.model == "cvae-gan", cfg.z_s_posterior  # Bao et al.'s pieces
-        trunk_u, width = encoder_trunk(cfg, channels)
+        trunk_u, width = networks(cfg).trunk(cfg, channels)
         self.encoder_u = (LabelAwareEncoder(trunk_u, width, n_classes, cfg.z_u_dim) if self.bao else
                           nn.Sequential(trunk_u, nn.Linear(width, 2 * cfg.z_u_dim)))
         if self.bao:
-            self.image_classifier = ImageClassifier(*encoder_trunk(cfg, channels), n_classes)
-        self.decoder = decoder_net(cfg, channels)
+            self.image_classifier = ImageClassifier(*networks(cfg).trunk(cfg, channels), n_classes)
+        self.decoder = networks(cfg).decoder(cfg, channels)
         if cfg.model == "lr-livae":
-            trunk_s, width = encoder_trunk(cfg, channels)
+            trunk_s, width = networks(cfg).trunk(cfg, channels)
             self.encoder_s = nn.Sequential(trunk_s, nn.Linear(width, cfg.z_s_dim * (2 if cfg.z_s_posterior == "gaussian" else 1)))
             self.prior = GaussianMixturePrior(n_classes, cfg.z_s_dim, cfg.sigma_param)
             self.classifier = LatentClassifier(cfg.z_u_dim, n_classes, 64 if cfg.dataset == "toy" else 256)
@@ -280,57 +280,124 @@ def deconv(cin: int, cout: int, k: int, stride: int) -> nn.ConvTranspose2d:
     return nn.ConvTranspose2d(cin, cout, k, stride, k // 2, output_padding=stride - 1)
 
 
-def encoder_trunk(cfg: Config, channels: int) -> tuple[nn.Module, int]:
-    """x -> features (B, F): the shared body of E_s and E_u (each has its own copy)."""
-    m, s = cfg.bn_momentum, cfg.image_size
-    if cfg.dataset == "toy":  # MLP 32-64-64, lrelu
+# One network family per kind of data, chosen in one place (`networks`). Each gives the shared
+# body of E_s and E_u (x -> features (B, F); each encoder builds its own copy), G ([z_s, z_u] ->
+# x_hat in [-1, 1]) and the discriminator's body (spectral norm on every weight, lrelu 0.1, no
+# BatchNorm), in the order the model builds them.
+class ToyNetworks:
+    """Sec. 4.1's toy: every network an MLP 32-64-64, lrelu 0.1; points (B, 2)."""
+
+    @staticmethod
+    def trunk(cfg: Config, channels: int) -> tuple[nn.Module, int]:
         return nn.Sequential(nn.Linear(2, 32), lrelu(), nn.Linear(32, 64), lrelu(), nn.Linear(64, 64), lrelu()), 64
-    if cfg.dataset == "mnist":  # conv5 s2: 28 -> 14 -> 7 -> 4
+
+    @staticmethod
+    def decoder(cfg: Config, channels: int) -> nn.Module:
+        return nn.Sequential(nn.Linear(cfg.z_s_dim + cfg.z_u_dim, 32), lrelu(), nn.Linear(32, 64), lrelu(),
+                             nn.Linear(64, 64), lrelu(), nn.Linear(64, 2))
+
+    @staticmethod
+    def discriminator(cfg: Config, channels: int) -> tuple[list, int]:
+        sn = spectral_norm
+        return [sn(nn.Linear(2, 32)), lrelu(), sn(nn.Linear(32, 64)), lrelu(), sn(nn.Linear(64, 64)), lrelu()], 64
+
+
+class MnistNetworks:
+    """The code's MNIST networks, 28x28: E conv5 s2 64, 128, 256 (28 -> 14 -> 7 -> 4) -> fc1024;
+    G fc1024 = 256x2x2 -> 7 -> 14 -> 28; Dis conv5 32 s1, 128 s2, 256 s2, 256 s2 (4x4) -> fc512."""
+
+    @staticmethod
+    def trunk(cfg: Config, channels: int) -> tuple[nn.Module, int]:
+        m = cfg.bn_momentum
         convs = [bn_relu(nn.Conv2d(a, b, 5, 2, 2), b, m) for a, b in ((1, 64), (64, 128), (128, 256))]
         return nn.Sequential(*convs, nn.Flatten(), bn_relu(nn.Linear(256 * 16, 1024), 1024, m, 1)), 1024
-    if cfg.arch == "dcgan":
-        f, layers, c = cfg.filters, [], channels
-        for width in (cfg.filters, 2 * f, 4 * f, 8 * f):
-            layers.append(bn_relu(nn.Conv2d(c, width, 4, 2, 1), width, m))
-            c = width
-        return nn.Sequential(*layers, nn.Flatten(), bn_relu(nn.Linear(c * (s // 16) ** 2, 1024), 1024, m, 1)), 1024
-    # VGG16-BN conv stack, the 5th max-pool replaced by a 2x2 average pool (paper B.2)
-    layers, c = [], channels
-    for block, (width, repeat) in enumerate(((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))):
-        for _ in range(repeat):
-            layers.append(bn_relu(nn.Conv2d(c, width, 3, 1, 1), width, m))
-            c = width
-        layers.append(nn.MaxPool2d(2) if block < 4 else nn.AvgPool2d(2))
-    return nn.Sequential(*layers, nn.Flatten(), bn_relu(nn.Linear(512 * (s // 32) ** 2, 1024), 1024, m, 1)), 1024
 
-
-def decoder_net(cfg: Config, channels: int) -> nn.Module:
-    """G: [z_s, z_u] (B, z_s_dim + z_u_dim) -> x_hat (B, C, H, W) in [-1, 1] (toy: (B, 2))."""
-    m, s, z = cfg.bn_momentum, cfg.image_size, cfg.z_s_dim + cfg.z_u_dim
-    if cfg.dataset == "toy":
-        return nn.Sequential(nn.Linear(z, 32), lrelu(), nn.Linear(32, 64), lrelu(), nn.Linear(64, 64), lrelu(),
-                             nn.Linear(64, 2))
-    if cfg.dataset == "mnist":  # fc 1024 = 256x2x2 -> 7 -> 14 -> 28
-        return nn.Sequential(bn_relu(nn.Linear(z, 1024), 1024, m, 1), common.Reshape(256, 2, 2),
+    @staticmethod
+    def decoder(cfg: Config, channels: int) -> nn.Module:
+        m = cfg.bn_momentum
+        return nn.Sequential(bn_relu(nn.Linear(cfg.z_s_dim + cfg.z_u_dim, 1024), 1024, m, 1), common.Reshape(256, 2, 2),
                              bn_relu(nn.ConvTranspose2d(256, 256, 5, 2, 0), 256, m),
                              bn_relu(nn.ConvTranspose2d(256, 128, 5, 2, 2, output_padding=1), 128, m),
                              bn_relu(nn.ConvTranspose2d(128, 32, 5, 2, 2, output_padding=1), 32, m),
                              nn.ConvTranspose2d(32, channels, 5, 1, 2), nn.Tanh())
-    if cfg.arch == "dcgan":
-        f, s0 = cfg.filters, s // 16
+
+    @staticmethod
+    def discriminator(cfg: Config, channels: int) -> tuple[list, int]:
+        layers, c = [], channels
+        for width, stride in ((32, 1), (128, 2), (256, 2), (256, 2)):
+            layers += [spectral_norm(nn.Conv2d(c, width, 5, stride, 2)), lrelu()]
+            c = width
+        return layers + [nn.Flatten(), spectral_norm(nn.Linear(256 * 16, 512)), lrelu()], 512
+
+
+class VggNetworks:
+    """The paper's face networks (App. B.2, Tab. 4), sides a multiple of 32: E a VGG16-BN conv
+    stack (the 5th max-pool a 2x2 average pool) -> fc1024; G fc1024 -> fc 2x2x512 -> thirteen 3x3
+    deconvolutions; Dis seven 3x3 convolutions -> global average pool -> fc1024."""
+
+    @staticmethod
+    def trunk(cfg: Config, channels: int) -> tuple[nn.Module, int]:
+        layers, c, m = [], channels, cfg.bn_momentum
+        for block, (width, repeat) in enumerate(((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))):
+            for _ in range(repeat):
+                layers.append(bn_relu(nn.Conv2d(c, width, 3, 1, 1), width, m))
+                c = width
+            layers.append(nn.MaxPool2d(2) if block < 4 else nn.AvgPool2d(2))
+        return nn.Sequential(*layers, nn.Flatten(),
+                             bn_relu(nn.Linear(512 * (cfg.image_size // 32) ** 2, 1024), 1024, m, 1)), 1024
+
+    @staticmethod
+    def decoder(cfg: Config, channels: int) -> nn.Module:
+        m, s0, z = cfg.bn_momentum, cfg.image_size // 32, cfg.z_s_dim + cfg.z_u_dim
+        layers = [bn_relu(nn.Linear(z, 1024), 1024, m, 1), bn_relu(nn.Linear(1024, 512 * s0 * s0), 512 * s0 * s0, m, 1),
+                  common.Reshape(512, s0, s0)]
+        c = 512
+        for width, stride in ((512, 2), (512, 1), (512, 1), (512, 2), (512, 1), (256, 1), (256, 2), (256, 1),
+                              (128, 1), (128, 2), (64, 1), (64, 2)):
+            layers.append(bn_relu(deconv(c, width, 3, stride), width, m))
+            c = width
+        return nn.Sequential(*layers, deconv(c, channels, 3, 1), nn.Tanh())
+
+    @staticmethod
+    def discriminator(cfg: Config, channels: int, kernel: int = 3, plan: tuple = ((64, 2), (128, 2), (256, 1), (256, 2),
+                                                                                     (512, 1), (512, 2), (512, 2))):
+        layers, c = [], channels
+        for width, stride in plan:
+            layers += [spectral_norm(nn.Conv2d(c, width, kernel, stride, 1)), lrelu()]
+            c = width
+        return layers + [nn.AdaptiveAvgPool2d(1), nn.Flatten(), spectral_norm(nn.Linear(c, 1024)), lrelu()], 1024
+
+
+class DcganNetworks:
+    """`--arch dcgan`, a lighter face family (sides a multiple of 16): E 4x4 stride-2 convolutions
+    of --filters x 1, 2, 4, 8 -> fc1024; G their mirror; Dis as VggNetworks' with these layers."""
+
+    @staticmethod
+    def trunk(cfg: Config, channels: int) -> tuple[nn.Module, int]:
+        f, layers, c, m = cfg.filters, [], channels, cfg.bn_momentum
+        for width in (f, 2 * f, 4 * f, 8 * f):
+            layers.append(bn_relu(nn.Conv2d(c, width, 4, 2, 1), width, m))
+            c = width
+        return nn.Sequential(*layers, nn.Flatten(),
+                             bn_relu(nn.Linear(c * (cfg.image_size // 16) ** 2, 1024), 1024, m, 1)), 1024
+
+    @staticmethod
+    def decoder(cfg: Config, channels: int) -> nn.Module:
+        f, s0, m, z = cfg.filters, cfg.image_size // 16, cfg.bn_momentum, cfg.z_s_dim + cfg.z_u_dim
         layers = [bn_relu(nn.Linear(z, 8 * f * s0 * s0), 8 * f * s0 * s0, m, 1), common.Reshape(8 * f, s0, s0)]
         for a, b in ((8 * f, 4 * f), (4 * f, 2 * f), (2 * f, f)):
             layers.append(bn_relu(nn.ConvTranspose2d(a, b, 4, 2, 1), b, m))
         return nn.Sequential(*layers, nn.ConvTranspose2d(f, channels, 4, 2, 1), nn.Tanh())
-    s0 = s // 32  # paper Tab. 4: fc1024 -> fc 2x2x512 -> thirteen 3x3 deconvolutions
-    layers = [bn_relu(nn.Linear(z, 1024), 1024, m, 1), bn_relu(nn.Linear(1024, 512 * s0 * s0), 512 * s0 * s0, m, 1),
-              common.Reshape(512, s0, s0)]
-    c = 512
-    for width, stride in ((512, 2), (512, 1), (512, 1), (512, 2), (512, 1), (256, 1), (256, 2), (256, 1),
-                          (128, 1), (128, 2), (64, 1), (64, 2)):
-        layers.append(bn_relu(deconv(c, width, 3, stride), width, m))
-        c = width
-    return nn.Sequential(*layers, deconv(c, channels, 3, 1), nn.Tanh())
+
+    @staticmethod
+    def discriminator(cfg: Config, channels: int) -> tuple[list, int]:
+        return VggNetworks.discriminator(cfg, channels, 4, tuple((cfg.filters * k, 2) for k in (1, 2, 4, 8)))
+
+
+def networks(cfg: Config) -> type:
+    """The network family for the data: the toy's MLPs, MNIST's, or the faces' --arch."""
+    return {"toy": ToyNetworks, "mnist": MnistNetworks}.get(cfg.dataset) or {"vgg": VggNetworks,
+                                                                          "dcgan": DcganNetworks}[cfg.arch]
 
 
 class ProjectionDiscriminator(nn.Module):
@@ -340,28 +407,10 @@ class ProjectionDiscriminator(nn.Module):
 
     def __init__(self, cfg: Config, channels: int, n_classes: int):
         super().__init__()
-        sn = spectral_norm
-        if cfg.dataset == "toy":
-            layers, width = [sn(nn.Linear(2, 32)), lrelu(), sn(nn.Linear(32, 64)), lrelu(), sn(nn.Linear(64, 64)), lrelu()], 64
-        elif cfg.dataset == "mnist":  # conv5 32 s1, 128 s2, 256 s2, 256 s2 (4x4) -> fc512
-            layers, c = [], channels
-            for width, stride in ((32, 1), (128, 2), (256, 2), (256, 2)):
-                layers += [sn(nn.Conv2d(c, width, 5, stride, 2)), lrelu()]
-                c = width
-            layers += [nn.Flatten(), sn(nn.Linear(256 * 16, 512)), lrelu()]
-            width = 512
-        else:
-            plan = ([(cfg.filters * k, 2) for k in (1, 2, 4, 8)] if cfg.arch == "dcgan" else
-                    [(64, 2), (128, 2), (256, 1), (256, 2), (512, 1), (512, 2), (512, 2)])
-            layers, c = [], channels
-            for width, stride in plan:
-                layers += [sn(nn.Conv2d(c, width, 4 if cfg.arch == "dcgan" else 3, stride, 1)), lrelu()]
-                c = width
-            width = 1024  # global average pool -> fc1024 (paper Tab. 4)
-            layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), sn(nn.Linear(c, width)), lrelu()]
+        layers, width = networks(cfg).discriminator(cfg, channels)
         self.features = nn.Sequential(*layers)
-        self.linear = sn(nn.Linear(width, 1))
-        self.embed = sn(nn.Embedding(n_classes, width))
+        self.linear = spectral_norm(nn.Linear(width, 1))
+        self.embed = spectral_norm(nn.Embedding(n_classes, width))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None, with_features: bool = False):
         """Scores (B,); c None drops the projection term (unlabelled images, sec. 3.6). With
