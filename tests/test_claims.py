@@ -43,10 +43,12 @@ def test_vlae_claims_write_a_table_of_rows_and_the_figures_it_cites(tmp_path):
     assert [cells[0][:7] for cells in rows] == ["A linea", "Fig. 2:", "Fig. 2:", "MMD kee", "Fig. 3:",
                                                 "Deeper ", "Fig. 4:"]
     assert "| Every latent layer changes the image" in text.split(shared.CHECKS_HEADING)[1]
-    for run in ("mnist-mmd", "faces-mmd", "faces-kl"):
+    for run in ("mnist-mmd", "faces-mmd", "faces-kl-nowarmup"):
         assert f"Run `{run}`" in text and os.path.exists(tmp_path / "runs" / run / "eval.json")
     assert "standard error" in rows[0][2] and "+-" in rows[1][2]  # the probe and the redraw shares carry their SE
-    assert "vs" in rows[6][2] and "real pale women" in rows[6][2]  # Fig. 4 against pixel arithmetic
+    assert "bootstrap SE" in rows[3][2] and "warm-up off" in rows[3][2]  # MMD vs KL: rates, the KL at full weight
+    assert rows[4][2].count("(SE ") == 3  # Fig. 3: z0's share against each other layer's, paired
+    assert "decode(mu(c))" in rows[6][2] and "real pale women" in rows[6][2]  # Fig. 4 against pixels and recon
     assert len(cited) == 5
     assert "Machine:" in text and "this invocation took" in text
 
