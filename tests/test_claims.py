@@ -56,6 +56,9 @@ def test_vlae_claims_write_a_table_of_rows_and_the_figures_it_cites(tmp_path):
 def test_cmma_claims_write_four_rows_with_the_judge_and_the_compared_figures(tmp_path):
     text, rows, cited = report_rows("cmma", tmp_path)
     assert [cells[0][:7] for cells in rows] == ["Table 2", "Table 3", "Fig. 4:", "Fig. 6:"]
+    assert "bound of eq. 6 per digit" in rows[0][2] and "standard error" in rows[0][2]  # the paper's quantity, paired
+    assert rows[1][2].count("(SE ") == 2  # both orderings of Table 3 with their SE
+    assert "importance-sampled" in text.split(shared.CHECKS_HEADING)[1]  # the tighter estimate, beside, not counted
     assert "Judge: a small CNN trained on the 200 held-out digits" in text
     assert "chosen from 2 by validation Parzen LL" in text  # the CGAN was tuned
     assert len(cited) == 2
