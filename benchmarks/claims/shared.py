@@ -208,6 +208,14 @@ def judge(args, device, epochs: int = 30) -> Judge:
 CHECKS_HEADING = "### Checks (not counted)"
 
 
+def rule_changes(changes: list) -> list:
+    """The report section that lists the rules changed since the previous report: each was fixed
+    in code before this run, and the runs it reads were repeated."""
+    return ["### Rules changed since the previous report", "",
+            "Each was fixed in code before this run, and the runs it reads were repeated:", "",
+            *[f"- {c}" for c in changes]] if changes else []
+
+
 def write_report(path: str, title: str, header: list, rows: list, figures: list, sections: list = ()) -> None:
     """docs/claims/PAPER.md: a header (bullets), the claims table, then `sections` (markdown
     lines: an ablation table, say), then the figures with captions (`figures`: (relative PNG path,
