@@ -135,6 +135,7 @@ class Config(common.RunConfig):
 
 # the flags that may differ from the checkpoint a run resumes or evaluates
 RUN_FIELDS = common.RUN_FIELDS | {"eval_images", "valid_images", "parzen_samples", "parzen_grid", "is_samples"}
+DATA_FIELDS = ("attributes",)  # set from the data when training starts (`attribute_count`), not from a flag
 # ----------------------------------------------------------------------------------------------
 # --- paper: the three models ---
 # ----------------------------------------------------------------------------------------------

@@ -246,3 +246,17 @@ def test_reuse_retrains_a_run_whose_settings_a_changed_default_would_alter(tmp_p
                         lambda cfg: dataclasses.replace(resolve(cfg), kl_weight=resolve(cfg).kl_weight + 1))
     assert not shared.same_settings(disentangled_vae, argv, first.out)
     assert not shared.train_run(disentangled_vae, "toy", argv, str(tmp_path), reuse=True).reused
+
+
+def test_reuse_keeps_a_cmma_run_whose_attributes_came_from_the_data(tmp_path):
+    """cmma sets --attributes from the data when training starts (10 for MNIST), so its saved
+    config differs there from what its argv resolves to (0): --reuse must still keep the run,
+    and still retrain it when a flag the argv sets differs."""
+    import cmma
+    argv = ["--dataset", "mnist", "--data-dir", os.path.join(ROOT, "tests", "data", "mnist"), "--image-size", "32",
+            "--width", "0.25", "--steps", "1", "--batch-size", "8", "--log-every", "1", "--eval-images", "4",
+            "--valid-images", "4", "--parzen-samples", "8", "--is-samples", "4"]
+    first = shared.train_run(cmma, "cmma", argv, str(tmp_path))
+    assert json.load(open(os.path.join(first.out, "config.json")))["attributes"] == 10
+    assert shared.train_run(cmma, "cmma", argv, str(tmp_path), reuse=True).reused
+    assert not shared.same_settings(cmma, argv[:-1] + ["8"], first.out)  # another --is-samples: stale

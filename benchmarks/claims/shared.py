@@ -106,8 +106,10 @@ def same_settings(script, argv: list, out: str) -> bool:
     _, cfg, _, _ = common.parse(parser, script.Config, argv + ["--out", out])
     now = dataclasses.asdict(script.resolve_defaults(cfg))
     saved = json.load(open(path))
-    # data_dir: argv names it (compared above), or it is the cwd's data/NAME, which nothing reads (toy)
-    return all(saved[k] == v for k, v in now.items() if k in saved and k not in ("out", "fresh", "data_dir"))
+    # data_dir: argv names it (compared above), or it is the cwd's data/NAME, which nothing reads (toy);
+    # a script's DATA_FIELDS are set from the data at train time (cmma's attributes), not from argv
+    skip = {"out", "fresh", "data_dir", *getattr(script, "DATA_FIELDS", ())}
+    return all(saved[k] == v for k, v in now.items() if k in saved and k not in skip)
 
 
 def fmt(values, digits: int = 3) -> str:
