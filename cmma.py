@@ -485,23 +485,29 @@ def parzen_log_likelihood(x: torch.Tensor, samples: torch.Tensor, sigmas: torch.
             - 0.5 * dim * torch.log(2 * math.pi * sig ** 2))
 
 
-@torch.no_grad()
 def parzen_scores(model, x: torch.Tensor, y: torch.Tensor, k: int, sigmas: torch.Tensor, chunk: int = 250):
     """Mean Parzen log-likelihood (nats per face) over faces x (N, C, S, S) in [0, 1], each
-    against k samples generated from its own attributes y (N, A); one value per window: (S,).
-    Faces with identical attribute vectors (every MNIST digit of a class) share one set of k
-    samples: each face's estimate is the same, only the faces' errors are correlated."""
-    total = torch.zeros(len(sigmas), dtype=torch.float64)
+    against k samples generated from its own attributes y (N, A); one value per window: (S,)."""
+    return parzen_per_face(model, x, y, k, sigmas, chunk).mean(0)
+
+
+@torch.no_grad()
+def parzen_per_face(model, x: torch.Tensor, y: torch.Tensor, k: int, sigmas: torch.Tensor, chunk: int = 250):
+    """Each face's Parzen log-likelihood (nats) under k samples generated from its own attributes,
+    per window: (N, S) float64. Faces with identical attribute vectors (every MNIST digit of a
+    class) share one set of k samples: each face's estimate is the same, only the faces' errors
+    are correlated."""
+    out = torch.zeros(len(x), len(sigmas), dtype=torch.float64)
     unique, which = torch.unique(y, dim=0, return_inverse=True)
     progress = common.Progress(f"Parzen ({k} samples each, {len(unique)} attribute vectors)", len(x), "faces",
                                announce=True)
     for u, yu in enumerate(unique):
         samples = torch.cat([model.generate(yu.expand(min(chunk, k - s), -1)).float()
                              for s in range(0, k, chunk)])
-        for xi in x[which == u]:
-            total += parzen_log_likelihood(xi, samples, sigmas).cpu()
+        for i in torch.nonzero(which == u).flatten().tolist():
+            out[i] = parzen_log_likelihood(x[i], samples, sigmas).cpu()
             progress.update()
-    return total / len(x)
+    return out
 
 
 @torch.no_grad()

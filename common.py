@@ -347,6 +347,14 @@ def parse(parser: argparse.ArgumentParser, config_cls: type, argv: Sequence[str]
     return command, config_cls(**{k: v for k, v in values.items() if k in fields}), explicit, own
 
 
+def parse_train_flags(config_cls: type, argv: Sequence[str]) -> tuple[Any, set]:
+    """A training command line (flags only) as (config, the fields given explicitly), with
+    `parse`'s checks: for tools that drive a script's training (tuning, the claims)."""
+    parser = argparse.ArgumentParser(prog=config_cls.__module__ + ".py")
+    add_fields(parser.add_subparsers(dest="command").add_parser("train"), config_cls)
+    return parse(parser, config_cls, argv)[1:3]
+
+
 # ----------------------------------------------------------------------------------------------
 # runtime: device, seeds, autocast, distributed
 # ----------------------------------------------------------------------------------------------

@@ -99,9 +99,7 @@ def main(argv: list | None = None) -> nn.Module:
     parser.add_argument("--grid", required=True, help="e.g. 'lr=1e-4,1e-3;lr_d=1e-4,1e-3;init_std=0,0.02'")
     parser.add_argument("--tune-steps", type=int, default=0, help="steps per candidate (0: a tenth of --steps)")
     args, rest = parser.parse_known_args(argv)
-    train = argparse.ArgumentParser(prog="cmma.py")
-    common.add_fields(train.add_subparsers(dest="command").add_parser("train"), cmma.Config)
-    _, cfg, explicit, _ = common.parse(train, cmma.Config, rest + ["--model", "cgan"])
+    cfg, explicit = common.parse_train_flags(cmma.Config, rest + ["--model", "cgan"])
     with common.user_errors():
         cfg = cmma.resolve_defaults(cfg)
         chosen = tune(cfg, explicit, args.grid, args.tune_steps or max(1, cfg.steps // 10))

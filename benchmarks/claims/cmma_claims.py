@@ -1,7 +1,6 @@
 """cmma: Pandey & Dukkipati 2016, the conditional multimodal autoencoder's claims."""
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import time
@@ -70,10 +69,8 @@ def tuned_flags(argv: list, scale: dict, args) -> list:
     (each candidate trained scale['tune_steps'] steps into WORK/cgan-tune/tune/; its tune.json
     reused with --reuse)."""
     out = os.path.join(args.work, "cgan-tune")
-    parser = argparse.ArgumentParser(prog="cmma.py")
-    common.add_fields(parser.add_subparsers(dest="command").add_parser("train"), cmma.Config)
     extra = ["--model", "cgan", "--out", out] + ([] if args.reuse else ["--fresh"])
-    _, cfg, explicit, _ = common.parse(parser, cmma.Config, argv + extra)
+    cfg, explicit = common.parse_train_flags(cmma.Config, argv + extra)
     chosen = tune_cgan.tune(cmma.resolve_defaults(cfg), explicit, scale["tune"], scale["tune_steps"])
     return [a for k, v in chosen.items() for a in (f"--{k.replace('_', '-')}", repr(v))]
 
@@ -140,21 +137,6 @@ def claim_cmma_bound(runs: dict, models: dict, scale: dict, seed: int, device, d
                 f"CMMA {sign(ll_gap, ll_se)}", check=True)]
 
 
-@torch.no_grad()
-def parzen_per_digit(cfg, model, x: torch.Tensor, y: torch.Tensor, sigma: float, seed: int) -> np.ndarray:
-    """Each test digit's Parzen log-likelihood (nats) under cfg.parzen_samples samples drawn from
-    its own y, at the window `sigma` its eval chose on the validation digits: (n,)."""
-    torch.manual_seed(seed)
-    unique, which = torch.unique(y, dim=0, return_inverse=True)
-    out = torch.zeros(len(x), dtype=torch.float64)
-    for u, yu in enumerate(unique):
-        samples = torch.cat([model.generate(yu.expand(min(250, cfg.parzen_samples - s), -1)).float()
-                             for s in range(0, cfg.parzen_samples, 250)])
-        for i in torch.nonzero(which == u).flatten().tolist():
-            out[i] = cmma.parzen_log_likelihood(x[i], samples, torch.tensor([sigma])).item()
-    return out.numpy()
-
-
 def claim_cmma_parzen(runs: dict, models: dict, seed: int, device) -> Row:
     """Table 3: "CMMA > CVAE > CGAN" in Parzen-window conditional log-likelihood (sec. 4.4), on the
     test digits of each model's eval (the same for all: one seed), at the window each model's eval
@@ -164,7 +146,11 @@ def claim_cmma_parzen(runs: dict, models: dict, seed: int, device) -> Row:
     grid ('mixed' if one ordering holds; 'no' if a window is at the grid's edge, which cuts its score)."""
     r = {k: eval_json(v) for k, v in runs.items()}
     (x, y), _, _ = cmma.eval_faces(models["cmma"][0], device)
-    ll = {k: parzen_per_digit(models[k][0], models[k][1], x, y, r[k]["parzen_sigma"], seed) for k in r}
+    ll = {}
+    for k in r:  # each model at the window its eval chose on the validation digits
+        torch.manual_seed(seed)
+        ll[k] = cmma.parzen_per_face(models[k][1], x, y, models[k][0].parzen_samples,
+                                     torch.tensor([r[k]["parzen_sigma"]]))[:, 0].numpy()
     edge = [k for k, v in r.items() if v["parzen_sigma_at_grid_edge"]]
     pairs = [paired_se(ll["cmma"], ll["cvae"]), paired_se(ll["cvae"], ll["cgan"])]
     parts = [g > 2 * e for g, e in pairs]

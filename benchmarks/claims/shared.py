@@ -2,7 +2,6 @@
 judge and the distances it reads, the report writer and the README section."""
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -101,9 +100,7 @@ def same_settings(script, argv: list, out: str) -> bool:
     path = os.path.join(out, "config.json")
     if not os.path.exists(path):
         return False
-    parser = argparse.ArgumentParser(prog=f"{script.SCRIPT}.py")
-    common.add_fields(parser.add_subparsers(dest="command").add_parser("train"), script.Config)
-    _, cfg, _, _ = common.parse(parser, script.Config, argv + ["--out", out])
+    cfg, _ = common.parse_train_flags(script.Config, argv + ["--out", out])
     now = dataclasses.asdict(script.resolve_defaults(cfg))
     saved = json.load(open(path))
     # data_dir: argv names it (compared above), or it is the cwd's data/NAME, which nothing reads (toy);

@@ -58,11 +58,10 @@ def load_vlae(run: Run, device):
     return model, cfg
 
 
-def run_numbers(run: Run, args, device, probe: bool = True) -> dict:
-    """The run's eval.json with benchmarks/probes.py's numbers on the same held-out images:
-    per-layer linear-probe accuracies (fitted on 10,000 training images; 200 / 40 in a tiny run)
-    and effect scores (8 bases; 2 in a tiny run)."""
-    model, cfg = load_vlae(run, device)
+def run_numbers(run: Run, model, cfg, args, device, probe: bool = True) -> dict:
+    """The run's eval.json with benchmarks/probes.py's numbers for its loaded model on the same
+    held-out images: per-layer linear-probe accuracies (fitted on 10,000 training images; 200 / 40
+    in a tiny run) and effect scores (8 bases; 2 in a tiny run)."""
     result = eval_json(run)
     tiny = args.scale == "tiny" or args.dry_run
     probe_images = (200 if cfg.dataset == "mnist" else 40) if tiny else 10_000
@@ -87,7 +86,7 @@ def claim_probe_hierarchy(run: Run, args, device) -> Row:
     """"Deep layers hold high-level features" (sec. 2.2; Fig. 2's reading: the top layer is the
     digit's identity). Holds if a linear probe on the top layer's mu reads the held-out digit
     class more accurately than the same probe on the bottom layer's mu, by more than 2 SE."""
-    result = run_numbers(run, args, device)
+    result = run_numbers(run, *load_vlae(run, device), args, device)
     acc = result["probe_accuracy"]["class"]
     return probe_row("A linear probe reads the digit class better from the top layer than from the bottom",
                      "sec. 2.2, Fig. 2", "digit class", acc, len(acc) - 1, 0, result,
@@ -280,7 +279,7 @@ def claims_faces(run: Run, args, device) -> tuple[list, list]:
     used (each effect score above 1% of the largest); identity deeper (z2's probe beats z0's by
     more than 2 SE); Fig. 4's arithmetic (`claim_arithmetic`)."""
     model, cfg = load_vlae(run, device)
-    result = run_numbers(run, args, device)
+    result = run_numbers(run, model, cfg, args, device)
     effect = result["effect_score"]
     rows = [claim_fig3_colour(model, effect, args, device),
             Row("Every latent layer changes the image (none is ignored)", "sec. 2.2, Fig. 3",
