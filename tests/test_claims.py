@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import claims  # noqa: E402
 import data  # noqa: E402
 from claims import shared  # noqa: E402
-from claims.disentangled_claims import along_curve_spread  # noqa: E402
+from claims.disentangled_claims import TOY_BAND, TOY_THICKNESS, along_curve_spread, radial_sd  # noqa: E402
 
 
 def report_rows(paper: str, tmp_path) -> tuple[str, list, list]:
@@ -94,6 +94,20 @@ def test_toy_spread_is_measured_along_each_curve_and_ignores_points_off_it():
     angle, offset = data.toy_curve_coordinates(np.array([[2.2, 0.5], [1.2, -0.6]]), np.array([2, 2]))
     assert angle[0] == pytest.approx(np.pi / 2) and offset[0] == pytest.approx(0.0, abs=1e-12)
     assert angle[1] > np.pi  # just below the left end stays next to it, not at -pi
+
+
+def test_a_band_twice_the_datas_thickness_passes_the_band_rule_but_not_the_thickness_rule():
+    """Fig. 2's on-curve row: points at radius 1 +- 0.15 around each curve (the data's noise sd)
+    have radial_sd 0.15; at 1 +- 0.3 every point still lies within TOY_BAND of its curve, but the
+    radial sd doubles, beyond TOY_THICKNESS times the data's."""
+    t = np.linspace(0.05, np.pi - 0.05, 400)
+    labels = np.repeat([0, 1, 2], 2 * len(t))
+    band = lambda d: np.vstack([np.stack([data.TOY_CENTRES[k] + r * np.cos(t), r * np.sin(t) - 0.5], 1)
+                                for k in range(3) for r in (1 - d, 1 + d)])
+    assert radial_sd(band(0.15), labels) == pytest.approx(0.15, abs=1e-9)
+    assert along_curve_spread(band(0.3), labels)[1] == 1.0  # all within TOY_BAND
+    assert radial_sd(band(0.3), labels) == pytest.approx(0.3, abs=1e-9)
+    assert 0.3 > TOY_THICKNESS * 0.15
 
 
 def test_frechet_and_kernel_distances_are_zero_for_one_distribution_and_grow_with_a_shift():
