@@ -355,3 +355,21 @@ def test_g_batchnorm_normalises_the_generator_alone():
     model = vae_began.VAEBEGAN(cfg)
     assert bn(model.generator) == 2 * 3 and bn(model.encoder) == bn(model.discriminator) == 0
     assert bn(vae_began.VAEBEGAN(dataclasses.replace(cfg, g_batchnorm=False))) == 0
+
+
+def test_d_batchnorm_makes_ds_reconstruction_depend_on_its_batch_and_only_ds():
+    """--d-batchnorm (the MNIST BEGAN port's D) normalises D's bottleneck code and its decoder's
+    first layer over each batch: in training mode an image's reconstruction changes with the
+    other images of its batch (a batch of copies is normalised to the mean), where BEGAN's D
+    reconstructs each image alone. E and G stay unnormalised."""
+    bn = lambda net: sum(isinstance(m, torch.nn.BatchNorm1d) for m in net.modules())
+    cfg = vae_began.resolve_defaults(vae_began.Config(dataset="mnist", image_size=32, filters=4, latent_dim=8,
+                                                      d_batchnorm=True))
+    x = torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    copies = x[:1].repeat(4, 1, 1, 1)
+    for on, changes in ((True, True), (False, False)):
+        torch.manual_seed(0)
+        model = vae_began.VAEBEGAN(dataclasses.replace(cfg, d_batchnorm=on)).train()
+        assert bn(model.discriminator) == (2 if on else 0) and bn(model.generator) == bn(model.encoder) == 0
+        alone, mixed = model.discriminator(copies)[1][0], model.discriminator(x)[1][0]
+        assert (not torch.allclose(alone, mixed, atol=1e-5)) == changes
