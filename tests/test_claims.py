@@ -53,9 +53,10 @@ def test_vlae_claims_write_a_table_of_rows_and_the_figures_it_cites(tmp_path):
     assert "Machine:" in text and "this invocation took" in text
 
 
-def test_cmma_claims_write_four_rows_with_the_judge_and_the_compared_figures(tmp_path):
+def test_cmma_claims_write_five_rows_with_the_judge_and_the_compared_figures(tmp_path):
     text, rows, cited = report_rows("cmma", tmp_path)
-    assert [cells[0][:7] for cells in rows] == ["Table 2", "Table 3", "Fig. 4:", "Fig. 6:"]
+    assert [cells[0][:7] for cells in rows] == ["Table 2", "Table 3", "Fig. 4:", "CMMA's ", "Fig. 6:"]
+    assert "SE of CMMA's gap to the CVAE" in rows[2][2] and "(SE " in rows[3][2]
     assert "bound of eq. 6 per digit" in rows[0][2] and "standard error" in rows[0][2]  # the paper's quantity, paired
     assert rows[1][2].count("(SE ") == 2  # both orderings of Table 3 with their SE
     assert "importance-sampled" in text.split(shared.CHECKS_HEADING)[1]  # the tighter estimate, beside, not counted
@@ -274,3 +275,38 @@ def test_reuse_keeps_a_cmma_run_whose_attributes_came_from_the_data(tmp_path):
     assert json.load(open(os.path.join(first.out, "config.json")))["attributes"] == 10
     assert shared.train_run(cmma, "cmma", argv, str(tmp_path), reuse=True).reused
     assert not shared.same_settings(cmma, argv[:-1] + ["8"], first.out)  # another --is-samples: stale
+
+
+def test_cmma_diversity_ratio_is_one_for_real_digits_and_zero_for_one_repeated_image():
+    """The within-class spread row: a stand-in 'model' whose samples of class c are real test
+    digits of c scores a ratio near 1 and passes; one that repeats a single image per class scores
+    exactly 0 and fails. code_stats on an identity stand-in: KL 0 where q equals the prior."""
+    import cmma
+    from claims import cmma_claims
+    cfg = cmma.resolve_defaults(cmma.Config(dataset="mnist", data_dir=os.path.join(ROOT, "tests", "data", "mnist"),
+                                            image_size=32, steps=1, latent_dim=4))
+    test = cmma.load_split(cfg, "test", verbose=False)
+    classes = test.labels["class"]
+
+    class StandIn:
+        def __init__(self, repeat):
+            self.repeat = repeat
+
+        def generate(self, y):
+            c = int(y[0].argmax())
+            index = np.flatnonzero(classes == c)
+            index = np.full(len(y), index[0]) if self.repeat else np.resize(index[::-1], len(y))
+            return cmma.faces_and_attributes(test, index, torch.device("cpu"))[0]
+
+        def posterior(self, x, y):
+            return torch.zeros(len(x), 4), torch.zeros(len(x), 4)
+
+        prior = lambda self, y: (torch.zeros(len(y), 4), torch.zeros(len(y), 4))
+        decode = lambda self, z, y: (torch.zeros(len(z), 1, 32, 32), torch.zeros(len(z), 1, 32, 32))
+
+    real = cmma_claims.claim_cmma_diversity({"cmma": (cfg, StandIn(False))}, 6, 0, torch.device("cpu"))
+    ratio = float(real.measured.split("mean over classes: ")[1].split(" ")[0])
+    assert 0.75 < ratio < 1.3 and real.holds == "yes"
+    same = cmma_claims.claim_cmma_diversity({"cmma": (cfg, StandIn(True))}, 6, 0, torch.device("cpu"))
+    assert "mean over classes: 0.000 (SE 0.000)" in same.measured and same.holds == "no"
+    assert "KL 0.0 nats per digit" in same.measured
