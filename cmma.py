@@ -112,7 +112,10 @@ class Config(common.RunConfig):
     # holds it); 1e-2 still diverges. MNIST digits learn faster at 3e-3 (benchmarks/claims.py)
     lr: float = common.arg(3e-4, "Adagrad learning rate (not stated in the paper; 3e-4 and 1e-3 measured stable "
                                  "on faces, 1e-2 diverges)")
-    lr_d: float = common.arg(0.0, "cgan: discriminator Adagrad learning rate (0: same as --lr)", at_least=0.0)
+    lr_d: float = common.arg(0.0, "cgan: discriminator learning rate (0: same as --lr)", at_least=0.0)
+    gan_optimizer: str = common.arg("adagrad", "cgan: adagrad (sec. 4.3: every model) or adam (DCGAN's Adam, betas "
+                                               "0.5, 0.999, the usual GAN optimizer; a deviation)",
+                                    choices=("adagrad", "adam"))
     init_std: float = common.arg(0.0, "cgan: weights drawn from N(0, init_std^2), biases 0 (0: PyTorch's default "
                                       "init)", at_least=0.0)
     image_size: int = common.arg(64, "image side in pixels, a multiple of 8 from 32 (64: the paper's layer sizes)")
@@ -451,11 +454,14 @@ def step_on(net, optimizer, scaler, batches: list, loss_fn, device, amp: bool) -
 
 
 def make_optimizers(model: nn.Module, cfg: Config) -> dict:
-    """Adagrad (sec. 4.3): one for the VAEs; separate D and G ones for the GAN."""
+    """Adagrad (sec. 4.3): one for the VAEs; separate D and G ones for the GAN (--gan-optimizer adam:
+    Adam with betas (0.5, 0.999), DCGAN's)."""
     if cfg.model != "cgan":
         return {"model": torch.optim.Adagrad(model.parameters(), lr=cfg.lr)}
-    return {"generator": torch.optim.Adagrad(model.generator.parameters(), lr=cfg.lr),
-            "discriminator": torch.optim.Adagrad(model.discriminator.parameters(), lr=cfg.lr_d)}
+    make = (lambda params, lr: torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999))) if cfg.gan_optimizer == "adam" \
+        else (lambda params, lr: torch.optim.Adagrad(params, lr=lr))
+    return {"generator": make(model.generator.parameters(), cfg.lr),
+            "discriminator": make(model.discriminator.parameters(), cfg.lr_d)}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 import os
 
@@ -414,3 +415,20 @@ def test_gaussian_log_likelihood_matches_normal_log_prob():
     assert torch.allclose(cmma.gaussian_log_likelihood(x, mu, logvar), expected, atol=1e-4)
     no_const = cmma.gaussian_log_likelihood(x, mu, logvar, with_constant=False)
     assert torch.allclose(no_const - expected, torch.full((3,), 0.5 * math.log(2 * math.pi) * 32), atol=1e-4)
+
+
+def test_gan_optimizer_adam_gives_g_and_d_dcgans_adam_and_the_vaes_keep_adagrad():
+    """--gan-optimizer adam: the CGAN's G at --lr and D at --lr-d each get Adam with betas (0.5,
+    0.999) over their own parameters only; the default (and every VAE) keeps the paper's Adagrad."""
+    cfg = cmma.resolve_defaults(cmma.Config(dataset="mnist", image_size=32, width=0.25, latent_dim=8, attributes=10,
+                                            model="cgan", gan_optimizer="adam", lr=2e-4, lr_d=1e-4))
+    model = cmma.build_model(cfg, 10)
+    opt = cmma.make_optimizers(model, cfg)
+    for name, net, lr in (("generator", model.generator, 2e-4), ("discriminator", model.discriminator, 1e-4)):
+        assert isinstance(opt[name], torch.optim.Adam) and opt[name].defaults["betas"] == (0.5, 0.999)
+        assert opt[name].defaults["lr"] == lr
+        assert {id(p) for g in opt[name].param_groups for p in g["params"]} == {id(p) for p in net.parameters()}
+    default = dataclasses.replace(cfg, gan_optimizer="adagrad")
+    assert all(isinstance(o, torch.optim.Adagrad) for o in cmma.make_optimizers(model, default).values())
+    vae = cmma.resolve_defaults(dataclasses.replace(cfg, model="cmma"))
+    assert isinstance(cmma.make_optimizers(cmma.build_model(vae, 10), vae)["model"], torch.optim.Adagrad)
