@@ -310,3 +310,25 @@ def test_cmma_diversity_ratio_is_one_for_real_digits_and_zero_for_one_repeated_i
     same = cmma_claims.claim_cmma_diversity({"cmma": (cfg, StandIn(True))}, 6, 0, torch.device("cpu"))
     assert "mean over classes: 0.000 (SE 0.000)" in same.measured and same.holds == "no"
     assert "KL 0.0 nats per digit" in same.measured
+
+
+def test_label_and_noise_effect_is_zero_for_what_a_generator_ignores():
+    """The CGAN note's measure: a generator that ignores y moves 0 when the class changes; one
+    that ignores the noise moves 0 when the noise is redrawn; each moves by the known amount
+    otherwise (|0.1 c - 0.1 (c + 1)| = 0.1 for 9 of 10 classes, 0.9 for class 9)."""
+    from claims import cmma_claims
+
+    class Reads:
+        latent_dim = 3
+
+        def __init__(self, what):
+            self.what = what
+
+        def generate(self, y, eps):
+            value = 0.1 * y.argmax(1).float() if self.what == "y" else eps[:, 0]
+            return value.view(-1, 1, 1, 1).expand(-1, 1, 4, 4)
+
+    by_y, by_z = cmma_claims.label_and_noise_effect(Reads("y"), torch.device("cpu"), n=200)
+    assert by_z == 0 and by_y == pytest.approx((9 * 0.1 + 0.9) / 10)
+    by_y, by_z = cmma_claims.label_and_noise_effect(Reads("z"), torch.device("cpu"), n=200)
+    assert by_y == 0 and by_z > 0.5  # E|a - b| of two N(0, 1) draws is 2 / sqrt(pi) = 1.13
