@@ -195,6 +195,16 @@ def test_tuned_gan_resume_is_exact(tmp_path):
     best = max(tuned["candidates"], key=lambda c: c["valid_parzen_nats_per_face"])
     assert [c["init_std"] for c in tuned["candidates"]] == [0.0, 0.02]
     assert tuned["chosen"] == {"init_std": best["init_std"]} and a["config"]["init_std"] == best["init_std"]
+    # another grid or optimizer tunes again into the same folder, each candidate started over
+    # (the old candidates' checkpoints were trained with other flags)
+    def tune(grid, *extra):
+        cfg, explicit = common.parse_train_flags(cmma.Config, args[4:] + ["--out", str(tmp_path / "b"), "--steps", "4",
+                                                                         "--model", "cgan", *extra])
+        return tune_cgan.tune(cmma.resolve_defaults(cfg), explicit, grid, 1)
+    tune("lr=1e-3,3e-3")
+    assert [c["lr"] for c in tune_cgan.read_tuning(str(tmp_path / "b"))["candidates"]] == [1e-3, 3e-3]
+    tune("lr=1e-3,3e-3", "--gan-optimizer", "adam")
+    assert tune_cgan.read_tuning(str(tmp_path / "b"))["gan_optimizer"] == "adam"
 
 
 def test_adagrad_at_lr_1e3_trains_without_the_early_log_variance_spike():
