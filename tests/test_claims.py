@@ -232,11 +232,15 @@ def test_checks_are_listed_apart_and_not_counted(tmp_path):
 def test_lr_livae_sample_row_needs_0_9_and_no_gap_beyond_2_se():
     from claims.disentangled_claims import claim_samples_read
     scale = {"div_classes": 7}
-    row = claim_samples_read({"right": 0.92}, {"right": 0.96}, 20, scale)  # SE of the gap ~0.024: within 2 SE
+    read = lambda right, zero=1.0: {"right": right, "right_z_u_0": zero}
+    row = claim_samples_read(read(0.92), read(0.96), 20, scale)  # SE of the gap ~0.024: within 2 SE
     assert row.holds == "yes"
-    assert claim_samples_read({"right": 0.85}, {"right": 0.86}, 20, scale).holds == "mixed"   # under 0.9
-    assert claim_samples_read({"right": 0.50}, {"right": 0.96}, 20, scale).holds == "no"
-    assert claim_samples_read({"right": 0.90}, {"right": 0.999}, 200, scale).holds == "mixed"  # gap > 2 SE
+    assert claim_samples_read(read(0.85), read(0.86), 20, scale).holds == "mixed"   # under 0.9
+    assert claim_samples_read(read(0.50), read(0.96), 20, scale).holds == "no"
+    assert claim_samples_read(read(0.90), read(0.999), 200, scale).holds == "mixed"  # gap > 2 SE
+    # the note names the cause from the z_u = 0 reading: z_u's draws, or p(z_s|c) itself
+    assert "z_u's draws" in claim_samples_read(read(0.50, 0.95), read(0.96), 20, scale).note
+    assert "themselves are off" in claim_samples_read(read(0.50, 0.60), read(0.96), 20, scale).note
 
 
 def test_spread_se_shrinks_with_the_number_of_points_as_one_over_root_n():
