@@ -59,11 +59,44 @@ def test_cmma_claims_write_five_rows_with_the_judge_and_the_compared_figures(tmp
     assert "SE of CMMA's gap to the CVAE" in rows[2][2] and "(SE " in rows[3][2]
     assert "bound of eq. 6 per digit" in rows[0][2] and "standard error" in rows[0][2]  # the paper's quantity, paired
     assert rows[1][2].count("(SE ") == 2  # both orderings of Table 3 with their SE
-    assert "importance-sampled" in text.split(shared.CHECKS_HEADING)[1]  # the tighter estimate, beside, not counted
+    checks = text.split(shared.CHECKS_HEADING)[1]
+    assert "importance-sampled" in checks  # the tighter estimate, beside, not counted
+    assert "| Every model draws digits" in checks and "on 500 real test digits" in checks
     assert "Judge: a small CNN trained on the 200 held-out digits" in text
     assert "chosen from 2 by validation Parzen LL" in text  # the CGAN was tuned
     assert len(cited) == 2
     assert len([f for f in os.listdir(tmp_path / "runs") if f.startswith("judge-")]) == 1  # cached for the other papers
+
+
+def test_cmma_draws_digits_check_reads_the_judges_confidence_not_its_class():
+    """The check passes when every model's samples read as some digit with confidence (wrong class
+    or not) and fails on one model whose samples the judge cannot place; a judge that is sure of
+    noise would pass it, so the judge here is a stand-in that reads ink as confidence."""
+    from claims import cmma_claims
+    import cmma
+    cfg = cmma.resolve_defaults(cmma.Config(dataset="mnist", data_dir=os.path.join(ROOT, "tests", "data", "mnist"),
+                                            image_size=32, width=0.25, eval_images=4, valid_images=4))
+    probs = lambda conf: torch.tensor([[conf] + [(1 - conf) / 9] * 9])
+    judge_ = shared.Judge(None, 1.0, "stand-in", lambda images: (probs(0.95).repeat(len(images), 1), None))
+    read = lambda conf, acc: {"accuracy": acc, "per_class": torch.zeros(10), "confidence": conf}
+    models = {"cmma": (cfg, None)}
+    device = torch.device("cpu")
+    ok = cmma_claims.check_draws_digits({"cmma": read(0.9, 0.6), "cvae": read(0.8, 0.1), "cgan": read(0.75, 0.1)},
+                                        judge_, models, device)
+    assert ok.holds == "yes" and ok.check and "real test digits 0.950" in ok.measured
+    bad = cmma_claims.check_draws_digits({"cmma": read(0.9, 0.6), "cvae": read(0.35, 0.15), "cgan": read(0.75, 0.1)},
+                                         judge_, models, device)
+    assert bad.holds == "no" and "CVAE" in bad.why and "CGAN" not in bad.why
+
+    class Draws:  # any class asked for, it draws blank images
+        def generate(self, y):
+            return torch.zeros(len(y), 1, 32, 32)
+    sure_of_3 = torch.tensor([[0.02] * 3 + [0.8] + [0.02] * 6])
+    judge_ = shared.Judge(None, 1.0, "stand-in", lambda images: (sure_of_3.repeat(len(images), 1), None))
+    read_ = cmma_claims.read_samples({"cgan": (cfg, Draws())}, judge_, 5, device)["cgan"]
+    # read as 3 whatever the class: right 1 time in 10, yet confident (the top probability, not the asked class's)
+    assert read_["accuracy"] == pytest.approx(0.1) and read_["confidence"] == pytest.approx(0.8)
+    assert read_["per_class"].tolist() == [0, 0, 0, 1, 0, 0, 0, 0, 0, 0]
 
 
 def test_data_dir_may_be_any_idx_set_itself_or_the_folder_holding_mnist(tmp_path):

@@ -406,6 +406,26 @@ def test_cgan_losses_are_the_non_saturating_bce_written_out_and_g_pushes_d_up():
     assert (fake.grad < 0).all()  # descending g_loss brightens the fakes, which D scores higher
 
 
+def test_d_projection_adds_the_class_row_of_v_dotted_with_the_features():
+    """Miyato & Koyama's projection (eq. 3): logit(x, y) = out([phi(x, y), y]) + y^T V phi(x, y).
+    With y one-hot, the term is V's column for the class dotted with phi: written out here from
+    D's own parts, and absent without the flag (the same weights give the plain logit)."""
+    torch.manual_seed(0)
+    d = cmma.Discriminator(1, 32, 10, width=0.25, projection=True)
+    x, y = torch.rand(4, 1, 32, 32), torch.eye(10)[[0, 3, 3, 9]]
+    phi = d.features(x, y)
+    plain = d.out(torch.cat([phi, y], 1)).squeeze(1)
+    expected = plain + torch.stack([d.project.weight[:, c] @ phi[i] for i, c in enumerate([0, 3, 3, 9])])
+    assert torch.allclose(d(x, y), expected, atol=1e-5)
+    assert not torch.allclose(d(x, y), plain, atol=1e-3)
+    without = cmma.Discriminator(1, 32, 10, width=0.25)
+    without.load_state_dict({k: v for k, v in d.state_dict().items() if not k.startswith("project")})
+    assert torch.allclose(without(x, y), plain, atol=1e-6)
+    cfg = cmma.resolve_defaults(cmma.Config(dataset="mnist", model="cgan", image_size=32, width=0.25, channels=1,
+                                            d_projection=True))
+    assert cmma.CGAN(cfg, 10).discriminator.project is not None
+
+
 def test_cgan_tuning_scores_candidates_on_the_validation_faces_never_the_test_faces(monkeypatch):
     """Sec. 4.4 chooses the CGAN's settings on the validation set: validation_parzen hands the
     validation subset of eval_faces to the Parzen scores, not the test subset."""
