@@ -8,7 +8,7 @@ log-likelihood on the validation set."
 Each combination of the grid trains --tune-steps steps into OUT/tune/candidate-i (no figures, no
 eval) through cmma.py's own `train`, and is scored by the best Parzen log-likelihood over
 --parzen-grid on the validation faces (cmma's `eval_subsets`). Every score and the choice go to
-OUT/tune.json, reused when it holds the same grid, steps and --gan-optimizer (--fresh tunes again; a new
+OUT/tune.json, reused when it holds the same grid, steps, --gan-optimizer and --d-projection (--fresh tunes again; a new
 tuning starts every candidate over); then the
 winner trains into OUT for --steps, with its figures and eval.json, as `cmma.py --model cgan`
 would. Every other flag is cmma.py's. One process: pass the chosen values to torchrun after.
@@ -78,7 +78,8 @@ def tune(cfg: cmma.Config, explicit: set, grid: str, steps: int) -> dict:
                          "--init-std (OUT/tune.json) to torchrun")
     saved, path = read_tuning(cfg.out), os.path.join(cfg.out, "tune.json")
     if (saved and not cfg.fresh and saved["grid"] == grid and saved["tune_steps"] == steps
-            and saved.get("gan_optimizer", "adagrad") == cfg.gan_optimizer):
+            and saved.get("gan_optimizer", "adagrad") == cfg.gan_optimizer
+            and saved.get("d_projection", False) == cfg.d_projection):
         common.print0(f"tuning: reusing {path}: {saved['chosen']}")
         return saved["chosen"]
     device, results = common.pick_device(cfg.device), []
@@ -92,7 +93,7 @@ def tune(cfg: cmma.Config, explicit: set, grid: str, steps: int) -> dict:
         common.print0(f"tuning: {candidate} -> {results[-1]['valid_parzen_nats_per_face']:,.1f} nats per face")
     chosen = {k: v for k, v in max(results, key=lambda r: r["valid_parzen_nats_per_face"]).items() if k in TUNABLE}
     common.save_json(path, {"grid": grid, "tune_steps": steps, "gan_optimizer": cfg.gan_optimizer,
-                            "valid_faces": cfg.valid_images,
+                            "d_projection": cfg.d_projection, "valid_faces": cfg.valid_images,
                             "parzen_samples": cfg.parzen_samples, "candidates": results, "chosen": chosen})
     common.print0(f"tuning: chose {chosen}")
     return chosen

@@ -205,6 +205,9 @@ def test_tuned_gan_resume_is_exact(tmp_path):
     assert [c["lr"] for c in tune_cgan.read_tuning(str(tmp_path / "b"))["candidates"]] == [1e-3, 3e-3]
     tune("lr=1e-3,3e-3", "--gan-optimizer", "adam")
     assert tune_cgan.read_tuning(str(tmp_path / "b"))["gan_optimizer"] == "adam"
+    assert not tune_cgan.read_tuning(str(tmp_path / "b"))["d_projection"]
+    tune("lr=1e-3,3e-3", "--gan-optimizer", "adam", "--d-projection")  # a new D: tuned again
+    assert tune_cgan.read_tuning(str(tmp_path / "b"))["d_projection"]
 
 
 def test_adagrad_at_lr_1e3_trains_without_the_early_log_variance_spike():
