@@ -238,8 +238,8 @@ class CGAN(nn.Module):
                                          (cfg.logvar_min, cfg.logvar_max), cfg.width)
         self.discriminator = Discriminator(cfg.channels, cfg.image_size, attributes, cfg.width, cfg.d_projection)
         if cfg.init_std > 0:  # the paper tunes "the variance of weights" of its CGAN (sec. 4.4)
-            for m in self.modules():
-                if isinstance(m, (nn.Linear, nn.Conv2d)):
+            for m in self.modules():  # of the paper's layers: --d-projection's V keeps PyTorch's init
+                if isinstance(m, (nn.Linear, nn.Conv2d)) and m is not self.discriminator.project:
                     nn.init.normal_(m.weight, 0.0, cfg.init_std)
                     if m.bias is not None:
                         nn.init.zeros_(m.bias)

@@ -425,8 +425,11 @@ def test_d_projection_adds_the_class_row_of_v_dotted_with_the_features():
     without.load_state_dict({k: v for k, v in d.state_dict().items() if not k.startswith("project")})
     assert torch.allclose(without(x, y), plain, atol=1e-6)
     cfg = cmma.resolve_defaults(cmma.Config(dataset="mnist", model="cgan", image_size=32, width=0.25, channels=1,
-                                            d_projection=True))
-    assert cmma.CGAN(cfg, 10).discriminator.project is not None
+                                            d_projection=True, init_std=0.02))
+    gan = cmma.CGAN(cfg, 10)
+    # the tuned weight scale (sec. 4.4) is the paper's layers'; V, ours, keeps PyTorch's U(+-1/sqrt(10)) init
+    assert gan.discriminator.out.weight.std().item() == pytest.approx(0.02, rel=0.5)
+    assert gan.discriminator.project.weight.std().item() == pytest.approx(1 / math.sqrt(30), rel=0.2)
 
 
 def test_cgan_tuning_scores_candidates_on_the_validation_faces_never_the_test_faces(monkeypatch):
