@@ -233,7 +233,7 @@ def check_draws_digits(read: dict, judge_: Judge, models: dict, device) -> Row:
     mean top-class probability on the model's samples is at least DRAWS_DIGITS (on real test digits
     it is near 1). A precondition for the comparisons, not a claim of the paper: a check. Beside it,
     not in the rule: the Frechet distance of the judge's features (`frechet_distance`) from the
-    samples to the real test digits, which a confident read of off-manifold shapes does not hide."""
+    samples to the real test digits (lower: closer to real digits as the judge sees them)."""
     x, _ = test_digits(models, 500, 0, device)
     p, features = judge_.read(x.cpu())
     real = p.max(1).values.mean().item()
