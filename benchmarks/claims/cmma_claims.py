@@ -178,9 +178,15 @@ def claim_cmma_parzen(runs: dict, models: dict, seed: int, device) -> Row:
              f"chosen from {len(tuning['candidates'])} by validation Parzen LL" if tuning else "CGAN not tuned")
     note = ""
     if not all(parts):
-        note = (f"the measured order is {order}. Hypothesis, not measured: a Parzen window on {len(x)} digits at "
-                f"K = {r['cmma']['parzen_samples']} rewards samples near the test digits, and a GAN's sharp samples "
-                f"can score well on it where a VAE's blurred means do not (Theis et al. 2016 on Parzen estimates)")
+        causes = []
+        if not parts[0]:
+            causes.append("CMMA > CVAE fails. Hypothesis, not measured: a Parzen window rewards samples that "
+                          "spread as the test digits do, and CMMA's samples of a class are near copies (the "
+                          "spread row below)")
+        if not parts[1]:
+            causes.append("CVAE > CGAN fails. Hypothesis, not measured: a GAN's sharp samples can score well on a "
+                          "Parzen window where a VAE's blurred means do not (Theis et al. 2016 on Parzen estimates)")
+        note = f"the measured order is {order}; " + "; ".join(causes)
     return Row("Table 3: Parzen conditional log-likelihood CMMA > CVAE > CGAN", "sec. 4.4, Table 3",
                f"test Parzen LL (nats per digit, {len(x)} digits), sigma chosen on disjoint validation digits: "
                + ", ".join(f"{k.upper()} {ll[k].mean():,.1f} (sigma {r[k]['parzen_sigma']:.3g})" for k in ll)
