@@ -8,8 +8,9 @@ log-likelihood on the validation set."
 Each combination of the grid trains --tune-steps steps into OUT/tune/candidate-i (no figures, no
 eval) through cmma.py's own `train`, and is scored by the best Parzen log-likelihood over
 --parzen-grid on the validation faces (cmma's `eval_subsets`). Every score and the choice go to
-OUT/tune.json, reused when it holds the same grid, steps, --gan-optimizer and --d-projection (--fresh tunes again; a new
-tuning starts every candidate over); then the
+OUT/tune.json, reused when it holds the same grid, steps and candidate settings (every flag that
+shapes a candidate's training or score, `candidate_settings`; --fresh tunes again; a new tuning
+starts every candidate over); then the
 winner trains into OUT for --steps, with its figures and eval.json, as `cmma.py --model cgan`
 would. Every other flag is cmma.py's. One process: pass the chosen values to torchrun after.
 """
@@ -33,6 +34,14 @@ import cmma  # noqa: E402
 import common  # noqa: E402
 
 TUNABLE = ("lr", "lr_d", "init_std")
+# flags that change neither a candidate's training nor its validation score
+NOT_TUNING = common.RUN_FIELDS | {"eval_images", "is_samples"} | set(TUNABLE)
+
+
+def candidate_settings(cfg: cmma.Config) -> dict:
+    """The flags a tuning's candidates share (the model, optimizer, networks, data, seed, the
+    validation Parzen's settings): a saved tuning is reused only for the same."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_TUNING}
 
 
 def tune_grid(text: str) -> list[dict]:
@@ -77,9 +86,9 @@ def tune(cfg: cmma.Config, explicit: set, grid: str, steps: int) -> dict:
         raise ValueError("tuning runs in one process; tune first, then pass the chosen --lr, --lr-d and "
                          "--init-std (OUT/tune.json) to torchrun")
     saved, path = read_tuning(cfg.out), os.path.join(cfg.out, "tune.json")
+    settings = candidate_settings(cfg)
     if (saved and not cfg.fresh and saved["grid"] == grid and saved["tune_steps"] == steps
-            and saved.get("gan_optimizer", "adagrad") == cfg.gan_optimizer
-            and saved.get("d_projection", False) == cfg.d_projection):
+            and saved.get("settings") == settings):
         common.print0(f"tuning: reusing {path}: {saved['chosen']}")
         return saved["chosen"]
     device, results = common.pick_device(cfg.device), []
@@ -92,8 +101,7 @@ def tune(cfg: cmma.Config, explicit: set, grid: str, steps: int) -> dict:
         results.append({**candidate, "valid_parzen_nats_per_face": validation_parzen(trial, model, device)})
         common.print0(f"tuning: {candidate} -> {results[-1]['valid_parzen_nats_per_face']:,.1f} nats per face")
     chosen = {k: v for k, v in max(results, key=lambda r: r["valid_parzen_nats_per_face"]).items() if k in TUNABLE}
-    common.save_json(path, {"grid": grid, "tune_steps": steps, "gan_optimizer": cfg.gan_optimizer,
-                            "d_projection": cfg.d_projection, "valid_faces": cfg.valid_images,
+    common.save_json(path, {"grid": grid, "tune_steps": steps, "settings": settings, "valid_faces": cfg.valid_images,
                             "parzen_samples": cfg.parzen_samples, "candidates": results, "chosen": chosen})
     common.print0(f"tuning: chose {chosen}")
     return chosen

@@ -77,8 +77,11 @@ def test_cmma_draws_digits_check_reads_the_judges_confidence_not_its_class():
     cfg = cmma.resolve_defaults(cmma.Config(dataset="mnist", data_dir=os.path.join(ROOT, "tests", "data", "mnist"),
                                             image_size=32, width=0.25, eval_images=4, valid_images=4))
     probs = lambda conf: torch.tensor([[conf] + [(1 - conf) / 9] * 9])
-    judge_ = shared.Judge(None, 1.0, "stand-in", lambda images: (probs(0.95).repeat(len(images), 1), None))
-    read = lambda conf, acc: {"accuracy": acc, "per_class": torch.zeros(10), "confidence": conf}
+    features = lambda n, shift=0.0: torch.randn(n, 4, generator=torch.Generator().manual_seed(n)) + shift
+    judge_ = shared.Judge(None, 1.0, "stand-in", lambda images: (probs(0.95).repeat(len(images), 1),
+                                                                 features(len(images))))
+    read = lambda conf, acc: {"accuracy": acc, "per_class": torch.zeros(10), "confidence": conf,
+                              "features": features(300, 3.0)}
     models = {"cmma": (cfg, None)}
     device = torch.device("cpu")
     ok = cmma_claims.check_draws_digits({"cmma": read(0.9, 0.6), "cvae": read(0.8, 0.1), "cgan": read(0.75, 0.1)},

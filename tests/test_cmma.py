@@ -204,10 +204,15 @@ def test_tuned_gan_resume_is_exact(tmp_path):
     tune("lr=1e-3,3e-3")
     assert [c["lr"] for c in tune_cgan.read_tuning(str(tmp_path / "b"))["candidates"]] == [1e-3, 3e-3]
     tune("lr=1e-3,3e-3", "--gan-optimizer", "adam")
-    assert tune_cgan.read_tuning(str(tmp_path / "b"))["gan_optimizer"] == "adam"
-    assert not tune_cgan.read_tuning(str(tmp_path / "b"))["d_projection"]
+    assert tune_cgan.read_tuning(str(tmp_path / "b"))["settings"]["gan_optimizer"] == "adam"
+    assert not tune_cgan.read_tuning(str(tmp_path / "b"))["settings"]["d_projection"]
     tune("lr=1e-3,3e-3", "--gan-optimizer", "adam", "--d-projection")  # a new D: tuned again
-    assert tune_cgan.read_tuning(str(tmp_path / "b"))["d_projection"]
+    assert tune_cgan.read_tuning(str(tmp_path / "b"))["settings"]["d_projection"]
+    written = os.stat(tmp_path / "b" / "tune.json").st_mtime_ns
+    tune("lr=1e-3,3e-3", "--gan-optimizer", "adam", "--d-projection", "--log-every", "2")  # nothing that tunes
+    assert os.stat(tmp_path / "b" / "tune.json").st_mtime_ns == written  # reused, not tuned again
+    tune("lr=1e-3,3e-3", "--gan-optimizer", "adam", "--d-projection", "--latent-dim", "8")  # any other setting
+    assert tune_cgan.read_tuning(str(tmp_path / "b"))["settings"]["latent_dim"] == 8
 
 
 def test_adagrad_at_lr_1e3_trains_without_the_early_log_variance_spike():
