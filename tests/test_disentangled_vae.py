@@ -52,8 +52,8 @@ def test_mixture_samples_have_the_class_mean_and_covariance():
 
 def tiny(**kw):
     """A small MNIST model at the paper's reading (q(z_s|x) a point, KL and adversary weights 1,
-    Sigma's lr the code's) unless kw says otherwise."""
-    kw = {"z_s_posterior": "point", "kl_weight": 1.0, "adv_weight": 1.0, "sigma_lr_scale": 1.0, **kw}
+    Sigma's lr the code's, one adversary step) unless kw says otherwise."""
+    kw = {"z_s_posterior": "point", "kl_weight": 1.0, "adv_weight": 1.0, "sigma_lr_scale": 1.0, "c_steps": 1, **kw}
     cfg = dv.resolve_defaults(dv.Config(dataset="mnist", z_s_dim=4, z_u_dim=6, **kw))
     torch.manual_seed(0)
     return cfg, dv.DisentangledVAE(cfg, 10).eval()
@@ -547,16 +547,17 @@ def test_extra_adversary_steps_train_c_alone_on_the_batch_codes():
 
 
 def test_defaults_are_the_measured_recipe_for_lr_livae_and_the_code_for_the_baseline():
-    """Lr-LiVAE: q(z_s|x) Gaussian, KL and adversary weights 10, Sigma's lr x20 (x1 on the toy);
-    the cVAE-GAN: the code's 1, 1 and 1. An explicit value, 0 included, is kept."""
+    """Lr-LiVAE: q(z_s|x) Gaussian, KL and adversary weights 10, Sigma's lr x20 (x1 on the toy),
+    5 adversary steps on MNIST (1 elsewhere); the cVAE-GAN: the code's 1, 1, 1 and 1. An explicit
+    value, 0 included, is kept."""
     resolved = lambda **kw: dv.resolve_defaults(dv.Config(**kw))
-    pick = lambda c: (c.z_s_posterior, c.kl_weight, c.adv_weight, c.sigma_lr_scale)
-    assert pick(resolved(dataset="mnist")) == ("gaussian", 10.0, 10.0, 20.0)
-    assert pick(resolved(dataset="folder")) == ("gaussian", 10.0, 10.0, 20.0)
-    assert pick(resolved(dataset="toy")) == ("gaussian", 10.0, 10.0, 1.0)
-    assert pick(resolved(dataset="mnist", model="cvae-gan")) == ("point", 1.0, 1.0, 1.0)
-    assert pick(resolved(dataset="mnist", z_s_posterior="point", kl_weight=0.0, adv_weight=0.0, sigma_lr_scale=2.0)) == (
-        "point", 0.0, 0.0, 2.0)
+    pick = lambda c: (c.z_s_posterior, c.kl_weight, c.adv_weight, c.sigma_lr_scale, c.c_steps)
+    assert pick(resolved(dataset="mnist")) == ("gaussian", 10.0, 10.0, 20.0, 5)
+    assert pick(resolved(dataset="folder")) == ("gaussian", 10.0, 10.0, 20.0, 1)
+    assert pick(resolved(dataset="toy")) == ("gaussian", 10.0, 10.0, 1.0, 1)
+    assert pick(resolved(dataset="mnist", model="cvae-gan")) == ("point", 1.0, 1.0, 1.0, 1)
+    assert pick(resolved(dataset="mnist", z_s_posterior="point", kl_weight=0.0, adv_weight=0.0, sigma_lr_scale=2.0,
+                         c_steps=2)) == ("point", 0.0, 0.0, 2.0, 2)
 
 
 @pytest.mark.parametrize("posterior", ["gaussian", "point"])
@@ -645,3 +646,29 @@ def test_ms_ssim_of_an_11_pixel_image_is_ssim_computed_by_hand():
     assert ssim2 > 0.5
     assert dv.ms_ssim(torch.tensor(a).view(1, 1, 11, 11), torch.tensor(b2).view(1, 1, 11, 11)).item() == \
         pytest.approx(ssim2, rel=1e-5)
+
+
+def test_eval_reads_the_adversary_on_mu_u_and_on_draws_of_q_z_u(tmp_path, monkeypatch):
+    """eval.json's adversary accuracies: on mu_u, and on z_u = mu_u + sd eps (eq. 4's input), with
+    sd = exp(logvar / 2). A planted C reads the nearest of 0, 1, 2 in z_u's first coordinate, and
+    mu_u's first coordinate is the class: 1.0 on mu_u; on draws with sd 2, the chance that the
+    noise keeps the nearest class, written out with torch.distributions (an sd of exp(logvar) = 4
+    would give 0.40, mu_u itself 1.0)."""
+    cfg = dv.resolve_defaults(dv.Config(dataset="toy", toy_points=1500, eval_images=900, out=str(tmp_path)))
+    torch.manual_seed(0)
+    model = dv.DisentangledVAE(cfg, 3).eval()
+
+    class Nearest(torch.nn.Module):
+        def forward(self, z):
+            return -(z[:, :1] - torch.arange(3.0)) ** 2
+    model.classifier = Nearest()
+
+    def codes(model_, x, c, chunk=250):
+        mu_u = torch.stack([c.float(), torch.zeros(len(c))], 1)
+        return torch.zeros(len(c), cfg.z_s_dim), mu_u, torch.full_like(mu_u, math.log(4.0))
+    monkeypatch.setattr(dv, "encode_all", codes)
+    r = dv.evaluate_run(cfg, model, torch.device("cpu"))
+    phi = torch.distributions.Normal(0.0, 2.0).cdf
+    edge, middle = phi(torch.tensor(0.5)).item(), (phi(torch.tensor(0.5)) - phi(torch.tensor(-0.5))).item()
+    assert r["acc_z_u_adversary"] == 1.0
+    assert abs(r["acc_z_u_adversary_sampled"] - (2 * edge + middle) / 3) < 0.03  # 4,500 draws: SE 0.007
