@@ -177,9 +177,8 @@ class Config(common.RunConfig):
     image_size: int = common.arg(0, "image side (0: 28 for MNIST, 64 for faces)")
     crop: str = common.arg("", "crop box top,left,height,width (default: 50,25,128,128 for CelebA, "
                                "the centred square for folder)")
-    arch: str = common.arg("vgg", "face networks: vgg (the paper's VGG16-BN encoders) or dcgan (lighter)",
-                           choices=("vgg", "dcgan"))
-    filters: int = common.arg(64, "--arch dcgan: base width (64, 128, 256, 512 channels)")
+    filters: int = common.arg(64, "face networks: the VGG16-BN base width (paper: 64, so 64, 128, 256, 512, 512 "
+                                  "channels; smaller for a quick run)", at_least=1)
     z_s_dim: int = common.arg(0, "size of z_s (0: 32 MNIST, 512 faces, 2 toy)")
     z_u_dim: int = common.arg(0, "size of z_u (0: 100 MNIST, 512 faces, 2 toy)")
     min_class_images: int = common.arg(30, "--dataset celeba: keep identities with at least this many images")
@@ -339,71 +338,43 @@ class MnistNetworks:
 class VggNetworks:
     """The paper's face networks (App. B.2, Tab. 4), sides a multiple of 32: E a VGG16-BN conv
     stack (the 5th max-pool a 2x2 average pool) -> fc1024; G fc1024 -> fc 2x2x512 -> thirteen 3x3
-    deconvolutions; Dis seven 3x3 convolutions -> global average pool -> fc1024."""
+    deconvolutions; Dis seven 3x3 convolutions -> global average pool -> fc1024. Channels are
+    given for --filters 64 (the paper's) and scale with it."""
 
     @staticmethod
     def trunk(cfg: Config, channels: int) -> tuple[nn.Module, int]:
-        layers, c, m = [], channels, cfg.bn_momentum
-        for block, (width, repeat) in enumerate(((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))):
+        layers, c, m, f = [], channels, cfg.bn_momentum, cfg.filters
+        for block, (width, repeat) in enumerate(((f, 2), (2 * f, 2), (4 * f, 3), (8 * f, 3), (8 * f, 3))):
             for _ in range(repeat):
                 layers.append(bn_relu(nn.Conv2d(c, width, 3, 1, 1), width, m))
                 c = width
             layers.append(nn.MaxPool2d(2) if block < 4 else nn.AvgPool2d(2))
         return nn.Sequential(*layers, nn.Flatten(),
-                             bn_relu(nn.Linear(512 * (cfg.image_size // 32) ** 2, 1024), 1024, m, 1)), 1024
+                             bn_relu(nn.Linear(c * (cfg.image_size // 32) ** 2, 1024), 1024, m, 1)), 1024
 
     @staticmethod
     def decoder(cfg: Config, channels: int) -> nn.Module:
-        m, s0, z = cfg.bn_momentum, cfg.image_size // 32, cfg.z_s_dim + cfg.z_u_dim
-        layers = [bn_relu(nn.Linear(z, 1024), 1024, m, 1), bn_relu(nn.Linear(1024, 512 * s0 * s0), 512 * s0 * s0, m, 1),
-                  common.Reshape(512, s0, s0)]
-        c = 512
-        for width, stride in ((512, 2), (512, 1), (512, 1), (512, 2), (512, 1), (256, 1), (256, 2), (256, 1),
-                              (128, 1), (128, 2), (64, 1), (64, 2)):
-            layers.append(bn_relu(deconv(c, width, 3, stride), width, m))
-            c = width
+        m, s0, z, f = cfg.bn_momentum, cfg.image_size // 32, cfg.z_s_dim + cfg.z_u_dim, cfg.filters
+        layers = [bn_relu(nn.Linear(z, 1024), 1024, m, 1), bn_relu(nn.Linear(1024, 8 * f * s0 * s0), 8 * f * s0 * s0, m, 1),
+                  common.Reshape(8 * f, s0, s0)]
+        c = 8 * f
+        for k, stride in ((8, 2), (8, 1), (8, 1), (8, 2), (8, 1), (4, 1), (4, 2), (4, 1), (2, 1), (2, 2), (1, 1), (1, 2)):
+            layers.append(bn_relu(deconv(c, k * f, 3, stride), k * f, m))
+            c = k * f
         return nn.Sequential(*layers, deconv(c, channels, 3, 1), nn.Tanh())
 
     @staticmethod
-    def discriminator(cfg: Config, channels: int, kernel: int = 3, plan: tuple = ((64, 2), (128, 2), (256, 1), (256, 2),
-                                                                                     (512, 1), (512, 2), (512, 2))):
+    def discriminator(cfg: Config, channels: int) -> tuple[list, int]:
         layers, c = [], channels
-        for width, stride in plan:
-            layers += [spectral_norm(nn.Conv2d(c, width, kernel, stride, 1)), lrelu()]
-            c = width
+        for k, stride in ((1, 2), (2, 2), (4, 1), (4, 2), (8, 1), (8, 2), (8, 2)):
+            layers += [spectral_norm(nn.Conv2d(c, k * cfg.filters, 3, stride, 1)), lrelu()]
+            c = k * cfg.filters
         return layers + [nn.AdaptiveAvgPool2d(1), nn.Flatten(), spectral_norm(nn.Linear(c, 1024)), lrelu()], 1024
 
 
-class DcganNetworks:
-    """`--arch dcgan`, a lighter face family (sides a multiple of 16): E 4x4 stride-2 convolutions
-    of --filters x 1, 2, 4, 8 -> fc1024; G their mirror; Dis as VggNetworks' with these layers."""
-
-    @staticmethod
-    def trunk(cfg: Config, channels: int) -> tuple[nn.Module, int]:
-        f, layers, c, m = cfg.filters, [], channels, cfg.bn_momentum
-        for width in (f, 2 * f, 4 * f, 8 * f):
-            layers.append(bn_relu(nn.Conv2d(c, width, 4, 2, 1), width, m))
-            c = width
-        return nn.Sequential(*layers, nn.Flatten(),
-                             bn_relu(nn.Linear(c * (cfg.image_size // 16) ** 2, 1024), 1024, m, 1)), 1024
-
-    @staticmethod
-    def decoder(cfg: Config, channels: int) -> nn.Module:
-        f, s0, m, z = cfg.filters, cfg.image_size // 16, cfg.bn_momentum, cfg.z_s_dim + cfg.z_u_dim
-        layers = [bn_relu(nn.Linear(z, 8 * f * s0 * s0), 8 * f * s0 * s0, m, 1), common.Reshape(8 * f, s0, s0)]
-        for a, b in ((8 * f, 4 * f), (4 * f, 2 * f), (2 * f, f)):
-            layers.append(bn_relu(nn.ConvTranspose2d(a, b, 4, 2, 1), b, m))
-        return nn.Sequential(*layers, nn.ConvTranspose2d(f, channels, 4, 2, 1), nn.Tanh())
-
-    @staticmethod
-    def discriminator(cfg: Config, channels: int) -> tuple[list, int]:
-        return VggNetworks.discriminator(cfg, channels, 4, tuple((cfg.filters * k, 2) for k in (1, 2, 4, 8)))
-
-
 def networks(cfg: Config) -> type:
-    """The network family for the data: the toy's MLPs, MNIST's, or the faces' --arch."""
-    return {"toy": ToyNetworks, "mnist": MnistNetworks}.get(cfg.dataset) or {"vgg": VggNetworks,
-                                                                          "dcgan": DcganNetworks}[cfg.arch]
+    """The network family for the data: the toy's MLPs, MNIST's, or the faces' VGG16-BN."""
+    return {"toy": ToyNetworks, "mnist": MnistNetworks}.get(cfg.dataset, VggNetworks)
 
 
 class ProjectionDiscriminator(nn.Module):
@@ -931,10 +902,9 @@ def resolve_defaults(cfg: Config) -> Config:
         image_size=cfg.image_size or (64 if faces else 28 if cfg.dataset == "mnist" else 0),
         z_s_dim=cfg.z_s_dim or dims[0], z_u_dim=cfg.z_u_dim or dims[1])
     common.check_run_config(cfg)
-    multiple = 32 if cfg.arch == "vgg" else 16
     checks = [(cfg.dataset != "mnist" or cfg.image_size == 28, "the MNIST networks need --image-size 28"),
-              (not faces or cfg.image_size % multiple == 0,
-               f"--arch {cfg.arch} needs --image-size a multiple of {multiple}, got {cfg.image_size}"),
+              (not faces or cfg.image_size % 32 == 0,
+               f"the VGG16-BN face networks need --image-size a multiple of 32, got {cfg.image_size}"),
               (cfg.n_gm >= 1, "--n-gm must be >= 1"),
               (cfg.z_s_dim >= 1 and cfg.z_u_dim >= 1, "--z-s-dim and --z-u-dim must be >= 1"),
               (cfg.diversity_samples >= 2, "--diversity-samples must be >= 2"),

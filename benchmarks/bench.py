@@ -91,7 +91,7 @@ def configure(name: str, args, project: bool):
         return vae_began.resolve_defaults(cfg), "celeba", vae_began.CELEBA_CROP, "attributes"
     cfg = disentangled_vae.Config(dataset="folder", data_dir=args.identities, **flags)
     if args.quick:
-        cfg = dataclasses.replace(cfg, arch="dcgan", filters=32, z_s_dim=128, z_u_dim=128)
+        cfg = dataclasses.replace(cfg, filters=16, z_s_dim=128, z_u_dim=128)
     return disentangled_vae.resolve_defaults(cfg), "folder", None, "class"
 
 

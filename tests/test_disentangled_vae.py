@@ -241,7 +241,7 @@ def test_mnist_run_losses_fall_then_eval_and_figures(tmp_path, capsys):
 
 
 def test_identity_folder_run_baseline_and_comparison(tmp_path, capsys, tiny_extractor):
-    tiny_faces = ["--dataset", "folder", "--data-dir", IDENTITIES, "--arch", "dcgan", "--filters", "8", "--image-size",
+    tiny_faces = ["--dataset", "folder", "--data-dir", IDENTITIES, "--filters", "8", "--image-size",
                   "32", "--z-s-dim", "16", "--z-u-dim", "16", "--batch-size", "8", "--log-every", "10",
                   "--bn-momentum", "0.1", "--diversity-classes", "2", "--diversity-samples", "3"]
     ours, base = str(tmp_path / "ours"), str(tmp_path / "base")
@@ -380,7 +380,7 @@ def test_a_folder_of_one_class_is_refused_for_a_label_conditioned_model(tmp_path
     (tmp_path / "only").mkdir()
     for i in range(3):
         Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / "only" / f"{i}.jpg")
-    cfg = dv.resolve_defaults(dv.Config(dataset="folder", data_dir=str(tmp_path), image_size=32, arch="dcgan",
+    cfg = dv.resolve_defaults(dv.Config(dataset="folder", data_dir=str(tmp_path), image_size=32,
                                         cache_dir=str(tmp_path / "cache")))
     with pytest.raises(ValueError, match="needs at least 2"):
         dv.load_all_classes(cfg, "train", verbose=False)

@@ -36,17 +36,20 @@ def tiny_config(name: str, identities: str):
         return vae_began.resolve_defaults(vae_began.Config(dataset="celeba", image_size=32, filters=8, latent_dim=16,
                                                            amp=True))
     return disentangled_vae.resolve_defaults(disentangled_vae.Config(
-        dataset="folder", data_dir=identities, arch="dcgan", filters=8, z_s_dim=8, z_u_dim=8, batch_size=8, amp=True))
+        dataset="folder", data_dir=identities, filters=8, z_s_dim=8, z_u_dim=8, batch_size=8, amp=True))
 
 
-def tiny_stepper(name: str, faces: str, identities: str, channels_last: bool = False, images: int = 8):
-    """(model, step(i) -> loss terms) on a small config of `name` and one real batch of `images` faces."""
+def tiny_stepper(name: str, faces: str, identities: str, channels_last: bool = False, images: int = 8,
+                 jitter: float = 0.0):
+    """(model, step(i) -> loss terms) on a small config of `name` and one real batch of `images`
+    faces, each pixel moved by jitter x a seeded N(0, 1) draw."""
     cfg = tiny_config(name, identities)
     if name == "disentangled_vae":
         split, key = data.load_dataset("folder", identities, "train", 64, None, None, verbose=False), "class"
     else:
         split, key = data.load_celeba(faces, "train", cfg.image_size, None, None, verbose=False), "attributes"
     x, labels = data.Batches(split, images, 0, CPU, label_keys=(key,)).get(0)
+    x = x + jitter * torch.randn(x.shape, generator=torch.Generator().manual_seed(5))
     n_labels = 40 if key == "attributes" else int(split.labels[key].max()) + 1
     model, step, _ = bench.build(name, cfg, n_labels, CPU)
     if channels_last:
@@ -75,13 +78,17 @@ def test_bf16_autocast_step_matches_fp32_and_keeps_fp32_weights(name, monkeypatc
 
 @pytest.mark.parametrize("name", list(KEY))
 def test_channels_last_step_equals_nchw_step(name, celeba_dir, identities_dir):
-    _, step = tiny_stepper(name, celeba_dir, identities_dir)
-    nchw = [step(i) for i in range(2)]
-    _, step = tiny_stepper(name, celeba_dir, identities_dir, channels_last=True)
-    nhwc = [step(i) for i in range(2)]
-    for a, b in zip(nchw, nhwc):
+    """Two steps agree to 1e-3, or to 10x what a 1e-6 change of the input pixels moves them: Adam's
+    first steps are about lr x sign(gradient), so a deep network's (disentangled_vae's VGG16-BN)
+    rounding-level differences grow to percents within a step, in either layout."""
+    runs = []
+    for channels_last, jitter in ((False, 0.0), (False, 1e-6), (True, 0.0)):
+        step = tiny_stepper(name, celeba_dir, identities_dir, channels_last, jitter=jitter)[1]  # seeds torch
+        runs.append([step(i) for i in range(2)])
+    for a, floor, b in zip(*runs):
         for k in a:
-            assert float(b[k]) == pytest.approx(float(a[k]), rel=1e-3, abs=1e-4), k
+            a_k, b_k, noise = float(a[k]), float(b[k]), abs(float(floor[k]) - float(a[k]))
+            assert abs(b_k - a_k) <= max(1e-3 * abs(a_k) + 1e-4, 10 * noise), (k, a_k, b_k, noise)
 
 
 @pytest.mark.parametrize("name", ["vae_began", "disentangled_vae"])
