@@ -372,3 +372,27 @@ def test_label_and_noise_effect_is_zero_for_what_a_generator_ignores():
     assert by_z == 0 and by_y == pytest.approx((9 * 0.1 + 0.9) / 10)
     by_y, by_z = cmma_claims.label_and_noise_effect(Reads("z"), torch.device("cpu"), n=200)
     assert by_y == 0 and by_z > 0.5  # E|a - b| of two N(0, 1) draws is 2 / sqrt(pi) = 1.13
+
+
+def test_code_directions_finds_the_one_direction_the_codes_vary_along():
+    """The spread row's measured cause, on a stand-in whose codes of a class lie along one rotated
+    direction v with sd 2 (and q's sd ~0): all the within-class variance in the top direction, sd
+    2 along it, the prior's sd along v sqrt(sum v_i^2 var_i) written out, and decodings of q's
+    draws (the code's coordinate along v, tiled) over the digits' own pixel sd."""
+    from claims import cmma_claims
+    g = torch.Generator().manual_seed(0)
+    v = torch.tensor([1.0, 2.0, 2.0, 0.0]) / 3.0
+    prior_var = torch.tensor([1.0, 4.0, 9.0, 16.0])
+    t = 2.0 * torch.randn(4000, generator=g)
+    x = torch.rand(4000, 1, 4, 4, generator=g)
+
+    class StandIn:
+        posterior = lambda self, x_, y: (t[:, None] * v, torch.full((len(x_), 4), -30.0))
+        prior = lambda self, y: (torch.zeros(len(y), 4), prior_var.log().expand(len(y), 4))
+        decode = lambda self, z, y: ((z @ v)[:, None, None, None].expand(-1, 1, 4, 4), None)
+
+    r = cmma_claims.code_directions(StandIn(), [x], [torch.eye(10)[[3] * 4000]], top=1)
+    assert r["top_share"] == pytest.approx(1.0, abs=1e-6)
+    assert r["sd_along"] == pytest.approx(t.std().item(), rel=1e-3)
+    assert r["prior_sd_along"] == pytest.approx(math.sqrt((1 * 1 + 4 * 4 + 4 * 9) / 9), rel=1e-4)
+    assert r["decoded_q_ratio"] == pytest.approx(t.std().item() / x.std(0).mean().item(), rel=1e-3)
