@@ -80,8 +80,10 @@ def test_cmma_draws_digits_check_reads_the_judges_confidence_not_its_class():
     features = lambda n, shift=0.0: torch.randn(n, 4, generator=torch.Generator().manual_seed(n)) + shift
     judge_ = shared.Judge(None, 1.0, "stand-in", lambda images: (probs(0.95).repeat(len(images), 1),
                                                                  features(len(images))))
-    read = lambda conf, acc: {"accuracy": acc, "per_class": torch.zeros(10), "confidence": conf,
-                              "features": features(300, 3.0)}
+    test = cmma.load_split(cfg, "test", verbose=False)
+    digits = cmma.faces_and_attributes(test, np.arange(min(len(test), 300)), torch.device("cpu"))[0]
+    read = lambda conf, acc, images=digits: {"accuracy": acc, "per_class": torch.zeros(10), "confidence": conf,
+                                             "features": features(300, 3.0), "images": images}
     models = {"cmma": (cfg, None)}
     device = torch.device("cpu")
     ok = cmma_claims.check_draws_digits({"cmma": read(0.9, 0.6), "cvae": read(0.8, 0.1), "cgan": read(0.75, 0.1)},
@@ -90,6 +92,10 @@ def test_cmma_draws_digits_check_reads_the_judges_confidence_not_its_class():
     bad = cmma_claims.check_draws_digits({"cmma": read(0.9, 0.6), "cvae": read(0.35, 0.15), "cgan": read(0.75, 0.1)},
                                          judge_, models, device)
     assert bad.holds == "no" and "CVAE" in bad.why and "CGAN" not in bad.why
+    blobs = (digits > 0.3).float().roll(9, dims=3)  # confident, but the strokes saturated and moved off every digit
+    far = cmma_claims.check_draws_digits({"cmma": read(0.9, 0.6), "cvae": read(0.8, 0.1), "cgan": read(0.9, 0.1, blobs)},
+                                         judge_, models, device)
+    assert far.holds == "no" and "CGAN" in far.why and "CVAE" not in far.why
 
     class Draws:  # any class asked for, it draws blank images
         def generate(self, y):
@@ -396,3 +402,13 @@ def test_code_directions_finds_the_one_direction_the_codes_vary_along():
     assert r["sd_along"] == pytest.approx(t.std().item(), rel=1e-3)
     assert r["prior_sd_along"] == pytest.approx(math.sqrt((1 * 1 + 4 * 4 + 4 * 9) / 9), rel=1e-4)
     assert r["decoded_q_ratio"] == pytest.approx(t.std().item() / x.std(0).mean().item(), rel=1e-3)
+
+
+def test_near_training_digits_on_points_at_known_distances():
+    """One training point at the origin; real test points at distances 1..10 (their 90% quantile
+    9.1; torch's median, the lower middle value, 5); samples at 2, 9, 9.5 and 20: two within 9.1,
+    the median 9 (ratio 9 / 5)."""
+    from claims import cmma_claims
+    at = lambda *d: torch.tensor([[float(v), 0.0] for v in d])
+    share, ratio = cmma_claims.near_training_digits(at(2, 9, 9.5, 20), at(*range(1, 11)), at(0))
+    assert share == pytest.approx(0.5) and ratio == pytest.approx(9 / 5)

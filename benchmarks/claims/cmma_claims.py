@@ -19,6 +19,7 @@ from .shared import (
 
 FAILED_BELOW = 0.2  # judge accuracy under twice chance (10 classes): the baseline failed to train
 DRAWS_DIGITS = 0.7  # the judge's mean top-class probability on a model's samples: at least this, they read as digits
+NEAR_DIGITS = 0.5  # ... and at least this share of them as near a training digit as 90% of real test digits are
 CMMA_SCALES = {
     "small": {"steps": 1200, "batch": 64, "lr": 3e-3, "size": 32, "width": 0.25, "eval": 1000, "valid": 500,
               "k": 500, "is": 10, "is_claim": 200, "is_digits": 300, "tune": "lr=1e-4,2e-4;init_std=0,0.02", "tune_steps": 120,
@@ -52,12 +53,9 @@ DEVIATIONS = {"cmma": ["--logvar-min", "-4"], "cvae": ["--logvar-min", "-4", "--
 
 
 RULE_CHANGES = [  # since the previous report; each rule fixed before the run that reads it
-    "Fig. 4: CMMA's class accuracy must be above each baseline's by more than 2 SE, every baseline counted (was: "
-    "at least 0.9 and at least each baseline that reached 0.2)",
-    "Fig. 6: CMMA's edit accuracy must be above the CVAE's by more than 2 SE (was: at least 0.8)",
-    "New row: CMMA's samples of one class vary as real digits do (within-class pixel sd ratio above 0.5 by 2 SE)",
-    "New check (not counted): every model's samples are read confidently as some digit, the judge's mean top-class "
-    "probability on them at least 0.7 (the judge-feature FD beside it, not in the rule)",
+    "Check (not counted) renamed \"every model's samples are digits\": besides the judge's mean top-class probability "
+    "of at least 0.7, at least half of the samples must be as near a training digit (pixel L2) as 90% of the real "
+    "test digits are (in the previous report the judge was sure of the CGAN's blobs)",
 ]
 
 def cmma_runs(args, scale: dict) -> dict:
@@ -230,29 +228,45 @@ def read_samples(models: dict, judge_: Judge, per_class: int, device) -> dict:
         p, features = judge_.read(images)
         right = (p.argmax(1) == y).float()
         out[name] = {"accuracy": right.mean().item(), "per_class": right.view(10, per_class).mean(1),
-                     "confidence": p.max(1).values.mean().item(), "features": features}
+                     "confidence": p.max(1).values.mean().item(), "features": features, "images": images}
     return out
 
 
+def near_training_digits(images: torch.Tensor, real: torch.Tensor, train: torch.Tensor, quantile: float = 0.9):
+    """The share of `images` whose pixel distance (L2, [0, 1] units) to their nearest training
+    digit is within the `quantile` of the same distance for the `real` test digits, and the ratio
+    of the two medians. Blobs, noise and smudges lie far from every digit; a judge may still be
+    sure of them."""
+    nearest = lambda a: torch.cdist(a.flatten(1).float(), train.flatten(1).float()).min(1).values
+    d, d_real = nearest(images), nearest(real)
+    return (d <= d_real.quantile(quantile)).float().mean().item(), (d.median() / d_real.median()).item()
+
+
 def check_draws_digits(read: dict, judge_: Judge, models: dict, device) -> Row:
-    """Every model, baselines included, draws what the judge reads confidently as some digit: its
-    mean top-class probability on the model's samples is at least DRAWS_DIGITS (on real test digits
-    it is near 1). A precondition for the comparisons, not a claim of the paper: a check. Beside it,
-    not in the rule: the Frechet distance of the judge's features (`frechet_distance`) from the
-    samples to the real test digits (lower: closer to real digits as the judge sees them)."""
+    """Every model, baselines included, draws digits: the judge's mean top-class probability on
+    its samples is at least DRAWS_DIGITS (on real test digits it is near 1), and at least
+    NEAR_DIGITS of them are as near a training digit as 90% of the real test digits are
+    (`near_training_digits`; a judge can be sure of blobs). A precondition for the comparisons,
+    not a claim of the paper: a check. Beside it, not in the rule: the Frechet distance of the
+    judge's features (`frechet_distance`) from the samples to the real test digits."""
     x, _ = test_digits(models, 500, 0, device)
     p, features = judge_.read(x.cpu())
     real = p.max(1).values.mean().item()
-    low = [k.upper() for k, v in read.items() if v["confidence"] < DRAWS_DIGITS]
+    train = cmma.load_split(models["cmma"][0], "train", verbose=False)
+    train_x = cmma.faces_and_attributes(train, np.arange(len(train)), device)[0].cpu()
+    near = {k: near_training_digits(v["images"], x.cpu(), train_x) for k, v in read.items()}
+    low = [k.upper() for k, v in read.items() if v["confidence"] < DRAWS_DIGITS or near[k][0] < NEAR_DIGITS]
     fd = {k: frechet_distance(v["features"], features) for k, v in read.items()}
-    return Row("Every model's samples are read confidently as some digit", "sec. 4.5.1, Fig. 4 (the baselines draw "
-               "faces)", "the judge's mean top-class probability on the samples of the Fig. 4 row: "
+    return Row("Every model's samples are digits", "sec. 4.5.1, Fig. 4 (the baselines draw faces)",
+               "the judge's mean top-class probability on the samples of the Fig. 4 row: "
                + ", ".join(f"{k.upper()} {v['confidence']:.3f}" for k, v in read.items())
-               + f"; on {len(x)} real test digits {real:.3f}"
-               + "; judge-feature FD to those digits: " + ", ".join(f"{k.upper()} {v:.0f}" for k, v in fd.items()),
-               verdict([not low]),
-               f"every model at least {DRAWS_DIGITS}" if not low else f"below {DRAWS_DIGITS}: {', '.join(low)}",
-               check=True)
+               + f" (on {len(x)} real test digits {real:.3f}); share as near a training digit as 90% of the real "
+               f"test digits are (pixel L2): " + ", ".join(f"{k.upper()} {v[0]:.2f}" for k, v in near.items())
+               + " (median distance over the real digits': " + ", ".join(f"{k.upper()} {v[1]:.2f}x" for k, v in
+                                                                         near.items())
+               + "); judge-feature FD to the real digits: " + ", ".join(f"{k.upper()} {v:.0f}" for k, v in fd.items()),
+               verdict([not low]), f"every model: confidence at least {DRAWS_DIGITS}, near a digit at least "
+               f"{NEAR_DIGITS}" if not low else f"below either bound: {', '.join(low)}", check=True)
 
 
 def claim_cmma_generation(runs: dict, models: dict, read: dict, judge_: Judge, per_class: int, device) -> Row:
