@@ -61,7 +61,7 @@ def test_cmma_claims_write_five_rows_with_the_judge_and_the_compared_figures(tmp
     assert rows[1][2].count("(SE ") == 2  # both orderings of Table 3 with their SE
     checks = text.split(shared.CHECKS_HEADING)[1]
     assert "importance-sampled" in checks  # the tighter estimate, beside, not counted
-    assert "| Every model's samples are read confidently" in checks and "judge-feature FD" in checks and "real test digits" in checks
+    assert "| Every model's samples are digits" in checks and "judge-feature FD" in checks and "near a training digit" in checks
     assert "Judge: a small CNN trained on the 200 held-out digits" in text
     assert "chosen from 2 by validation Parzen LL" in text  # the CGAN was tuned
     assert len(cited) == 2
