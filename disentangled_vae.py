@@ -1053,6 +1053,7 @@ def train(cfg: Config, explicit: set) -> None:
     rank, world, local_rank = common.init_distributed()
     device = common.pick_device(cfg.device, local_rank)
     cfg, state = common.checkpoint_to_resume(cfg, explicit, SCRIPT, RUN_FIELDS, resolve_defaults)  # locks cfg.out
+    refuse_removed_networks(state)
     train_set, names = training_classes(cfg, state)  # first: the classes size the model
     common.seed_everything(cfg.seed)  # the same initial weights on every rank
     model = DisentangledVAE(cfg, len(names)).to(device, memory_format=common.memory_format(device, cfg.dataset != "toy"))
@@ -1405,12 +1406,21 @@ def evaluate(runs: list, device) -> list:
     return results
 
 
+def refuse_removed_networks(state: dict | None) -> None:
+    """ValueError for a checkpoint of the removed `--arch dcgan` face networks (their weights would
+    not fit the VGG16-BN ones this script builds); None (a fresh run) passes."""
+    if state is not None and state["config"].get("arch") == "dcgan":
+        raise ValueError(f"{state['path']} was trained with --arch dcgan, a face network family this script no longer "
+                         f"has: use disentangled_vae.py from before 2026-12-07 for it, or train again")
+
+
 def load_run(cfg: Config, explicit: set, device) -> tuple[Config, DisentangledVAE, list]:
     """The config, the trained model (eval mode, on device, population BatchNorm statistics) and
     its class names, from --checkpoint (a run folder or its file; default OUT/checkpoint.pt). Its
     outputs go to the run folder unless --out is given."""
     saved, state = common.checkpoint_to_evaluate(cfg, explicit, SCRIPT, RUN_FIELDS, resolve_defaults,
                                                  os.path.join("runs", f"dvae-{cfg.dataset}-{cfg.model}"))
+    refuse_removed_networks(state)
     model = DisentangledVAE(saved, state["extra"]["n_classes"])
     common.load_weights(model, state, "model")
     model.to(device)

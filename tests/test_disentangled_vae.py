@@ -672,3 +672,19 @@ def test_eval_reads_the_adversary_on_mu_u_and_on_draws_of_q_z_u(tmp_path, monkey
     edge, middle = phi(torch.tensor(0.5)).item(), (phi(torch.tensor(0.5)) - phi(torch.tensor(-0.5))).item()
     assert r["acc_z_u_adversary"] == 1.0
     assert abs(r["acc_z_u_adversary_sampled"] - (2 * edge + middle) / 3) < 0.03  # 4,500 draws: SE 0.007
+
+
+def test_a_checkpoint_of_the_removed_dcgan_face_networks_gets_one_clear_line(tmp_path, capsys):
+    """A run trained with the former --arch dcgan cannot fit the VGG16-BN networks: evaluating or
+    resuming it names the flag, not a damaged file."""
+    run = tmp_path / "old"
+    dv.main(["--dataset", "toy", "--toy-points", "50", "--steps", "1", "--out", str(run), "--log-every", "1"])
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    state["config"]["arch"] = "dcgan"
+    torch.save(state, run / "checkpoint.pt")
+    with pytest.raises(ValueError, match="--arch dcgan"):
+        dv.load_run(dv.Config(checkpoint=str(run)), set(), torch.device("cpu"))
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        dv.main(["--dataset", "toy", "--toy-points", "50", "--steps", "2", "--out", str(run)])
+    assert "was trained with --arch dcgan" in capsys.readouterr().err
