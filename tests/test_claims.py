@@ -412,3 +412,27 @@ def test_near_training_digits_on_points_at_known_distances():
     at = lambda *d: torch.tensor([[float(v), 0.0] for v in d])
     share, ratio = cmma_claims.near_training_digits(at(2, 9, 9.5, 20), at(*range(1, 11)), at(0))
     assert share == pytest.approx(0.5) and ratio == pytest.approx(9 / 5)
+
+
+@pytest.mark.parametrize("extra_sd, holds", [(0.0, "yes"), (0.18, "mixed"), (0.3, "no")])
+def test_toy_on_curve_row_averages_the_seeds_and_reads_band_and_thickness(tmp_path, monkeypatch, extra_sd, holds):
+    """Fig. 2's on-curve row on stand-in runs whose snapshots are fresh toy data with extra
+    N(0, extra_sd^2) noise: none passes both parts; 0.18 (radial sd ~0.23, 1.56x the data's 0.15,
+    ~94% within the 0.45 band) passes the band only; 0.3 (~2.2x, ~82%) neither. The mean is over
+    the 3 seeds' runs, each its own snapshot."""
+    import data
+    from claims import disentangled_claims as dc
+
+    def run(name, seed, sd):
+        points, labels = data.toy_data(1000, seed)
+        points = points + np.random.default_rng(seed).normal(0, sd, points.shape).astype(np.float32)
+        os.makedirs(tmp_path / name / "toy")
+        np.savez(tmp_path / name / "toy" / "epoch_050.npz", points=points, labels=labels)
+        return shared.Run(name, str(tmp_path / name), "toy", 1, 0.0)
+    runs = {"toy-cvae-gan": run("toy-cvae-gan", 10, 0.0), "toy-lr-livae": run("toy-lr-livae", 11, extra_sd),
+            **{f"toy-lr-livae-seed{k}": run(f"seed{k}", 11 + k, extra_sd) for k in range(1, dc.TOY_SEEDS)}}
+    sources = {"prior": 0.5, "codes": 0.9, "refit": 0.9, "width_mean": 2.0, "width_max": 3.0}
+    monkeypatch.setattr(dc, "toy_code_sources", lambda out: sources)  # the note's trained-model part
+    row = dc.claim_toy_on_curve(runs)
+    assert row.holds == holds, row.measured
+    assert "mean of 3 seeds" in row.measured
