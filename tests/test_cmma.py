@@ -473,3 +473,22 @@ def test_gan_optimizer_adam_gives_g_and_d_dcgans_adam_and_the_vaes_keep_adagrad(
     assert all(isinstance(o, torch.optim.Adagrad) for o in cmma.make_optimizers(model, default).values())
     vae = cmma.resolve_defaults(dataclasses.replace(cfg, model="cmma"))
     assert isinstance(cmma.make_optimizers(cmma.build_model(vae, 10), vae)["model"], torch.optim.Adagrad)
+
+
+def test_kl_weight_scales_only_the_kl_in_the_training_loss():
+    """--kl-weight w trains on -(log p(x|z) - w KL): CMMA's prior network f enters the loss only
+    through the KL (eq. 7), so its gradient is 0 at w = 0 and exactly doubles from w = 1 to 2,
+    while the decoder g, which only log p(x|z) reaches, keeps the same gradient (same z draw)."""
+    x, y = torch.rand(4, 3, 64, 64), torch.randint(0, 2, (4, 40)).float()
+    grads = {}
+    for w in (0.0, 1.0, 2.0):
+        cfg, model = small_model(kl_weight=w)  # .grad keeps the gradient the step used
+        model.train()
+        torch.manual_seed(1)
+        cmma.train_step(model, cmma.make_optimizers(model, cfg), common.make_grad_scaler(torch.device("cpu"), False),
+                        [(x, y)], cfg, torch.device("cpu"))
+        grads[w] = (torch.cat([p.grad.flatten() for p in model.f.parameters()]),
+                    torch.cat([p.grad.flatten() for p in model.g.parameters()]))
+    assert grads[0.0][0].abs().max() == 0 and grads[1.0][0].abs().max() > 0
+    assert torch.allclose(grads[2.0][0], 2 * grads[1.0][0], rtol=1e-4, atol=1e-7)
+    assert torch.allclose(grads[2.0][1], grads[1.0][1], rtol=1e-4, atol=1e-6)
