@@ -201,11 +201,38 @@ def test_vae_began_claims_score_every_variant_with_the_judge_and_plot_both_contr
     assert "M_global" in rows[4][2] and "FD" in rows[4][2]  # M_global beside the samples' FD, half-way and end
     assert os.path.exists(tmp_path / "runs" / "vae_began-vae-began-lsm" / "checkpoint_half.pt")
     assert "contrast" in rows[5][2] and "Run `vae_began-faces`" in text
+    assert "Run `vae_began-vae-seed1` (VAE alone, seed --seed + 1)" in text  # the seeded rows' further runs
+    assert "over 2 seeds" in rows[1][2] and "over 2 seeds" in rows[2][2]
     assert "eq. 11 " in text and "batch " in text  # the settings line read back from the run's config
     assert len(cited) == 5 and "samples_faces.png" in " ".join(cited) and "e_t_vae-began-lsm.png" in " ".join(cited)
     ablation = text[text.index("Ablations of VAE + BEGAN* + LSM's defaults"):]
     for flag in ("`(none)`", "`--eq11 restored`", "`--eta 0.5`", "`--kl-weight 0.003125`"):
         assert flag in ablation  # the defaults and one changed setting per row
+
+
+def test_vae_began_seeded_rows_need_the_mean_gap_beyond_2_se():
+    """Sec. 5: FD lower and IS higher than the VAE alone by more than 2 SE of the per-seed gaps
+    (SE = sd / sqrt(n), written out); coverage: yes when the mean TV + 2 SE <= 0.3, mixed when only
+    the mean is, no above."""
+    from claims.vae_began_claims import claim_coverage, claim_sec5
+    def scores(vbl: list, vae: list) -> dict:  # per seed (FD, IS, TV)
+        seeds = {v: [dict(fd=f, tv=t, rarest=0.05, **{"is": i}) for f, i, t in runs]
+                 for v, runs in (("vae-began-lsm", vbl), ("vae", vae))}
+        return {"seeds": seeds, "began": dict(tv=0.9, rarest=0.0), "began-lsm": dict(tv=0.2, rarest=0.05),
+                **{v: runs[0] for v, runs in seeds.items()}}
+    # FD gaps -30, -40, -50: mean -40, SE 10/sqrt(3) = 5.77; IS gaps +0.1, +0.5, -0.3: mean 0.1, SE 0.23
+    sc = scores([(400, 4.1, 0.2), (400, 4.5, 0.2), (400, 3.7, 0.2)], [(430, 4.0, 0.2), (440, 4.0, 0.2), (450, 4.0, 0.2)])
+    assert claim_sec5(sc, {}).holds == "mixed"
+    assert "gap -40.0 (SE 5.8" in claim_sec5(sc, {}).measured
+    sc = scores([(400, 4.5, 0.2), (400, 4.6, 0.2), (400, 4.7, 0.2)], [(430, 4.0, 0.2), (440, 4.0, 0.2), (450, 4.0, 0.2)])
+    assert claim_sec5(sc, {}).holds == "yes"
+    sc = scores([(460, 3.9, 0.2)] * 3, [(430, 4.0, 0.2), (440, 4.0, 0.2), (450, 4.0, 0.2)])
+    assert claim_sec5(sc, {"x": {"k_t": 0.5}}).holds == "no"
+    classes = {v: [200] * 10 for v in ("began", "began-lsm", "vae-began-lsm", "vae")}
+    cover = lambda tvs: claim_coverage({**{v: dict(tv=0.1, rarest=0.05) for v in classes}, **scores([(0, 0, t) for t in tvs], [(0, 0, 0.1)] * 3)}, classes, {}).holds
+    assert cover([0.20, 0.22, 0.24]) == "yes"  # 0.22 + 2 x 0.0115 <= 0.3
+    assert cover([0.20, 0.27, 0.40]) == "mixed"  # mean 0.29, SE 0.059
+    assert cover([0.30, 0.35, 0.40]) == "no"
 
 
 def test_only_the_default_scale_writes_the_committed_report_and_the_readme():
