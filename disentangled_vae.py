@@ -41,48 +41,34 @@ images, G trained by mean feature matching on Dis' features and, per class, on t
 hinge projection Dis (the same for both models) and Bao's loss weights replaced by means over
 features, weight 1.
 
-Choices where the paper is silent: no margin (alpha = 0, `--margin 0.1` for
-L-GM's), hinge GAN, Sigma parametrised by a log-variance clamped to +-8 (`--sigma-param precision`:
-the code's precision s = softplus(v), v from 0.54; measured on the toy at its fixed Sigma lr 5e-4,
-3,750 iterations: 49% of generated points on their curve against 67% for the log-variance. Adam
-moves v by at most about lr per step, 5.6 in 11,250 stage-1 steps, so s <= ~6.1 and sd >= 0.40:
-measured 0.42, the class Gaussians 3.5x wider than the codes), Sigma's learning rate cut
-10x every 10 epochs (code; `--sigma-lr paper` cuts it 100x after 2 epochs), BatchNorm in eval
-mode for figures and eval with population statistics recomputed over --bn-images training images
-(`--eval-bn batch`: the code's training-mode BatchNorm), an epoch counted in outer iterations.
+Choices where the paper is silent: no margin (alpha = 0; `--margin 0.1`: L-GM's), hinge GAN,
+Sigma as a log-variance clamped to +-8 (`--sigma-param precision`: the code's s = softplus(v), v
+from 0.54; on the toy 49% of points on their curve against 67%, as Adam moves v by about lr per
+step, so s stays <= ~6), Sigma's lr cut 10x every 10 epochs (code; `--sigma-lr paper`: 100x
+after 2 epochs), BatchNorm in eval mode with population statistics over --bn-images training
+images (`--eval-bn batch`: the code's training mode), an epoch counted in outer iterations.
 
 Measured deviations, the defaults for Lr-LiVAE (each undone by a flag; the cVAE-GAN keeps the
-code's values). At the paper's settings the model did not work at the scale a CPU runs (MNIST,
-300 iterations of batch 64, digits 7-9 unseen; the toy, its 50 epochs; one seed each): its
-MNIST samples were read as their class 0.67 of the time (the cVAE-GAN: 0.96) and 67% of its toy
-points fell on their curve (the cVAE-GAN: 97%). Three causes, each measured:
-- `--z-s-posterior gaussian` (paper: point). With q(z_s|x) a point mass, L_lkd = d_c + 1/2
-  log|Sigma_c| has no floor when the codes and Sigma shrink together (the ELBO's -H(q) of a point
-  mass is dropped as a constant, and it is infinite): on the toy the codes' sd ended at 0.011 and
-  Sigma's at 0.075. A Gaussian q(z_s|x) = N(m(x), diag s(x)) makes L_lkd the exact KL to
-  N(mu_c, Sigma_c); the decoder is trained on draws of it. Toy: 67% -> 89% (86% at seed 1).
-- `--kl-weight 10 --adv-weight 10` (code: 1, 1). On MNIST the label stays in z_u (a linear probe
-  reads it from mu_u at 0.95) and G reads it there: with z_u from an image of another class the
-  samples were read as their class 0.60 of the time, with one of the same class 0.95. Both
-  weights 10: swaps read as the z_s image's class 0.59 -> 0.93. Toy, with the Gaussian q: 89% ->
-  93% (91% at seed 1); the KL weight alone 93%, the adversary's alone 80%.
-- `--sigma-lr-scale 20` on MNIST and faces (code: 1; the toy keeps 1). Adam moves log Sigma by
-  about lr per step, 0.45 in 300 iterations' 900 stage-1 steps, so the class Gaussians stayed
-  22x wider than the codes (decoding E_s's codes: 0.97 read as their class; the learned p(z_s|c):
-  0.75). x20: 0.75 -> 0.93. On the toy (11,250 stage-1 steps) it costs: 93% -> 90%.
-Measured, not a default: `--c-steps 5` (four more adversary steps per iteration, on fresh draws
-of z_u). MNIST, with the three above, one seed each: the samples read as their class 0.957
-against 0.871 and 0.914 (two runs of one step), within-class diversity 0.441 against 0.354, but
-swaps read as the z_s image's class 0.757 against 0.833 and 0.877; C reads mu_u at 0.472
-against 0.346 (the draws: 0.208 against 0.168). Why the swaps fall is not measured.
-With the three, `benchmarks/claims disentangled` (docs/claims/disentangled.md) gives the
-numbers of the current defaults. On the toy (seeds 0, 1, 2) 94%, 92% and 87% of the points lie
-within 0.45 (3 noise sd) of their curve, but their radial offsets have sd 0.21, 0.25 and 0.38
-against the data's 0.15 (the cVAE-GAN's 0.145; a rerun of seed 0 gave 0.23), and one class's
-points can lie along a flat segment near the top of its arc. Other flags measured on the toy at the paper's reading: `--z-s-posterior detached`
-(L_rec does not reach E_s) 79%, `--lkd-weight 0` 71%, `--sigma-lr paper` 44%, `--n-gm 1` 53%,
-`--sigma-param precision` 49%; on MNIST at the paper's reading, `--c-steps 5` alone: 0.54.
-`benchmarks/claims disentangled` reruns the toy's ablation.
+code's values). At the paper's settings (MNIST, 300 iterations of batch 64, digits 7-9 unseen;
+the toy, 50 epochs; one seed each) its samples were read as their class 0.67 (cVAE-GAN 0.96) and
+67% of its toy points fell on their curve (cVAE-GAN 97%). Three causes, each measured:
+- `--z-s-posterior gaussian` (paper: point). With a point-mass q(z_s|x), L_lkd = d_c + 1/2
+  log|Sigma_c| has no floor when the codes and Sigma shrink together (toy: codes' sd 0.011,
+  Sigma's 0.075). A Gaussian q(z_s|x) = N(m(x), diag s(x)) makes L_lkd the exact KL to N(mu_c,
+  Sigma_c); G is trained on its draws. Toy: 67% -> 89%.
+- `--kl-weight 10 --adv-weight 10` (code: 1, 1). On MNIST the label stayed in z_u (a linear probe
+  read it from mu_u at 0.95) and G read it there: swaps read as the z_s image's class 0.59 ->
+  0.93. Toy: 89% -> 93% (the KL weight alone 93%, the adversary's alone 80%).
+- `--sigma-lr-scale 20` on MNIST and faces (code: 1). Adam moves log Sigma by about lr per step,
+  0.45 in 900 stage-1 steps, so the class Gaussians stayed 22x wider than the codes: samples
+  0.75 -> 0.93. The toy (11,250 stage-1 steps) keeps 1 (x20: 93% -> 90%).
+Measured, not a default: `--c-steps 5` (four more adversary steps per iteration) reads samples
+as their class 0.957 against 0.871 / 0.914 (two runs of one step) but swaps 0.757 against 0.833 /
+0.877. `benchmarks/claims disentangled` (docs/claims/disentangled.md) gives the current defaults'
+numbers and reruns the toy's ablation: over seeds 0-2, 87-94% of the toy's points lie within 3
+noise sd of their curve, with radial offsets 1.4-2.5x as spread as the data's. Other flags
+measured on the toy at the paper's reading: `--z-s-posterior detached` (L_rec does not reach E_s)
+79%, `--lkd-weight 0` 71%, `--sigma-lr paper` 44%, `--n-gm 1` 53%.
 
 Usage:
     python disentangled_vae.py --dataset mnist --data-dir data/mnist

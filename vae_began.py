@@ -29,45 +29,26 @@ argues against: L_e and L_n only; at L_n's weight 1 its encoder collapses to the
 units after 2,000 steps on MNIST, so as a baseline give it --kl-weight gamma N / (C S^2), beta = 1
 against the summed L1). Plain BEGAN: --no-vae --no-lsm --controller p --noise uniform.
 
-Defaults, measured (MNIST at 32 px, n = 16, N = 32, 2,000 steps, one seed; the judge of
-benchmarks/claims reads the samples; `python benchmarks/claims vae_began` reruns the ablation):
-- eq. 11 as printed (--eq11 restored is the other reading). Restored, alpha L_v counts against
-  eta L_d, so k_t needs L_g < (eta - alpha L_v / L_d) L_d: at eta 0.5 k_t never left 0 in 10k steps
-  (alpha L_v was 76% of eta L_d) and G drew blanks. As printed, k_t engages (0.06 over the second
-  half) and at equilibrium L_g / L_d = 1.04, the ratio at which fakes are as hard for D as reals.
-- L_n's weight 1, as eq. 15 prints it (L_n is the KL averaged over the N dims and the batch). The
-  former default, beta = 1 against the summed L1 (w = gamma N / (C S^2), 0.0031 here), and even 10x
-  and 32x it (the 32x run with 10x controller gains) left the codes off the prior: their mean sat
-  3.2 (10x) and 2.5 (32x) from 0 with a posterior sd of 0.13-0.26, G decoded a Gaussian fit of the
-  codes to every class but N(0, I) to 81-85% "1"s (judge IS 1.69 / 1.75, class TV 0.71 / 0.74; the
-  report's ablation has the former default itself). At weight 1 the codes' mean is 1.0 from
-  0 with variance 0.96 per dim: IS 3.60, TV 0.40, FD 468, 32 active units. The cost: at C S^2 / N =
-  96 pixel values per dim (faces at 32 px) the encoder can start collapsed (KL ~ 1e-6 nats per dim
-  after 30 steps) and must recover; training warns if it stays at 0 active units.
+Defaults, measured (MNIST at 32 px, n = 16, N = 32, 2,000 steps, one seed unless said; the judge
+of benchmarks/claims reads the samples; `python benchmarks/claims vae_began` reruns the ablation):
+- eq. 11 as printed (--eq11 restored: the other reading). Restored, alpha L_v counts against
+  eta L_d: at eta 0.5 k_t never left 0 in 10k steps (alpha L_v was 76% of eta L_d) and G drew
+  blanks. As printed, k_t engages (0.06 over the second half), L_g / L_d = 1.04 at equilibrium.
+- L_n's weight 1, as eq. 15 prints it (the KL averaged over dims and batch). The former default,
+  beta = 1 against the summed L1 (gamma N / (C S^2), 0.0031 here; --kl-weight 0 still means it),
+  and even 10x and 32x it left the codes off the prior (mean 2.5-3.2 from 0, sd 0.13-0.26), so
+  G decoded N(0, I) to 81-85% "1"s (IS 1.7, class TV 0.7). At weight 1: 32 active units, IS 3.6,
+  TV 0.40 (seed 0). On faces (96 pixel values per dim) the encoder can start collapsed and must
+  recover; training warns if it stays at 0 active units.
 - eta 0.75, Adam lr 2e-4, batch 32 (the BEGAN ports that train on MNIST; the paper: eta 0.5, lr
-  5e-5, batch unstated). L1 reconstruction favours thin digits: D reconstructs real "1"s at L1
-  0.040 against 0.078 for all digits, so eta 0.5 asks G for images as easy as "1"s, and at eta 0.5,
-  lr 1e-4, batch 16 every GAN variant collapsed onto one or two classes in 10k steps.
-- Plain BEGAN still draws "1"s at these settings (2,000 steps: judge IS 1.02, 2,000 of 2,000
-  samples read as "1"; eta 1.0: IS 1.06; eta 1.0 with l1 = 1e-2: IS 1.69, 76% "1"s; --skips, G
-  with BatchNorm (--g-batchnorm) and l1 = 1e-2 at eta 0.75: 2,000, 2,000 and 1,997 "1"s). What
-  holds it there: eq. 10 balances only the mean reconstruction error. With l1 = 1e-2, k_t reached
-  the balance (e_t -0.010 over the second half) by making D reconstruct every "1"-like image
-  worse, the real ones included (L1 0.041 -> 0.058, other digits 0.066-0.102), so G's "1"s sat at
-  L_g = 0.070 ~ eta L_d and nothing pushed it to other classes.
-- --g-batchnorm (G's convolutions batch-normalised, as the MNIST BEGAN ports) in VAE + BEGAN* +
-  LSM, 2,000 steps: judge IS 4.16 and FD 399 against 3.59 and 469 without, class TV 0.42 against
-  0.40 (one seed each): sharper digits, no better coverage; off by default (not the paper's).
-- --d-batchnorm (BatchNorm1d on D's bottleneck and its decoder's first layer, as the MNIST BEGAN
-  port of eriklindernoren/PyTorch-GAN; each batch, real, x_g or x_v, normalised apart), 2,000 steps:
-  in VAE + BEGAN* + LSM class TV 0.23 against 0.40 (every class at least 3.7% of the samples), but
-  IS 3.44 and FD 527 against 3.59 and 469, k_t 0.031 over the second half; with --g-batchnorm too
-  TV 0.22, IS 3.46, FD 520. Neither is the paper's model at work: with D's codes batch-normalised
-  the encoder stays collapsed (2 active units of 32, L_n 0.002 nats per dim, against 32 and 0.27
-  without), so x_v is G of near-prior noise, as x_g. In plain BEGAN it does
-  not help: D reconstructs G's images worse than real ones from the start (L_g > eta L_d), so k_t
-  stays at 0, and G draws near-blank "1"s (mean ink 0.025 against 0.133; 1,873 of 2,000 read as
-  "1"). Off by default (not the paper's; one seed each).
+  5e-5). D reconstructs real "1"s at L1 0.040 against 0.078 for all digits, so eta 0.5 asks G
+  for images as easy as "1"s: at eta 0.5, lr 1e-4, batch 16 every GAN variant collapsed onto one
+  or two classes in 10k steps.
+- Plain BEGAN draws "1"s at every setting tried (eta 0.75 and 1.0, l1 1e-2, --skips, BatchNorm in
+  G or in D as the MNIST ports): eq. 10 balances only the mean reconstruction error, and G's
+  "1"s sat at L_g ~ eta L_d, with nothing to push G to other classes. BatchNorm was dropped: in
+  VAE + BEGAN* + LSM, in G it gave sharper digits (IS 4.16) with no better coverage (TV 0.42), in
+  D better coverage (TV 0.23) with the encoder collapsed (2 active units): not the paper's model.
 
 Choices the paper leaves open (sec. 4), each a flag, with the reference's value:
 - Adam betas (0.5, 0.999) as carpedm20's BEGAN port (--adam-beta1; Adam's default 0.9 elsewhere).
@@ -154,10 +135,6 @@ class Config(common.RunConfig):
     lsm: bool = common.arg(True, "the learned similarity metric L_s; --no-lsm sets beta = 0")
     skips: bool = common.arg(False, "BEGAN's skip connections (its sec. 3.5): h0 into every decoder scale; "
                                     "the paper does not use them")
-    g_batchnorm: bool = common.arg(False, "BatchNorm after each of G's convolutions (the BEGAN ports that train on "
-                                          "MNIST; not in BEGAN or the paper)")
-    d_batchnorm: bool = common.arg(False, "BatchNorm1d on D's bottleneck code and on its decoder's first layer "
-                                          "(eriklindernoren's MNIST BEGAN port; not in BEGAN or the paper)")
     init: str = common.arg("default", "weight init: default (PyTorch's Kaiming-uniform) or xavier (BEGAN's TF "
                                       "code: Xavier-uniform, zero biases)", choices=("default", "xavier"))
     adam_beta1: float = common.arg(0.5, "Adam beta1 (carpedm20's BEGAN port: 0.5; Adam's default, used by "
@@ -181,8 +158,8 @@ class VAEBEGAN(nn.Module):
         s, n, dim = cfg.image_size, cfg.filters, cfg.latent_dim
         c = channels(cfg)
         self.encoder = Encoder(s, n, dim, heads=2, channels=c) if cfg.vae else None
-        self.generator = Decoder(s, n, dim, cfg.skips, c, cfg.g_batchnorm)
-        self.discriminator = AutoEncoder(s, n, dim, cfg.skips, c, cfg.d_batchnorm) if cfg.gan else None
+        self.generator = Decoder(s, n, dim, cfg.skips, c)
+        self.discriminator = AutoEncoder(s, n, dim, cfg.skips, c) if cfg.gan else None
         self.latent_dim = dim
         if cfg.init == "xavier":  # BEGAN's TF code: Xavier-uniform weights, zero biases
             for m in self.modules():
@@ -203,9 +180,9 @@ def channels(cfg: Config) -> int:
     return 1 if cfg.dataset == "mnist" else 3
 
 
-def conv_elu(cin: int, cout: int, stride: int = 1, batchnorm: bool = False) -> nn.Module:
-    """3x3 convolution + ELU (BEGAN); with `batchnorm`, BatchNorm between them (--g-batchnorm)."""
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), *([nn.BatchNorm2d(cout)] if batchnorm else []), nn.ELU())
+def conv_elu(cin: int, cout: int, stride: int = 1) -> nn.Module:
+    """3x3 convolution + ELU (BEGAN)."""
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.ELU())
 
 
 class Encoder(nn.Module):
@@ -234,13 +211,12 @@ class Decoder(nn.Module):
     skips (BEGAN sec. 3.5's optional skip connections), h0 upsampled to each scale is
     concatenated to that scale's input."""
 
-    def __init__(self, size: int, n: int, latent_dim: int, skips: bool = False, channels: int = 3,
-                 batchnorm: bool = False):
+    def __init__(self, size: int, n: int, latent_dim: int, skips: bool = False, channels: int = 3):
         super().__init__()
         scales = int(math.log2(size)) - 2
         self.fc = nn.Linear(latent_dim, 8 * 8 * n)
-        self.blocks = nn.ModuleList(nn.Sequential(conv_elu(2 * n if skips and s else n, n, batchnorm=batchnorm),
-                                                  conv_elu(n, n, batchnorm=batchnorm)) for s in range(scales))
+        self.blocks = nn.ModuleList(nn.Sequential(conv_elu(2 * n if skips and s else n, n), conv_elu(n, n))
+                                    for s in range(scales))
         self.to_rgb = nn.Conv2d(n, channels, 3, 1, 1)
         self.n, self.skips = n, skips
 
@@ -258,14 +234,10 @@ class Decoder(nn.Module):
 class AutoEncoder(nn.Module):
     """BEGAN's discriminator D = Dec_D(Enc_D(.)); `forward` returns (bottleneck, reconstruction)."""
 
-    def __init__(self, size: int, n: int, latent_dim: int, skips: bool = False, channels: int = 3,
-                 batchnorm: bool = False):
+    def __init__(self, size: int, n: int, latent_dim: int, skips: bool = False, channels: int = 3):
         super().__init__()
         self.encoder = Encoder(size, n, latent_dim, channels=channels)
         self.decoder = Decoder(size, n, latent_dim, skips, channels)
-        if batchnorm:  # --d-batchnorm: each batch (real, x_g, x_v apart) normalised by its own statistics
-            self.encoder.fc = nn.Sequential(self.encoder.fc, nn.BatchNorm1d(latent_dim))
-            self.decoder.fc = nn.Sequential(self.decoder.fc, nn.BatchNorm1d(self.decoder.fc.out_features))
 
     def forward(self, x: torch.Tensor):
         h = self.encoder(x)
