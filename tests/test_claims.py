@@ -1,5 +1,6 @@
 """benchmarks/claims/ at a tiny scale: the report's shape, not its verdicts (the small-scale
 run is a benchmark: python benchmarks/claims vlae)."""
+import argparse
 import dataclasses
 import json
 import math
@@ -463,3 +464,18 @@ def test_toy_on_curve_row_averages_the_seeds_and_reads_band_and_thickness(tmp_pa
     row = dc.claim_toy_on_curve(runs)
     assert row.holds == holds, row.measured
     assert "mean of 3 seeds" in row.measured
+
+
+def test_cmma_report_says_why_fig7_is_not_tested_with_the_counts_of_its_data(tmp_path):
+    """The 'Not tested at this scale' section counts the attributed faces and those with
+    Eyeglasses from list_attr_celeba.txt under --data-dir (5 faces, 2 with glasses here), and
+    says so when the file is not there."""
+    from claims.cmma_claims import untested_on_faces
+    names = ["Eyeglasses", "Smiling"]
+    rows = [f"{i:06d}.jpg {1 if i < 2 else -1} 1" for i in range(5)]
+    (tmp_path / "celeba").mkdir()
+    (tmp_path / "celeba" / "list_attr_celeba.txt").write_text("5\n" + " ".join(names) + "\n" + "\n".join(rows) + "\n")
+    text = "\n".join(untested_on_faces(argparse.Namespace(data_dir=str(tmp_path))))
+    assert "5 attributed CelebA faces" in text and "2 of them with Eyeglasses" in text and "Fig. 7" in text
+    missing = "\n".join(untested_on_faces(argparse.Namespace(data_dir=str(tmp_path / "none"))))
+    assert "is not there" in missing
