@@ -34,6 +34,23 @@ def small_model(kind="cmma", **kw):
     return cfg, cmma.build_model(cfg, 40).eval()
 
 
+def test_generate_draws_z_from_p_f_with_its_standard_deviation():
+    """Fig. 5's draw z = f_mu(y) + noise * eps * exp(f_logvar(y) / 2), decoded by g: with the prior
+    network's output fixed to a known (mu, logvar) the decoder must see exactly that z (a draw
+    scaled by the variance, or by no noise, would not), for CMMA and the CVAE (z = noise * eps)."""
+    _, model = small_model()
+    mu, logvar = torch.full((2, 500), 0.5), torch.full((2, 500), math.log(4.0))  # sd 2
+    eps, seen = torch.randn(2, 500, generator=torch.Generator().manual_seed(0)), []
+    model.prior = lambda y: (mu, logvar)
+    model.decode = lambda z, y: seen.append(z) or (torch.zeros(len(z), 3, 64, 64), None)
+    model.generate(torch.zeros(2, 40), noise=0.5, eps=eps)
+    assert torch.allclose(seen[-1], 0.5 + 0.5 * eps * 2.0)
+    _, cvae = small_model("cvae")
+    cvae.decode = lambda z, y: seen.append(z) or (torch.zeros(len(z), 3, 64, 64), None)
+    cvae.generate(torch.zeros(2, 40), noise=0.5, eps=eps[:, :cvae.latent_dim])
+    assert torch.allclose(seen[-1], 0.5 * eps[:, :cvae.latent_dim])
+
+
 def test_edit_is_h_mu_plus_the_attribute_code_difference():
     _, model = small_model()
     x, y0 = torch.rand(3, 3, 64, 64), torch.randint(0, 2, (3, 40)).float()
