@@ -686,8 +686,7 @@ def faces_and_attributes(dataset: data.ImageSet, index, device) -> tuple[torch.T
 
 
 def train(cfg: Config, explicit: set, figures: bool = True) -> nn.Module:
-    """Train cfg.model into cfg.out (or resume the checkpoint there exactly), then draw its figures
-    and write OUT/eval.json (not with figures=False); returns the model in eval mode."""
+    """Train cfg.model into cfg.out or resume it there exactly; figures and OUT/eval.json unless figures=False."""
     rank, world, local_rank = common.init_distributed()
     device = common.pick_device(cfg.device, local_rank)
     train_set = load_split(cfg, "train", verbose=common.is_main())

@@ -1034,12 +1034,10 @@ def curve_keys(cfg: Config) -> list:
 # --- plumbing: training loop ---
 # ----------------------------------------------------------------------------------------------
 def train(cfg: Config, explicit: set) -> None:
-    """Train into cfg.out, or resume the checkpoint there exactly, then draw the figures and write
-    eval.json. Toy runs also keep generated points every 10 epochs for Fig. 2."""
+    """Train into cfg.out or resume it there exactly, then figures and eval.json (toy: Fig. 2's points)."""
     rank, world, local_rank = common.init_distributed()
     device = common.pick_device(cfg.device, local_rank)
     cfg, state = common.checkpoint_to_resume(cfg, explicit, SCRIPT, RUN_FIELDS, resolve_defaults)  # locks cfg.out
-    refuse_removed_networks(state)
     train_set, names = training_classes(cfg, state)  # first: the classes size the model
     common.seed_everything(cfg.seed)  # the same initial weights on every rank
     model = DisentangledVAE(cfg, len(names)).to(device, memory_format=common.memory_format(device, cfg.dataset != "toy"))
@@ -1073,16 +1071,23 @@ def train(cfg: Config, explicit: set) -> None:
     if cfg.dataset == "toy" and common.is_main():
         save_toy_snapshot(cfg, model, cfg.steps // epoch_steps, device)
     common.cleanup_distributed()  # the figures and eval below run on rank 0 alone
-    if rank == 0:  # after the last checkpoint, so a resumed run still continues exactly
-        refresh_batchnorm(cfg, model, device)
-        draw_figures(cfg, evaluation_mode(cfg, model), names, device)
-        evaluate([(cfg, model, names)], device)
+    if rank == 0:
+        finish(cfg, model, names, device)
+
+
+def finish(cfg: Config, model: DisentangledVAE, names: list, device) -> None:
+    """After training (rank 0), after the last checkpoint, so a resumed run still continues
+    exactly: population BatchNorm statistics, the figures and eval.json."""
+    refresh_batchnorm(cfg, model, device)
+    draw_figures(cfg, evaluation_mode(cfg, model), names, device)
+    evaluate([(cfg, model, names)], device)
 
 
 def training_classes(cfg: Config, state: dict | None) -> tuple[data.ImageSet, list]:
     """The training split and its class names; the held-out split is decoded now, so a broken
     held-out image stops the run before training. ValueError when the checkpoint being resumed
-    has another number of classes than the data now."""
+    has another number of classes than the data now, or was trained with removed networks."""
+    refuse_removed_networks(state)
     train_set = load_split(cfg, "train", verbose=common.is_main())
     load_split(cfg, "test", verbose=False)
     names = train_set.names["class"]
