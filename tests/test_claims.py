@@ -479,3 +479,15 @@ def test_cmma_report_says_why_fig7_is_not_tested_with_the_counts_of_its_data(tmp
     assert "5 attributed CelebA faces" in text and "2 of them with Eyeglasses" in text and "Fig. 7" in text
     missing = "\n".join(untested_on_faces(argparse.Namespace(data_dir=str(tmp_path / "none"))))
     assert "is not there" in missing
+
+
+def test_kid_is_the_unbiased_mmd_with_the_cubic_kernel_written_out():
+    """KID of two small feature sets against the U-statistic written out pair by pair with
+    k(x, y) = (x . y / D + 1)^3 (Binkowski et al. 2018): a squared kernel, a dropped diagonal or
+    a biased mean would each move it."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(5, 4, generator=g).double(), torch.randn(6, 4, generator=g).double() + 0.3
+    k = lambda x, y: (float(x @ y) / 4 + 1) ** 3
+    off = lambda s: sum(k(s[i], s[j]) for i in range(len(s)) for j in range(len(s)) if i != j) / (len(s) * (len(s) - 1))
+    expected = off(a) + off(b) - 2 * sum(k(x, y) for x in a for y in b) / (len(a) * len(b))
+    assert shared.kernel_inception_distance(a, b) == pytest.approx(expected, rel=1e-9)

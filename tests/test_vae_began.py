@@ -1,4 +1,5 @@
 import dataclasses
+import math
 import os
 import pickle
 
@@ -358,3 +359,16 @@ def test_the_backbone_is_begans_each_image_reconstructed_alone():
     x = torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     alone, mixed = model.discriminator(x[:1].repeat(4, 1, 1, 1))[1][0], model.discriminator(x)[1][0]
     assert torch.allclose(alone, mixed, atol=1e-6)
+
+
+def test_eval_kl_is_per_dimension_in_nats_written_out(tmp_path):
+    """eval.json's kl_per_dim_nats: KL(q(z|x) || N(0, I)) = 1/2 sum_d (mu^2 + e^logvar - 1 -
+    logvar), averaged over the held-out images and divided by N; with the encoder's output fixed
+    to a known (mu, logvar) the value is computed here by hand (N = 16: a sum over dims would be
+    16x larger, a missing -1 or logvar term would shift it)."""
+    cfg, model = tiny_model(data_dir=CELEBA, out=str(tmp_path), eval_images=4)
+    mu, logvar = torch.linspace(-1, 1, 16), torch.linspace(-0.5, 0.5, 16)
+    model.encode = lambda x: (mu.expand(len(x), -1), logvar.expand(len(x), -1))
+    result = vae_began.evaluate(cfg, model.eval(), {"k": 0.0}, torch.device("cpu"))
+    per_dim = [0.5 * (m * m + math.exp(v) - 1 - v) for m, v in zip(mu.tolist(), logvar.tolist())]
+    assert result["kl_per_dim_nats"] == pytest.approx(sum(per_dim) / 16, rel=1e-5)
