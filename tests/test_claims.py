@@ -203,6 +203,8 @@ def test_vae_began_claims_score_every_variant_with_the_judge_and_plot_both_contr
     assert os.path.exists(tmp_path / "runs" / "vae_began-vae-began-lsm" / "checkpoint_half.pt")
     assert "contrast" in rows[5][2] and "Run `vae_began-faces`" in text
     assert "Run `vae_began-vae-seed1` (VAE alone, seed --seed + 1)" in text  # the seeded rows' further runs
+    seeded = json.load(open(tmp_path / "runs" / "vae_began-vae-seed1" / "config.json"))
+    assert not seeded["gan"] and seeded["seed"] == 1 and seeded["kl_weight"] < 1  # the VAE alone, its own seed
     assert "over 2 seeds" in rows[1][2] and "over 2 seeds" in rows[2][2]
     assert "eq. 11 " in text and "batch " in text  # the settings line read back from the run's config
     assert len(cited) == 5 and "samples_faces.png" in " ".join(cited) and "e_t_vae-began-lsm.png" in " ".join(cited)

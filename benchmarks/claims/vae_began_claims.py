@@ -432,8 +432,9 @@ def vae_began_runs(args, scale: dict) -> dict:
                          args.reuse) for v, (_, flags) in VAE_BEGAN_VARIANTS.items() if v != "vae-began-lsm"}
     runs["vae-began-lsm"] = train_with_half("vae_began-vae-began-lsm", argv, args)
     if not scale.get("faces"):  # SEEDED at the further seeds (the last --seed wins)
-        runs.update({f"{v}-seed{k}": train_run(vae_began, f"vae_began-{v}-seed{k}", argv + (beta1 if v == "vae" else [])
-                                               + ["--seed", str(args.seed + k)], args.work, args.reuse)
+        runs.update({f"{v}-seed{k}": train_run(vae_began, f"vae_began-{v}-seed{k}", argv + VAE_BEGAN_VARIANTS[v][1]
+                                               + (beta1 if v == "vae" else []) + ["--seed", str(args.seed + k)],
+                                               args.work, args.reuse)
                      for v in SEEDED for k in range(1, scale["seeds"])})
     if not scale.get("faces"):
         runs["faces"] = train_run(vae_began, "vae_began-faces", faces_argv(args, 32)
