@@ -201,6 +201,8 @@ def test_vae_began_claims_score_every_variant_with_the_judge_and_plot_both_contr
         assert f"{name}: k_t " in rows[3][2] and "alpha L_v" in rows[3][2]
     assert "M_global" in rows[4][2] and "FD" in rows[4][2]  # M_global beside the samples' FD, half-way and end
     assert os.path.exists(tmp_path / "runs" / "vae_began-vae-began-lsm" / "checkpoint_half.pt")
+    kept = json.load(open(tmp_path / "runs" / "vae_began-vae-began-lsm" / "claims_argv.json"))
+    assert kept[kept.index("--steps") + 1] == "4"  # the whole run's argv (not its first leg's): --reuse keeps it
     assert "contrast" in rows[5][2] and "Run `vae_began-faces`" in text
     assert "Run `vae_began-vae-seed1` (VAE alone, seed --seed + 1)" in text  # the seeded rows' further runs
     seeded = json.load(open(tmp_path / "runs" / "vae_began-vae-seed1" / "config.json"))

@@ -411,6 +411,7 @@ def train_with_half(name: str, argv: list, args) -> Run:
     train_run(vae_began, name, first, args.work)
     shutil.copyfile(os.path.join(out, "checkpoint.pt"), half)
     vae_began.main(argv + ["--out", out])  # resumes at steps // 2
+    common.save_json(os.path.join(out, "claims_argv.json"), argv)  # the whole run's argv, for --reuse
     return Run(name, out, split_description(out), steps, time.time() - t0)
 
 
