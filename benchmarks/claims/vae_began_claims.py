@@ -510,4 +510,4 @@ def claims_vae_began(args, device) -> None:
               *footer("vae_began", {**runs, **ablations}, t0, args)]
     publish(args, "vae_began", "VAE-BEGAN (Khan et al. 2018): the paper's claims, measured", header, rows, figures,
             ("samples_compare", "samples_faces", "k_t.png", "e_t_vae-began-lsm"),
-            ablation_table(ablations, reader, args, scale, device) + rule_changes(RULE_CHANGES))
+            ablation_table(ablations, reader, args, scale, device) + [""] + rule_changes(RULE_CHANGES))
