@@ -137,9 +137,8 @@ class Config(common.RunConfig):
                                          "the docstring; 1 for cvae-gan, the code's)", at_least=0.0)
     adv_weight: float = common.arg(-1.0, "weight of L_adv in E_u's objective (-1: 10, measured, see the "
                                           "docstring; the code: 1)", at_least=0.0)
-    c_steps: int = common.arg(1, "Adam steps of the adversary C per iteration (code: 1; 5 measured on MNIST, see "
-                                 "the docstring); the extra ones on fresh draws of z_u of the iteration's batch, "
-                                 "after the joint step", at_least=1)
+    c_steps: int = common.arg(1, "Adam steps of the adversary C per iteration (code: 1); the extra ones on fresh "
+                                 "draws of z_u after the joint step (5: see the docstring)", at_least=1)
     lkd_weight: float = common.arg(1.0, "weight of L_lkd in E_s' stage-2 objective (code: 10 x 0.1)", at_least=0.0)
     gan: bool = common.arg(True, "the GAN extension (projection discriminator, hinge); --no-gan: the plain VAE")
     sigma_lr: str = common.arg("", "Sigma's learning rate: code (x0.1 every 10 epochs), paper (x0.01 after "
@@ -151,9 +150,7 @@ class Config(common.RunConfig):
                                   choices=("logvar", "precision"))
     sigma_lr_scale: float = common.arg(-1.0, "Sigma's learning rate as a multiple of --lr before --sigma-lr's rule "
                                              "(-1: 20 for lr-livae on MNIST and faces, measured, see the docstring; "
-                                             "1 on the toy and for cvae-gan, the code). Adam moves log Sigma by about "
-                                             "lr per step, so Sigma cannot reach codes narrower than exp(-lr x "
-                                             "stage-1 steps)", above=0.0)
+                                             "1 on the toy and for cvae-gan, the code)", above=0.0)
     z_s_posterior: str = common.arg("", "q(z_s|x): gaussian (E_s gives a mean and a log-variance; L_lkd becomes "
                                         "the KL to p(z_s|c); the default for lr-livae, measured, see the docstring), "
                                         "point (the paper: z_s = E_s(x), L_rec reaches E_s) or detached (a point, "
@@ -172,10 +169,9 @@ class Config(common.RunConfig):
     bn_images: int = common.arg(2000, "training images whose population BatchNorm statistics replace the "
                                       "running ones before eval, figures and sample (0: keep the running ones)")
     eval_bn: str = common.arg("population", "BatchNorm at eval, figures and sample: population (statistics of "
-                                            "--bn-images training images) or batch (the official code: BatchNorm "
-                                            "left in training mode, each batch normalised by its own statistics; "
-                                            "to match the code's numbers, with batches as large and as mixed as "
-                                            "training ones - not for a few images)", choices=("population", "batch"))
+                                            "--bn-images training images) or batch (the code: training mode; only "
+                                            "with batches as large and mixed as training ones)",
+                              choices=("population", "batch"))
     toy_points: int = common.arg(3000, "--dataset toy: points per class (80 percent train)")
     eval_images: int = common.arg(2000, "held-out images for eval")
     diversity_classes: int = common.arg(20, "classes sampled for the intra-class diversity (MS-SSIM)")
