@@ -14,8 +14,8 @@ import data
 import tune_cgan
 
 from .shared import (
-    Judge, Row, accuracy_gap_se, data_folder, eval_json, frechet_distance, judge, machine, report_path, scale_settings, train_run, update_readme, verdict,
-    write_report, rule_changes)
+    Judge, Row, accuracy_gap_se, data_folder, eval_json, frechet_distance, judge, machine, mean_se, report_path,
+    scale_settings, train_run, update_readme, verdict, write_report, rule_changes)
 
 
 FAILED_BELOW = 0.2  # judge accuracy under twice chance (10 classes): the baseline failed to train
@@ -107,12 +107,6 @@ def test_digits(models: dict, n: int, seed: int, device) -> tuple[torch.Tensor, 
     return cmma.faces_and_attributes(test, index, device)
 
 
-def paired_se(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """The mean of a - b, paired per digit, and its standard error."""
-    diff = a - b
-    return float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff)))
-
-
 @torch.no_grad()
 def paired_bound(models: dict, x: torch.Tensor, y: torch.Tensor, draws: int, seed: int) -> dict:
     """Per test digit, the variational bound of eq. 6 (cmma.elbo_terms, nats) averaged over `draws`
@@ -134,13 +128,13 @@ def claim_cmma_bound(runs: dict, models: dict, scale: dict, seed: int, device, d
     counted twice: the same comparison on the tighter importance-sampled log p(x|y)."""
     x, y = test_digits(models, scale["is_digits"], seed, device)
     bound = paired_bound(models, x, y, draws, seed)
-    gap, se = paired_se(bound["cmma"], bound["cvae"])
+    gap, se = mean_se(bound["cmma"] - bound["cvae"])
     ok = gap > 2 * se
     ll = {}
     for name in ("cmma", "cvae"):
         torch.manual_seed(seed)
         ll[name] = cmma.importance_log_likelihood(models[name][1], x, y, scale["is_claim"]).double().cpu().numpy()
-    ll_gap, ll_se = paired_se(ll["cmma"], ll["cvae"])
+    ll_gap, ll_se = mean_se(ll["cmma"] - ll["cvae"])
     sign = lambda g, e: "higher by more than 2 SE" if g > 2 * e else "lower by more than 2 SE" if g < -2 * e else \
         "within 2 SE (undecided)"
     return [Row("Table 2: CMMA's test variational bound is above the CVAE's", "sec. 4.4, Table 2",
@@ -172,7 +166,7 @@ def claim_cmma_parzen(runs: dict, models: dict, seed: int, device) -> Row:
         ll[k] = cmma.parzen_per_face(models[k][1], x, y, models[k][0].parzen_samples,
                                      torch.tensor([r[k]["parzen_sigma"]]))[:, 0].numpy()
     edge = [k for k, v in r.items() if v["parzen_sigma_at_grid_edge"]]
-    pairs = [paired_se(ll["cmma"], ll["cvae"]), paired_se(ll["cvae"], ll["cgan"])]
+    pairs = [mean_se(ll["cmma"] - ll["cvae"]), mean_se(ll["cvae"] - ll["cgan"])]
     parts = [g > 2 * e for g, e in pairs]
     holds = "no" if edge else verdict(parts)
     order = " > ".join(sorted(ll, key=lambda k: ll[k].mean(), reverse=True)).upper()

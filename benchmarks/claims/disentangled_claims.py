@@ -13,8 +13,8 @@ import disentangled_vae
 import probes
 
 from .shared import (
-    Judge, Row, Run, accuracy_gap_se, data_folder, eval_json, footer, judge, publish, rule_changes, scale_settings,
-    train_run, verdict)
+    Judge, Row, Run, accuracy_gap_se, data_folder, eval_json, footer, judge, mean_se, publish, rule_changes,
+    scale_settings, train_run, verdict)
 
 RULE_CHANGES = [  # since the previous report; each rule fixed before the run that reads it
     "z_u does not carry the label: the adversary C is read on draws of q(z_u|x), the codes eq. 4-5's game is "
@@ -238,7 +238,7 @@ def claim_toy_on_curve(runs: dict) -> Row:
     base_snap = toy_snapshot(runs["toy-cvae-gan"])
     ours, base = share.mean(), along_curve_spread(*base_snap)[1]
     thick = {"toy-lr-livae": thick_seeds.mean(), "toy-cvae-gan": radial_sd(*base_snap), "real": radial_sd(*real)}
-    se = lambda a: a.std(ddof=1) / np.sqrt(len(a)) if len(a) > 1 else float("nan")
+    se = lambda a: mean_se(a)[1]
     parts = [ours >= 0.9, thick["toy-lr-livae"] <= TOY_THICKNESS * thick["real"]]
     ok = all(parts)
     src = {} if ok else toy_code_sources(runs["toy-lr-livae"].out)

@@ -333,6 +333,13 @@ def machine() -> str:
 
 
 
+def mean_se(values) -> tuple[float, float]:
+    """The mean of `values` (over seeds, or paired differences per item) and its standard error
+    sd / sqrt(n), with the n - 1 sd; the SE is 0 for a single value."""
+    v = np.asarray(values, dtype=float)
+    return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
+
+
 def accuracy_gap_se(a: float, b: float, n: int) -> float:
     """Standard error of the difference of two accuracies a, b measured on n items each, each
     binomial: sqrt(a (1 - a) / n + b (1 - b) / n) (conservative when the two share the items)."""

@@ -21,8 +21,8 @@ import data
 import vae_began
 
 from .shared import (
-    Row, Run, data_folder, digits, footer, judge, judge_scores, plot_series, publish, rule_changes, scale_settings,
-    split_description, train_run, verdict)
+    Row, Run, data_folder, digits, footer, judge, judge_scores, mean_se, plot_series, publish, rule_changes,
+    scale_settings, split_description, train_run, verdict)
 
 RULE_CHANGES = [  # since the previous report; each rule fixed before the run that reads it
     "Sec. 5 and Sec. 5.2 (coverage) read VAE + BEGAN* + LSM and the VAE alone over 3 seeds (was: seed 0 alone). "
@@ -186,12 +186,6 @@ def judge_all(runs: dict, reader: tuple, args, scale: dict, device) -> tuple[dic
     return scores, classes
 
 
-def seed_mean(values: list) -> tuple[float, float]:
-    """The mean over seeds and its standard error (0 for one seed)."""
-    v = np.asarray(values, dtype=float)
-    return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
-
-
 def collapse_note(scores: dict, stats: dict) -> str:
     """The measured reasons a ranking fails: variants collapsed onto few classes (TV), and GAN
     variants whose k_t never engaged (second-half mean)."""
@@ -230,13 +224,13 @@ def claim_sec5(scores: dict, stats: dict) -> Row:
     (FD lower, IS higher) by more than 2 SE over seeds ('mixed' if one of the two)."""
     a, b = scores["seeds"]["vae-began-lsm"], scores["seeds"]["vae"]
     parts, text = [], []
-    for key, sign, name in (("fd", -1, "FD"), ("is", 1, "IS")):
-        gap, se = seed_mean([x[key] - y[key] for x, y in zip(a, b)])
+    for key, sign, name, d in (("fd", -1, "FD", 1), ("is", 1, "IS", 2)):  # d: decimals shown
+        gaps = [x[key] - y[key] for x, y in zip(a, b)]
+        gap, se = mean_se(gaps)
         parts.append(sign * gap > 2 * se)
-        text.append(f"{name}: VAE + BEGAN* + LSM {seed_mean([x[key] for x in a])[0]:.{1 if key == 'fd' else 2}f}, "
-                    f"VAE alone {seed_mean([y[key] for y in b])[0]:.{1 if key == 'fd' else 2}f}, gap {gap:+.{1 if key == 'fd' else 2}f} "
-                    f"(SE {se:.{1 if key == 'fd' else 2}f}; per seed " + ", ".join(
-                        f"{x[key] - y[key]:+.{1 if key == 'fd' else 2}f}" for x, y in zip(a, b)) + ")")
+        text.append(f"{name}: VAE + BEGAN* + LSM {np.mean([x[key] for x in a]):.{d}f}, VAE alone "
+                    f"{np.mean([y[key] for y in b]):.{d}f}, gap {gap:+.{d}f} (SE {se:.{d}f}; per seed "
+                    + ", ".join(f"{g:+.{d}f}" for g in gaps) + ")")
     return Row("Sec. 5: adding the BEGAN discriminator gives samples closer to real digits than the VAE alone",
                "sec. 5.4, Fig. 5", f"means over {len(a)} seeds, paired by seed: " + "; ".join(text),
                verdict(parts), f"FD {'lower' if parts[0] else 'not lower'} and IS {'higher' if parts[1] else 'not higher'} "
@@ -262,7 +256,7 @@ def claim_coverage(scores: dict, classes: dict, easiest: dict) -> Row:
     class among VAE + BEGAN* + LSM's samples, with a class histogram within COVERED total
     variation of uniform. Every variant's histogram is reported beside it (the baselines' coverage
     is what makes Table 1's comparison fair)."""
-    tv, se = seed_mean([s["tv"] for s in scores["seeds"]["vae-began-lsm"]])
+    tv, se = mean_se([s["tv"] for s in scores["seeds"]["vae-began-lsm"]])
     ok, firm = tv <= COVERED, tv + 2 * se <= COVERED
     seeds = ", ".join(f"{s['tv']:.2f}" for s in scores["seeds"]["vae-began-lsm"])
     measured = "; ".join(f"{VAE_BEGAN_VARIANTS[v][0]}: TV {scores[v]['tv']:.2f}, rarest class "
@@ -459,7 +453,8 @@ def settings_line(args, scale: dict, runs: dict) -> str:
             f"{c['lr']:g} (beta1 {c['adam_beta1']}) for E, G and D alike, eta {c['eta']}, eq. 11 {c['eq11']}, KL "
             f"weight {cfg.kl_weight:g}, alpha {c['alpha']}, beta {c['beta']}, gamma {c['gamma']}, gains {c['gains']}; seed "
             f"{args.seed}, and for the Sec. 5 and coverage rows VAE + BEGAN* + LSM and the VAE alone at "
-            f"{scale.get('seeds', 1)} seeds ({args.seed} to {args.seed + scale.get('seeds', 1) - 1}). BEGAN: --no-vae --no-lsm --controller p --noise uniform (BEGAN's noise and update). VAE "
+            f"{scale['seeds']} seeds ({args.seed} to {args.seed + scale['seeds'] - 1}). BEGAN: --no-vae --no-lsm "
+            f"--controller p --noise uniform (BEGAN's noise and update). VAE "
             f"alone: --no-gan with beta = 1 against the summed L1 (--kl-weight {run_config(runs['vae'].out)['kl_weight']:g}; at the default weight 1 "
             f"its encoder collapses to the prior, no L_s pulling on it)")
 
