@@ -372,3 +372,47 @@ def test_eval_kl_is_per_dimension_in_nats_written_out(tmp_path):
     result = vae_began.evaluate(cfg, model.eval(), {"k": 0.0}, torch.device("cpu"))
     per_dim = [0.5 * (m * m + math.exp(v) - 1 - v) for m, v in zip(mu.tolist(), logvar.tolist())]
     assert result["kl_per_dim_nats"] == pytest.approx(sum(per_dim) / 16, rel=1e-5)
+
+
+def began_networks():
+    import sys
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import began_networks as bn
+    return bn
+
+
+def test_began_networks_swaps_only_the_named_network_under_plain_begans_objective():
+    """benchmarks/began_networks.py: --generator port replaces G alone (D stays BEGAN's
+    auto-encoder) and the objective is plain BEGAN's (no E, no L_s, BEGAN's k update and noise);
+    the ports' G draws (B, 1, 32, 32) in [-1, 1] and their D reconstructs at that shape. With
+    --model vae-began-lsm the objective is the script's own and E comes from the ports too."""
+    bn = began_networks()
+    args = lambda g, d, m="began": type("A", (), dict(data_dir=os.path.join(ROOT, "tests", "data"), filters=4,
+                                                      latent_dim=8, seed=0, batch_size=0, generator=g,
+                                                      discriminator=d, model=m))()
+    cfg, model = bn.build(args("port", "began"))
+    assert isinstance(model.generator, bn.PortGenerator) and isinstance(model.discriminator, vae_began.AutoEncoder)
+    assert model.encoder is None and (cfg.vae, cfg.lsm, cfg.controller, cfg.noise) == (False, False, "p", "uniform")
+    x_g = model.generator(torch.randn(5, 8) * 10)
+    assert x_g.shape == (5, 1, 32, 32) and x_g.abs().max() <= 1
+    cfg, model = bn.build(args("began", "port"))
+    assert isinstance(model.generator, vae_began.Decoder) and isinstance(model.discriminator, bn.PortDiscriminator)
+    h, x_d = model.discriminator(x_g.detach())
+    assert h.shape == (5, 8) and x_d.shape == (5, 1, 32, 32)
+    cfg, model = bn.build(args("port", "port", "vae-began-lsm"))  # the paper's model: E from the ports too
+    assert (cfg.vae, cfg.lsm, cfg.controller, cfg.noise) == (True, True, "pid", "normal")
+    mu, logvar = model.encode(x_g.detach())
+    assert isinstance(model.encoder, bn.PortEncoder) and mu.shape == logvar.shape == (5, 8)
+
+
+def test_the_ports_discriminator_reads_its_batch_and_without_batchnorm_does_not():
+    """The ports' D normalises its decoder's first layer over each batch (train mode): an image's
+    reconstruction changes with the other images of its batch; --discriminator port-no-bn
+    reconstructs each image alone."""
+    bn = began_networks()
+    x = torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    for batchnorm in (True, False):
+        torch.manual_seed(0)
+        d = bn.PortDiscriminator(8, batchnorm).train()
+        alone, mixed = d(x[:1].repeat(4, 1, 1, 1))[1][0], d(x)[1][0]
+        assert torch.allclose(alone, mixed, atol=1e-5) != batchnorm

@@ -1,0 +1,167 @@
+"""Plain BEGAN on MNIST: which networks train. BEGAN's objective, vae_began.py's own training step,
+with BEGAN's networks (the paper's: conv + ELU, no normalisation) or the MNIST BEGAN ports' swapped in.
+
+vae_began.py's plain BEGAN (--no-vae --no-lsm --controller p --noise uniform) draws only "1"s on
+MNIST at n = 16 under every setting its docstring lists. This trains the same objective, eq. 7's
+L_d and L_g, eq. 13-14 with alpha = beta = gamma = 0, BEGAN's proportional k_t update, through
+`vae_began.train_step` and the script's optimizers, lr, batch and eta, and changes only the
+networks, one side at a time:
+    --generator began       vae_began.Decoder: FC to 8x8xn, conv + ELU pairs, linear output
+    --generator port        the ports' DCGAN-style G: FC 1024, FC 128x8x8, deconv 64, deconv 1,
+                            BatchNorm and ReLU after each hidden layer, tanh output
+    --discriminator began   vae_began.AutoEncoder (BEGAN's D)
+    --discriminator port    the ports' D: conv 64 stride 2 + ReLU, FC to N, FC back, BatchNorm1d
+                            + ReLU, deconv; real and generated batches go through it apart, so
+                            the BatchNorm gives D each batch's statistics
+    --discriminator port-no-bn   the same without its BatchNorm
+(eriklindernoren/PyTorch-GAN and znxlwm/pytorch-generative-model-collections, BEGAN.py; read,
+not copied.) benchmarks/claims' digit judge reads 2,000 samples: Inception-style score, Frechet
+distance in its features, class TV from uniform. One result line goes to OUT/began_networks.jsonl.
+
+    python benchmarks/began_networks.py --data-dir ../shared/data --generator port --discriminator port
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+for path in (ROOT, os.path.join(ROOT, "benchmarks")):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+import common  # noqa: E402
+import data  # noqa: E402
+import vae_began  # noqa: E402
+from claims.shared import digits, judge, judge_scores  # noqa: E402
+
+SIZE = 32  # MNIST at 32 px, as the claims
+
+
+class PortGenerator(nn.Module):
+    """z (B, N) -> image (B, 1, 32, 32) in [-1, 1] (tanh)."""
+
+    def __init__(self, latent_dim: int):
+        super().__init__()
+        self.fc = nn.Sequential(nn.Linear(latent_dim, 1024), nn.BatchNorm1d(1024), nn.ReLU(),
+                                nn.Linear(1024, 128 * 8 * 8), nn.BatchNorm1d(128 * 8 * 8), nn.ReLU())
+        self.deconv = nn.Sequential(nn.ConvTranspose2d(128, 64, 4, 2, 1), nn.BatchNorm2d(64), nn.ReLU(),
+                                    nn.ConvTranspose2d(64, 1, 4, 2, 1), nn.Tanh())
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.deconv(self.fc(z).view(-1, 128, 8, 8))
+
+
+class PortEncoder(nn.Module):
+    """x (B, 1, 32, 32) -> (B, heads * N): the ports' D encoder (conv 64 stride 2 + ReLU, FC), for E."""
+
+    def __init__(self, latent_dim: int, heads: int = 2):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(1, 64, 4, 2, 1), nn.ReLU(), nn.Flatten(), nn.Linear(64 * 16 * 16, heads * latent_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class PortDiscriminator(nn.Module):
+    """x (B, 1, 32, 32) -> (bottleneck (B, N), reconstruction (B, 1, 32, 32)), as vae_began.AutoEncoder."""
+
+    def __init__(self, latent_dim: int, batchnorm: bool = True):
+        super().__init__()
+        self.down = nn.Sequential(nn.Conv2d(1, 64, 4, 2, 1), nn.ReLU(), nn.Flatten(), nn.Linear(64 * 16 * 16, latent_dim))
+        self.up = nn.Sequential(nn.Linear(latent_dim, 64 * 16 * 16),
+                                nn.BatchNorm1d(64 * 16 * 16) if batchnorm else nn.Identity(), nn.ReLU(),
+                                nn.Unflatten(1, (64, 16, 16)), nn.ConvTranspose2d(64, 1, 4, 2, 1))
+
+    def forward(self, x: torch.Tensor):
+        h = self.down(x)
+        return h, self.up(h)
+
+
+# --model: vae_began.py's flags for Table 1's plain BEGAN, the paper's model and the VAE alone (as the claims)
+MODELS = {"began": dict(vae=False, lsm=False, controller="p", noise="uniform"),
+          "vae-began-lsm": {},
+          "vae": dict(gan=False, kl_weight=0.003125)}
+
+
+def build(args) -> tuple[vae_began.Config, vae_began.VAEBEGAN]:
+    """--model's config (the script's defaults otherwise) and its model, networks swapped (with
+    the ports' G, E is the ports' D encoder with two heads, mu and logvar)."""
+    cfg = vae_began.resolve_defaults(vae_began.Config(
+        dataset="mnist", data_dir=os.path.join(args.data_dir, "mnist"), image_size=SIZE, filters=args.filters,
+        latent_dim=args.latent_dim, seed=args.seed, **MODELS[args.model],
+        **({"batch_size": args.batch_size} if args.batch_size else {})))
+    common.seed_everything(cfg.seed)
+    model = vae_began.VAEBEGAN(cfg)
+    if args.generator == "port":
+        model.generator = PortGenerator(cfg.latent_dim)
+        if cfg.vae:
+            model.encoder = PortEncoder(cfg.latent_dim)
+    if args.discriminator != "began" and cfg.gan:
+        model.discriminator = PortDiscriminator(cfg.latent_dim, batchnorm=args.discriminator == "port")
+    return cfg, model
+
+
+def train(args) -> dict:
+    """--steps of vae_began.train_step; returns k_t over the second half and the judge's scores."""
+    device = torch.device("cpu")
+    cfg, model = build(args)
+    optimizers = vae_began.make_optimizers(model, cfg, device)
+    controller = vae_began.Controller.start(vae_began.gains(cfg), device)
+    batches = data.Batches(vae_began.load_split(cfg, "train", verbose=False), cfg.batch_size, cfg.seed, device)
+    t0, k_late = time.time(), []
+    for step in range(args.steps):
+        terms = vae_began.train_step(model, optimizers, controller, [batches.get(step)[0]], cfg, device)
+        if step >= args.steps // 2:
+            k_late.append(terms["k_t"].item())
+        if step % 200 == 0:
+            print(f"step {step}: L_d {terms['L_d'].item():.4f} L_g {terms['L_g'].item():.4f} "
+                  f"k_t {terms['k_t'].item():.4f} ({time.time() - t0:.0f} s)", flush=True)
+    model.eval()
+    with torch.no_grad():
+        z = vae_began.prior_noise(args.samples, cfg, device, torch.Generator().manual_seed(args.seed))
+        samples = torch.cat([model.generator(c) for c in z.split(500)]).add(1).div(2).clamp(0, 1)
+    judge_ = judge(argparse.Namespace(data_dir=args.data_dir, work=args.work, scale="small", seed=0), device)
+    real, _ = digits(data.load_dataset("mnist", cfg.data_dir, "train", 28, verbose=False))
+    real = real[torch.from_numpy(np.random.default_rng(0).permutation(len(real))[:2000])]
+    scores = judge_scores(judge_, samples, judge_.read(real)[1])
+    common.save_grid(samples[:64] * 2 - 1, os.path.join(args.out, f"{args.model}-{args.generator}-{args.discriminator}.png"), 8)
+    return {"model": args.model, "generator": args.generator, "discriminator": args.discriminator, "steps": args.steps,
+            "batch_size": cfg.batch_size, "seed": args.seed, "seconds": round(time.time() - t0),
+            "k_t_second_half": float(np.mean(k_late)) if k_late else 0.0,
+            "classes": torch.bincount(judge_.predict(samples), minlength=10).tolist(), **scores}
+
+
+def main(argv: list | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", required=True, help="the folder holding mnist/ (t10k IDX files)")
+    parser.add_argument("--model", choices=tuple(MODELS), default="began",
+                        help="began (Table 1's plain BEGAN), vae-began-lsm (the paper's) or vae (the VAE alone)")
+    parser.add_argument("--generator", choices=("began", "port"), default="port", help="G (and E with the VAE)")
+    parser.add_argument("--discriminator", choices=("began", "port", "port-no-bn"), default="port")
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=0, help="0: vae_began.py's default")
+    parser.add_argument("--filters", type=int, default=16, help="n of BEGAN's networks")
+    parser.add_argument("--latent-dim", type=int, default=32)
+    parser.add_argument("--samples", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", default="runs/claims/small", help="where the claims' judge is cached")
+    parser.add_argument("--out", default="runs/began_networks")
+    args = parser.parse_args(argv)
+    with common.user_errors():
+        result = train(args)
+    print(json.dumps(result))
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "began_networks.jsonl"), "a") as f:
+        f.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()
