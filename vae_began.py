@@ -52,6 +52,16 @@ of benchmarks/claims reads the samples; `python benchmarks/claims vae_began` rer
   "1"s sat at L_g ~ eta L_d, with nothing to push G to other classes. BatchNorm was dropped: in
   VAE + BEGAN* + LSM, in G it gave sharper digits (IS 4.16) with no better coverage (TV 0.42), in
   D better coverage (TV 0.23) with the encoder collapsed (2 active units): not the paper's model.
+- The networks, measured (benchmarks/began_networks.py: this file's train_step, batch 32, seed 0).
+  --networks mnist, the MNIST BEGAN ports' (a DCGAN-style G with BatchNorm and tanh; E and D one
+  convolution deep, BatchNorm in D's decoder): VAE + BEGAN* + LSM drew every class, k_t 0.118, TV 0.16, IS 5.34,
+  FD 315 (at 61ef92f's initialisation 0.127, 0.16, 5.58, 299), the VAE alone with them TV 0.31,
+  IS 3.05, FD 504 (0.16, 4.48, 330): sec. 5's gain over the VAE alone, which BEGAN's networks at
+  n = 16 do not show (above). Plain BEGAN with them depends on the initialisation: one (the networks built
+  after BEGAN's, commit 61ef92f) drew every class (TV 0.28, IS 4.49, FD 392, k_t 0.064); the
+  flag's own left k_t at 0 (D reconstructed G's images worse than real ones from step 0) and drew
+  TV 0.47, IS 2.26. BEGAN's G with the ports' D drew 2,000 "8"s. Off by default until the claims
+  rerun over seeds with it.
 
 Choices the paper leaves open (sec. 4), each a flag, with the reference's value:
 - Adam betas (0.5, 0.999) as carpedm20's BEGAN port (--adam-beta1; Adam's default 0.9 elsewhere).
@@ -138,6 +148,10 @@ class Config(common.RunConfig):
     lsm: bool = common.arg(True, "the learned similarity metric L_s; --no-lsm sets beta = 0")
     skips: bool = common.arg(False, "BEGAN's skip connections (its sec. 3.5): h0 into every decoder scale; "
                                     "the paper does not use them")
+    networks: str = common.arg("began", "began (BEGAN's conv + ELU networks, the paper's) or mnist (the MNIST "
+                                        "BEGAN ports': a DCGAN-style G with BatchNorm and tanh, one convolution in E "
+                                        "and D, BatchNorm in D's decoder; 32 px; measured, see the docstring)",
+                               choices=("began", "mnist"))
     init: str = common.arg("default", "weight init: default (PyTorch's Kaiming-uniform) or xavier (BEGAN's TF "
                                       "code: Xavier-uniform, zero biases)", choices=("default", "xavier"))
     adam_beta1: float = common.arg(0.5, "Adam beta1 (carpedm20's BEGAN port: 0.5; Adam's default, used by "
@@ -160,9 +174,14 @@ class VAEBEGAN(nn.Module):
         super().__init__()
         s, n, dim = cfg.image_size, cfg.filters, cfg.latent_dim
         c = channels(cfg)
-        self.encoder = Encoder(s, n, dim, heads=2, channels=c) if cfg.vae else None
-        self.generator = Decoder(s, n, dim, cfg.skips, c)
-        self.discriminator = AutoEncoder(s, n, dim, cfg.skips, c) if cfg.gan else None
+        if cfg.networks == "mnist":  # the MNIST BEGAN ports' networks (the docstring: measured)
+            self.encoder = nn.Sequential(*PortAutoEncoder.down(c, 2 * dim)) if cfg.vae else None
+            self.generator = PortGenerator(dim, c)
+            self.discriminator = PortAutoEncoder(dim, c) if cfg.gan else None
+        else:
+            self.encoder = Encoder(s, n, dim, heads=2, channels=c) if cfg.vae else None
+            self.generator = Decoder(s, n, dim, cfg.skips, c)
+            self.discriminator = AutoEncoder(s, n, dim, cfg.skips, c) if cfg.gan else None
         self.latent_dim = dim
         if cfg.init == "xavier":  # BEGAN's TF code: Xavier-uniform weights, zero biases
             for m in self.modules():
@@ -241,6 +260,43 @@ class AutoEncoder(nn.Module):
         super().__init__()
         self.encoder = Encoder(size, n, latent_dim, channels=channels)
         self.decoder = Decoder(size, n, latent_dim, skips, channels)
+
+    def forward(self, x: torch.Tensor):
+        h = self.encoder(x)
+        return h, self.decoder(h)
+
+
+class PortGenerator(nn.Module):
+    """--networks mnist, the MNIST BEGAN ports' G: z (B, N) -> (B, C, 32, 32) in [-1, 1]. FC 1024,
+    FC 128x8x8, deconvolutions to 64 and C channels; BatchNorm + ReLU after each hidden layer, tanh."""
+
+    def __init__(self, latent_dim: int, channels: int = 1):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(latent_dim, 1024), nn.BatchNorm1d(1024), nn.ReLU(),
+                                 nn.Linear(1024, 128 * 8 * 8), nn.BatchNorm1d(128 * 8 * 8), nn.ReLU(),
+                                 nn.Unflatten(1, (128, 8, 8)), nn.ConvTranspose2d(128, 64, 4, 2, 1),
+                                 nn.BatchNorm2d(64), nn.ReLU(), nn.ConvTranspose2d(64, channels, 4, 2, 1), nn.Tanh())
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+class PortAutoEncoder(nn.Module):
+    """--networks mnist, the ports' D: x (B, C, 32, 32) -> (bottleneck (B, N), reconstruction).
+    Conv 64 stride 2 + ReLU, FC to N; FC back, BatchNorm1d + ReLU, deconvolution. Real and generated
+    batches pass apart, so the BatchNorm hands D each batch's statistics (batchnorm=False: none)."""
+
+    def __init__(self, latent_dim: int, channels: int = 1, batchnorm: bool = True):
+        super().__init__()
+        self.encoder = nn.Sequential(*self.down(channels, latent_dim))
+        self.decoder = nn.Sequential(nn.Linear(latent_dim, 64 * 16 * 16),
+                                     nn.BatchNorm1d(64 * 16 * 16) if batchnorm else nn.Identity(), nn.ReLU(),
+                                     nn.Unflatten(1, (64, 16, 16)), nn.ConvTranspose2d(64, channels, 4, 2, 1))
+
+    @staticmethod
+    def down(channels: int, out: int) -> list:
+        """The ports' encoder layers (D's, and E's with out = 2N: mu and logvar)."""
+        return [nn.Conv2d(channels, 64, 4, 2, 1), nn.ReLU(), nn.Flatten(), nn.Linear(64 * 16 * 16, out)]
 
     def forward(self, x: torch.Tensor):
         h = self.encoder(x)
@@ -508,6 +564,8 @@ def resolve_defaults(cfg: Config) -> Config:
               (cfg.dataset != "cifar10" or cfg.image_size == 32, "CIFAR-10 images are 32x32: pass --image-size 32"),
               (cfg.dataset != "mnist" or cfg.image_size == 32, "MNIST digits are trained at 32x32: pass --image-size 32"),
               (cfg.filters >= 1 and cfg.latent_dim >= 1, "--filters and --latent-dim must be >= 1"),
+              (cfg.networks == "began" or (cfg.image_size == 32 and not cfg.skips),
+               "--networks mnist is built for 32x32 images without skips: pass --image-size 32, drop --skips"),
               (cfg.vae or cfg.gan, "--no-vae --no-gan leaves nothing to train: drop one of them")]
     common.require(checks)
     gains(cfg)

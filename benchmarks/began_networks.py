@@ -23,6 +23,7 @@ distance in its features, class TV from uniform. One result line goes to OUT/beg
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -45,46 +46,6 @@ from claims.shared import digits, judge, judge_scores  # noqa: E402
 SIZE = 32  # MNIST at 32 px, as the claims
 
 
-class PortGenerator(nn.Module):
-    """z (B, N) -> image (B, 1, 32, 32) in [-1, 1] (tanh)."""
-
-    def __init__(self, latent_dim: int):
-        super().__init__()
-        self.fc = nn.Sequential(nn.Linear(latent_dim, 1024), nn.BatchNorm1d(1024), nn.ReLU(),
-                                nn.Linear(1024, 128 * 8 * 8), nn.BatchNorm1d(128 * 8 * 8), nn.ReLU())
-        self.deconv = nn.Sequential(nn.ConvTranspose2d(128, 64, 4, 2, 1), nn.BatchNorm2d(64), nn.ReLU(),
-                                    nn.ConvTranspose2d(64, 1, 4, 2, 1), nn.Tanh())
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.deconv(self.fc(z).view(-1, 128, 8, 8))
-
-
-class PortEncoder(nn.Module):
-    """x (B, 1, 32, 32) -> (B, heads * N): the ports' D encoder (conv 64 stride 2 + ReLU, FC), for E."""
-
-    def __init__(self, latent_dim: int, heads: int = 2):
-        super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(1, 64, 4, 2, 1), nn.ReLU(), nn.Flatten(), nn.Linear(64 * 16 * 16, heads * latent_dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
-class PortDiscriminator(nn.Module):
-    """x (B, 1, 32, 32) -> (bottleneck (B, N), reconstruction (B, 1, 32, 32)), as vae_began.AutoEncoder."""
-
-    def __init__(self, latent_dim: int, batchnorm: bool = True):
-        super().__init__()
-        self.down = nn.Sequential(nn.Conv2d(1, 64, 4, 2, 1), nn.ReLU(), nn.Flatten(), nn.Linear(64 * 16 * 16, latent_dim))
-        self.up = nn.Sequential(nn.Linear(latent_dim, 64 * 16 * 16),
-                                nn.BatchNorm1d(64 * 16 * 16) if batchnorm else nn.Identity(), nn.ReLU(),
-                                nn.Unflatten(1, (64, 16, 16)), nn.ConvTranspose2d(64, 1, 4, 2, 1))
-
-    def forward(self, x: torch.Tensor):
-        h = self.down(x)
-        return h, self.up(h)
-
-
 # --model: vae_began.py's flags for Table 1's plain BEGAN, the paper's model and the VAE alone (as the claims)
 MODELS = {"began": dict(vae=False, lsm=False, controller="p", noise="uniform"),
           "vae-began-lsm": {},
@@ -92,20 +53,18 @@ MODELS = {"began": dict(vae=False, lsm=False, controller="p", noise="uniform"),
 
 
 def build(args) -> tuple[vae_began.Config, vae_began.VAEBEGAN]:
-    """--model's config (the script's defaults otherwise) and its model, networks swapped (with
-    the ports' G, E is the ports' D encoder with two heads, mu and logvar)."""
+    """--model's config (the script's defaults otherwise) and its model: --generator port is
+    vae_began.py's --networks mnist (E from the ports too), whose D --discriminator replaces."""
     cfg = vae_began.resolve_defaults(vae_began.Config(
         dataset="mnist", data_dir=os.path.join(args.data_dir, "mnist"), image_size=SIZE, filters=args.filters,
-        latent_dim=args.latent_dim, seed=args.seed, **MODELS[args.model],
-        **({"batch_size": args.batch_size} if args.batch_size else {})))
+        latent_dim=args.latent_dim, seed=args.seed, networks="mnist" if args.generator == "port" else "began",
+        **MODELS[args.model], **({"batch_size": args.batch_size} if args.batch_size else {})))
     common.seed_everything(cfg.seed)
-    model = vae_began.VAEBEGAN(cfg)
-    if args.generator == "port":
-        model.generator = PortGenerator(cfg.latent_dim)
-        if cfg.vae:
-            model.encoder = PortEncoder(cfg.latent_dim)
-    if args.discriminator != "began" and cfg.gan:
-        model.discriminator = PortDiscriminator(cfg.latent_dim, batchnorm=args.discriminator == "port")
+    model = vae_began.VAEBEGAN(cfg)  # both the ports' networks: exactly vae_began.py --networks mnist
+    if cfg.gan and args.discriminator == "began" and cfg.networks == "mnist":
+        model.discriminator = vae_began.AutoEncoder(SIZE, cfg.filters, cfg.latent_dim, channels=1)
+    elif cfg.gan and args.discriminator != "began" and (cfg.networks == "began" or args.discriminator != "port"):
+        model.discriminator = vae_began.PortAutoEncoder(cfg.latent_dim, batchnorm=args.discriminator == "port")
     return cfg, model
 
 

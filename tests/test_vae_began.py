@@ -391,28 +391,36 @@ def test_began_networks_swaps_only_the_named_network_under_plain_begans_objectiv
                                                       latent_dim=8, seed=0, batch_size=0, generator=g,
                                                       discriminator=d, model=m))()
     cfg, model = bn.build(args("port", "began"))
-    assert isinstance(model.generator, bn.PortGenerator) and isinstance(model.discriminator, vae_began.AutoEncoder)
+    assert isinstance(model.generator, vae_began.PortGenerator) and isinstance(model.discriminator, vae_began.AutoEncoder)
     assert model.encoder is None and (cfg.vae, cfg.lsm, cfg.controller, cfg.noise) == (False, False, "p", "uniform")
     x_g = model.generator(torch.randn(5, 8) * 10)
     assert x_g.shape == (5, 1, 32, 32) and x_g.abs().max() <= 1
     cfg, model = bn.build(args("began", "port"))
-    assert isinstance(model.generator, vae_began.Decoder) and isinstance(model.discriminator, bn.PortDiscriminator)
+    assert isinstance(model.generator, vae_began.Decoder) and isinstance(model.discriminator, vae_began.PortAutoEncoder)
     h, x_d = model.discriminator(x_g.detach())
     assert h.shape == (5, 8) and x_d.shape == (5, 1, 32, 32)
     cfg, model = bn.build(args("port", "port", "vae-began-lsm"))  # the paper's model: E from the ports too
     assert (cfg.vae, cfg.lsm, cfg.controller, cfg.noise) == (True, True, "pid", "normal")
     mu, logvar = model.encode(x_g.detach())
-    assert isinstance(model.encoder, bn.PortEncoder) and mu.shape == logvar.shape == (5, 8)
+    assert isinstance(model.encoder[0], torch.nn.Conv2d) and mu.shape == logvar.shape == (5, 8)
 
 
 def test_the_ports_discriminator_reads_its_batch_and_without_batchnorm_does_not():
     """The ports' D normalises its decoder's first layer over each batch (train mode): an image's
     reconstruction changes with the other images of its batch; --discriminator port-no-bn
     reconstructs each image alone."""
-    bn = began_networks()
     x = torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     for batchnorm in (True, False):
         torch.manual_seed(0)
-        d = bn.PortDiscriminator(8, batchnorm).train()
+        d = vae_began.PortAutoEncoder(8, 1, batchnorm).train()
         alone, mixed = d(x[:1].repeat(4, 1, 1, 1))[1][0], d(x)[1][0]
         assert torch.allclose(alone, mixed, atol=1e-5) != batchnorm
+
+
+def test_networks_mnist_is_built_for_32_pixels():
+    """--networks mnist (the MNIST BEGAN ports' G, E and D) holds 32x32 shapes: other sizes are refused by name."""
+    with pytest.raises(ValueError, match="--networks mnist"):
+        vae_began.resolve_defaults(vae_began.Config(networks="mnist", image_size=64))
+    cfg = vae_began.resolve_defaults(vae_began.Config(dataset="mnist", networks="mnist", image_size=32, latent_dim=8))
+    x_g = vae_began.VAEBEGAN(cfg).generator(torch.randn(3, 8))
+    assert x_g.shape == (3, 1, 32, 32)
