@@ -29,8 +29,9 @@ argues against: L_e and L_n only; at L_n's weight 1 its encoder collapses to the
 units after 2,000 steps on MNIST, so as a baseline give it --kl-weight gamma N / (C S^2), beta = 1
 against the summed L1). Plain BEGAN: --no-vae --no-lsm --controller p --noise uniform.
 
-Defaults, measured (MNIST at 32 px, n = 16, N = 32, 2,000 steps, one seed unless said; the judge
-of benchmarks/claims reads the samples; `python benchmarks/claims vae_began` reruns the ablation):
+Defaults, measured (MNIST at 32 px, n = 16, N = 32, 2,000 steps, one seed unless said, BEGAN's
+networks but in the last item; the judge of benchmarks/claims reads the samples; `python
+benchmarks/claims vae_began` reruns the ablation with today's networks):
 - eq. 11 as printed (--eq11 restored: the other reading). Restored, alpha L_v counts against
   eta L_d: at eta 0.5 k_t never left 0 in 10k steps (alpha L_v was 76% of eta L_d) and G drew
   blanks. As printed, k_t engages (0.06 over the second half), L_g / L_d = 1.04 at equilibrium.
@@ -52,16 +53,16 @@ of benchmarks/claims reads the samples; `python benchmarks/claims vae_began` rer
   "1"s sat at L_g ~ eta L_d, with nothing to push G to other classes. BatchNorm was dropped: in
   VAE + BEGAN* + LSM, in G it gave sharper digits (IS 4.16) with no better coverage (TV 0.42), in
   D better coverage (TV 0.23) with the encoder collapsed (2 active units): not the paper's model.
-- The networks, measured (benchmarks/began_networks.py: this file's train_step, batch 32, seed 0).
-  --networks mnist, the MNIST BEGAN ports' (a DCGAN-style G with BatchNorm and tanh; E and D one
-  convolution deep, BatchNorm in D's decoder): VAE + BEGAN* + LSM drew every class, k_t 0.118, TV 0.16, IS 5.34,
-  FD 315 (at 61ef92f's initialisation 0.127, 0.16, 5.58, 299), the VAE alone with them TV 0.31,
-  IS 3.05, FD 504 (0.16, 4.48, 330): sec. 5's gain over the VAE alone, which BEGAN's networks at
-  n = 16 do not show (above). Plain BEGAN with them depends on the initialisation: one (the networks built
-  after BEGAN's, commit 61ef92f) drew every class (TV 0.28, IS 4.49, FD 392, k_t 0.064); the
-  flag's own left k_t at 0 (D reconstructed G's images worse than real ones from step 0) and drew
-  TV 0.47, IS 2.26. BEGAN's G with the ports' D drew 2,000 "8"s. Off by default until the claims
-  rerun over seeds with it.
+- --networks mnist on MNIST, the MNIST BEGAN ports' networks (a DCGAN-style G with BatchNorm and
+  tanh; E and D one convolution deep, BatchNorm in D's decoder), in place of BEGAN's (faces and
+  CIFAR-10 keep BEGAN's; --networks began on MNIST: the paper's). Measured by
+  benchmarks/began_networks.py (this file's train_step, seed 0): with them VAE + BEGAN* + LSM drew
+  every class, k_t 0.118, TV 0.16, IS 5.34, FD 315 (a second initialisation: 0.127, 0.16, 5.58,
+  299), the VAE alone with them TV 0.31, IS 3.05, FD 504 (0.16, 4.48, 330): sec. 5's gain over the
+  VAE alone, which BEGAN's networks at n = 16 do not show (above). BEGAN's G with the ports' D drew
+  2,000 "8"s. Plain BEGAN with them depends on the initialisation: one drew every class (TV 0.28,
+  IS 4.49, FD 392), the flag's own left k_t at 0 (D reconstructed G's images worse than real ones
+  from step 0; TV 0.47, IS 2.26). `benchmarks/claims vae_began` reruns it over seeds.
 
 Choices the paper leaves open (sec. 4), each a flag, with the reference's value:
 - Adam betas (0.5, 0.999) as carpedm20's BEGAN port (--adam-beta1; Adam's default 0.9 elsewhere).
@@ -148,10 +149,12 @@ class Config(common.RunConfig):
     lsm: bool = common.arg(True, "the learned similarity metric L_s; --no-lsm sets beta = 0")
     skips: bool = common.arg(False, "BEGAN's skip connections (its sec. 3.5): h0 into every decoder scale; "
                                     "the paper does not use them")
-    networks: str = common.arg("began", "began (BEGAN's conv + ELU networks, the paper's) or mnist (the MNIST "
-                                        "BEGAN ports': a DCGAN-style G with BatchNorm and tanh, one convolution in E "
-                                        "and D, BatchNorm in D's decoder; 32 px; measured, see the docstring)",
-                               choices=("began", "mnist"))
+    networks: str = common.arg("", "began (BEGAN's conv + ELU networks, the paper's) or mnist (the MNIST BEGAN "
+                                     "ports': a DCGAN-style G with BatchNorm and tanh, one convolution in E and D, "
+                                     "BatchNorm in D's decoder; 32 px). Default: mnist for --dataset mnist (measured, "
+                                     "see the docstring), began otherwise. MNIST runs saved before 2026-12-08 used "
+                                     "began: pass --networks began to resume or evaluate them",
+                               choices=("", "began", "mnist"))
     init: str = common.arg("default", "weight init: default (PyTorch's Kaiming-uniform) or xavier (BEGAN's TF "
                                       "code: Xavier-uniform, zero biases)", choices=("default", "xavier"))
     adam_beta1: float = common.arg(0.5, "Adam beta1 (carpedm20's BEGAN port: 0.5; Adam's default, used by "
@@ -558,6 +561,7 @@ def eval_summary(r: dict) -> str:
 def resolve_defaults(cfg: Config) -> Config:
     cfg = dataclasses.replace(cfg, data_dir=os.path.abspath(cfg.data_dir or os.path.join("data", cfg.dataset)),
                               out=cfg.out or os.path.join("runs", f"vae_began-{cfg.dataset}-{cfg.image_size}"),
+                              networks=cfg.networks or ("mnist" if cfg.dataset == "mnist" else "began"),
                               kl_weight=cfg.kl_weight or cfg.gamma * cfg.latent_dim / (channels(cfg) * cfg.image_size ** 2))
     common.check_run_config(cfg)
     checks = [(cfg.image_size in (32, 64, 128), f"--image-size must be 32, 64 or 128, got {cfg.image_size}"),

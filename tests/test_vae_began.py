@@ -351,7 +351,8 @@ def test_the_backbone_is_begans_each_image_reconstructed_alone():
     """BEGAN's networks have no normalisation layer: in training mode D's reconstruction of an
     image does not depend on the other images of its batch (a BatchNorm anywhere in D would make
     it), and E and G hold no BatchNorm either."""
-    cfg = vae_began.resolve_defaults(vae_began.Config(dataset="mnist", image_size=32, filters=4, latent_dim=8))
+    cfg = vae_began.resolve_defaults(vae_began.Config(dataset="mnist", image_size=32, filters=4, latent_dim=8,
+                                                      networks="began"))
     torch.manual_seed(0)
     model = vae_began.VAEBEGAN(cfg).train()
     norms = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.LayerNorm, torch.nn.GroupNorm)
@@ -424,3 +425,15 @@ def test_networks_mnist_is_built_for_32_pixels():
     cfg = vae_began.resolve_defaults(vae_began.Config(dataset="mnist", networks="mnist", image_size=32, latent_dim=8))
     x_g = vae_began.VAEBEGAN(cfg).generator(torch.randn(3, 8))
     assert x_g.shape == (3, 1, 32, 32)
+
+
+def test_mnist_defaults_to_the_ports_networks_and_other_data_to_begans():
+    """The measured default: --dataset mnist builds the MNIST BEGAN ports' G and D (--networks
+    mnist), CelebA and CIFAR-10 BEGAN's; --networks began still gives MNIST BEGAN's."""
+    build = lambda **kw: vae_began.VAEBEGAN(vae_began.resolve_defaults(vae_began.Config(
+        image_size=32, filters=4, latent_dim=8, **kw)))
+    mnist = build(dataset="mnist")
+    assert isinstance(mnist.generator, vae_began.PortGenerator) and isinstance(mnist.discriminator,
+                                                                               vae_began.PortAutoEncoder)
+    for model in (build(dataset="celeba"), build(dataset="cifar10"), build(dataset="mnist", networks="began")):
+        assert isinstance(model.generator, vae_began.Decoder) and isinstance(model.discriminator, vae_began.AutoEncoder)
