@@ -23,7 +23,6 @@ distance in its features, class TV from uniform. One result line goes to OUT/beg
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -31,7 +30,6 @@ import time
 
 import numpy as np
 import torch
-import torch.nn as nn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 for path in (ROOT, os.path.join(ROOT, "benchmarks")):
@@ -41,7 +39,8 @@ for path in (ROOT, os.path.join(ROOT, "benchmarks")):
 import common  # noqa: E402
 import data  # noqa: E402
 import vae_began  # noqa: E402
-from claims.shared import digits, judge, judge_scores  # noqa: E402
+from claims.shared import judge_scores  # noqa: E402
+from claims.vae_began_claims import digit_reader  # noqa: E402
 
 SIZE = 32  # MNIST at 32 px, as the claims
 
@@ -61,10 +60,10 @@ def build(args) -> tuple[vae_began.Config, vae_began.VAEBEGAN]:
         **MODELS[args.model], **({"batch_size": args.batch_size} if args.batch_size else {})))
     common.seed_everything(cfg.seed)
     model = vae_began.VAEBEGAN(cfg)  # both the ports' networks: exactly vae_began.py --networks mnist
-    if cfg.gan and args.discriminator == "began" and cfg.networks == "mnist":
-        model.discriminator = vae_began.AutoEncoder(SIZE, cfg.filters, cfg.latent_dim, channels=1)
-    elif cfg.gan and args.discriminator != "began" and (cfg.networks == "began" or args.discriminator != "port"):
-        model.discriminator = vae_began.PortAutoEncoder(cfg.latent_dim, batchnorm=args.discriminator == "port")
+    if cfg.gan and args.discriminator != ("port" if cfg.networks == "mnist" else "began"):  # the other D
+        model.discriminator = (vae_began.AutoEncoder(SIZE, cfg.filters, cfg.latent_dim, channels=1)
+                               if args.discriminator == "began" else
+                               vae_began.PortAutoEncoder(cfg.latent_dim, batchnorm=args.discriminator == "port"))
     return cfg, model
 
 
@@ -87,10 +86,9 @@ def train(args) -> dict:
     with torch.no_grad():
         z = vae_began.prior_noise(args.samples, cfg, device, torch.Generator().manual_seed(args.seed))
         samples = torch.cat([model.generator(c) for c in z.split(500)]).add(1).div(2).clamp(0, 1)
-    judge_ = judge(argparse.Namespace(data_dir=args.data_dir, work=args.work, scale="small", seed=0), device)
-    real, _ = digits(data.load_dataset("mnist", cfg.data_dir, "train", 28, verbose=False))
-    real = real[torch.from_numpy(np.random.default_rng(0).permutation(len(real))[:2000])]
-    scores = judge_scores(judge_, samples, judge_.read(real)[1])
+    claims_args = argparse.Namespace(data_dir=args.data_dir, work=args.work, scale="small", seed=0)
+    judge_, _, real_features = digit_reader(claims_args, {"samples": 2000}, device)  # the claims' judge and digits
+    scores = judge_scores(judge_, samples, real_features)
     common.save_grid(samples[:64] * 2 - 1, os.path.join(args.out, f"{args.model}-{args.generator}-{args.discriminator}.png"), 8)
     return {"model": args.model, "generator": args.generator, "discriminator": args.discriminator, "steps": args.steps,
             "batch_size": cfg.batch_size, "seed": args.seed, "seconds": round(time.time() - t0),
