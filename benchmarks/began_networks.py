@@ -57,7 +57,7 @@ def build(args) -> tuple[vae_began.Config, vae_began.VAEBEGAN]:
     cfg = vae_began.resolve_defaults(vae_began.Config(
         dataset="mnist", data_dir=os.path.join(args.data_dir, "mnist"), image_size=SIZE, filters=args.filters,
         latent_dim=args.latent_dim, seed=args.seed, networks="mnist" if args.generator == "port" else "began",
-        **MODELS[args.model], **({"batch_size": args.batch_size} if args.batch_size else {})))
+        **MODELS[args.model], **{k: v for k, v in (("batch_size", args.batch_size), ("eta", args.eta)) if v}))
     common.seed_everything(cfg.seed)
     model = vae_began.VAEBEGAN(cfg)  # both the ports' networks: exactly vae_began.py --networks mnist
     if cfg.gan and args.discriminator != ("port" if cfg.networks == "mnist" else "began"):  # the other D
@@ -74,7 +74,19 @@ def train(args) -> dict:
     optimizers = vae_began.make_optimizers(model, cfg, device)
     controller = vae_began.Controller.start(vae_began.gains(cfg), device)
     batches = data.Batches(vae_began.load_split(cfg, "train", verbose=False), cfg.batch_size, cfg.seed, device)
-    t0, k_late = time.time(), []
+    claims_args = argparse.Namespace(data_dir=args.data_dir, work=args.work, scale="small", seed=0)
+    judge_, _, real_features = digit_reader(claims_args, {"samples": 2000}, device)  # the claims' judge and digits
+
+    def judged() -> tuple[torch.Tensor, dict]:
+        """--samples from the prior (the same z every time), in [0, 1], and the judge's scores."""
+        model.eval()
+        with torch.no_grad():
+            z = vae_began.prior_noise(args.samples, cfg, device, torch.Generator().manual_seed(args.seed))
+            samples = torch.cat([model.generator(c) for c in z.split(500)]).add(1).div(2).clamp(0, 1)
+        model.train()
+        return samples, judge_scores(judge_, samples, real_features)
+
+    t0, k_late, trajectory = time.time(), [], []
     for step in range(args.steps):
         terms = vae_began.train_step(model, optimizers, controller, [batches.get(step)[0]], cfg, device)
         if step >= args.steps // 2:
@@ -82,18 +94,17 @@ def train(args) -> dict:
         if step % 200 == 0:
             print(f"step {step}: L_d {terms['L_d'].item():.4f} L_g {terms['L_g'].item():.4f} "
                   f"k_t {terms['k_t'].item():.4f} ({time.time() - t0:.0f} s)", flush=True)
-    model.eval()
-    with torch.no_grad():
-        z = vae_began.prior_noise(args.samples, cfg, device, torch.Generator().manual_seed(args.seed))
-        samples = torch.cat([model.generator(c) for c in z.split(500)]).add(1).div(2).clamp(0, 1)
-    claims_args = argparse.Namespace(data_dir=args.data_dir, work=args.work, scale="small", seed=0)
-    judge_, _, real_features = digit_reader(claims_args, {"samples": 2000}, device)  # the claims' judge and digits
-    scores = judge_scores(judge_, samples, real_features)
+        if args.judge_every and (step + 1) % args.judge_every == 0 and step + 1 < args.steps:
+            trajectory.append({"step": step + 1, "k_t": terms["k_t"].item(),
+                               **{k: round(v, 3) for k, v in judged()[1].items() if k in ("is", "fd", "tv")}})
+            print(json.dumps(trajectory[-1]), flush=True)
+    samples, scores = judged()
     common.save_grid(samples[:64] * 2 - 1, os.path.join(args.out, f"{args.model}-{args.generator}-{args.discriminator}.png"), 8)
     return {"model": args.model, "generator": args.generator, "discriminator": args.discriminator, "steps": args.steps,
-            "batch_size": cfg.batch_size, "seed": args.seed, "seconds": round(time.time() - t0),
+            "batch_size": cfg.batch_size, "eta": cfg.eta, "seed": args.seed, "seconds": round(time.time() - t0),
             "k_t_second_half": float(np.mean(k_late)) if k_late else 0.0,
-            "classes": torch.bincount(judge_.predict(samples), minlength=10).tolist(), **scores}
+            "classes": torch.bincount(judge_.predict(samples), minlength=10).tolist(), **scores,
+            **({"trajectory": trajectory} if trajectory else {})}
 
 
 def main(argv: list | None = None) -> None:
@@ -105,10 +116,12 @@ def main(argv: list | None = None) -> None:
     parser.add_argument("--discriminator", choices=("began", "port", "port-no-bn"), default="port")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=0, help="0: vae_began.py's default")
+    parser.add_argument("--eta", type=float, default=0.0, help="0: vae_began.py's default")
     parser.add_argument("--filters", type=int, default=16, help="n of BEGAN's networks")
     parser.add_argument("--latent-dim", type=int, default=32)
     parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--judge-every", type=int, default=0, help="also judge the samples every this many steps")
     parser.add_argument("--work", default="runs/claims/small", help="where the claims' judge is cached")
     parser.add_argument("--out", default="runs/began_networks")
     args = parser.parse_args(argv)

@@ -28,7 +28,9 @@ RULE_CHANGES: list = []  # since the previous report; each rule fixed before the
 
 VAE_BEGAN_SCALES = {  # the script's own defaults for everything not named here (lr, batch, eta, eq. 11)
     # small: MNIST for Table 1's variants; VAE + BEGAN* + LSM also on faces (celeba_identities, 32 px)
-    "small": {"steps": 2000, "filters": 16, "latent": 32, "samples": 2000, "face_steps": 3000, "ablation_steps": 2000,
+    # small: 4,000 steps, since plain BEGAN's k_t first leaves 0 near step 2,800 at eta 0.75 and 1,500
+    # at eta 1.0 (benchmarks/began_networks.py, seed 0); the ablations keep 2,000
+    "small": {"steps": 4000, "filters": 16, "latent": 32, "samples": 2000, "face_steps": 3000, "ablation_steps": 2000,
               "seeds": 3, "flags": []},
     "paper": {"steps": 300_000, "filters": 128, "latent": 64, "samples": 10_000, "face_steps": 300_000,
               "ablation_steps": 0, "seeds": 1, "flags": []},
@@ -41,8 +43,9 @@ VAE_BEGAN_SCALES = {  # the script's own defaults for everything not named here 
     "medium": {"steps": 1000, "filters": 64, "latent": 64, "samples": 2000, "face_steps": 1000, "ablation_steps": 0,
                "seeds": 1, "faces": True, "flags": ["--batch-size", "16"]},
 }
+BEGAN_ETA = ["--eta", "1.0"]  # BEGAN's gamma for plain BEGAN, as znxlwm's MNIST BEGAN.py (gamma = 1)
 VAE_BEGAN_VARIANTS = {  # name -> (Table 1's row, flags)
-    "began": ("BEGAN", ["--no-vae", "--no-lsm", "--controller", "p", "--noise", "uniform"]),
+    "began": ("BEGAN", ["--no-vae", "--no-lsm", "--controller", "p", "--noise", "uniform", *BEGAN_ETA]),
     "began-lsm": ("BEGAN* + LSM", ["--no-vae"]),
     "vae-began-lsm": ("VAE + BEGAN* + LSM", []),
     "vae": ("VAE alone", ["--no-gan"]),  # + the KL weight of beta = 1 (vae_began_runs)
@@ -51,15 +54,23 @@ GAN_VARIANTS = ("began", "began-lsm", "vae-began-lsm")
 # the Sec. 5 and coverage rows compare these two over the scale's "seeds" (one run at each of seeds
 # --seed .. --seed + seeds - 1): one seed's class histogram moved its TV by 0.13 (0.40 at seed 0, 0.27 at 1)
 SEEDED = ("vae-began-lsm", "vae")
-# VAE + BEGAN* + LSM on MNIST at `ablation_steps`, the script's defaults but for one setting each:
-# which reading of eq. 11, which eta, which KL weight and which networks train (the defaults' reasons, measured)
-ABLATIONS = {  # the defaults' own row is the Table 1 run when the steps agree (the small scale), else a run
-    "defaults": ("the script's defaults", []),
-    "eq11-restored": ("eq. 11 restored: e_t = eta L_d - (L_g + alpha L_v)", ["--eq11", "restored"]),
-    "eta-0.5": ("eta 0.5 (the paper's)", ["--eta", "0.5"]),
+# On MNIST, the defaults of a Table 1 variant but for one setting each, at the scale's "steps" or
+# "ablation_steps": which reading of eq. 11, which eta, which KL weight and which networks let VAE +
+# BEGAN* + LSM train, and which of eta and the steps let plain BEGAN train (the defaults' reasons, measured)
+ABLATIONS = {  # name -> (change, variant, flags, steps); a row equal to a Table 1 run is that run
+    "defaults": ("the script's defaults", "vae-began-lsm", [], "ablation_steps"),
+    "eq11-restored": ("eq. 11 restored: e_t = eta L_d - (L_g + alpha L_v)", "vae-began-lsm", ["--eq11", "restored"],
+                      "ablation_steps"),
+    "eta-0.5": ("eta 0.5 (the paper's)", "vae-began-lsm", ["--eta", "0.5"], "ablation_steps"),
     "kl-beta1": ("KL weight gamma N / P = 0.003125 (beta = 1 against the summed L1: the old default)",
-                 ["--kl-weight", "0.003125"]),
-    "networks-began": ("BEGAN's networks (the paper's; the MNIST default before 2026-12-08)", ["--networks", "began"]),
+                 "vae-began-lsm", ["--kl-weight", "0.003125"], "ablation_steps"),
+    "networks-began": ("BEGAN's networks (the paper's; the MNIST default before 2026-12-08)", "vae-began-lsm",
+                       ["--networks", "began"], "ablation_steps"),
+    "began": ("Table 1's BEGAN: eta 1.0", "began", [], "steps"),
+    "began-eta-0.75": ("eta 0.75 (the script's default)", "began", ["--eta", "0.75"], "steps"),
+    "began-short": ("fewer steps", "began", [], "ablation_steps"),
+    "began-eta-0.75-short": ("eta 0.75 and fewer steps (Table 1's BEGAN before 2026-12-08)", "began",
+                             ["--eta", "0.75"], "ablation_steps"),
 }
 ENGAGED = 0.01  # k_t above this over the second half: D's push on generated images (eq. 13) is on
 COVERED = 0.3  # a class histogram within this total variation of uniform draws every class
@@ -312,35 +323,44 @@ def claim_faces(run: Run, stats: dict, div: dict) -> Row:
                f"{div['distinct']:.2f}x of real (rule: >= {FACE_RATIO})")
 
 
-def ablation_runs(args, scale: dict, main_run: Run) -> dict:
-    """ABLATIONS on MNIST at the scale's ablation_steps (none when 0: the paper and medium scales);
-    the defaults' row is `main_run` (VAE + BEGAN* + LSM of Table 1) when it has as many steps."""
+def ablation_runs(args, scale: dict, runs: dict) -> dict:
+    """ABLATIONS on MNIST (none when the scale's ablation_steps is 0: the paper and medium scales);
+    a row with no flag at the Table 1 steps is that variant's Table 1 run in `runs`."""
     if not scale["ablation_steps"]:
         return {}
-    argv = ["--dataset", "mnist", "--data-dir", data_folder(args.data_dir, "mnist", "MNIST's gzipped IDX files"),
-            "--image-size", "32", *common_argv(args, scale, scale["ablation_steps"])]
-    runs = {a: train_run(vae_began, f"vae_began-ablation-{a}", argv + flags, args.work, args.reuse)
-            for a, (_, flags) in ABLATIONS.items() if a != "defaults" or scale["ablation_steps"] != scale["steps"]}
-    return runs if "defaults" in runs else {"defaults": main_run, **runs}
+    mnist = ["--dataset", "mnist", "--data-dir", data_folder(args.data_dir, "mnist", "MNIST's gzipped IDX files"),
+             "--image-size", "32"]
+    out, seen = {}, set()
+    for a, (_, variant, flags, steps) in ABLATIONS.items():
+        if (variant, *flags, scale[steps]) in seen:  # a row the scale makes the same as an earlier one (tiny)
+            continue
+        seen.add((variant, *flags, scale[steps]))
+        if not flags and scale[steps] == scale["steps"]:
+            out[a] = runs[variant]
+        else:
+            argv = mnist + common_argv(args, scale, scale[steps]) + VAE_BEGAN_VARIANTS[variant][1] + flags
+            out[a] = train_run(vae_began, f"vae_began-ablation-{a}", argv, args.work, args.reuse)
+    return out
 
 
 def ablation_table(runs: dict, reader: tuple, args, scale: dict, device) -> list:
-    """Markdown lines: per ablation run, its k_t over the second half and its samples' judge-read
-    IS, FD and class coverage (`reader`: the claims' judge and real digits, `digit_reader`)."""
+    """Markdown lines: per ablation run, its steps, k_t over the second half and its samples'
+    judge-read IS, FD and class coverage (`reader`: the claims' judge and real digits, `digit_reader`)."""
     if not runs:
         return []
     judge_, _, real_features = reader
-    lines = [f"Ablations of VAE + BEGAN* + LSM's defaults on MNIST, {scale['ablation_steps']} steps each (the "
-             f"command `python vae_began.py --dataset mnist --image-size 32 --filters {scale['filters']} --latent-dim "
-             f"{scale['latent']} --steps {scale['ablation_steps']}` plus the one flag), {scale['samples']} samples "
-             f"each read by the judge:", "",
-             "| run | flag | k_t, second half | IS | FD | TV from uniform | rarest class |", "|---|---|---|---|---|---|---|"]
+    lines = [f"Ablations on MNIST: a Table 1 variant with the script's defaults (the command `python vae_began.py "
+             f"--dataset mnist --image-size 32 --filters {scale['filters']} --latent-dim {scale['latent']}` plus the "
+             f"variant's flags in the settings above) but for one change, {scale['samples']} samples each read by "
+             f"the judge:", "",
+             "| variant | change | flag | steps | k_t, second half | IS | FD | TV from uniform | rarest class |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for a, run in runs.items():
-        label, flags = ABLATIONS[a]
+        label, variant, flags, _ = ABLATIONS[a]
         st = balance_stats(run)
         sc = judge_scores(judge_, began_samples(run.out, scale["samples"], args.seed, device), real_features)
-        lines.append(f"| {label} | `{' '.join(flags) or '(none)'}` | {st['k_t']:.3g} | {sc['is']:.2f} | {sc['fd']:.1f} "
-                     f"| {sc['tv']:.2f} | {sc['rarest']:.3f} |")
+        lines.append(f"| {VAE_BEGAN_VARIANTS[variant][0]} | {label} | `{' '.join(flags) or '(none)'}` | {run.steps} "
+                     f"| {st['k_t']:.3g} | {sc['is']:.2f} | {sc['fd']:.1f} | {sc['tv']:.2f} | {sc['rarest']:.3f} |")
     return lines
 
 
@@ -453,7 +473,8 @@ def settings_line(args, scale: dict, runs: dict) -> str:
             f"weight {cfg.kl_weight:g}, alpha {c['alpha']}, beta {c['beta']}, gamma {c['gamma']}, gains {c['gains']}; seed "
             f"{args.seed}, and for the Sec. 5 and coverage rows VAE + BEGAN* + LSM and the VAE alone at "
             f"{scale['seeds']} seeds ({args.seed} to {args.seed + scale['seeds'] - 1}). BEGAN: --no-vae --no-lsm "
-            f"--controller p --noise uniform (BEGAN's noise and update). VAE "
+            f"--controller p --noise uniform --eta {run_config(runs['began'].out)['eta']} (BEGAN's noise and update, "
+            f"and the gamma of an MNIST BEGAN port). VAE "
             f"alone: --no-gan with beta = 1 against the summed L1 (--kl-weight {run_config(runs['vae'].out)['kl_weight']:g}; at the default weight 1 "
             f"its encoder collapses to the prior, no L_s pulling on it)")
 
@@ -462,7 +483,7 @@ def settings_line(args, scale: dict, runs: dict) -> str:
 def claims_vae_began(args, device) -> None:
     scale, t0 = scale_settings(VAE_BEGAN_SCALES, args), time.time()
     runs = vae_began_runs(args, scale)
-    ablations = {} if scale.get("faces") else ablation_runs(args, scale, runs["vae-began-lsm"])
+    ablations = {} if scale.get("faces") else ablation_runs(args, scale, runs)
     stats = {v: balance_stats(runs[v]) for v in GAN_VARIANTS}
     os.makedirs(os.path.join(args.out, "vae_began"), exist_ok=True)
     rows = [claim_engaged(stats), claim_pid(vae_began.gains(vae_began.Config()))]
@@ -497,7 +518,7 @@ def claims_vae_began(args, device) -> None:
                                        f"done in {r.seconds:.0f} s") for v, r in runs.items()],
               *[f"Run `{r.name}` (ablation: {ABLATIONS[a][0]}): {r.steps} steps; " + (
                   f"trained in {r.seconds:.0f} s (reused)" if r.reused else f"done in {r.seconds:.0f} s")
-                for a, r in ablations.items() if r is not runs["vae-began-lsm"]],
+                for a, r in ablations.items() if r not in runs.values()],
               "The paper's Table 1 (Inception score on CIFAR-10; the paper gives no sample count): BEGAN 5.62, "
               "BEGAN* + LSM 6.12, VAE + BEGAN* + LSM 6.80, real images 11.24; a GPU run at --scale paper on "
               "CIFAR-10 with the Inception network is what compares to it",
