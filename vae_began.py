@@ -29,40 +29,30 @@ argues against: L_e and L_n only; at L_n's weight 1 its encoder collapses to the
 units after 2,000 steps on MNIST, so as a baseline give it --kl-weight gamma N / (C S^2), beta = 1
 against the summed L1). Plain BEGAN: --no-vae --no-lsm --controller p --noise uniform.
 
-Defaults, measured (MNIST at 32 px, n = 16, N = 32, 2,000 steps, one seed unless said, BEGAN's
-networks but in the last item; the judge of benchmarks/claims reads the samples; `python
-benchmarks/claims vae_began` reruns the ablation with today's networks):
+Defaults, measured (MNIST at 32 px, n = 16, N = 32, 2,000 steps, seed 0; the judge of
+benchmarks/claims reads 2,000 samples: IS, FD in its features, class TV from uniform;
+`python benchmarks/claims vae_began` reruns each ablation):
+- --networks mnist on MNIST: the MNIST BEGAN ports' networks (a DCGAN-style G with BatchNorm and
+  tanh; E and D one convolution deep, BatchNorm in D's decoder). Faces and CIFAR-10 keep BEGAN's
+  (--networks began on MNIST: the paper's). VAE + BEGAN* + LSM: k_t 0.117, IS 5.28, FD 327, TV
+  0.13; with BEGAN's networks 0.065, 3.52, 470, 0.43. With BEGAN's networks no GAN variant drew
+  every class at any setting tried (eta 0.75 and 1.0, l1 1e-2, --skips, BatchNorm in G or D, G's
+  lr 5x D's): G's "1"s, the digits D reconstructs best, sat at L_g ~ eta L_d.
 - eq. 11 as printed (--eq11 restored: the other reading). Restored, alpha L_v counts against
-  eta L_d: at eta 0.5 k_t never left 0 in 10k steps (alpha L_v was 76% of eta L_d) and G drew
-  blanks. As printed, k_t engages (0.06 over the second half), L_g / L_d = 1.04 at equilibrium.
+  eta L_d, so k_t rises later: 0.031, IS 4.27, FD 442, TV 0.26 (with BEGAN's networks at eta 0.5
+  k_t never left 0 in 10k steps, alpha L_v 76% of eta L_d, and G drew blanks).
 - L_n's weight 1, as eq. 15 prints it (the KL averaged over dims and batch). The former default,
-  beta = 1 against the summed L1 (gamma N / (C S^2), 0.0031 here; --kl-weight 0 still means it),
-  and even 10x and 32x it left the codes off the prior (mean 2.5-3.2 from 0, sd 0.13-0.26), so
-  G decoded N(0, I) to 81-85% "1"s (IS 1.7, class TV 0.7). At weight 1: 32 active units, IS 3.6,
-  class TV 0.31 over seeds 0-2 (0.40, 0.27, 0.25; SE 0.05), still 30% "1"s or more, and its FD is
-  not below the VAE alone's (gap +32.5, SE 27.3); gamma 1 (L_e 10x) did not help (TV 0.33, seed
-  0). At 6,000 steps (seed 0) it draws closer to the data than the VAE alone (IS 4.98 and FD 318
-  against 4.29 and 372) but still 34% "1"s (TV 0.30 against 0.15). On faces (96 pixel values per dim) the encoder can start collapsed and must recover;
-  training warns if it stays at 0 active units.
-- eta 0.75, Adam lr 2e-4, batch 32 (the BEGAN ports that train on MNIST; the paper: eta 0.5, lr
-  5e-5). D reconstructs real "1"s at L1 0.040 against 0.078 for all digits, so eta 0.5 asks G
-  for images as easy as "1"s: at eta 0.5, lr 1e-4, batch 16 every GAN variant collapsed onto one
-  or two classes in 10k steps.
-- Plain BEGAN draws "1"s at every setting tried (eta 0.75 and 1.0, l1 1e-2, --skips, BatchNorm in
-  G or in D as the MNIST ports, G's lr 5x D's as hwalsuklee's port: 1,999 of 2,000 "1"s): eq. 10 balances only the mean reconstruction error, and G's
-  "1"s sat at L_g ~ eta L_d, with nothing to push G to other classes. BatchNorm was dropped: in
-  VAE + BEGAN* + LSM, in G it gave sharper digits (IS 4.16) with no better coverage (TV 0.42), in
-  D better coverage (TV 0.23) with the encoder collapsed (2 active units): not the paper's model.
-- --networks mnist on MNIST, the MNIST BEGAN ports' networks (a DCGAN-style G with BatchNorm and
-  tanh; E and D one convolution deep, BatchNorm in D's decoder), in place of BEGAN's (faces and
-  CIFAR-10 keep BEGAN's; --networks began on MNIST: the paper's). Measured by
-  benchmarks/began_networks.py (this file's train_step, seed 0): with them VAE + BEGAN* + LSM drew
-  every class, k_t 0.118, TV 0.16, IS 5.34, FD 315 (a second initialisation: 0.127, 0.16, 5.58,
-  299), the VAE alone with them TV 0.31, IS 3.05, FD 504 (0.16, 4.48, 330): sec. 5's gain over the
-  VAE alone, which BEGAN's networks at n = 16 do not show (above). BEGAN's G with the ports' D drew
-  2,000 "8"s. Plain BEGAN with them depends on the initialisation: one drew every class (TV 0.28,
-  IS 4.49, FD 392), the flag's own left k_t at 0 (D reconstructed G's images worse than real ones
-  from step 0; TV 0.47, IS 2.26). `benchmarks/claims vae_began` reruns it over seeds.
+  beta = 1 against the summed L1 (gamma N / (C S^2), 0.0031 here; --kl-weight 0 still means it):
+  IS 4.37, FD 424 (with BEGAN's networks it left the codes off the prior, mean 2.5-3.2 from 0,
+  and G decoded N(0, I) to 81-85% "1"s). On faces (96 pixel values per dim) the encoder can
+  start collapsed and must recover; training warns if it stays at 0 active units.
+- eta 0.75, Adam lr 2e-4 (beta1 0.5), batch 32, as the BEGAN ports that train on MNIST (the
+  paper: eta 0.5, lr 5e-5). At eta 0.5: k_t 0.034, IS 4.33, FD 437, TV 0.28.
+- Plain BEGAN (--no-vae --no-lsm --controller p --noise uniform) trains with the ports' networks,
+  but late: D first reconstructs G's images worse than real ones, and k_t leaves 0 near step
+  2,800 at eta 0.75 (1,500 at eta 1.0, znxlwm's MNIST gamma). benchmarks/began_networks.py, 8,000
+  steps judged every 2,000: IS 2.17, 4.08, 5.33, 6.27 and TV 0.43, 0.37, 0.24, 0.23 at eta 0.75;
+  IS 2.24, 5.27, 6.12, 6.76 and TV 0.44, 0.23, 0.24, 0.19 at eta 1.0.
 
 Choices the paper leaves open (sec. 4), each a flag, with the reference's value:
 - Adam betas (0.5, 0.999) as carpedm20's BEGAN port (--adam-beta1; Adam's default 0.9 elsewhere).

@@ -210,9 +210,16 @@ def test_vae_began_claims_score_every_variant_with_the_judge_and_plot_both_contr
     assert "over 2 seeds" in rows[1][2] and "over 2 seeds" in rows[2][2]
     assert "eq. 11 " in text and "batch " in text  # the settings line read back from the run's config
     assert len(cited) == 5 and "samples_faces.png" in " ".join(cited) and "e_t_vae-began-lsm.png" in " ".join(cited)
-    ablation = text[text.index("Ablations of VAE + BEGAN* + LSM's defaults"):]
-    for flag in ("`(none)`", "`--eq11 restored`", "`--eta 0.5`", "`--kl-weight 0.003125`"):
-        assert flag in ablation  # the defaults and one changed setting per row
+    ablation = text[text.index("Ablations on MNIST"):].split("\n\n")[1].splitlines()[2:]
+    variants = [line.split(" | ")[0].strip("| ") for line in ablation]
+    flags = [line.split(" | ")[2] for line in ablation]
+    assert variants == ["VAE + BEGAN* + LSM"] * 5 + ["BEGAN"] * 2  # tiny: the fewer-steps rows are the others
+    assert flags == ["`(none)`", "`--eq11 restored`", "`--eta 0.5`", "`--kl-weight 0.003125`", "`--networks began`",
+                     "`(none)`", "`--eta 0.75`"]  # the defaults and one changed setting per row
+    began = json.load(open(tmp_path / "runs" / "vae_began-began" / "config.json"))
+    assert began["eta"] == 1.0 and not began["vae"] and began["controller"] == "p"  # Table 1's BEGAN at eta 1.0
+    eta_row = json.load(open(tmp_path / "runs" / "vae_began-ablation-began-eta-0.75" / "config.json"))
+    assert eta_row["eta"] == 0.75 and not eta_row["vae"] and eta_row["noise"] == "uniform"  # plain BEGAN, one change
 
 
 def test_vae_began_seeded_rows_need_the_mean_gap_beyond_2_se():

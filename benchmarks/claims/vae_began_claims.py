@@ -414,7 +414,7 @@ def train_with_half(name: str, argv: list, args) -> Run:
     copy of the half-way checkpoint kept as HALF_CHECKPOINT for the M_global row."""
     steps = int(argv[argv.index("--steps") + 1])
     out, half = os.path.join(args.work, name), os.path.join(args.work, name, HALF_CHECKPOINT)
-    if args.reuse and os.path.exists(half):
+    if args.reuse and os.path.exists(half) and common.load_checkpoint(half, vae_began.SCRIPT)["step"] == steps // 2:
         return train_run(vae_began, name, argv, args.work, reuse=True)
     first = list(argv)
     first[first.index("--steps") + 1] = str(max(1, steps // 2))
