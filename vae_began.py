@@ -114,7 +114,8 @@ class Config(common.RunConfig):
     lr_halve_every: int = common.arg(100_000, "halve the learning rate every this many steps (BEGAN port)")
     lr_min: float = common.arg(2e-5, "learning-rate floor of the halving", above=0.0)
     image_size: int = common.arg(64, "32 (CIFAR), 64 or 128 (CelebA)")
-    filters: int = common.arg(128, "n, the backbone's base number of filters (BEGAN: 128)")
+    filters: int = common.arg(128, "n, the base number of filters of BEGAN's networks (BEGAN: 128; --networks "
+                                     "mnist has the ports' fixed widths)")
     latent_dim: int = common.arg(64, "N, size of z and of D's bottleneck (BEGAN: 64)")
     alpha: float = common.arg(0.3, "weight of L_v (paper: 0.3)", at_least=0.0)
     beta: float = common.arg(0.1, "weight of L_s, the learned similarity metric (paper: 0.1)", at_least=0.0)
@@ -134,7 +135,7 @@ class Config(common.RunConfig):
     vae: bool = common.arg(True, "the VAE generator; --no-vae is BEGAN* (G from noise only)")
     gan: bool = common.arg(True, "the BEGAN discriminator; --no-gan trains the VAE alone (the blurry VAE of sec. 5)")
     noise: str = common.arg("normal", "the prior of z_g: normal, N(0, I) (sec. 3.1), or uniform, U(-1, 1) (BEGAN's "
-                                      "code; plain BEGAN: --no-vae --no-lsm --controller p --noise uniform --lr 1e-4)",
+                                      "code; plain BEGAN: --no-vae --no-lsm --controller p --noise uniform, and --eta 1.0 in the claims)",
                             choices=("normal", "uniform"))
     lsm: bool = common.arg(True, "the learned similarity metric L_s; --no-lsm sets beta = 0")
     skips: bool = common.arg(False, "BEGAN's skip connections (its sec. 3.5): h0 into every decoder scale; "
@@ -178,7 +179,7 @@ class VAEBEGAN(nn.Module):
         self.latent_dim = dim
         if cfg.init == "xavier":  # BEGAN's TF code: Xavier-uniform weights, zero biases
             for m in self.modules():
-                if isinstance(m, (nn.Conv2d, nn.Linear)):
+                if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
                     nn.init.xavier_uniform_(m.weight)
                     nn.init.zeros_(m.bias)
 

@@ -437,3 +437,18 @@ def test_mnist_defaults_to_the_ports_networks_and_other_data_to_begans():
                                                                                vae_began.PortAutoEncoder)
     for model in (build(dataset="celeba"), build(dataset="cifar10"), build(dataset="mnist", networks="began")):
         assert isinstance(model.generator, vae_began.Decoder) and isinstance(model.discriminator, vae_began.AutoEncoder)
+
+
+@pytest.mark.parametrize("networks", ["began", "mnist"])
+def test_xavier_init_reaches_every_weight_layer_of_either_network_family(networks):
+    """--init xavier (BEGAN's TF code): every convolution, transposed convolution (the ports' G and
+    D) and linear layer gets zero biases and Xavier-uniform weights, within +-sqrt(6 / (fan_in + fan_out))."""
+    cfg = vae_began.resolve_defaults(vae_began.Config(dataset="mnist", networks=networks, image_size=32, filters=4,
+                                                      latent_dim=8, init="xavier"))
+    layers = [m for m in vae_began.VAEBEGAN(cfg).modules()
+              if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear))]
+    assert (networks == "mnist") == any(isinstance(m, torch.nn.ConvTranspose2d) for m in layers)
+    for m in layers:
+        fan_in, fan_out = torch.nn.init._calculate_fan_in_and_fan_out(m.weight)
+        assert m.bias.abs().max() == 0
+        assert m.weight.abs().max() <= math.sqrt(6 / (fan_in + fan_out)) + 1e-6
