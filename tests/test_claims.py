@@ -502,3 +502,33 @@ def test_kid_is_the_unbiased_mmd_with_the_cubic_kernel_written_out():
     off = lambda s: sum(k(s[i], s[j]) for i in range(len(s)) for j in range(len(s)) if i != j) / (len(s) * (len(s) - 1))
     expected = off(a) + off(b) - 2 * sum(k(x, y) for x in a for y in b) / (len(a) * len(b))
     assert shared.kernel_inception_distance(a, b) == pytest.approx(expected, rel=1e-9)
+
+
+def test_disentangled_diversity_is_mean_pairwise_ms_ssim_and_its_gap_se_is_a_bootstrap_over_samples():
+    """Table 2's diversity: 1 - mean MS-SSIM over all unordered pairs of a class's samples, as
+    disentangled_vae.pairwise_ms_ssim; its gap's SE is 0 when every pair is alike (a resample
+    changes nothing), grows with the spread of the pairs, and a gap within 2 SE does not hold."""
+    from claims.disentangled_claims import claim_diversity, diversity_gap_se, diversity_of, ms_ssim_matrix
+    import disentangled_vae
+    x = torch.rand(5, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    m = ms_ssim_matrix(x)
+    assert np.isnan(np.diag(m)).all() and np.allclose(m, m.T, equal_nan=True)
+    assert diversity_of([m]) == pytest.approx(1 - disentangled_vae.pairwise_ms_ssim(x).item(), abs=1e-6)
+    assert diversity_of([m[:1, :1]]) == 0.0  # one sample: no pair, no diversity
+
+    def pairs(n: int, value: float, spread: float, seed: int) -> np.ndarray:
+        a = np.random.default_rng(seed).normal(value, spread, (n, n))
+        a = (a + a.T) / 2
+        np.fill_diagonal(a, np.nan)
+        return a
+    flat = [pairs(10, 0.5, 0.0, k) for k in range(3)]
+    assert diversity_gap_se(flat, flat) == 0.0
+    wide, wider = ([pairs(10, 0.5, s, k) for k in range(3)] for s in (0.05, 0.2))
+    assert 0 < diversity_gap_se(wide, wide) < diversity_gap_se(wider, wider)
+    stats = lambda pairs_: {"gated": diversity_of(pairs_), "all": diversity_of(pairs_), "right": 1.0,
+                            "gated_pairs": pairs_, "all_pairs": pairs_}
+    scale = {"div_classes": 3}
+    noisy = [pairs(10, 0.49, 0.2, k + 10) for k in range(3)]  # a hair more diverse, well within 2 SE
+    assert claim_diversity(stats(noisy), stats(wider), 10, scale).holds == "no"
+    clear = [pairs(10, 0.2, 0.05, k + 20) for k in range(3)]  # far more diverse
+    assert claim_diversity(stats(clear), stats(wide), 10, scale).holds == "yes"
