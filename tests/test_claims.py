@@ -213,8 +213,9 @@ def test_vae_began_claims_score_every_variant_with_the_judge_and_plot_both_contr
     ablation = text[text.index("Ablations on MNIST"):].split("\n\n")[1].splitlines()[2:]
     variants = [line.split(" | ")[0].strip("| ") for line in ablation]
     flags = [line.split(" | ")[2] for line in ablation]
-    assert variants == ["VAE + BEGAN* + LSM"] * 5 + ["BEGAN"] * 2  # tiny: the fewer-steps rows are the others
-    assert flags == ["`(none)`", "`--eq11 restored`", "`--eta 0.5`", "`--kl-weight 0.003125`", "`--networks began`",
+    assert variants == ["VAE + BEGAN* + LSM"] * 6 + ["BEGAN"] * 2  # tiny: the fewer-steps rows are the others
+    assert flags == ["`(none)`", "`--eq11 restored`", "`--eta 0.5`", "`--eta 1.0`", "`--kl-weight 0.003125`",
+                     "`--networks began`",
                      "`(none)`", "`--eta 0.75`"]  # the defaults and one changed setting per row
     began = json.load(open(tmp_path / "runs" / "vae_began-began" / "config.json"))
     assert began["eta"] == 1.0 and not began["vae"] and began["controller"] == "p"  # Table 1's BEGAN at eta 1.0

@@ -62,6 +62,7 @@ ABLATIONS = {  # name -> (change, variant, flags, steps); a row equal to a Table
     "eq11-restored": ("eq. 11 restored: e_t = eta L_d - (L_g + alpha L_v)", "vae-began-lsm", ["--eq11", "restored"],
                       "ablation_steps"),
     "eta-0.5": ("eta 0.5 (the paper's)", "vae-began-lsm", ["--eta", "0.5"], "ablation_steps"),
+    "eta-1.0": ("eta 1.0 (Table 1's plain BEGAN's)", "vae-began-lsm", BEGAN_ETA, "ablation_steps"),
     "kl-beta1": ("KL weight gamma N / P = 0.003125 (beta = 1 against the summed L1: the old default)",
                  "vae-began-lsm", ["--kl-weight", "0.003125"], "ablation_steps"),
     "networks-began": ("BEGAN's networks (the paper's; the MNIST default before 2026-12-08)", "vae-began-lsm",
