@@ -213,10 +213,10 @@ def test_vae_began_claims_score_every_variant_with_the_judge_and_plot_both_contr
     ablation = text[text.index("Ablations on MNIST"):].split("\n\n")[1].splitlines()[2:]
     variants = [line.split(" | ")[0].strip("| ") for line in ablation]
     flags = [line.split(" | ")[2] for line in ablation]
-    assert variants == ["VAE + BEGAN* + LSM"] * 6 + ["BEGAN"] * 2  # tiny: the fewer-steps rows are the others
+    assert variants == ["VAE + BEGAN* + LSM"] * 6 + ["BEGAN* + LSM"] + ["BEGAN"] * 2  # tiny: no fewer-steps rows
     assert flags == ["`(none)`", "`--eq11 restored`", "`--eta 0.5`", "`--eta 1.0`", "`--kl-weight 0.003125`",
-                     "`--networks began`",
-                     "`(none)`", "`--eta 0.75`"]  # the defaults and one changed setting per row
+                     "`--networks began`", "`--eta 1.0`", "`(none)`",
+                     "`--eta 0.75`"]  # the defaults and one changed setting per row
     began = json.load(open(tmp_path / "runs" / "vae_began-began" / "config.json"))
     assert began["eta"] == 1.0 and not began["vae"] and began["controller"] == "p"  # Table 1's BEGAN at eta 1.0
     eta_row = json.load(open(tmp_path / "runs" / "vae_began-ablation-began-eta-0.75" / "config.json"))
@@ -533,3 +533,20 @@ def test_disentangled_diversity_is_mean_pairwise_ms_ssim_and_its_gap_se_is_a_boo
     assert claim_diversity(stats(noisy), stats(wider), 10, scale).holds == "no"
     clear = [pairs(10, 0.2, 0.05, k + 20) for k in range(3)]  # far more diverse
     assert claim_diversity(stats(clear), stats(wide), 10, scale).holds == "yes"
+
+
+def test_vae_began_table1_note_reads_begans_lsm_at_plain_begans_eta_when_began_is_not_below_it():
+    """Table 1's note, when plain BEGAN (eta 1.0) outscores BEGAN* + LSM (the script's eta): the
+    ablation's BEGAN* + LSM at eta 1.0, and whether the pair's order holds there, by IS and by FD."""
+    from claims.vae_began_claims import claim_table1
+    score = lambda is_, fd: {"is": is_, "fd": fd, "kid": 0.0, "tv": 0.1, "rarest": 0.1}
+    scores = {"began": score(5.0, 300.0), "began-lsm": score(4.0, 400.0), "vae-began-lsm": score(6.0, 200.0),
+              "vae": score(4.5, 330.0)}
+    stats = {v: {"k_t": 0.1} for v in ("began", "began-lsm", "vae-began-lsm")}
+    scale = {"samples": 10}
+    ablated = {"began-lsm-eta-1.0": ({"k_t": 0.2}, score(5.5, 320.0), 4)}
+    row = claim_table1(scores, 10, stats, scale, ablated)
+    assert row.holds == "no" and "IS 5.50, FD 320.0" in row.note
+    assert "holds by IS: yes, by FD: no" in row.note  # 5.0 < 5.5, but 300 < 320
+    scores["began-lsm"] = score(5.5, 250.0)  # BEGAN below BEGAN* + LSM already: no eta note
+    assert "at the same eta" not in claim_table1(scores, 10, stats, scale, ablated).note
