@@ -27,27 +27,33 @@ Ablations (Table 1 and sec. 5): --no-vae (BEGAN* + LSM: G from z_g only), --no-l
 --controller p (BEGAN's proportional k update), --no-gan (the VAE alone, the blurry VAE the paper
 argues against: L_e and L_n only; at L_n's weight 1 its encoder collapses to the prior, 0 active
 units after 2,000 steps on MNIST, so as a baseline give it --kl-weight gamma N / (C S^2), beta = 1
-against the summed L1). Plain BEGAN: --no-vae --no-lsm --controller p --noise uniform.
+against the summed L1). Plain BEGAN: --no-vae --no-lsm --controller p --noise uniform. Table 1
+adds the PID and L_s to BEGAN, so its BEGAN* + LSM is --no-vae --noise uniform (BEGAN's noise):
+with N(0, I) it drew fewer classes (MNIST, 4,000 steps at eta 1.0, seed 0: IS 4.53, FD 398, TV
+0.24, against 5.08, 328, 0.18 with U(-1, 1)).
 
 Defaults, measured (MNIST at 32 px, n = 16, N = 32, 2,000 steps, seed 0; the judge of
 benchmarks/claims reads 2,000 samples: IS, FD in its features, class TV from uniform;
 `python benchmarks/claims vae_began` reruns each ablation):
 - --networks mnist on MNIST: the MNIST BEGAN ports' networks (a DCGAN-style G with BatchNorm and
   tanh; E and D one convolution deep, BatchNorm in D's decoder). Faces and CIFAR-10 keep BEGAN's
-  (--networks began on MNIST: the paper's). VAE + BEGAN* + LSM: k_t 0.117, IS 5.28, FD 327, TV
-  0.13; with BEGAN's networks 0.065, 3.52, 470, 0.43. With BEGAN's networks no GAN variant drew
+  (--networks began on MNIST: the paper's). VAE + BEGAN* + LSM at eta 0.75: k_t 0.117, IS 5.28,
+  FD 327, TV 0.13; with BEGAN's networks 0.065, 3.52, 470, 0.43. With BEGAN's networks no GAN variant drew
   every class at any setting tried (eta 0.75 and 1.0, l1 1e-2, --skips, BatchNorm in G or D, G's
   lr 5x D's): G's "1"s, the digits D reconstructs best, sat at L_g ~ eta L_d.
 - eq. 11 as printed (--eq11 restored: the other reading). Restored, alpha L_v counts against
-  eta L_d, so k_t rises later: 0.031, IS 4.27, FD 442, TV 0.26 (with BEGAN's networks at eta 0.5
+  eta L_d, so k_t rises later (at eta 0.75): 0.031, IS 4.27, FD 442, TV 0.26 (with BEGAN's networks at eta 0.5
   k_t never left 0 in 10k steps, alpha L_v 76% of eta L_d, and G drew blanks).
 - L_n's weight 1, as eq. 15 prints it (the KL averaged over dims and batch). The former default,
   beta = 1 against the summed L1 (gamma N / (C S^2), 0.0031 here; --kl-weight 0 still means it):
-  IS 4.37, FD 424 (with BEGAN's networks it left the codes off the prior, mean 2.5-3.2 from 0,
+  IS 4.37, FD 424 at eta 0.75 (with BEGAN's networks it left the codes off the prior, mean 2.5-3.2 from 0,
   and G decoded N(0, I) to 81-85% "1"s). On faces (96 pixel values per dim) the encoder can
   start collapsed and must recover; training warns if it stays at 0 active units.
-- eta 0.75, Adam lr 2e-4 (beta1 0.5), batch 32, as the BEGAN ports that train on MNIST (the
-  paper: eta 0.5, lr 5e-5). At eta 0.5: k_t 0.034, IS 4.33, FD 437, TV 0.28.
+- eta 1.0, Adam lr 2e-4 (beta1 0.5), batch 32, as the BEGAN ports that train on MNIST (eta:
+  znxlwm's gamma; the paper: eta 0.5, lr 5e-5). VAE + BEGAN* + LSM: k_t 0.204, IS 5.87, FD 256,
+  TV 0.15; at eta 0.75 (the default before 2026-12-08) 0.117, 5.28, 327, 0.13; at eta 0.5 0.034,
+  4.33, 437, 0.28. Plain BEGAN engages earlier at eta 1.0 too (below), and Table 1's variants
+  share it.
 - Plain BEGAN (--no-vae --no-lsm --controller p --noise uniform) trains with the ports' networks,
   but late: D first reconstructs G's images worse than real ones, and k_t leaves 0 near step
   2,800 at eta 0.75 (1,500 at eta 1.0, znxlwm's MNIST gamma). benchmarks/began_networks.py, 8,000
@@ -120,8 +126,8 @@ class Config(common.RunConfig):
     alpha: float = common.arg(0.3, "weight of L_v (paper: 0.3)", at_least=0.0)
     beta: float = common.arg(0.1, "weight of L_s, the learned similarity metric (paper: 0.1)", at_least=0.0)
     gamma: float = common.arg(0.1, "weight of L_e, the VAE's reconstruction (paper: 0.1)", at_least=0.0)
-    eta: float = common.arg(0.75, "diversity ratio, BEGAN's gamma (paper: 0.5; 0.75 measured to train, see the "
-                                  "docstring)", above=0.0)
+    eta: float = common.arg(1.0, "diversity ratio, BEGAN's gamma (paper: 0.5; 1.0 as an MNIST BEGAN port, measured "
+                                 "to train, see the docstring)", above=0.0)
     kl_weight: float = common.arg(1.0, "weight of L_n, the KL averaged over dims and batch (eq. 15: 1; 0: gamma N / "
                                        "(C S^2), beta = 1 against the summed L1, the former default, which runs "
                                        "saved before 2026-12-07 hold as 0; it left the codes off the prior, see "
@@ -135,7 +141,8 @@ class Config(common.RunConfig):
     vae: bool = common.arg(True, "the VAE generator; --no-vae is BEGAN* (G from noise only)")
     gan: bool = common.arg(True, "the BEGAN discriminator; --no-gan trains the VAE alone (the blurry VAE of sec. 5)")
     noise: str = common.arg("normal", "the prior of z_g: normal, N(0, I) (sec. 3.1), or uniform, U(-1, 1) (BEGAN's "
-                                      "code; plain BEGAN: --no-vae --no-lsm --controller p --noise uniform, and --eta 1.0 in the claims)",
+                                      "code; plain BEGAN: --no-vae --no-lsm --controller p --noise uniform, and "
+                                      "Table 1's BEGAN* + LSM: --no-vae --noise uniform)",
                             choices=("normal", "uniform"))
     lsm: bool = common.arg(True, "the learned similarity metric L_s; --no-lsm sets beta = 0")
     skips: bool = common.arg(False, "BEGAN's skip connections (its sec. 3.5): h0 into every decoder scale; "

@@ -213,12 +213,16 @@ def test_vae_began_claims_score_every_variant_with_the_judge_and_plot_both_contr
     ablation = text[text.index("Ablations on MNIST"):].split("\n\n")[1].splitlines()[2:]
     variants = [line.split(" | ")[0].strip("| ") for line in ablation]
     flags = [line.split(" | ")[2] for line in ablation]
-    assert variants == ["VAE + BEGAN* + LSM"] * 6 + ["BEGAN* + LSM"] + ["BEGAN"] * 2  # tiny: no fewer-steps rows
-    assert flags == ["`(none)`", "`--eq11 restored`", "`--eta 0.5`", "`--eta 1.0`", "`--kl-weight 0.003125`",
-                     "`--networks began`", "`--eta 1.0`", "`(none)`",
-                     "`--eta 0.75`"]  # the defaults and one changed setting per row
+    assert variants == ["VAE + BEGAN* + LSM"] * 6 + ["BEGAN* + LSM"] * 3 + ["BEGAN"] * 2  # tiny: no fewer-steps rows
+    assert flags == ["`(none)`", "`--eq11 restored`", "`--eta 0.5`", "`--eta 0.75`", "`--kl-weight 0.003125`",
+                     "`--networks began`", "`--noise normal`", "`--noise normal --no-lsm`", "`--noise normal --eta 0.75`",
+                     "`(none)`", "`--eta 0.75`"]  # the defaults and one changed setting per row
     began = json.load(open(tmp_path / "runs" / "vae_began-began" / "config.json"))
-    assert began["eta"] == 1.0 and not began["vae"] and began["controller"] == "p"  # Table 1's BEGAN at eta 1.0
+    assert began["eta"] == 1.0 and not began["vae"] and began["controller"] == "p"  # Table 1's BEGAN: the default eta
+    # Table 1's BEGAN* + LSM is BEGAN but for eq. 12's PID and L_s: its noise and eta are BEGAN's
+    began_lsm = json.load(open(tmp_path / "runs" / "vae_began-began-lsm" / "config.json"))
+    differ = {k for k in began if began[k] != began_lsm[k] and k not in ("out", "seed")}
+    assert differ == {"controller", "lsm"}, differ
     eta_row = json.load(open(tmp_path / "runs" / "vae_began-ablation-began-eta-0.75" / "config.json"))
     assert eta_row["eta"] == 0.75 and not eta_row["vae"] and eta_row["noise"] == "uniform"  # plain BEGAN, one change
 
@@ -535,18 +539,41 @@ def test_disentangled_diversity_is_mean_pairwise_ms_ssim_and_its_gap_se_is_a_boo
     assert claim_diversity(stats(clear), stats(wide), 10, scale).holds == "yes"
 
 
-def test_vae_began_table1_note_reads_begans_lsm_at_plain_begans_eta_when_began_is_not_below_it():
-    """Table 1's note, when plain BEGAN (eta 1.0) outscores BEGAN* + LSM (the script's eta): the
-    ablation's BEGAN* + LSM at eta 1.0, and whether the pair's order holds there, by IS and by FD."""
+def test_vae_began_table1_note_gives_what_sets_began_lsm_apart_when_began_is_not_below_it():
+    """Table 1's note, when plain BEGAN is not below BEGAN* + LSM: the PID's share at the paper's
+    gains, (l2 + l3) / (1000 l1) = 2e-5 / 1 = 0.002%, and the ablation's BEGAN* + LSM with N(0, I)
+    noise; no such note when that step of the order holds."""
     from claims.vae_began_claims import claim_table1
     score = lambda is_, fd: {"is": is_, "fd": fd, "kid": 0.0, "tv": 0.1, "rarest": 0.1}
     scores = {"began": score(5.0, 300.0), "began-lsm": score(4.0, 400.0), "vae-began-lsm": score(6.0, 200.0),
               "vae": score(4.5, 330.0)}
+    scores["seeds"] = {v: [scores[v]] for v in ("began", "began-lsm", "vae-began-lsm", "vae")}
     stats = {v: {"k_t": 0.1} for v in ("began", "began-lsm", "vae-began-lsm")}
-    scale = {"samples": 10}
-    ablated = {"began-lsm-eta-1.0": ({"k_t": 0.2}, score(5.5, 320.0), 4)}
-    row = claim_table1(scores, 10, stats, scale, ablated)
-    assert row.holds == "no" and "IS 5.50, FD 320.0" in row.note
-    assert "holds by IS: yes, by FD: no" in row.note  # 5.0 < 5.5, but 300 < 320
-    scores["began-lsm"] = score(5.5, 250.0)  # BEGAN below BEGAN* + LSM already: no eta note
-    assert "at the same eta" not in claim_table1(scores, 10, stats, scale, ablated).note
+    ablated = {"began-lsm-normal": ({"k_t": 0.2}, score(3.5, 420.0), 4)}
+    row = claim_table1(scores, 10, stats, {"samples": 10}, ablated)
+    assert row.holds == "no" and "0.002% of what its integral" in row.note
+    assert "with z_g ~ N(0, I) (sec. 3.1; the script's default): IS 3.50, FD 420.0" in row.note
+    assert "with BEGAN's U(-1, 1): IS 4.00, FD 400.0" in row.note
+    scores["began-lsm"] = score(5.5, 250.0)  # BEGAN below BEGAN* + LSM: no such note
+    scores["seeds"]["began-lsm"] = [scores["began-lsm"]]
+    row = claim_table1(scores, 10, stats, {"samples": 10}, ablated)
+    assert row.holds == "yes" and "integral" not in row.note
+
+
+def test_vae_began_table1_orders_by_the_seed_paired_gap_and_its_se():
+    """Table 1 over 3 seeds: each step must beat 2 SE of its gap paired by seed. IS gaps BEGAN* +
+    LSM minus BEGAN of 1.0, 1.2, 0.8 (mean 1, sd 0.2, SE 0.115) order the pair; 2, -1, 2 (mean 1
+    too, sd 1.73, SE 1.0) do not, though the means are in order; FD likewise, with the sign turned."""
+    from claims.vae_began_claims import claim_table1
+    score = lambda is_, fd: {"is": is_, "fd": fd, "kid": 0.0, "tv": 0.1, "rarest": 0.1}
+    began = [score(4.0, 400.0)] * 3
+    firm = [score(5.0, 300.0), score(5.2, 280.0), score(4.8, 320.0)]  # gaps +1.0 +1.2 +0.8; FD -100 -120 -80
+    shaky = [score(6.0, 200.0), score(3.0, 500.0), score(6.0, 200.0)]  # gaps +2 -1 +2; FD -200 +100 -200
+    best = [score(9.0, 50.0)] * 3
+    stats = {v: {"k_t": 0.1} for v in ("began", "began-lsm", "vae-began-lsm")}
+    for middle, holds in ((firm, "yes"), (shaky, "no")):
+        scores = {"began": began[0], "began-lsm": middle[0], "vae-began-lsm": best[0], "vae": score(4.5, 330.0),
+                  "seeds": {"began": began, "began-lsm": middle, "vae-began-lsm": best, "vae": [score(4.5, 330.0)] * 3}}
+        row = claim_table1(scores, 10, stats, {"samples": 10}, {})
+        assert row.holds == holds, row
+    assert "IS BEGAN* + LSM minus BEGAN +1.00 (SE 1.00)" in row.measured

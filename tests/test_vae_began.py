@@ -52,14 +52,14 @@ def test_backbone_shapes_at_every_size():
 
 
 def test_losses_on_a_tiny_case():
-    cfg, model = tiny_model()
+    cfg, model = tiny_model(eta=0.75)  # eta != 1, so that a dropped eta shows in M_global
     x = torch.rand(4, 3, 32, 32) * 2 - 1
     torch.manual_seed(1)
     t = vae_began.losses(model, x, torch.tensor(0.25), cfg)
     fake = t["L_g"] + 0.3 * t["L_v"]
     assert t["L_dis"].item() == pytest.approx((t["L_d"] - 0.25 * fake).item(), rel=1e-6)
     assert t["L_gen"].item() == pytest.approx((fake + 0.1 * t["L_s"] + 0.1 * t["L_e"]).item(), rel=1e-6)
-    # eq. 15 with L_n's weight 1 (the default), and M_global at the default eta 0.75
+    # eq. 15 with L_n's weight 1 (the default), and M_global at eta 0.75
     assert t["L_enc"].item() == pytest.approx((t["L_n"] + 0.1 * t["L_s"] + 0.1 * t["L_e"]).item(), rel=1e-6)
     assert t["m_global"].item() == pytest.approx((t["L_d"] + (0.75 * t["L_d"] - fake).abs()).item(), rel=1e-6)
     _, x_d = model.discriminator(x)
@@ -299,18 +299,18 @@ def test_printed_eq11_adds_alpha_l_v_and_the_restored_one_subtracts_it():
     """--eq11 printed (the default): e_t = eta L_d - L_g + alpha L_v, the text as printed;
     --eq11 restored: eta L_d - (L_g + alpha L_v)."""
     l_d, l_g, l_v = torch.tensor(0.2), torch.tensor(0.05), torch.tensor(0.1)
-    restored = vae_began.controller_error(l_d, l_g, l_v, vae_began.Config(eq11="restored"))
-    printed = vae_began.controller_error(l_d, l_g, l_v, vae_began.Config())
+    restored = vae_began.controller_error(l_d, l_g, l_v, vae_began.Config(eq11="restored", eta=0.75))
+    printed = vae_began.controller_error(l_d, l_g, l_v, vae_began.Config(eta=0.75))
     assert restored.item() == pytest.approx(0.75 * 0.2 - 0.05 - 0.3 * 0.1)
     assert printed.item() == pytest.approx(0.75 * 0.2 - 0.05 + 0.3 * 0.1)
 
 
 def test_defaults_are_the_measured_recipe():
     """The defaults that train on MNIST at 32 px (docstring: measured): eq. 11 as printed, eq. 15's
-    L_n weight 1, eta 0.75, Adam lr 2e-4 (beta1 0.5), batch 32; the paper's alpha, beta, gamma
+    L_n weight 1, eta 1.0, Adam lr 2e-4 (beta1 0.5), batch 32; the paper's alpha, beta, gamma
     and gains. --help names the paper's values beside them."""
     cfg = vae_began.Config()
-    assert (cfg.eq11, cfg.kl_weight, cfg.eta, cfg.lr, cfg.batch_size, cfg.adam_beta1) == ("printed", 1.0, 0.75, 2e-4, 32, 0.5)
+    assert (cfg.eq11, cfg.kl_weight, cfg.eta, cfg.lr, cfg.batch_size, cfg.adam_beta1) == ("printed", 1.0, 1.0, 2e-4, 32, 0.5)
     assert (cfg.alpha, cfg.beta, cfg.gamma, cfg.gains) == (0.3, 0.1, 0.1, "1e-3,1e-5,1e-5")
     with pytest.raises(SystemExit):
         vae_began.main(["train", "--help"])
