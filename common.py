@@ -111,7 +111,7 @@ def recompute_batchnorm(model: nn.Module, batches, forward=None, total: int = 0)
 
 
 # ----------------------------------------------------------------------------------------------
-# MS-SSIM (Wang, Simoncelli & Bovik 2003), the within-class diversity metric
+# JSON records (eval.json, config.json)
 # ----------------------------------------------------------------------------------------------
 def save_json(path: str, record: dict) -> None:
     """Write `record` to `path` as indented JSON, creating its folder, atomically (`atomic_write`)."""
