@@ -214,11 +214,11 @@ def test_vae_began_claims_score_every_variant_with_the_judge_and_plot_both_contr
     variants = [line.split(" | ")[0].strip("| ") for line in ablation]
     flags = [line.split(" | ")[2] for line in ablation]
     assert variants == ["VAE + BEGAN* + LSM"] * 6 + ["BEGAN* + LSM"] * 3 + ["BEGAN"] * 2  # tiny: no fewer-steps rows
-    assert flags == ["`(none)`", "`--eq11 restored`", "`--eta 0.5`", "`--eta 0.75`", "`--kl-weight 0.003125`",
+    assert flags == ["`(none)`", "`--eq11 restored`", "`--eta 0.5`", "`--eta 1.0`", "`--kl-weight 0.003125`",
                      "`--networks began`", "`--noise normal`", "`--noise normal --no-lsm`", "`--noise normal --eta 0.75`",
                      "`(none)`", "`--eta 0.75`"]  # the defaults and one changed setting per row
     began = json.load(open(tmp_path / "runs" / "vae_began-began" / "config.json"))
-    assert began["eta"] == 1.0 and not began["vae"] and began["controller"] == "p"  # Table 1's BEGAN: the default eta
+    assert began["eta"] == 1.0 and not began["vae"] and began["controller"] == "p"  # Table 1's BEGAN at eta 1.0
     # Table 1's BEGAN* + LSM is BEGAN but for eq. 12's PID and L_s: its noise and eta are BEGAN's
     began_lsm = json.load(open(tmp_path / "runs" / "vae_began-began-lsm" / "config.json"))
     differ = {k for k in began if began[k] != began_lsm[k] and k not in ("out", "seed")}

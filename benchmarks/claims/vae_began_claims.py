@@ -33,24 +33,25 @@ VAE_BEGAN_SCALES = {  # the script's own defaults for everything not named here 
     # small: 4,000 steps, since plain BEGAN's k_t first leaves 0 near step 2,800 at eta 0.75 and 1,500
     # at eta 1.0 (benchmarks/began_networks.py, seed 0); the ablations keep 2,000
     "small": {"steps": 4000, "filters": 16, "latent": 32, "samples": 2000, "face_steps": 3000, "ablation_steps": 2000,
-              "seeds": 3, "flags": []},
+              "long_steps": 8000, "seeds": 3, "flags": []},
     "paper": {"steps": 300_000, "filters": 128, "latent": 64, "samples": 10_000, "face_steps": 300_000,
-              "ablation_steps": 0, "seeds": 1, "flags": []},
-    "tiny": {"steps": 4, "filters": 4, "latent": 8, "samples": 64, "face_steps": 2, "ablation_steps": 4,
+              "ablation_steps": 0, "long_steps": 0, "seeds": 1, "flags": []},
+    "tiny": {"steps": 4, "filters": 4, "latent": 8, "samples": 64, "face_steps": 2, "ablation_steps": 4, "long_steps": 4,
              "seeds": 2, "flags": ["--batch-size", "8"]},
     # one H200, about 3 minutes, on faces (the paper's domain) at 64 px: the project path runs
     # 345 img/s at batch 16 (benchmarks/bench.py, 2026-12; launch-bound: three hand-routed backward
     # passes per step), ~21 steps/s at n = 128 and no faster at n = 64, so 1,000 steps per variant.
     # No judge reads faces (Inception's weights are not on a bare GPU machine): the controller rows
     "medium": {"steps": 1000, "filters": 64, "latent": 64, "samples": 2000, "face_steps": 1000, "ablation_steps": 0,
-               "seeds": 1, "faces": True, "flags": ["--batch-size", "16"]},
+               "long_steps": 0, "seeds": 1, "faces": True, "flags": ["--batch-size", "16"]},
 }
+BEGAN_ETA = ["--eta", "1.0"]  # BEGAN's gamma for plain BEGAN, as znxlwm's MNIST BEGAN.py (gamma = 1)
 # Table 1 is an ablation, BEGAN -> + PID and L_s (BEGAN* + LSM) -> + the VAE: BEGAN* + LSM keeps
 # BEGAN's noise and eta, so that only eq. 12's PID and L_s set it apart (its ablation rows below:
 # with the script's N(0, I) and eta 0.75 it drew mostly 1s, 9s and 4s, TV 0.32)
 VAE_BEGAN_VARIANTS = {  # name -> (Table 1's row, flags)
-    "began": ("BEGAN", ["--no-vae", "--no-lsm", "--controller", "p", "--noise", "uniform"]),
-    "began-lsm": ("BEGAN* + LSM", ["--no-vae", "--noise", "uniform"]),
+    "began": ("BEGAN", ["--no-vae", "--no-lsm", "--controller", "p", "--noise", "uniform", *BEGAN_ETA]),
+    "began-lsm": ("BEGAN* + LSM", ["--no-vae", "--noise", "uniform", *BEGAN_ETA]),
     "vae-began-lsm": ("VAE + BEGAN* + LSM", []),
     "vae": ("VAE alone", ["--no-gan"]),  # + the KL weight of beta = 1 (vae_began_runs)
 }
@@ -67,9 +68,10 @@ ABLATIONS = {  # name -> (change, variant, flags, steps); a row equal to a Table
     "eq11-restored": ("eq. 11 restored: e_t = eta L_d - (L_g + alpha L_v)", "vae-began-lsm", ["--eq11", "restored"],
                       "ablation_steps"),
     "eta-0.5": ("eta 0.5 (the paper's)", "vae-began-lsm", ["--eta", "0.5"], "ablation_steps"),
-    "eta-0.75": ("eta 0.75 (the default before 2026-12-08)", "vae-began-lsm", ["--eta", "0.75"], "ablation_steps"),
-    "eta-0.75-long": ("eta 0.75 (Table 1's VAE + BEGAN* + LSM before 2026-12-08)", "vae-began-lsm", ["--eta", "0.75"],
-                      "steps"),
+    "eta-1.0": ("eta 1.0 (Table 1's plain BEGAN's)", "vae-began-lsm", BEGAN_ETA, "ablation_steps"),
+    "eta-1.0-long": ("eta 1.0 (Table 1's plain BEGAN's)", "vae-began-lsm", BEGAN_ETA, "steps"),
+    "long": ("twice the steps (is the run stable?)", "vae-began-lsm", [], "long_steps"),
+    "eta-1.0-longer": ("eta 1.0, twice the steps (is the run stable?)", "vae-began-lsm", BEGAN_ETA, "long_steps"),
     "kl-beta1": ("KL weight gamma N / P = 0.003125 (beta = 1 against the summed L1: the old default)",
                  "vae-began-lsm", ["--kl-weight", "0.003125"], "ablation_steps"),
     "networks-began": ("BEGAN's networks (the paper's; the MNIST default before 2026-12-08)", "vae-began-lsm",
@@ -78,10 +80,11 @@ ABLATIONS = {  # name -> (change, variant, flags, steps); a row equal to a Table
                          "steps"),
     "began-lsm-normal-no-lsm": ("z_g ~ N(0, I) and no L_s (BEGAN* alone)", "began-lsm",
                                 ["--noise", "normal", "--no-lsm"], "steps"),
-    "began-lsm-defaults": ("z_g ~ N(0, I) and eta 0.75 (Table 1's BEGAN* + LSM before 2026-12-08)", "began-lsm",
+    "began-lsm-defaults": ("z_g ~ N(0, I) and eta 0.75: the script's defaults (Table 1's BEGAN* + LSM before "
+                           "2026-12-08)", "began-lsm",
                            ["--noise", "normal", "--eta", "0.75"], "steps"),
     "began": ("Table 1's BEGAN", "began", [], "steps"),
-    "began-eta-0.75": ("eta 0.75 (the default before 2026-12-08)", "began", ["--eta", "0.75"], "steps"),
+    "began-eta-0.75": ("eta 0.75 (the script's default)", "began", ["--eta", "0.75"], "steps"),
     "began-short": ("fewer steps", "began", [], "ablation_steps"),
     "began-eta-0.75-short": ("eta 0.75 and fewer steps (Table 1's BEGAN before 2026-12-08)", "began",
                              ["--eta", "0.75"], "ablation_steps"),
@@ -527,8 +530,9 @@ def settings_line(args, scale: dict, runs: dict) -> str:
             f"weight {cfg.kl_weight:g}, alpha {c['alpha']}, beta {c['beta']}, gamma {c['gamma']}, gains {c['gains']}; seed "
             f"{args.seed}, and for Table 1, the Sec. 5 and coverage rows every variant at "
             f"{scale['seeds']} seeds ({args.seed} to {args.seed + scale['seeds'] - 1}). BEGAN: --no-vae --no-lsm "
-            f"--controller p --noise uniform (BEGAN's noise and update). BEGAN* + LSM: --no-vae --noise uniform "
-            f"(BEGAN but for eq. 12's PID and L_s). VAE "
+            f"--controller p --noise uniform --eta {run_config(runs['began'].out)['eta']} (BEGAN's noise and update, "
+            f"and the gamma of an MNIST BEGAN port). BEGAN* + LSM: --no-vae --noise uniform --eta "
+            f"{run_config(runs['began-lsm'].out)['eta']} (BEGAN but for eq. 12's PID and L_s). VAE "
             f"alone: --no-gan with beta = 1 against the summed L1 (--kl-weight {run_config(runs['vae'].out)['kl_weight']:g}; at the default weight 1 "
             f"its encoder collapses to the prior, no L_s pulling on it)")
 
