@@ -558,6 +558,13 @@ def test_vae_began_table1_note_gives_what_sets_began_lsm_apart_when_began_is_not
     scores["seeds"]["began-lsm"] = [scores["began-lsm"]]
     row = claim_table1(scores, 10, stats, {"samples": 10}, ablated)
     assert row.holds == "yes" and "integral" not in row.note
+    # the VAE step not ordered: VAE + BEGAN* + LSM's scores at BEGAN's eta, at both lengths
+    scores["vae-began-lsm"] = score(5.0, 260.0)
+    scores["seeds"]["vae-began-lsm"] = [scores["vae-began-lsm"]]
+    ablated.update({"eta-1.0-long": ({}, score(6.9, 147.0), 4000), "eta-1.0-longer": ({}, score(6.4, 237.0), 8000)})
+    row = claim_table1(scores, 10, stats, {"samples": 10}, ablated)
+    assert "IS 6.90, FD 147.0 after 4000 steps; IS 6.40, FD 237.0 after 8000 steps" in row.note
+    assert "integral" not in row.note  # the first step still holds
 
 
 def test_vae_began_table1_orders_by_the_seed_paired_gap_and_its_se():
