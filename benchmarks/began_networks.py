@@ -57,7 +57,7 @@ def build(args) -> tuple[vae_began.Config, vae_began.VAEBEGAN]:
     cfg = vae_began.resolve_defaults(vae_began.Config(
         dataset="mnist", data_dir=os.path.join(args.data_dir, "mnist"), image_size=SIZE, filters=args.filters,
         latent_dim=args.latent_dim, seed=args.seed, networks="mnist" if args.generator == "port" else "began",
-        **MODELS[args.model], **{k: v for k, v in (("batch_size", args.batch_size), ("eta", getattr(args, "eta", 0.0))) if v}))
+        **MODELS[args.model], **{k: v for k, v in (("batch_size", args.batch_size), ("eta", args.eta)) if v}))
     common.seed_everything(cfg.seed)
     model = vae_began.VAEBEGAN(cfg)  # both the ports' networks: exactly vae_began.py --networks mnist
     if cfg.gan and args.discriminator != ("port" if cfg.networks == "mnist" else "began"):  # the other D

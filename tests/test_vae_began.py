@@ -389,7 +389,7 @@ def test_began_networks_swaps_only_the_named_network_under_plain_begans_objectiv
     --model vae-began-lsm the objective is the script's own and E comes from the ports too."""
     bn = began_networks()
     args = lambda g, d, m="began": type("A", (), dict(data_dir=os.path.join(ROOT, "tests", "data"), filters=4,
-                                                      latent_dim=8, seed=0, batch_size=0, generator=g,
+                                                      latent_dim=8, seed=0, batch_size=0, eta=0.0, generator=g,
                                                       discriminator=d, model=m))()
     cfg, model = bn.build(args("port", "began"))
     assert isinstance(model.generator, vae_began.PortGenerator) and isinstance(model.discriminator, vae_began.AutoEncoder)

@@ -160,6 +160,13 @@ def claim_engaged(stats: dict) -> Row:
                "held by " + (", ".join(VAE_BEGAN_VARIANTS[v][0] for v, ok in held.items() if ok) or "none"), note)
 
 
+def pid_gap(cfg_gains: tuple) -> float:
+    """The largest gap between the PID's k_t (eq. 12, gains l1, l2, l3) and BEGAN's l1-only
+    update under a scripted error step of 0.01 for 1000 steps, as a share of the latter's final k_t."""
+    pid, p = step_response(cfg_gains), step_response((cfg_gains[0], 0.0, 0.0))
+    return float(np.abs(pid - p).max() / p[-1])
+
+
 def claim_pid(cfg_gains: tuple) -> Row:
     """Sec. 3.4: the PID's proportional and derivative terms change k_t's response where BEGAN's
     integral-only update (l2 = l3 = 0) would not. Computed from eq. 12, no training: both
@@ -167,7 +174,7 @@ def claim_pid(cfg_gains: tuple) -> Row:
     responses differ by more than 1% of the proportional one's final k_t at some step. A check:
     arithmetic on the paper's own gains, the same whatever is trained."""
     pid, p = step_response(cfg_gains), step_response((cfg_gains[0], 0.0, 0.0))
-    gap = float(np.abs(pid - p).max() / p[-1])
+    gap = pid_gap(cfg_gains)
     return Row("Sec. 3.4: with the paper's gains the PID's k_t responds differently from BEGAN's update",
                "sec. 3.4, eq. 12", f"k_t after a scripted error step e_t = 0.01 (eq. 12, gains {cfg_gains}): PID "
                f"{pid[0]:.3g} at the first step, {pid[-1]:.4g} after 1000; BEGAN's l1-only update {p[0]:.3g} and "
@@ -263,8 +270,7 @@ def vae_eta_note(ablated: dict) -> str:
     """When BEGAN* + LSM < VAE + BEGAN* + LSM does not hold: VAE + BEGAN* + LSM trains at the
     script's eta, the GAN baselines at BEGAN_ETA; its scores at BEGAN_ETA at the Table 1 steps and
     at twice them (`ablated`: `ablation_scores`), where those rows ran."""
-    rows = [(a, steps) for a, (_, _, steps) in ((a, ablated[a]) for a in ("eta-1.0-long", "eta-1.0-longer")
-                                                 if a in ablated)]
+    rows = [(a, ablated[a][2]) for a in ("eta-1.0-long", "eta-1.0-longer") if a in ablated]
     if not rows:
         return ""
     return (f"VAE + BEGAN* + LSM trains at the script's eta, the two GAN baselines at {BEGAN_ETA[1]}; at eta "
@@ -274,13 +280,12 @@ def vae_eta_note(ablated: dict) -> str:
 
 
 def began_lsm_note(scores: dict, ablated: dict, gains: tuple) -> str:
-    """When BEGAN < BEGAN* + LSM does not hold (by IS or FD at the first seed, or over seeds): what
-    sets the two apart, measured. The PID (eq. 12) adds (l2 + l3) e_t once when e_t steps, against
-    l1 e_t per step (`gains`: l1, l2, l3), so L_s is the difference left; and BEGAN* + LSM's scores
-    with the script's N(0, I) noise, with and without L_s (`ablated`: `ablation_scores`)."""
-    l1, l2, l3 = gains
+    """When BEGAN < BEGAN* + LSM does not hold over the seeds: what sets the two apart, measured.
+    The PID (eq. 12) moves k_t by `pid_gap` of BEGAN's update at `gains` (l1, l2, l3), so L_s is
+    the difference left; and BEGAN* + LSM's scores with the script's N(0, I) noise, with and
+    without L_s (`ablated`: `ablation_scores`)."""
     text = (f"BEGAN* + LSM is BEGAN with eq. 12's PID for BEGAN's update and L_s added (the same noise and eta). "
-            f"At the paper's gains the PID's extra terms add {(l2 + l3) / (1000 * l1):.3%} of what its integral "
+            f"At the paper's gains the PID's extra terms add {pid_gap(gains):.3%} of what its integral "
             f"term adds in 1000 steps (the check below), so L_s is what is left to set the two apart. ")
     rows = [(a, ABLATIONS[a][0]) for a in ("began-lsm-normal", "began-lsm-normal-no-lsm") if a in ablated]
     if rows:
